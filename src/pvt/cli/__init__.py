@@ -1,0 +1,46 @@
+"""The ``pvt`` command. Each sub-command lives in its own module with a ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import bench, convert, dense, models, train
+
+__all__ = ["main", "build_parser"]
+
+_MODULES = (models, convert, train, dense, bench)
+
+
+class UsageError(ValueError):
+    """Bad arguments or input named by the user: reported on one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pvt", description="Pyramid Vision Transformer (PVT v1/v2): models, weights, FLOPs, training."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        print(f"pvt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pvt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
