@@ -1,0 +1,268 @@
+"""``TrainConfig``: every knob of a training run, with the paper's recipe as defaults.
+
+Values are resolved in layers, later ones winning::
+
+    dataclass defaults (DeiT's recipe, as the official PVT code)
+    < the task's ``Task.defaults`` (e.g. detection: lr 1e-4, 12 epochs)
+    < the task's ``data_defaults(data)`` (e.g. the built-in digits: 32x32, no flips)
+    < a YAML file (``--config run.yaml``)
+    < command-line flags / keyword arguments (``--lr 1e-3`` / ``pvt.train(lr=1e-3)``)
+
+The resolved config is written beside the run as ``config.yaml`` and can be fed back with ``--config``.
+Every value is type- and range-checked; a bad one raises one ValueError naming the key, the value and
+what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "resolve_config", "load_yaml", "parse_value", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+       choices: tuple[str, ...] | None = None, factory: Any = None) -> Any:
+    meta = {"help": help, "min": min, "max": max, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` means "derived" where a field's help says so."""
+
+    # what
+    task: str = _f("classification", "task to train (see pvt.engine.list_tasks())")
+    model: str = _f("pvt_v2_b0", "model variant (pvt models)")
+    data: str | None = _f(None, "dataset folder with train/ and val/ (None: the task's built-in data)")
+    data_dir: str | None = _f(None, "cache folder for built-in data (default ~/.cache/pvt)")
+    pretrained: str | None = _f(None, "weights to start from (any format create_model loads); new head")
+    output: str = _f("runs", "parent folder of run folders")
+    name: str | None = _f(None, "run folder name (default: <model>-<task>-<timestamp>)")
+    # schedule
+    epochs: int = _f(300, "training epochs", min=1)
+    batch_size: int = _f(128, "images per process per step", min=1)
+    lr: float | None = _f(None, "peak learning rate (None: base_lr * global batch / 512)", min=0.0)
+    base_lr: float = _f(5e-4, "learning rate per 512 images of global batch", min=0.0)
+    min_lr: float = _f(1e-5, "learning rate at the end of the cosine", min=0.0)
+    warmup_lr: float = _f(1e-6, "learning rate at the start of warm-up", min=0.0)
+    warmup_epochs: float = _f(5.0, "linear warm-up length in epochs", min=0.0)
+    weight_decay: float = _f(0.05, "AdamW weight decay (not on norms, biases, embeddings)", min=0.0)
+    opt_eps: float = _f(1e-8, "AdamW epsilon", min=0.0)
+    clip_grad: float | None = _f(None, "gradient-norm clip (None: the variant's official value; 0: off)", min=0.0)
+    # regularisation and augmentation
+    drop_path: float | None = _f(None, "stochastic depth (None: the variant's official rate)", min=0.0, max=1.0)
+    drop: float = _f(0.0, "dropout before the head", min=0.0, max=1.0)
+    smoothing: float = _f(0.1, "label smoothing", min=0.0, max=1.0)
+    mixup: float = _f(0.8, "mixup alpha (0: off)", min=0.0)
+    cutmix: float = _f(1.0, "cutmix alpha (0: off)", min=0.0)
+    mixup_prob: float = _f(1.0, "probability of mixup or cutmix per batch", min=0.0, max=1.0)
+    mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup", min=0.0, max=1.0)
+    aa: str = _f("rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none': off)")
+    color_jitter: float = _f(0.4, "colour jitter (used when aa is 'none')", min=0.0)
+    reprob: float = _f(0.25, "random-erasing probability", min=0.0, max=1.0)
+    remode: str = _f("pixel", "random-erasing fill", choices=("pixel", "rand", "const"))
+    recount: int = _f(1, "random-erasing count", min=1)
+    hflip: float = _f(0.5, "horizontal-flip probability", min=0.0, max=1.0)
+    scale: list[float] = _f(None, "random-resized-crop area range", factory=lambda: [0.08, 1.0])
+    interpolation: str = _f("bicubic", "resize interpolation", choices=("bicubic", "bilinear", "nearest"))
+    img_size: int = _f(224, "training and evaluation crop size", min=16)
+    crop_pct: float = _f(0.875, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
+    model_ema: bool = _f(False, "keep an exponential moving average of the weights")
+    model_ema_decay: float = _f(0.99996, "EMA decay per step", min=0.0, max=1.0)
+    # how
+    device: str = _f("auto", "device: auto, cpu, cuda, cuda:N, mps")
+    amp: str = _f("auto", "mixed precision (auto: bf16 on CUDA, off on CPU)", choices=("auto", "none", "bf16", "fp16"))
+    channels_last: bool = _f(False, "channels-last memory format")
+    workers: int = _f(2, "data-loading processes per training process", min=0)
+    seed: int = _f(0, "random seed")
+    task_options: dict[str, Any] = _f(None, "task-specific options (--opt KEY=VALUE)", factory=dict)
+
+    # -- derived -----------------------------------------------------------------------------
+    def peak_lr(self, world_size: int = 1) -> float:
+        """``lr`` if set, else the official linear rule ``base_lr * batch_size * world_size / 512``."""
+        if self.lr is not None:
+            return self.lr
+        return self.base_lr * self.batch_size * world_size / 512.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a (possibly partial) mapping, checking every key, type and range."""
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            import difflib
+
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, cls.field_names(), n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"unknown config key {', '.join(hints)}; accepted: {', '.join(cls.field_names())}")
+        values = {}
+        hints_ = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                values[f.name] = _check(f, hints_[f.name], data[f.name])
+        cfg = cls(**values)
+        return cfg
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return f"{_type_name(inner[0])} or null"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(args[0])}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping"}.get(
+        typing.get_origin(tp) or tp, str(tp)
+    )
+
+
+def _check(f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """``value`` converted to the field's type and range-checked, or ValueError."""
+    meta = f.metadata
+    origin = typing.get_origin(tp)
+    optional = origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    base = [a for a in typing.get_args(tp) if a is not type(None)][0] if optional else tp
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"config value {f.name}={value!r}: expected {what}")
+
+    if value is None:
+        if optional:
+            return None
+        raise bad(_type_name(tp))
+    if isinstance(value, str) and base is not str:
+        value = parse_value(value)
+        if value is None and optional:
+            return None
+    base_origin = typing.get_origin(base) or base
+    if base_origin is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        out: Any = value
+    elif base_origin is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise bad(_type_name(tp))
+        out = int(value)
+    elif base_origin is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(_type_name(tp))
+        out = float(value)
+    elif base_origin is str:
+        out = str(value)
+    elif base_origin is list:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise bad("a list of numbers, e.g. 0.08,1.0")
+        out = [float(v) for v in value]
+        if f.name == "scale" and (len(out) != 2 or not 0 < out[0] <= out[1] <= 1):
+            raise bad("two numbers 0 < lo <= hi <= 1, e.g. 0.08,1.0")
+    elif base_origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping of task options")
+        out = dict(value)
+    else:  # pragma: no cover
+        out = value
+    lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
+    if isinstance(out, (int, float)) and not isinstance(out, bool):
+        if lo is not None and out < lo:
+            raise bad(f"{_type_name(base)} >= {lo:g}" + (f" and <= {hi:g}" if hi is not None else ""))
+        if hi is not None and out > hi:
+            raise bad(f"{_type_name(base)} <= {hi:g}" + (f" and >= {lo:g}" if lo is not None else ""))
+    if choices and out not in choices:
+        raise bad(f"one of {', '.join(choices)}")
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A command-line string as YAML scalar/list: ``"1e-3"`` -> 1e-3, ``"none"``/``"null"`` -> None,
+    ``"0.08,1.0"`` -> [0.08, 1.0], ``"true"`` -> True; anything else stays a string."""
+    if text.strip().lower() in ("none", "null", "~", ""):
+        return None
+    if "," in text and not text.strip().startswith(("[", "{")):
+        return [parse_value(t) for t in text.split(",")]
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of TrainConfig keys (dashes accepted for underscores)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Apply the layers described in the module docstring and validate the result.
+
+    ``overrides`` are TrainConfig keys (values may be strings from the command line).
+    """
+    from .task import task_class
+
+    user: dict[str, Any] = {}
+    if yaml_path is not None:
+        user.update(load_yaml(yaml_path))
+    user.update({k: v for k, v in overrides.items()})
+    # type-check the user's values first so errors name what they typed
+    checked = TrainConfig.from_dict(user).to_dict()
+    user = {k: checked[k] for k in user}
+    task_name = user.get("task", "classification")
+    cls = task_class(task_name)
+    layered: dict[str, Any] = {}
+    if cls is not None:
+        layered.update(cls.defaults)
+        data_defaults = getattr(cls, "data_defaults", None)
+        if data_defaults is not None:
+            layered.update(data_defaults(user.get("data")))
+    layered.update(user)
+    cfg = TrainConfig.from_dict(layered)
+    _check_cross(cfg)
+    return cfg
+
+
+def _check_cross(cfg: TrainConfig) -> None:
+    from ..variants import get_variant
+
+    get_variant(cfg.model)  # ValueError naming close names
+    if cfg.min_lr > cfg.peak_lr() and cfg.lr is not None:
+        raise ValueError(f"config value min_lr={cfg.min_lr!r}: expected <= lr ({cfg.lr!r})")
+    dev = cfg.device
+    if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ValueError(f"config value device={dev!r}: expected one of auto, cpu, cuda, cuda:N, mps")

@@ -1,0 +1,161 @@
+"""The Task interface the training engine drives, and the registry of tasks.
+
+The engine (:mod:`pvt.engine.trainer`) owns everything that is the same for every task: devices,
+DistributedDataParallel, mixed precision, the optimiser (AdamW, no decay on norms/biases/embeddings),
+the warm-up + cosine schedule, gradient clipping, EMA, the run folder, checkpoints, ``metrics.jsonl``,
+resume, progress bars and the learning-curve PNG. A task says what is specific to it: its data, its
+model, how one batch becomes a loss, and how a model is scored.
+
+Life cycle of one run (``pvt train --task NAME`` or ``pvt.train(task=NAME)``)::
+
+    task = get_task(cfg.task)(cfg)          # factory called with the resolved TrainConfig
+    train_ds, val_ds = task.build_datasets()  # may raise ValueError (bad data) BEFORE the run dir exists
+    model = task.build_model()              # after build_datasets (knows its classes); honours cfg.pretrained
+    for each epoch:
+        for batch in DataLoader(train_ds, collate_fn=task.collate_fn, sampler=DistributedSampler(...)):
+            with autocast:  loss, logs = task.train_step(model, batch, device)   # model may be DDP-wrapped
+            (engine: backward, unscale, clip, step, schedule, EMA)
+        metrics = task.evaluate(model_or_ema, val_loader, device)   # rank 0 only, unwrapped model
+        metrics |= task.end_epoch()                                 # e.g. {"skipped_images": 2}
+    weights saved with ``pvt.io.save_model(model, path, variant=cfg.model, extra=task.checkpoint_extra() | ...)``
+
+To rebuild a trained model from its checkpoint (eval / predict), the engine reads the metadata, makes a
+TrainConfig from ``extra["train_config"]``, calls ``task.restore_extra(extra)`` and then
+``task.build_model()`` with ``cfg.pretrained`` cleared, and loads the state dict.
+
+Register a task with :func:`register_task` (the dense tasks do so in ``pvt.tasks``, imported lazily
+by :func:`get_task`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import TrainConfig
+
+__all__ = ["Task", "TaskFactory", "register_task", "get_task", "list_tasks"]
+
+
+class Task:
+    """One kind of training (classification, detection, segmentation), driven by the engine.
+
+    Subclasses set the class attributes and override the methods marked *required*. An instance
+    lives for one run and may keep state (e.g. the class names found by :meth:`build_datasets`).
+
+    Class attributes:
+        name: the registry name (``"classification"``).
+        best_metric: key of :meth:`evaluate`'s result that selects ``best.safetensors``; higher is
+            better (``"top1"``, ``"bbox_mAP"``, ``"mIoU"``).
+        defaults: TrainConfig field values for this task that replace the library-wide (classification,
+            DeiT) defaults, e.g. ``{"lr": 1e-4, "epochs": 12, "batch_size": 16, "mixup": 0.0, ...}``.
+            YAML files and command-line flags still override them.
+        ddp_find_unused_parameters: passed to DistributedDataParallel.
+    """
+
+    name: ClassVar[str] = ""
+    best_metric: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    ddp_find_unused_parameters: ClassVar[bool] = False
+
+    def __init__(self, cfg: "TrainConfig"):
+        self.cfg = cfg
+
+    # -- configuration ---------------------------------------------------------------------------
+    @classmethod
+    def data_defaults(cls, data: str | None) -> dict[str, Any]:
+        """TrainConfig values suited to the dataset ``data`` (None: the built-in data), applied over
+        :attr:`defaults` and under the user's values. Default: none."""
+        return {}
+
+    def validate(self) -> None:
+        """Check ``self.cfg.task_options`` and task-specific fields; raise ValueError naming the key,
+        the value and what is accepted. Called before anything is built or written."""
+
+    # -- data and model (required) ---------------------------------------------------------------
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        """``(train, val)`` datasets from ``self.cfg.data`` (or the task's built-in data when it is
+        None). Raise ValueError / FileNotFoundError for a missing or empty data folder."""
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        """The model to train, on CPU, in float32. Loads ``self.cfg.pretrained`` when set."""
+        raise NotImplementedError
+
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    """Batches samples for both loaders (None: torch's default collate)."""
+
+    # -- steps (required) ------------------------------------------------------------------------
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+        """Move ``batch`` to ``device``, run ``model`` and return ``(scalar loss, logs)``.
+
+        Runs inside the engine's autocast; ``model`` may be wrapped in DDP. ``logs`` are floats shown
+        in the progress bar and averaged over the epoch (``loss`` is added by the engine).
+        """
+        raise NotImplementedError
+
+    def batch_size_of(self, batch: Any) -> int:
+        """Number of images in ``batch`` (for images/s). Default: ``len(batch[0])``."""
+        return len(batch[0])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        """Score ``model`` (unwrapped, eval mode set by the engine) on ``loader``; must contain
+        :attr:`best_metric`. Keys are written to ``metrics.jsonl`` with a ``val_`` prefix."""
+        raise NotImplementedError
+
+    def end_epoch(self) -> dict[str, float]:
+        """Extra numbers for this epoch's metrics line (e.g. ``{"skipped_images": 3}``); then reset."""
+        return {}
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """JSON-able values stored in every saved model's metadata (e.g. class names, image size)."""
+        return {}
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        """Inverse of :meth:`checkpoint_extra`: set the state :meth:`build_model` needs."""
+
+
+TaskFactory = Callable[["TrainConfig"], Task]
+
+_TASKS: dict[str, TaskFactory] = {}
+
+
+def register_task(name: str, factory: TaskFactory) -> None:
+    """Make ``factory`` (usually a Task subclass) available as ``--task name``."""
+    _TASKS[name] = factory
+
+
+def _load_builtin() -> None:
+    from . import classification  # noqa: F401  (registers "classification")
+
+    try:
+        import pvt.tasks  # noqa: F401  (registers the dense-prediction tasks)
+    except ImportError:
+        pass
+
+
+def list_tasks() -> list[str]:
+    """Registered task names."""
+    _load_builtin()
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> TaskFactory:
+    """The factory registered as ``name``; ValueError listing the known tasks otherwise."""
+    _load_builtin()
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; accepted: {', '.join(sorted(_TASKS))}") from None
+
+
+def task_class(name: str) -> type[Task] | None:
+    """The Task subclass behind ``name`` when its factory is a class (for its ``defaults``)."""
+    factory = get_task(name)
+    return factory if isinstance(factory, type) else None
