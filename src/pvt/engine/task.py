@@ -108,6 +108,15 @@ class Task:
         :attr:`best_metric`. Keys are written to ``metrics.jsonl`` with a ``val_`` prefix."""
         raise NotImplementedError
 
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any | None:
+        """A learning-rate schedule other than the engine's warm-up + cosine (None: that one).
+
+        The object needs timm's scheduler methods ``step_update(num_updates)`` (called after every
+        optimiser step), ``state_dict()`` and ``load_state_dict()``. The dense tasks return step
+        (detection) and poly (segmentation) schedules here.
+        """
+        return None
+
     def end_epoch(self) -> dict[str, float]:
         """Extra numbers for this epoch's metrics line (e.g. ``{"skipped_images": 3}``); then reset."""
         return {}
