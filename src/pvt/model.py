@@ -100,7 +100,7 @@ class PyramidVisionTransformer(nn.Module):
         self.config = cfg
         self.num_classes = cfg.num_classes
         self.num_features = cfg.embed_dims[-1]
-        dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         stages, cur, in_chans = [], 0, cfg.in_chans
         for i in range(cfg.num_stages):
             stages.append(PVTStage(cfg, i, in_chans, dpr[cur : cur + cfg.depths[i]]))
