@@ -1,0 +1,358 @@
+"""Count FLOPs the way the PVT papers did.
+
+The convention (the official ``get_flops.py``: mmcv's ``get_model_complexity_info`` plus the attention
+products): one multiply-add is one FLOP, counted per module with forward hooks:
+
+* convolutions: ``output elements x (C_in / groups) x k_h x k_w``, plus one per output element for
+  the bias; transposed convolutions likewise per input element;
+* linear layers: ``input elements x output features`` (bias not counted);
+* BatchNorm / GroupNorm / LayerNorm / InstanceNorm: one per input element, two when affine;
+* ReLU, ReLU6, PReLU, ELU, LeakyReLU: one per output element (GELU only with ``gelu=True``: mmcv
+  has no rule for it); pooling: one per input element; ``nn.Upsample``: one per output element;
+
+plus the two attention products ``Q K^T`` and ``A V``: ``2 x N x N' x C`` per attention layer
+(``N`` query tokens, ``N'`` key/value tokens after spatial reduction), counted at the attention module
+(:class:`~pvt.layers.SpatialReductionAttention`, :class:`torch.nn.MultiheadAttention`, whose input and
+output projections are counted there too), so that a fused ``F.scaled_dot_product_attention`` is
+never missed. Functional calls (``F.interpolate``, additions, softmax) are not counted.
+
+This one convention reproduces every GFLOPs figure of PVT v2's Table 2, v1 rows included, to the
+printed digit (see ``docs/paper_tables.md``); without the attention products the v1 rows fall
+short by up to 0.26 GFLOPs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FlopReport", "count_flops", "variant_flops", "paper_convention_gflops", "attention_macs", "ATTENTION"]
+
+ATTENTION = "attention matmuls"
+"""Key of the attention products (``Q K^T`` and ``A V``) in :attr:`FlopReport.by_type`."""
+
+
+@dataclass(frozen=True)
+class FlopReport:
+    """FLOPs (multiply-adds) of one forward pass.
+
+    ``module_flops``: the per-module count (convolutions, linear layers, norms, activations,
+    pooling, the projections of ``nn.MultiheadAttention``); ``attention_flops``: the ``Q K^T`` and
+    ``A V`` products. ``flops`` adds the latter only when ``attention_included``.
+    """
+
+    input_size: tuple[int, int]
+    batch: int
+    params: int
+    module_flops: int
+    attention_flops: int
+    attention_included: bool = True
+    by_type: dict[str, int] = field(default_factory=dict)
+    """FLOPs per module type (``"Conv2d"``, ``"Linear"``, ...) and ``"attention matmuls"``."""
+    by_module: dict[str, int] = field(default_factory=dict)
+    """FLOPs per counted module by qualified name; attention products as ``"<attn>.attention matmuls"``."""
+
+    @property
+    def flops(self) -> int:
+        return self.module_flops + (self.attention_flops if self.attention_included else 0)
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9
+
+    def grouped(self, depth: int = 2) -> dict[str, int]:
+        """FLOPs summed over module names cut to their first ``depth`` parts (``"stages.0"``)."""
+        out: dict[str, int] = {}
+        for name, value in self.by_module.items():
+            if not self.attention_included and name.split(".")[-1] == ATTENTION:
+                continue
+            key = ".".join(name.split(".")[:depth])
+            out[key] = out.get(key, 0) + value
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (no per-module detail)."""
+        return {
+            "input_size": list(self.input_size),
+            "batch": self.batch,
+            "params": self.params,
+            "gflops": self.gflops,
+            "flops": self.flops,
+            "module_flops": self.module_flops,
+            "attention_flops": self.attention_flops,
+            "attention_included": self.attention_included,
+            "by_type": dict(self.by_type),
+        }
+
+
+# ----------------------------------------------------------------------------- per-module rules
+# Each rule maps (module, inputs, output) to module FLOPs, or to (module FLOPs, attention FLOPs).
+
+
+def _conv(m: nn.Module, inputs: tuple, out: Tensor) -> int:
+    per_output = (m.in_channels // m.groups) * math.prod(m.kernel_size)
+    return out.numel() * per_output + (out.numel() if m.bias is not None else 0)
+
+
+def _conv_transpose(m: nn.Module, inputs: tuple, out: Tensor) -> int:
+    per_input = (m.out_channels // m.groups) * math.prod(m.kernel_size)
+    return inputs[0].numel() * per_input + (out.numel() if m.bias is not None else 0)
+
+
+def _linear(m: nn.Module, inputs: tuple, out: Tensor) -> int:
+    return inputs[0].numel() * out.shape[-1]
+
+
+def _norm(m: nn.Module, inputs: tuple, out: Tensor) -> int:
+    affine = getattr(m, "affine", False) or getattr(m, "elementwise_affine", False)
+    return inputs[0].numel() * (2 if affine else 1)
+
+
+def _per_output(m: nn.Module, inputs: tuple, out: Tensor) -> int:
+    return out.numel()
+
+
+def _per_input(m: nn.Module, inputs: tuple, out: Tensor) -> int:
+    return inputs[0].numel()
+
+
+def attention_macs(queries: int, keys: int, dim: int, batch: int = 1) -> int:
+    """Multiply-adds of ``Q K^T`` plus ``A V`` over all heads: ``2 x batch x queries x keys x dim``."""
+    return 2 * batch * queries * keys * dim
+
+
+def _sra(m: nn.Module, inputs: tuple, out: Tensor) -> tuple[int, int]:
+    """``SpatialReductionAttention(x, h, w)``: its q/kv/proj/sr/norm have their own hooks."""
+    x, h, w = inputs[0], int(inputs[1]), int(inputs[2])
+    b, n, c = x.shape
+    keys = n if m.sr is None else m.reduced_tokens(h, w)
+    return 0, attention_macs(n, keys, c, b)
+
+
+def _mha(m: nn.MultiheadAttention, inputs: tuple, out: object) -> tuple[int, int]:
+    """``nn.MultiheadAttention(query, key, value)``: it calls no submodule, so count all here."""
+    q, k = inputs[0], inputs[1]
+    seq_dim = -2 if (m.batch_first or q.dim() == 2) else 0
+    lq, lk, e = q.shape[seq_dim], k.shape[seq_dim], m.embed_dim
+    b = q.numel() // (lq * e)
+    projections = b * (lq * e * e + lk * m.kdim * e + lk * m.vdim * e + lq * e * e)
+    return projections, attention_macs(lq, lk, e, b)
+
+
+_Rule = Callable[..., "int | tuple[int, int]"]
+_POOLS = (
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+_RELUS = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU)
+
+
+def _rules(gelu: bool) -> list[tuple[type | tuple[type, ...], _Rule]]:
+    from .layers import SpatialReductionAttention
+
+    return [
+        (nn.modules.conv._ConvTransposeNd, _conv_transpose),
+        (nn.modules.conv._ConvNd, _conv),
+        (nn.Linear, _linear),
+        ((nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm), _norm),
+        (_RELUS + ((nn.GELU,) if gelu else ()), _per_output),
+        (_POOLS, _per_input),
+        (nn.Upsample, _per_output),
+        (SpatialReductionAttention, _sra),
+        (nn.MultiheadAttention, _mha),
+    ]
+
+
+# ----------------------------------------------------------------------------- running the model
+def _size2(input_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
+        size: tuple[int, ...] = (input_size, input_size)
+    else:
+        try:
+            size = tuple(int(s) for s in input_size)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(f"input_size must be an int or (height, width), got {input_size!r}") from None
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"input_size must be a positive int or (height, width), got {input_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def _in_chans(model: nn.Module) -> int:
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "in_chans"):
+        return int(cfg.in_chans)
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return m.in_channels
+    return 3
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A structural copy of ``model`` with every parameter and buffer empty on ``meta`` (no data)."""
+    memo: dict[int, object] = {id(b): torch.empty_like(b, device="meta") for b in model.buffers()}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+    return copy.deepcopy(model, memo)
+
+
+def _shape_only(model: nn.Module) -> None:
+    """Replace the forward of shape-preserving leaves (norms, activations, dropout) and of linear
+    layers by shape-only versions: on ``meta`` their kernels cost milliseconds each, and only the
+    shapes matter here. Hooks still fire with the right shapes. Only for a private meta copy."""
+    same = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Dropout, nn.GELU, nn.Identity) + _RELUS
+    for m in model.modules():
+        if type(m).forward is not m.__class__.forward:  # pragma: no cover - defensive
+            continue
+        if isinstance(m, same):
+            m.forward = _identity  # type: ignore[method-assign]
+        elif type(m) is nn.Linear:
+            m.forward = _linear_shape(m.out_features)  # type: ignore[method-assign]
+
+
+def _identity(x: Tensor, *args: object, **kwargs: object) -> Tensor:
+    return x
+
+
+def _linear_shape(out_features: int) -> Callable[[Tensor], Tensor]:
+    def forward(x: Tensor) -> Tensor:
+        return x.new_empty(*x.shape[:-1], out_features)
+
+    return forward
+
+
+def _run(model: nn.Module, call: Callable[[nn.Module], object], rules) -> tuple[dict, dict, int, int]:
+    by_type: dict[str, int] = {}
+    by_module: dict[str, int] = {}
+    totals = [0, 0]
+
+    def make_hook(name: str, rule: _Rule):
+        def hook(module: nn.Module, inputs: tuple, out: object) -> None:
+            res = rule(module, inputs, out)
+            mod, attn = res if isinstance(res, tuple) else (res, 0)
+            if mod:
+                kind = type(module).__name__
+                by_type[kind] = by_type.get(kind, 0) + mod
+                by_module[name] = by_module.get(name, 0) + mod
+                totals[0] += mod
+            if attn:
+                key = f"{name}.{ATTENTION}" if name else ATTENTION
+                by_type[ATTENTION] = by_type.get(ATTENTION, 0) + attn
+                by_module[key] = by_module.get(key, 0) + attn
+                totals[1] += attn
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        for kinds, rule in rules:
+            if isinstance(module, kinds):
+                handles.append(module.register_forward_hook(make_hook(name, rule)))
+                break
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            call(model)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return by_type, by_module, totals[0], totals[1]
+
+
+def count_flops(
+    model: nn.Module,
+    input_size: int | Sequence[int] = 224,
+    *,
+    attention: bool = True,
+    batch: int = 1,
+    in_chans: int | None = None,
+    gelu: bool = False,
+    method: str | None = None,
+    device: str | torch.device | None = None,
+) -> FlopReport:
+    """FLOPs (multiply-adds) of ``model`` on one ``(batch, in_chans, H, W)`` input.
+
+    Args:
+        model: any ``nn.Module`` taking one NCHW tensor: a PVT, a torchvision ResNet or
+            VisionTransformer, a dense-prediction model (see ``method``).
+        input_size: ``H`` (square) or ``(H, W)``.
+        attention: add the attention products ``Q K^T`` and ``A V`` (the papers' convention, and the
+            complete count). ``False``: what a module-hook counter alone reports for a fused kernel.
+        batch: batch size (FLOPs scale linearly with it).
+        in_chans: input channels (default: the model's config, else its first convolution's).
+        gelu: also count one FLOP per GELU output (mmcv, hence the papers, count none).
+        method: call ``model.<method>(x)`` instead of ``model(x)``, e.g. ``"forward_dummy"`` for the
+            detectors of :mod:`pvt.tasks` (backbone, neck and dense head).
+        device: where to run. Default: shapes only, on a parameter-free ``meta`` copy of the model
+            (fast at any input size, leaves ``model`` untouched), falling back to the model's own
+            device when some layer cannot run on ``meta``. A device name forces a real forward pass.
+
+    Returns:
+        A :class:`FlopReport`; ``report.gflops`` is the total in GFLOPs.
+    """
+    h, w = _size2(input_size)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if method is not None and not callable(getattr(model, method, None)):
+        raise ValueError(f"{type(model).__name__} has no method {method!r} to count")
+    chans = _in_chans(model) if in_chans is None else in_chans
+    rules = _rules(gelu)
+
+    def call_on(x: Tensor) -> Callable[[nn.Module], object]:
+        return lambda m: getattr(m, method)(x) if method else m(x)
+
+    result = None
+    if device is None or str(device) == "meta":
+        try:
+            meta = _meta_copy(model)
+            _shape_only(meta)
+            result = _run(meta, call_on(torch.empty(batch, chans, h, w, device="meta")), rules)
+        except ValueError:
+            raise  # the model rejected the input (too small, wrong channels): a real run would too
+        except Exception:
+            if device is not None:
+                raise
+    if result is None:  # a real forward pass on the model's own device
+        ref = next(iter(model.parameters()), None)
+        dev = torch.device(device) if device is not None else (ref.device if ref is not None else torch.device("cpu"))
+        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+        result = _run(model, call_on(torch.zeros(batch, chans, h, w, device=dev, dtype=dtype)), rules)
+    by_type, by_module, module_flops, attention_flops = result
+    return FlopReport(
+        input_size=(h, w),
+        batch=batch,
+        params=sum(p.numel() for p in model.parameters()),
+        module_flops=module_flops,
+        attention_flops=attention_flops,
+        attention_included=attention,
+        by_type=by_type,
+        by_module=by_module,
+    )
+
+
+# ----------------------------------------------------------------------------- registered variants
+def variant_flops(name: str, input_size: int | Sequence[int] = 224, *, attention: bool = True, **kwargs) -> FlopReport:
+    """:func:`count_flops` of the registered variant ``name`` (1000-class head), built on ``meta``:
+    no weights are allocated, so any variant at any size counts in about a second."""
+    from .registry import create_model
+
+    with torch.device("meta"):
+        model = create_model(name)
+    return count_flops(model, input_size, attention=attention, **kwargs)
+
+
+def paper_convention_gflops(name: str, input_size: int | Sequence[int] = 224) -> float:
+    """GFLOPs of variant ``name`` as both PVT papers count them: module count plus attention products.
+
+    (The official ``get_flops.py`` adds ``2 h w h' w' C`` per block to mmcv's module count, for
+    PVT v1 and v2 backbones alike; this count reproduces every row of v2's Table 2.)
+    """
+    return variant_flops(name, input_size, attention=True).gflops
