@@ -86,6 +86,7 @@ class TrainConfig:
     amp: str = _f("auto", "mixed precision (auto: bf16 on CUDA, off on CPU)", choices=("auto", "none", "bf16", "fp16"))
     channels_last: bool = _f(False, "channels-last memory format")
     workers: int = _f(2, "data-loading processes per training process", min=0)
+    threads: int = _f(0, "CPU threads for torch ops (0: torch's default)", min=0)
     seed: int = _f(0, "random seed")
     task_options: dict[str, Any] = _f(None, "task-specific options (--opt KEY=VALUE)", factory=dict)
 

@@ -1,0 +1,132 @@
+"""An ImageFolder-style dataset (``root/<class>/<image>``) that never stops an epoch on a bad file.
+
+Grayscale, palette, CMYK and RGBA images are converted to RGB. Files whose header cannot be read are
+dropped when the folder is scanned; files that fail later (e.g. truncated data) make ``__getitem__``
+return ``None``, which :func:`collate_skipping` removes from the batch and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "collate_skipping", "load_rgb", "find_classes"]
+
+log = logging.getLogger("pvt.data")
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as 3-channel RGB (alpha dropped, palette and grayscale expanded)."""
+    with Image.open(path) as img:
+        if img.mode in ("P", "PA", "LA"):
+            img = img.convert("RGBA")
+        return img.convert("RGB")
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
+
+
+def find_classes(split_dir: Path) -> list[str]:
+    """Sorted class-folder names of ``split_dir``; ValueError if it has none."""
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"data folder {str(split_dir)!r} does not exist")
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(
+            f"data folder {str(split_dir)!r} has no class folders; expected one folder of images per class"
+        )
+    return classes
+
+
+class ImageFolderDataset(Dataset):
+    """Images under ``root/<class>/``, labelled by ``class_names`` (default: the sorted folders).
+
+    Args:
+        root: one split, e.g. ``data/train``.
+        transform: PIL image -> tensor ``(3, H, W)``.
+        class_names: the label order (the training split's), so val labels agree with train's.
+        require_all: every class folder must hold at least one image (the training split).
+
+    Attributes:
+        samples: ``(path, label)`` of every readable file.
+        unreadable: paths whose header could not be read (skipped at scan time).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[[Image.Image], Tensor] | None = None,
+        class_names: list[str] | None = None,
+        require_all: bool = True,
+    ):
+        self.root = Path(root)
+        found = find_classes(self.root)
+        self.class_names = list(class_names) if class_names is not None else found
+        unknown = sorted(set(found) - set(self.class_names))
+        if unknown:
+            raise ValueError(
+                f"class folder(s) {', '.join(repr(str(self.root / u)) for u in unknown)} are not among the "
+                f"training classes ({', '.join(self.class_names)})"
+            )
+        self.transform = transform
+        self.samples: list[tuple[str, int]] = []
+        self.unreadable: list[str] = []
+        for label, name in enumerate(self.class_names):
+            folder = self.root / name
+            files = sorted(p for p in folder.iterdir() if _is_image(p)) if folder.is_dir() else []
+            if not files and require_all:
+                raise ValueError(
+                    f"class folder {str(folder)!r} has no images (accepted extensions: {', '.join(IMG_EXTENSIONS)})"
+                )
+            for p in files:
+                if _header_ok(p):
+                    self.samples.append((str(p), label))
+                else:
+                    self.unreadable.append(str(p))
+        if not self.samples:
+            raise ValueError(f"data folder {str(self.root)!r} has no readable images")
+        if self.unreadable:
+            log.warning(
+                "skipped %d unreadable image(s) in %s, e.g. %s", len(self.unreadable), self.root, self.unreadable[0]
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
+        path, label = self.samples[index]
+        try:
+            img = load_rgb(path)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            log.warning("skipped unreadable image %s (%s)", path, e)
+            return None
+        return (self.transform(img) if self.transform else img), label
+
+
+def _header_ok(path: Path) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018  (header parsed)
+        return True
+    except Exception:
+        return False
+
+
+def collate_skipping(samples: list[Any]) -> tuple[Tensor, Tensor, int]:
+    """``[(image, label) | None, ...] -> (images (B, 3, H, W), labels (B,), number skipped)``."""
+    good = [s for s in samples if s is not None]
+    skipped = len(samples) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([s[0] for s in good])
+    labels = torch.tensor([s[1] for s in good], dtype=torch.long)
+    return images, labels, skipped

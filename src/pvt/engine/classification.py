@@ -1,0 +1,218 @@
+"""Image classification as a :class:`~pvt.engine.task.Task`: ImageFolder data (or the built-in digits),
+a PVT with a head for the dataset's classes, DeiT's mixup/cutmix + label-smoothing losses, top-1/top-5."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import ImageFolderDataset, collate_skipping, digits_folder, eval_transform, train_transform
+from .task import Task, register_task
+
+__all__ = ["ClassificationTask", "DIGITS_DEFAULTS", "build_classifier", "topk_correct"]
+
+log = logging.getLogger("pvt.train")
+
+DIGITS_DEFAULTS: dict[str, Any] = {
+    # The built-in digits are 1,437 small grayscale training images: train at their own size, without
+    # flips (a flipped digit is another symbol) and with milder crops; short schedule, higher lr.
+    "img_size": 32,
+    "epochs": 30,
+    "batch_size": 64,
+    "lr": 2e-3,
+    "warmup_epochs": 2.0,
+    "hflip": 0.0,
+    "scale": [0.5, 1.0],
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "reprob": 0.0,
+}
+
+
+def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...]) -> list[int]:
+    """Number of rows of ``logits (B, K)`` whose target is among the top-k, for each k (k clipped to K)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hit = top == targets[:, None]
+    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+
+
+def build_classifier(model_name: str, num_classes: int, *, img_size: int, drop_path: float, drop: float,
+                     pretrained: str | None = None) -> nn.Module:
+    """A PVT variant with ``num_classes`` outputs; from ``pretrained`` weights (new head) when given."""
+    from ..registry import create_model
+
+    if pretrained is None:
+        return create_model(model_name, num_classes=num_classes, drop_path_rate=drop_path, drop_rate=drop,
+                            img_size=img_size)
+    path = Path(pretrained)
+    if not str(pretrained).startswith("hf-hub:") and not path.exists():
+        raise FileNotFoundError(f"pretrained weights {str(pretrained)!r} do not exist")
+    from ..io import read_own_format
+
+    own = read_own_format(path) if path.is_file() else None
+    if own is not None and own[1].get("variant") and own[1]["variant"] != model_name:
+        raise ValueError(
+            f"pretrained weights {str(pretrained)!r} are for {own[1]['variant']!r}, not for model {model_name!r}; "
+            f"pass --model {own[1]['variant']} or weights of {model_name}"
+        )
+    try:
+        return create_model(model_name, num_classes=num_classes, pretrained=pretrained, drop_path_rate=drop_path,
+                            drop_rate=drop)
+    except RuntimeError as e:  # shape mismatch inside load_state_dict
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"pretrained weights {str(pretrained)!r} do not fit model {model_name!r}: {first}") from None
+
+
+class ClassificationTask(Task):
+    """Image classification; best checkpoint by validation top-1."""
+
+    name = "classification"
+    best_metric = "top1"
+    collate_fn = staticmethod(collate_skipping)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.class_names: list[str] = []
+        self.data_root: Path | None = None
+        self._skipped = 0
+        self._mixup = None
+        self._criterion: nn.Module | None = None
+
+    @classmethod
+    def data_defaults(cls, data: str | None) -> dict[str, Any]:
+        return dict(DIGITS_DEFAULTS) if data is None else {}
+
+    def validate(self) -> None:
+        if self.cfg.task_options:
+            raise ValueError(
+                f"classification takes no task options, got {', '.join(map(repr, self.cfg.task_options))}"
+            )
+
+    # -- data ---------------------------------------------------------------------------------
+    def resolve_root(self) -> Path:
+        if self.cfg.data is None:
+            return digits_folder(self.cfg.data_dir)
+        root = Path(self.cfg.data).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+        if not root.is_dir():
+            raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with train/ and val/")
+        missing = [s for s in ("train", "val") if not (root / s).is_dir()]
+        if missing:
+            raise ValueError(
+                f"data folder {str(root)!r} has no {' or '.join(s + '/' for s in missing)}; expected train/ and "
+                "val/, each with one folder of images per class"
+            )
+        return root
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        cfg = self.cfg
+        self.data_root = root = self.resolve_root()
+        train = ImageFolderDataset(root / "train", train_transform(cfg))
+        val = ImageFolderDataset(
+            root / "val", eval_transform(cfg.img_size, cfg.crop_pct, cfg.interpolation),
+            class_names=train.class_names, require_all=False,
+        )
+        self.class_names = train.class_names
+        if len(self.class_names) < 2:
+            raise ValueError(f"data folder {str(root / 'train')!r} has {len(self.class_names)} class; need >= 2")
+        self._skipped += len(train.unreadable) + len(val.unreadable)
+        log.info("data %s: %d classes, %d train / %d val images", root, len(self.class_names), len(train), len(val))
+        return train, val
+
+    # -- model --------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        from ..variants import get_variant
+
+        cfg = self.cfg
+        drop_path = cfg.drop_path if cfg.drop_path is not None else get_variant(cfg.model).drop_path_rate
+        model = build_classifier(cfg.model, len(self.class_names), img_size=cfg.img_size, drop_path=drop_path,
+                                 drop=cfg.drop, pretrained=cfg.pretrained)
+        self._build_losses()
+        return model
+
+    def _build_losses(self) -> None:
+        from timm.data import Mixup
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        cfg = self.cfg
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            self._mixup = Mixup(
+                mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.smoothing,
+                num_classes=len(self.class_names),
+            )
+            self._criterion = SoftTargetCrossEntropy()
+        elif cfg.smoothing > 0:
+            self._criterion = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+        else:
+            self._criterion = nn.CrossEntropyLoss()
+
+    # -- steps --------------------------------------------------------------------------------
+    def _to(self, images: Tensor, device: torch.device) -> Tensor:
+        images = images.to(device, non_blocking=True)
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def batch_size_of(self, batch: Any) -> int:
+        return len(batch[1])
+
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+        images, targets, skipped = batch
+        self._skipped += skipped
+        if self._mixup is not None and len(targets) % 2:  # mixup pairs images: keep an even batch
+            images, targets = images[:-1], targets[:-1]
+        images, targets = self._to(images, device), targets.to(device, non_blocking=True)
+        if self._mixup is not None:
+            images, targets = self._mixup(images, targets)
+        logits = model(images)
+        return self._criterion(logits.float(), targets), {}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        n = loss_sum = top1 = top5 = 0
+        for images, targets, skipped in loader:
+            self._skipped += skipped
+            if len(targets) == 0:
+                continue
+            images, targets = self._to(images, device), targets.to(device)
+            logits = model(images).float()
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+            c1, c5 = topk_correct(logits, targets, (1, 5))
+            top1, top5, n = top1 + c1, top5 + c5, n + len(targets)
+        if n == 0:
+            raise ValueError("no readable validation images")
+        return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": float(n)}
+
+    def end_epoch(self) -> dict[str, float]:
+        out = {"skipped_images": float(self._skipped)} if self._skipped else {}
+        self._skipped = 0
+        return out
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def checkpoint_extra(self) -> dict[str, Any]:
+        from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        return {
+            "task": self.name,
+            "class_names": self.class_names,
+            "img_size": self.cfg.img_size,
+            "crop_pct": self.cfg.crop_pct,
+            "interpolation": self.cfg.interpolation,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        }
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        self.class_names = list(extra["class_names"])
+
+
+register_task(ClassificationTask.name, ClassificationTask)

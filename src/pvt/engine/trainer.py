@@ -1,0 +1,443 @@
+"""The training loop shared by every task: one run folder, resumable, on one device or many.
+
+Run folder::
+
+    config.yaml         the resolved TrainConfig (feed it back with --config)
+    classes.json        class names (when the task has them)
+    metrics.jsonl       one JSON line per epoch: epoch, lr, train_loss, val_*, images_per_s, time
+    last.safetensors    weights after the latest epoch (own format: config, classes, input size inside)
+    best.safetensors    weights of the epoch with the highest val_<task.best_metric>
+    state.pt            resumable state: model, optimiser, scheduler, scaler, EMA, RNG, epoch
+    learning_curves.png
+    train.log
+
+Every file is written atomically (temporary file + rename), so a kill at any moment leaves the previous
+version intact; ``state.pt`` is self-contained, so resuming never mixes two epochs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..io import atomic_write, save_model
+from .config import TrainConfig
+from .curves import plot_curves
+from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
+from .state import load_state, rng_state, save_state, set_rng_state
+from .task import Task, get_task
+
+__all__ = ["Trainer", "TrainResult", "param_groups", "amp_dtype"]
+
+log = logging.getLogger("pvt.train")
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed-and-finished) run produced."""
+
+    run_dir: Path
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "last.safetensors"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "best.safetensors"
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: decay for weights of rank >= 2; none for biases, norms, embeddings/tokens
+    and anything the model lists in ``no_weight_decay()``."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device`` (None: full precision)."""
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("config value amp='fp16': float16 autocast needs a GPU; accepted on CPU: none, bf16")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+class Trainer:
+    """Train ``cfg`` (a fresh run) or continue the run in ``resume`` (a run folder).
+
+    Everything that can fail on bad input (config, data, weights) is checked before the run folder is
+    created; a run that fails before its first checkpoint removes its folder again.
+    """
+
+    def __init__(self, cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
+                 quiet: bool = False, overrides: dict[str, Any] | None = None):
+        self.quiet = quiet
+        self.resume_dir = Path(resume) if resume is not None else None
+        self._state: dict[str, Any] | None = None
+        if self.resume_dir is not None:
+            cfg = self._resume_config(self.resume_dir, overrides or {})
+        if cfg is None:
+            raise ValueError("Trainer needs a TrainConfig or resume=RUN_DIR")
+        self.cfg = cfg
+        self.dist, self.device = init_distributed(cfg.device)
+        self.task: Task = get_task(cfg.task)(cfg)
+        self.task.validate()
+        self.amp = amp_dtype(cfg.amp, self.device)
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "state.pt").is_file():
+            raise ValueError(f"{str(run_dir)!r} is not a resumable run folder (needs config.yaml and state.pt)")
+        from .config import load_yaml
+
+        saved = load_yaml(run_dir / "config.yaml")
+        for key in ("task", "model", "data"):
+            if key in overrides and overrides[key] != saved.get(key):
+                raise ValueError(
+                    f"cannot resume {str(run_dir)!r} with {key}={overrides[key]!r}: the run was started with "
+                    f"{key}={saved.get(key)!r}"
+                )
+        saved.update(overrides)
+        saved["output"], saved["name"] = str(run_dir.parent), run_dir.name
+        return TrainConfig.from_dict(saved)
+
+    def _new_run_dir(self) -> Path:
+        cfg = self.cfg
+        name = cfg.name or f"{cfg.model}-{cfg.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        name = broadcast_object(name, self.dist)
+        run_dir = Path(cfg.output).expanduser() / name
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ValueError(
+                f"run folder {str(run_dir)!r} already exists; choose another --name or continue it with --resume"
+            )
+        return run_dir
+
+    def _setup_logging(self, run_dir: Path) -> logging.Handler | None:
+        if not self.dist.is_main:
+            return None
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        for name in ("pvt.train", "pvt.data"):
+            lg = logging.getLogger(name)
+            lg.addHandler(handler)
+            lg.setLevel(logging.INFO)
+        return handler
+
+    def _say(self, msg: str) -> None:
+        """One line to stdout (rank 0, unless quiet) and to train.log."""
+        if not self.dist.is_main:
+            return
+        log.info(msg)
+        if not self.quiet:
+            print(msg, flush=True)
+
+    # ------------------------------------------------------------------ run
+    def fit(self) -> TrainResult:
+        cfg, d = self.cfg, self.dist
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed + d.rank)
+        import random
+
+        import numpy as np
+
+        random.seed(cfg.seed + d.rank)
+        np.random.seed((cfg.seed + d.rank) % 2**32)
+
+        # everything that can fail on bad input happens before the run folder exists
+        train_ds, val_ds = self.task.build_datasets()
+        model = self.task.build_model()
+        if self.resume_dir is not None:
+            self._state = load_state(self.resume_dir / "state.pt")
+            run_dir, created = self.resume_dir, False
+        else:
+            run_dir, created = self._new_run_dir(), True
+        self.run_dir = run_dir
+        if d.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        barrier(d)
+        handler = self._setup_logging(run_dir)
+        try:
+            return self._fit(model, train_ds, val_ds)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            if created and d.is_main and not (run_dir / "state.pt").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
+            raise
+        finally:
+            if handler is not None:
+                for name in ("pvt.train", "pvt.data"):
+                    logging.getLogger(name).removeHandler(handler)
+                handler.close()
+
+    def _fit(self, model: nn.Module, train_ds, val_ds) -> TrainResult:
+        from timm.scheduler import CosineLRScheduler
+        from timm.utils import ModelEmaV3
+
+        cfg, d, device, task = self.cfg, self.dist, self.device, self.task
+        run_dir = self.run_dir
+        model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+
+        sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True,
+                                     seed=cfg.seed, drop_last=True)
+        loader_kw: dict[str, Any] = dict(num_workers=cfg.workers, collate_fn=task.collate_fn,
+                                         pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **loader_kw)
+        steps = len(train_loader)
+        if steps == 0:
+            raise ValueError(
+                f"config value batch_size={cfg.batch_size}: larger than the {len(train_ds) // d.world_size} training "
+                f"images per process; accepted: 1..{max(1, len(train_ds) // d.world_size)}"
+            )
+        val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, **loader_kw) if d.is_main else None
+
+        lr = cfg.peak_lr(d.world_size)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, eps=cfg.opt_eps)
+        warmup = min(int(round(cfg.warmup_epochs * steps)), cfg.epochs * steps - 1)
+        total = cfg.epochs * steps
+        scheduler = task.build_scheduler(optimizer, steps)  # None: warm-up + cosine
+        if scheduler is None:
+            scheduler = CosineLRScheduler(
+                optimizer, t_initial=max(1, total - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
+                warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False,
+            )
+        scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
+        ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+        from ..variants import get_variant
+
+        clip = cfg.clip_grad if cfg.clip_grad is not None else get_variant(cfg.model).clip_grad
+        clip = clip or None
+
+        start_epoch, best, updates = 0, -math.inf, 0
+        records: list[dict[str, Any]] = []
+        if self._state is not None:
+            st = self._state
+            model.load_state_dict(st["model"])
+            optimizer.load_state_dict(st["optimizer"])
+            scheduler.load_state_dict(st["scheduler"])
+            scaler.load_state_dict(st["scaler"])
+            if ema is not None and st.get("ema") is not None:
+                ema.module.load_state_dict(st["ema"])
+            start_epoch, best, updates = int(st["epoch"]), float(st["best"]), int(st["updates"])
+            rngs = st["rng"]
+            if len(rngs) == d.world_size:
+                set_rng_state(rngs[d.rank])
+            records = self._read_records(run_dir, start_epoch)
+            if start_epoch >= cfg.epochs:
+                self._say(f"run {run_dir} already finished {start_epoch} of {cfg.epochs} epochs")
+                return TrainResult(run_dir, records, self._best_record(records))
+            self._say(f"resumed {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
+        elif d.is_main:
+            with atomic_write(run_dir / "config.yaml", "w") as f:
+                f.write(cfg.to_yaml())
+            names = getattr(task, "class_names", None)
+            if names:
+                with atomic_write(run_dir / "classes.json", "w") as f:
+                    json.dump(names, f, indent=1)
+
+        ddp_model: nn.Module = model
+        if d.enabled:
+            ddp_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=task.ddp_find_unused_parameters,
+            )
+        n_params = sum(p.numel() for p in model.parameters())
+        self._say(
+            f"training {cfg.model} ({n_params / 1e6:.2f}M params) for {cfg.task} on {device}"
+            f"{f' x{d.world_size} processes' if d.enabled else ''}: {len(train_ds)} train / {len(val_ds)} val images, "
+            f"{cfg.epochs} epochs x {steps} steps, global batch {cfg.batch_size * d.world_size}, lr {lr:.3g}, "
+            f"amp {self.amp and str(self.amp).removeprefix('torch.') or 'off'}; run folder {run_dir}"
+        )
+
+        def snapshot(epoch_done: int) -> dict[str, Any]:
+            return {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "epoch": epoch_done,
+                "best": best,
+                "updates": updates,
+            }
+
+        epoch = start_epoch
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                sampler.set_epoch(epoch)
+                t0 = time.perf_counter()
+                train_loss, images, updates = self._train_epoch(
+                    ddp_model, model, train_loader, optimizer, scheduler, scaler, ema, clip, epoch, updates
+                )
+                train_time = time.perf_counter() - t0
+                train_loss = all_reduce_mean(train_loss, d, device)
+                ips = images * d.world_size / max(train_time, 1e-9)
+                extra = task.end_epoch()
+                rngs = gather_objects(rng_state(), d)
+                record: dict[str, Any] | None = None
+                if d.is_main:
+                    eval_model = model
+                    model.eval()
+                    metrics = task.evaluate(eval_model, val_loader, device)
+                    if ema is not None:
+                        ema.module.eval()
+                        ema_metrics = task.evaluate(ema.module, val_loader, device)
+                        metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
+                    model.train()
+                    extra.update(task.end_epoch())
+                    record = {
+                        "epoch": epoch + 1,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "train_loss": train_loss,
+                        **{f"val_{k}": v for k, v in metrics.items()},
+                        "images_per_s": ips,
+                        "train_time": train_time,
+                        "time": time.perf_counter() - t0,
+                        **extra,
+                    }
+                    score = metrics[task.best_metric]
+                    is_best = score > best
+                    best = max(best, score)
+                    records.append(record)
+                    self._save_epoch(model, snapshot(epoch + 1), rngs, record, records, is_best)
+                    self._say(self._summary(record, is_best))
+                barrier(d)
+        except KeyboardInterrupt:
+            if d.is_main:
+                st = snapshot(epoch)  # this epoch was not finished: resume repeats it
+                st["rng"] = [rng_state()]
+                save_state(run_dir / "state.pt", st)
+                self._save_weights(model, run_dir / "last.safetensors")
+                print(f"\ninterrupted: saved {run_dir / 'state.pt'}; continue with: pvt train --resume {run_dir}",
+                      file=sys.stderr, flush=True)
+            raise
+        result = TrainResult(run_dir, records, self._best_record(records))
+        if d.is_main and result.best:
+            key = f"val_{task.best_metric}"
+            self._say(f"done: best {key} {result.best[key]:.2f} at epoch {result.best['epoch']}; run folder {run_dir}")
+        return result
+
+    def _train_epoch(self, ddp_model, model, loader, optimizer, scheduler, scaler, ema, clip, epoch, updates):
+        cfg, device, task = self.cfg, self.device, self.task
+        ddp_model.train()
+        show = self.dist.is_main and not self.quiet and sys.stderr.isatty()
+        from tqdm import tqdm
+
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
+                   dynamic_ncols=True, unit="batch")
+        loss_sum, n_steps, images = 0.0, 0, 0
+        t0 = time.perf_counter()
+        autocast = (torch.autocast(device.type, dtype=self.amp) if self.amp is not None
+                    else contextlib.nullcontext())
+        for batch in bar:
+            n = task.batch_size_of(batch)
+            if n == 0:
+                continue
+            with autocast:
+                loss, logs = task.train_step(ddp_model, batch, device)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch + 1}; lower --lr or disable amp")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if clip is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            scaler.step(optimizer)
+            scaler.update()
+            updates += 1
+            scheduler.step_update(updates)
+            if ema is not None:
+                ema.update(model, step=updates)
+            loss_sum += float(loss.detach())
+            n_steps += 1
+            images += n
+            if show:
+                rate = images / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{loss_sum / n_steps:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                                img_s=f"{rate * self.dist.world_size:.0f}", **{k: f"{v:.3g}" for k, v in logs.items()})
+        bar.close()
+        return loss_sum / max(n_steps, 1), images, updates
+
+    # ------------------------------------------------------------------ files
+    def _save_weights(self, model: nn.Module, path: Path) -> None:
+        extra = dict(self.task.checkpoint_extra(), train_config=self.cfg.to_dict())
+        save_model(model, path, variant=self.cfg.model, extra=extra)
+
+    def _save_epoch(self, model, state, rngs, record, records, is_best) -> None:
+        run_dir = self.run_dir
+        # metrics first: on resume, lines past the saved epoch are dropped
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        save_state(run_dir / "state.pt", dict(state, rng=rngs))
+        self._save_weights(model, run_dir / "last.safetensors")
+        if is_best:
+            self._save_weights(model, run_dir / "best.safetensors")
+        try:
+            plot_curves(records, run_dir / "learning_curves.png", self.task.best_metric,
+                        title=f"{self.cfg.model} / {self.cfg.task}")
+        except Exception as e:  # a plotting problem never stops training
+            log.warning("could not draw learning curves: %s", e)
+
+    @staticmethod
+    def _read_records(run_dir: Path, upto: int) -> list[dict[str, Any]]:
+        """metrics.jsonl lines for epochs <= ``upto``; later (unsaved) lines are removed from the file."""
+        path = run_dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if r.get("epoch", 0) <= upto:
+                keep.append(r)
+        with atomic_write(path, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in keep))
+        return keep
+
+    def _best_record(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        key = f"val_{self.task.best_metric}"
+        scored = [r for r in records if key in r]
+        return max(scored, key=lambda r: r[key]) if scored else {}
+
+    def _summary(self, r: dict[str, Any], is_best: bool) -> str:
+        parts = [f"epoch {r['epoch']}/{self.cfg.epochs}", f"lr {r['lr']:.2e}", f"train_loss {r['train_loss']:.4f}"]
+        for k, v in r.items():
+            if k.startswith("val_") and k != "val_images":
+                parts.append(f"{k} {v:.4f}" if "loss" in k else f"{k} {v:.2f}")
+        parts.append(f"{r['images_per_s']:.0f} img/s")
+        parts.append(f"{r['time']:.1f}s")
+        if r.get("skipped_images"):
+            parts.append(f"skipped {int(r['skipped_images'])} unreadable images")
+        return "  ".join(parts) + ("  *best*" if is_best else "")
