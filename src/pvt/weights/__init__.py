@@ -1,0 +1,28 @@
+"""Weights from every PVT ecosystem: detect a checkpoint's format, convert it, load it.
+
+* :func:`create_pretrained` (what ``pvt.create_model(name, pretrained=...)`` calls) and
+  :func:`load_checkpoint` take a file, a folder or ``hf-hub:<repo id>``.
+* :mod:`pvt.weights.keys`: pure state-dict conversions between this library's names and the
+  official (whai362/PVT), timm and HF transformers names, both ways.
+* :mod:`pvt.weights.files`: reading files, containers and folders safely (nothing is executed).
+* :mod:`pvt.weights.shapes`: which registered variant a state dict's shapes describe.
+"""
+
+from .files import Checkpoint, hf_config_to_pvt, read_checkpoint
+from .keys import FORMATS, detect_key_format, to_pvt
+from .loading import LoadReport, create_pretrained, load_checkpoint
+from .shapes import infer_architecture, matching_variants
+
+__all__ = [
+    "FORMATS",
+    "Checkpoint",
+    "LoadReport",
+    "create_pretrained",
+    "detect_key_format",
+    "hf_config_to_pvt",
+    "infer_architecture",
+    "load_checkpoint",
+    "matching_variants",
+    "read_checkpoint",
+    "to_pvt",
+]

@@ -1,0 +1,293 @@
+"""Reading checkpoints from disk: files, containers and folders, in every supported ecosystem.
+
+Nothing from a file is ever executed: ``.pth`` / ``.pt`` / ``.bin`` files are read with
+``torch.load(weights_only=True)`` and ``.safetensors`` files hold only tensors and strings.
+
+Accepted inputs:
+
+* a single file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``, ``.ckpt``; the content decides, not
+  the suffix) holding a state dict, possibly wrapped as ``{"model": sd}``, ``{"state_dict": sd}``,
+  ``{"model_state_dict": sd}`` and/or with ``module.`` prefixes;
+* this library's own format (one ``.safetensors`` file whose metadata holds its config);
+* an HF transformers folder: ``config.json`` (``model_type`` ``pvt_v2`` or ``pvt``) and
+  ``model.safetensors`` or ``pytorch_model.bin`` (or a sharded ``*.index.json``);
+* a timm hub folder: ``config.json`` with an ``architecture`` and ``model.safetensors`` or
+  ``pytorch_model.bin``;
+* a folder holding exactly one weight file.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..config import PVTConfig
+from ..io import read_own_format
+from .keys import FORMATS, StateDict, detect_key_format, strip_wrappers, to_pvt
+
+__all__ = ["Checkpoint", "read_checkpoint", "read_state_dict", "hf_config_to_pvt"]
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_state")
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk, its tensors already renamed to this library's keys."""
+
+    state_dict: StateDict
+    format: str
+    """Key of :data:`pvt.weights.keys.FORMATS` the file was written in."""
+    source: str
+    """The file or folder it came from (for messages)."""
+    config: PVTConfig | None = None
+    """The architecture the checkpoint describes itself (own format, HF ``config.json``)."""
+    variant: str | None = None
+    """The variant name recorded in the checkpoint, when it records one."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Own-format metadata beyond the config (e.g. class names)."""
+
+    @property
+    def format_description(self) -> str:
+        return FORMATS.get(self.format, self.format)
+
+
+# --------------------------------------------------------------------------- single files
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors that name the file."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # a torch zip archive / a legacy pickle
+        raise ValueError(
+            f"{path} is not a checkpoint: neither a PyTorch file (zip archive or pickle) nor a safetensors "
+            f"file (it starts with bytes {magic!r})"
+        )
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if m := re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e)):
+            raise ValueError(
+                f"{path} holds Python objects besides tensors ({m[1]}), which torch.load(weights_only=True) "
+                "refuses to build: nothing from a file is executed here. Load it in code you trust and "
+                "re-save only the state dict, e.g. torch.save(ckpt['model'], 'weights.pth')"
+            ) from None
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {msg[:160]}") from None
+
+
+def _unwrap(obj: Any, path: Path) -> StateDict:
+    """Find the state dict in a loaded object: the dict itself or one of its container entries."""
+    if not isinstance(obj, dict):
+        raise ValueError(
+            f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)"
+        )
+    for key in _CONTAINER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and any(isinstance(v, Tensor) for v in inner.values()):
+            return _unwrap(inner, path)
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
+    if not tensors:
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise ValueError(
+            f"{path} holds no tensors: a dict with keys [{keys}]; expected a state dict, "
+            f"possibly under one of {list(_CONTAINER_KEYS)}"
+        )
+    return tensors
+
+
+def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, Any] | None]:
+    """``(state_dict, own_format_metadata_or_None)`` of one file, unwrapped and without ``module.``
+    prefixes, in the file's own key names."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a checkpoint")
+    if _is_safetensors(path):
+        own = read_own_format(path)
+        if own is not None:
+            return own[0], own[1]
+        from safetensors.torch import load_file
+
+        try:
+            return strip_wrappers(load_file(str(path))), None
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+    return strip_wrappers(_unwrap(_torch_load(path), path)), None
+
+
+def _from_state_dict(sd: StateDict, source: str) -> tuple[StateDict, str]:
+    fmt = detect_key_format(sd)
+    if fmt is None:
+        names = ", ".join(list(sd)[:5])
+        raise ValueError(
+            f"{source} is not a PVT checkpoint: none of its {len(sd)} tensor names ({names}, ...) follows "
+            f"a known layout; accepted: {'; '.join(FORMATS.values())}"
+        )
+    return to_pvt(sd, fmt), fmt
+
+
+def _read_file(path: Path) -> Checkpoint:
+    sd, meta = read_state_dict(path)
+    if meta is not None:  # own format
+        config = None
+        if isinstance(meta.get("config"), dict):
+            try:
+                config = PVTConfig.from_dict(meta["config"])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}: its metadata holds an invalid PVT config: {e}") from None
+        extra = {k: v for k, v in meta.items() if k not in ("format", "config", "variant")}
+        return Checkpoint(sd, "pvt", str(path), config, meta.get("variant"), extra)
+    converted, fmt = _from_state_dict(sd, str(path))
+    return Checkpoint(converted, fmt, str(path))
+
+
+# --------------------------------------------------------------------------- HF / timm folders
+def hf_config_to_pvt(cfg: dict[str, Any], source: str = "config.json") -> PVTConfig:
+    """An HF transformers ``config.json`` (``model_type`` ``pvt_v2`` or ``pvt``) as a :class:`PVTConfig`.
+
+    HF uses ``layer_norm_eps`` (1e-6) in every LayerNorm, so both eps fields take it.
+    """
+    kind = cfg.get("model_type")
+    if kind not in ("pvt_v2", "pvt"):
+        raise ValueError(f"{source}: model_type {kind!r} is not a PVT model; accepted: 'pvt_v2', 'pvt'")
+    act = cfg.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"{source}: hidden_act {act!r} is not supported (PVT uses 'gelu')")
+    try:
+        dims = list(cfg["hidden_sizes"])
+        strides = list(cfg.get("strides", [4, 2, 2, 2]))
+        patch = list(cfg.get("patch_sizes", [7, 3, 3, 3] if kind == "pvt_v2" else [4, 2, 2, 2]))
+        eps = float(cfg.get("layer_norm_eps", 1e-6))
+        labels = cfg.get("id2label")
+        num_labels = len(labels) if isinstance(labels, dict) else int(cfg.get("num_labels", 1000))
+        classifier = any(a.endswith("ForImageClassification") for a in cfg.get("architectures") or [])
+        common = dict(
+            embed_dims=dims,
+            depths=list(cfg["depths"]),
+            num_heads=list(cfg["num_attention_heads"]),
+            mlp_ratios=list(cfg["mlp_ratios"]),
+            patch_strides=strides,
+            in_chans=int(cfg.get("num_channels", 3)),
+            qkv_bias=bool(cfg.get("qkv_bias", True)),
+            layer_norm_eps=eps,
+            embed_norm_eps=eps,
+            num_classes=num_labels if classifier else 0,
+        )
+        if kind == "pvt_v2":
+            if patch != [2 * s - 1 for s in strides]:
+                raise ValueError(
+                    f"{source}: patch_sizes {patch} with strides {strides} are not PVT v2's overlapping "
+                    "embedding (kernel 2S-1); not supported"
+                )
+            return PVTConfig(
+                **common,
+                sr_ratios=list(cfg["sr_ratios"]),
+                overlap_patch_embed=True,
+                conv_ffn=True,
+                linear_sra=bool(cfg.get("linear_attention", False)),
+                pos_embed=False,
+                cls_token=False,
+            )
+        if patch != strides:
+            raise ValueError(f"{source}: patch_sizes {patch} differ from strides {strides}; PVT v1 needs them equal")
+        size = cfg.get("image_size", 224)
+        return PVTConfig(
+            **common,
+            sr_ratios=list(cfg["sequence_reduction_ratios"]),
+            overlap_patch_embed=False,
+            conv_ffn=False,
+            pos_embed=True,
+            cls_token=True,
+            img_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+        )
+    except KeyError as e:
+        raise ValueError(f"{source}: the {kind} config lacks the field {e.args[0]!r}") from None
+    except TypeError as e:
+        raise ValueError(f"{source}: malformed {kind} config: {e}") from None
+
+
+def _weights_in(folder: Path) -> list[Path]:
+    """The weight files of an HF-style folder, in the order HF prefers them."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return [folder / name]
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            try:
+                shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise ValueError(f"{folder / index} is not a valid shard index: {e}") from None
+            return [folder / s for s in shards]
+    return []
+
+
+def _read_folder(folder: Path) -> Checkpoint:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        if len(files) == 1:
+            return _read_file(files[0])
+        found = ", ".join(p.name for p in files) or "no weight file"
+        raise ValueError(
+            f"{folder} is not a checkpoint folder: it has no config.json and {found}; pass a file, an HF "
+            "folder (config.json + model.safetensors or pytorch_model.bin) or a folder with one weight file"
+        )
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path} does not hold a JSON object")
+    weights = _weights_in(folder)
+    if not weights:
+        raise ValueError(
+            f"{folder} has a config.json but no model.safetensors or pytorch_model.bin (found: "
+            f"{', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'})"
+        )
+    sd: StateDict = {}
+    for w in weights:
+        part, _ = read_state_dict(w)
+        sd.update(part)
+    source = str(folder)
+    if "model_type" in cfg:  # HF transformers
+        config = hf_config_to_pvt(cfg, str(cfg_path))
+        converted, fmt = _from_state_dict(sd, source)
+        want = "hf_v2" if cfg["model_type"] == "pvt_v2" else "hf_v1"
+        if fmt != want:
+            raise ValueError(f"{source}: config.json says model_type {cfg['model_type']!r} but the weights are in "
+                             f"the {FORMATS[fmt]} layout")
+        return Checkpoint(converted, fmt, source, config)
+    if "architecture" in cfg:  # timm hub folder
+        arch = str(cfg["architecture"]).split(".")[0]
+        converted, fmt = _from_state_dict(sd, source)
+        return Checkpoint(converted, fmt, source, None, arch)
+    raise ValueError(
+        f"{cfg_path} is neither an HF transformers config (no 'model_type') nor a timm config (no 'architecture')"
+    )
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a file or folder in any supported format (see module doc) into a :class:`Checkpoint`."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return _read_folder(path) if path.is_dir() else _read_file(path)

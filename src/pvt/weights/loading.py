@@ -1,0 +1,212 @@
+"""Putting a checkpoint into a model: ``create_pretrained`` (build + load) and ``load_checkpoint``.
+
+Rules:
+
+* The head follows the checkpoint unless the caller asks for another ``num_classes``: then the
+  checkpoint's head is dropped and a fresh one is made, with a warning (no warning for
+  ``num_classes=0``, a backbone). A headless checkpoint (``PvtV2Model``, a backbone) gives a
+  headless model, or a fresh head with a warning when ``num_classes > 0`` is asked for.
+* Any other missing, unexpected or mis-shaped tensor is a :class:`ValueError` that lists them and,
+  when the shapes fit another registered variant, names it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..config import PVTConfig
+from ..hub import resolve_source
+from ..model import PyramidVisionTransformer
+from ..variants import Variant, get_variant
+from .files import Checkpoint, read_checkpoint
+from .keys import StateDict
+from .shapes import describe_architecture, infer_architecture, matching_variants
+
+__all__ = ["LoadReport", "create_pretrained", "load_checkpoint", "check_state_dict", "infer_variant", "MAX_LISTED"]
+
+MAX_LISTED = 10
+"""Keys listed per category in an error message before "... and N more"."""
+
+_HEAD = ("head.weight", "head.bias")
+# fields a self-describing checkpoint carries into the model it is loaded into
+_CARRIED = ("layer_norm_eps", "embed_norm_eps", "img_size", "pool_size", "qkv_bias", "in_chans")
+
+
+@dataclass
+class LoadReport:
+    """What did not fit when loading (all empty after a successful strict load)."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    """``(key, shape in the file, shape in the model)``."""
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = items[:MAX_LISTED]
+    more = f", ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"\n  {title} ({len(items)}): {', '.join(shown)}{more}"
+
+
+def check_state_dict(model_sd: dict[str, Tensor], sd: StateDict) -> LoadReport:
+    """Compare a checkpoint (this library's names) with a model's state dict."""
+    report = LoadReport()
+    report.missing = [k for k in model_sd if k not in sd]
+    report.unexpected = [k for k in sd if k not in model_sd]
+    report.mismatched = [
+        (k, tuple(sd[k].shape), tuple(v.shape)) for k, v in model_sd.items() if k in sd and sd[k].shape != v.shape
+    ]
+    return report
+
+
+def _guess(ckpt: Checkpoint) -> tuple[list[str], str]:
+    arch = infer_architecture(ckpt.state_dict)
+    if arch is None:
+        return [], "no PVT patch embedding"
+    return matching_variants(arch), describe_architecture(arch)
+
+
+def _mismatch_error(ckpt: Checkpoint, target: str, report: LoadReport) -> ValueError:
+    names, described = _guess(ckpt)
+    if names and target not in names:
+        verdict = f": it looks like {' / '.join(names)}, not {target}"
+    elif not names:
+        verdict = f": its shapes ({described}) match no registered variant"
+    else:
+        verdict = ""
+    msg = f"checkpoint {ckpt.source} ({ckpt.format_description}) does not fit {target}{verdict}"
+    if report.missing:
+        msg += _listing("missing keys", report.missing)
+    if report.unexpected:
+        msg += _listing("unexpected keys", report.unexpected)
+    if report.mismatched:
+        shapes = [f"{k} file {list(a)} vs model {list(b)}" for k, a, b in report.mismatched]
+        msg += _listing("mis-shaped keys", shapes)
+    return ValueError(msg)
+
+
+def _head_classes(sd: StateDict) -> int:
+    w = sd.get("head.weight")
+    return int(w.shape[0]) if w is not None and w.ndim == 2 else 0
+
+
+def _check_heads(ckpt: Checkpoint, cfg: PVTConfig, target: str) -> None:
+    """A self-describing checkpoint must agree on the one thing weights cannot show: the heads."""
+    if ckpt.config is not None and tuple(ckpt.config.num_heads) != tuple(cfg.num_heads):
+        raise ValueError(
+            f"checkpoint {ckpt.source} was made with num_heads {ckpt.config.num_heads}, but {target} "
+            f"has {cfg.num_heads}; pass num_heads={list(ckpt.config.num_heads)} to use it"
+        )
+
+
+def infer_variant(ckpt: Checkpoint) -> str:
+    """The registered variant a checkpoint holds: the name it records, else the one its shapes fit."""
+    from ..variants import VARIANTS
+
+    if ckpt.variant in VARIANTS:
+        return ckpt.variant  # type: ignore[return-value]
+    names, described = _guess(ckpt)
+    if len(names) == 1:
+        return names[0]
+    raise ValueError(
+        f"cannot tell which variant {ckpt.source} holds ({described}"
+        + (f"; it fits {', '.join(names)}" if names else "; no registered variant has these shapes")
+        + "): name one, e.g. --model pvt_v2_b2"
+    )
+
+
+def create_pretrained(
+    variant: Variant | str | None,
+    source: str | Path | Checkpoint,
+    *,
+    num_classes: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PyramidVisionTransformer:
+    """Build ``variant`` and load the checkpoint at ``source`` (file, folder, ``hf-hub:<repo>`` or an
+    already read :class:`Checkpoint`). ``variant=None``: the variant the checkpoint holds.
+
+    ``num_classes=None`` keeps the checkpoint's head size; ``overrides`` are :class:`PVTConfig`
+    fields (they win over what the checkpoint's own config says).
+    """
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(resolve_source(source))
+    if variant is None:
+        variant = infer_variant(ckpt)
+    variant = get_variant(variant) if isinstance(variant, str) else variant
+    overrides = dict(overrides or {})
+    overrides.pop("num_classes", None)
+    cfg = variant.config
+    if ckpt.config is not None:
+        carried = {f: getattr(ckpt.config, f) for f in _CARRIED}
+        carried.pop("in_chans")  # the caller's in_chans decides; a mismatch is reported below
+        cfg = cfg.replace(**carried)
+    cfg = cfg.replace(**overrides)
+    _check_heads(ckpt, cfg, variant.name)
+
+    sd = dict(ckpt.state_dict)
+    file_classes = _head_classes(sd)
+    want = file_classes if num_classes is None else num_classes
+    model = PyramidVisionTransformer(cfg.replace(num_classes=want))
+    model.variant_name = variant.name
+    fresh_head = want != file_classes
+    if fresh_head:
+        for k in _HEAD:
+            sd.pop(k, None)
+    report = check_state_dict(model.state_dict(), sd)
+    if fresh_head:
+        report.missing = [k for k in report.missing if k not in _HEAD]
+    if not report.ok:
+        raise _mismatch_error(ckpt, variant.name, report)
+    model.load_state_dict(sd, strict=not fresh_head)
+    if fresh_head and want > 0:
+        had = f"its {file_classes}-class head was dropped" if file_classes else "it has no classifier head"
+        warnings.warn(
+            f"checkpoint {ckpt.source}: {had}; the model's {want}-class head is freshly initialised "
+            "(train it before use)",
+            stacklevel=3,
+        )
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load a checkpoint in any supported format into an existing ``model``.
+
+    ``strict=True``: every tensor must fit exactly, else a :class:`ValueError` lists what does not.
+    ``strict=False``: load every tensor that fits and return the rest in the :class:`LoadReport`.
+    """
+    ckpt = read_checkpoint(resolve_source(path))
+    target = getattr(model, "variant_name", None) or type(model).__name__
+    model_sd = model.state_dict()
+    report = check_state_dict(model_sd, ckpt.state_dict)
+    if strict and not report.ok:
+        err = _mismatch_error(ckpt, target, report)
+        if any(k in _HEAD for k, _, _ in report.mismatched):
+            err = ValueError(
+                f"{err}\n  (to fine-tune to another number of classes use "
+                f"pvt.create_model(name, pretrained=..., num_classes=N), which drops the checkpoint's head)"
+            )
+        raise err
+    bad = {k for k, _, _ in report.mismatched}
+    fitting = {k: v for k, v in ckpt.state_dict.items() if k in model_sd and k not in bad}
+    model.load_state_dict(fitting, strict=False)
+    cfg = getattr(model, "config", None)
+    if ckpt.config is not None and isinstance(cfg, PVTConfig):
+        differs = [f for f in ("layer_norm_eps", "embed_norm_eps") if getattr(cfg, f) != getattr(ckpt.config, f)]
+        if differs:
+            warnings.warn(
+                f"checkpoint {ckpt.source} was made with "
+                + ", ".join(f"{f}={getattr(ckpt.config, f)}" for f in differs)
+                + " but the model uses "
+                + ", ".join(f"{f}={getattr(cfg, f)}" for f in differs)
+                + "; outputs will differ slightly (pvt.create_model(..., pretrained=...) matches them)",
+                stacklevel=2,
+            )
+    return report
