@@ -1,0 +1,277 @@
+"""COCO-format detection and instance segmentation: one JSON annotation file and an image folder.
+
+``CocoDataset(image_dir, ann_file, masks=...)[i]`` -> ``(image, target)`` with ``image`` a
+``(3, H, W)`` float tensor in [0, 1] and ``target`` a dict: ``boxes`` ``(N, 4)`` float (x1, y1, x2, y2,
+pixels), ``labels`` ``(N,)`` int64 contiguous class indices ``0 .. K-1`` (categories sorted by id),
+``masks`` ``(N, H, W)`` uint8 when ``masks=True``, ``image_id`` int.
+
+The file is checked when the dataset is made. Errors (ValueError / FileNotFoundError naming the file
+and the record): invalid JSON, missing keys, an annotation whose image or category does not exist, a
+``bbox`` that is not four numbers, a mask whose size differs from its image, a missing image file.
+Counted skips, as mmdetection does them (``dataset.skipped``): crowd regions and boxes that are empty
+or entirely outside the image are left out of training (they stay in the ground truth for COCOeval);
+boxes partly outside are clipped; training skips images with no boxes left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["CocoDataset", "load_coco_json", "decode_mask", "detection_collate", "hflip_detection"]
+
+log = logging.getLogger("pvt.data")
+
+
+def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
+    """Read and structurally check a COCO annotation file."""
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"COCO annotation file {str(ann_file)!r} does not exist")
+    try:
+        data = json.loads(ann_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{ann_file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{ann_file}: expected a JSON object with images, annotations, categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{ann_file}: missing or non-list key {key!r} (COCO needs images, annotations, categories)")
+    for i, img in enumerate(data["images"]):
+        for key in ("id", "file_name", "width", "height"):
+            if not isinstance(img, dict) or key not in img:
+                raise ValueError(f"{ann_file}: images[{i}] lacks {key!r}")
+    for i, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise ValueError(f"{ann_file}: categories[{i}] needs 'id' and 'name'")
+    if not data["categories"]:
+        raise ValueError(f"{ann_file}: no categories")
+    return data
+
+
+def decode_mask(segm: Any, height: int, width: int, where: str) -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, RLE or uncompressed RLE) -> ``(height, width)`` uint8 mask."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segm, list):
+        polys = [p for p in segm if isinstance(p, list)]
+        if not polys or any(len(p) < 6 or len(p) % 2 for p in polys):
+            raise ValueError(f"{where}: polygon segmentation needs lists of >= 3 (x, y) pairs")
+        rles = mask_utils.frPyObjects(polys, height, width)
+        return mask_utils.decode(mask_utils.merge(rles))
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        if [int(s) for s in segm["size"]] != [height, width]:
+            raise ValueError(
+                f"{where}: mask size {list(segm['size'])} differs from its image size [{height}, {width}] (h, w)"
+            )
+        rle = mask_utils.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm
+        if isinstance(rle.get("counts"), str):
+            rle = dict(rle, counts=rle["counts"].encode("ascii"))
+        return mask_utils.decode(rle)
+    raise ValueError(f"{where}: segmentation must be polygons or an RLE dict with 'size' and 'counts'")
+
+
+def hflip_detection(image: Tensor, target: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Flip an image and its boxes/masks left-right."""
+    w = image.shape[-1]
+    image = image.flip(-1)
+    target = dict(target)
+    b = target["boxes"].clone()
+    b[:, [0, 2]] = w - target["boxes"][:, [2, 0]]
+    target["boxes"] = b
+    if "masks" in target:
+        target["masks"] = target["masks"].flip(-1)
+    return image, target
+
+
+class CocoDataset(Dataset):
+    """A COCO-format data set for torchvision detectors (see the module docstring).
+
+    Args:
+        image_dir: folder the ``file_name`` entries are relative to.
+        ann_file: the JSON annotation file.
+        masks: decode instance masks (Mask R-CNN).
+        train: training mode: drop images without usable boxes, random horizontal flip.
+        hflip: flip probability in training.
+    """
+
+    def __init__(self, image_dir: str | Path, ann_file: str | Path, *, masks: bool = False, train: bool = False,
+                 hflip: float = 0.5, transform: Callable | None = None):
+        self.image_dir = Path(image_dir)
+        self.ann_file = Path(ann_file)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"COCO image folder {str(self.image_dir)!r} does not exist")
+        data = load_coco_json(self.ann_file)
+        self.masks, self.train, self.hflip, self.transform = masks, train, hflip, transform
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        self.cat_ids = [int(c["id"]) for c in cats]
+        self.class_names = [str(c["name"]) for c in cats]
+        self.cat_to_label = {c: i for i, c in enumerate(self.cat_ids)}
+        self.images = {int(im["id"]): im for im in data["images"]}
+        self.skipped: Counter[str] = Counter()
+        per_image: dict[int, list[dict]] = {i: [] for i in self.images}
+        for k, a in enumerate(data["annotations"]):
+            where = f"{self.ann_file}: annotations[{k}] (id {a.get('id')!r})" if isinstance(a, dict) else ""
+            if not isinstance(a, dict):
+                raise ValueError(f"{self.ann_file}: annotations[{k}] is not an object")
+            for key in ("image_id", "category_id", "bbox"):
+                if key not in a:
+                    raise ValueError(f"{where}: lacks {key!r}")
+            if a["image_id"] not in self.images:
+                raise ValueError(f"{where}: image_id {a['image_id']!r} is not in 'images'")
+            if a["category_id"] not in self.cat_to_label:
+                raise ValueError(
+                    f"{where}: category_id {a['category_id']!r} is not in 'categories' (ids {self.cat_ids})"
+                )
+            bbox = a["bbox"]
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+                raise ValueError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
+            if masks and "segmentation" not in a and not a.get("iscrowd"):
+                raise ValueError(f"{where}: lacks 'segmentation' (needed for instance masks)")
+            segm = a.get("segmentation")
+            if masks and isinstance(segm, dict) and "size" in segm:
+                im = self.images[a["image_id"]]
+                if [int(v) for v in segm["size"]] != [int(im["height"]), int(im["width"])]:
+                    raise ValueError(
+                        f"{where}: mask size {list(segm['size'])} differs from image {im['id']}'s size "
+                        f"[{im['height']}, {im['width']}] (h, w)"
+                    )
+            per_image[a["image_id"]].append(dict(a, _where=where))
+        self.annotations = per_image
+        missing = [im for im in self.images.values() if not (self.image_dir / im["file_name"]).is_file()]
+        if missing:
+            im = missing[0]
+            raise FileNotFoundError(
+                f"{self.ann_file}: image id {im['id']} file {str(self.image_dir / im['file_name'])!r} does not exist"
+                + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else "")
+            )
+        self.ids = sorted(self.images)
+        self.count_skips()
+        if train:
+            keep = [i for i in self.ids if self._usable(i)]
+            self.skipped["images_without_boxes"] = len(self.ids) - len(keep)
+            self.ids = keep
+            if not self.ids:
+                raise ValueError(f"{self.ann_file}: no image has a usable box")
+        for key, n in self.skipped.items():
+            if n:
+                log.info("%s: skipped %d %s", self.ann_file, n, key.replace("_", " "))
+        self._coco = None
+
+    # ------------------------------------------------------------------ records
+    def _usable(self, image_id: int) -> bool:
+        im = self.images[image_id]
+        return any(self._clip(a, im["width"], im["height"], count=False) is not None for a in self.annotations[image_id])
+
+    def _clip(self, a: dict, w: int, h: int, count: bool = True) -> list[float] | None:
+        """The annotation's box as clipped (x1, y1, x2, y2), or None for a counted skip."""
+        if a.get("iscrowd"):
+            if count:
+                self.skipped["crowd_regions"] += 1
+            return None
+        x, y, bw, bh = (float(v) for v in a["bbox"])
+        if bw < 1 or bh < 1:
+            if count:
+                self.skipped["empty_boxes"] += 1
+            return None
+        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, float(w)), min(y + bh, float(h))
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            if count:
+                self.skipped["boxes_outside_image"] += 1
+            return None
+        if count and (x1, y1, x2, y2) != (x, y, x + bw, y + bh):
+            self.skipped["boxes_clipped"] += 1
+        return [x1, y1, x2, y2]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cat_ids)
+
+    def coco(self):
+        """The ground truth as a pycocotools ``COCO`` object (for COCOeval)."""
+        if self._coco is None:
+            from pycocotools.coco import COCO
+
+            data = load_coco_json(self.ann_file)
+            for k, a in enumerate(data["annotations"]):
+                a.setdefault("id", k + 1)
+                a.setdefault("iscrowd", 0)
+                if "area" not in a:
+                    a["area"] = float(a["bbox"][2] * a["bbox"][3])
+            coco = COCO()
+            coco.dataset = data
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                coco.createIndex()
+            self._coco = coco
+        return self._coco
+
+    def load_image(self, image_id: int) -> Image.Image:
+        im = self.images[image_id]
+        path = self.image_dir / im["file_name"]
+        try:
+            img = Image.open(path).convert("RGB")
+        except OSError as e:
+            raise ValueError(f"{path}: unreadable image ({e})") from None
+        if img.size != (im["width"], im["height"]):
+            raise ValueError(
+                f"{self.ann_file}: image id {image_id} says {im['width']}x{im['height']} but "
+                f"{path} is {img.size[0]}x{img.size[1]}"
+            )
+        return img
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        image_id = self.ids[index]
+        img = self.load_image(image_id)
+        w, h = img.size
+        boxes, labels, masks = [], [], []
+        for a in self.annotations[image_id]:
+            box = self._clip(a, w, h, count=False)
+            if box is None:
+                continue
+            boxes.append(box)
+            labels.append(self.cat_to_label[a["category_id"]])
+            if self.masks:
+                masks.append(decode_mask(a["segmentation"], h, w, a["_where"]))
+        image = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+        target: dict[str, Tensor] = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "image_id": torch.tensor(image_id),
+        }
+        if self.masks:
+            target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.uint8)
+        if self.train and self.hflip > 0 and torch.rand(()) < self.hflip:
+            image, target = hflip_detection(image, target)
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+    def count_skips(self) -> Counter:
+        """Walk every record once and count the skips (crowd, empty, outside, clipped boxes)."""
+        self.skipped = Counter({k: v for k, v in self.skipped.items() if k == "images_without_boxes"})
+        for image_id, anns in self.annotations.items():
+            im = self.images[image_id]
+            for a in anns:
+                self._clip(a, im["width"], im["height"], count=True)
+        return self.skipped
+
+
+def detection_collate(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
+    """Lists of images and targets (torchvision detectors take lists of any sizes)."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)

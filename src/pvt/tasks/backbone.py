@@ -1,0 +1,137 @@
+"""PVT as a dense-prediction backbone: the four stage maps as an ordered dict, plus the FPN necks.
+
+``PVTBackbone(x)``: ``(B, 3, H, W) -> {"c2": (B, C1, H/4, W/4), ..., "c5": (B, C4, H/32, W/32)}``
+(v2 maps are ceil-sized: an odd side gives ``ceil(H / 4)`` and so on).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
+
+from ..model import PyramidVisionTransformer
+
+__all__ = [
+    "PVTBackbone",
+    "PVTWithFPN",
+    "P6P7FromC5",
+    "build_backbone",
+    "xavier_init_",
+]
+
+LEVEL_NAMES = ("c2", "c3", "c4", "c5")
+
+
+def xavier_init_(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every convolution under ``module`` (the paper's
+    initialisation of the layers a dense-prediction model adds to the pre-trained backbone)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def build_backbone(
+    name: str,
+    pretrained: str | Path | None = None,
+    drop_path_rate: float = 0.1,
+    **config_overrides,
+) -> PyramidVisionTransformer:
+    """A headless PVT (``num_classes=0``). ``pretrained`` may be any classification checkpoint the
+    family loads (official, timm, HF or this library's format); its classifier is dropped.
+
+    ``drop_path_rate`` 0.1 is what the official detection and segmentation backbones use.
+    """
+    from ..registry import create_model
+
+    return create_model(
+        name, num_classes=0, pretrained=pretrained, drop_path_rate=drop_path_rate, **config_overrides
+    )
+
+
+class PVTBackbone(nn.Module):
+    """The stage maps of a PVT as an ``OrderedDict`` (torchvision's backbone contract).
+
+    Args:
+        body: a :class:`PyramidVisionTransformer` (its head is not used).
+        levels: which maps to return, indices into stages (0 = stride 4 ... 3 = stride 32).
+    """
+
+    def __init__(self, body: PyramidVisionTransformer, levels: Sequence[int] = (0, 1, 2, 3)):
+        super().__init__()
+        self.body = body
+        self.levels = tuple(levels)
+        self.channels = [body.config.embed_dims[i] for i in self.levels]
+        self.strides = [body.feature_info[i]["reduction"] for i in self.levels]
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        maps = self.body.forward_features(x)
+        # contiguous copies: the token->map view is channels-last, convolutions are faster on NCHW
+        return OrderedDict((LEVEL_NAMES[i], maps[i].contiguous()) for i in self.levels)
+
+
+class P6P7FromC5(ExtraFPNBlock):
+    """RetinaNet's two extra levels, as mmdet's ``add_extra_convs='on_input'``: P6 = conv3x3/2(C5),
+    P7 = conv3x3/2(P6), no ReLU in between.
+
+    (torchvision's ``LastLevelP6P7`` takes P6 from P5 whenever C5 has as many channels as the FPN,
+    which happens for PVT v2-B0 with its 256-channel C5, and puts a ReLU before P7.)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+
+    def forward(self, results: list[Tensor], x: list[Tensor], names: list[str]):
+        p6 = self.p6(x[-1])
+        p7 = self.p7(p6)
+        return results + [p6, p7], names + ["p6", "p7"]
+
+
+class PVTWithFPN(nn.Module):
+    """PVT backbone + torchvision FPN: ``(B, 3, H, W) -> OrderedDict`` of 256-channel maps.
+
+    ``out_channels`` is set, as torchvision's detectors require. Output keys are ``"0", "1", ...``
+    for the FPN levels, then the extra block's names (``"pool"`` or ``"p6", "p7"``).
+    """
+
+    def __init__(
+        self,
+        body: PyramidVisionTransformer,
+        levels: Sequence[int],
+        out_channels: int = 256,
+        extra: str | None = None,
+    ):
+        super().__init__()
+        self.body = PVTBackbone(body, levels)
+        in_channels = self.body.channels
+        extra_block: ExtraFPNBlock | None
+        if extra == "p6p7":
+            extra_block = P6P7FromC5(in_channels[-1], out_channels)
+        elif extra == "pool":
+            extra_block = LastLevelMaxPool()
+        elif extra is None:
+            extra_block = None
+        else:
+            raise ValueError(f"extra must be 'p6p7', 'pool' or None, got {extra!r}")
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_block)
+        xavier_init_(self.fpn)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(i), v) for i, v in enumerate(feats.values())))
+
+
+@torch.no_grad()
+def feature_shapes(module: nn.Module, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """Shapes of every output map for a ``(1, 3, *size)`` input (a debugging aid)."""
+    out = module(torch.zeros(1, 3, *size))
+    return {k: tuple(v.shape) for k, v in out.items()}

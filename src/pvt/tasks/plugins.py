@@ -1,0 +1,313 @@
+"""The three dense-prediction tasks as training-engine plug-ins (:class:`pvt.engine.task.Task`).
+
+* ``detection``: RetinaNet on COCO-format data; best checkpoint by ``bbox_mAP``.
+* ``instance``: Mask R-CNN on COCO-format data with masks; best by ``segm_mAP``.
+* ``segmentation``: Semantic FPN on ADE20K-format data; best by ``mIoU``.
+
+``--model`` names the backbone (``pvt_v2_b0``). ``--data`` is a folder: COCO layout
+(``annotations/instances_{train,val}[2017].json`` and ``{train,val}[2017]/``) or ADE20K layout
+(``images/{training,validation}``, ``annotations/...``); without it, the built-in shapes. Task options
+(``--opt KEY=VALUE``): detection/instance ``max_size`` (longer side cap), ``multiscale`` (true: the 3x
+recipe's random shorter side in [0.8, 1] x img_size), ``lr_steps`` (epochs, default 8/12 and 11/12 of
+the run; 27,33 for 36 epochs), ``train_ann``/``val_ann``/``train_images``/``val_images`` (explicit
+paths); segmentation ``test_size`` (shorter side at evaluation, default img_size), ``reduce_zero_label``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.ade import IGNORE_INDEX, ADE20KDataset, segmentation_collate
+from ..data.coco import CocoDataset, detection_collate
+from ..engine.task import Task, register_task
+from .metrics import ConfusionMatrix, coco_map, detections_to_coco
+from .schedules import MultiStepLR, PolyLR
+
+__all__ = ["DetectionTask", "InstanceTask", "SegmentationTask", "SHAPES_DETECTION", "SHAPES_SEGMENTATION"]
+
+log = logging.getLogger("pvt.train")
+
+_COMMON = {"mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "reprob": 0.0, "aa": "none", "color_jitter": 0.0,
+           "clip_grad": 0.0, "lr": 1e-4, "weight_decay": 1e-4, "model_ema": False}
+
+#: the paper's detection recipe (mmdet 1x): AdamW 1e-4, wd 1e-4, 12 epochs, 2 images per GPU
+#: (x8 GPUs = the paper's 16), warm-up 500 iterations from 0.001 x lr, shorter side 800.
+DETECTION_DEFAULTS: dict[str, Any] = dict(_COMMON, epochs=12, batch_size=2, img_size=800, warmup_epochs=0.07,
+                                          warmup_lr=1e-7, hflip=0.5)
+#: the paper's segmentation recipe: AdamW 1e-4, wd 1e-4 (the official mmseg config), poly 0.9,
+#: 512 crops, 2 per GPU; 40k iterations at batch 16 are ~32 ADE20K epochs.
+SEGMENTATION_DEFAULTS: dict[str, Any] = dict(_COMMON, epochs=32, batch_size=2, img_size=512, warmup_epochs=0.0,
+                                             hflip=0.5)
+#: built-in shapes (128 px): a CPU run of a few minutes, from scratch, so a higher lr.
+SHAPES_DETECTION: dict[str, Any] = {"img_size": 128, "epochs": 12, "batch_size": 8, "lr": 1e-3,
+                                    "warmup_epochs": 1.0, "workers": 0}
+SHAPES_SEGMENTATION: dict[str, Any] = {"img_size": 128, "epochs": 8, "batch_size": 8, "lr": 1e-3, "workers": 0}
+
+_DET_OPTIONS = {"max_size", "multiscale", "lr_steps", "train_ann", "val_ann", "train_images", "val_images",
+                "num_train", "num_val"}
+_SEG_OPTIONS = {"test_size", "reduce_zero_label", "num_train", "num_val"}
+
+
+def _shapes_root(cfg) -> Path:
+    from ..data.synthetic import default_shapes_root, make_shapes_dataset
+
+    root = Path(cfg.data_dir).expanduser() / "shapes" if cfg.data_dir else default_shapes_root()
+    opts = cfg.task_options
+    kw = {k: int(opts[k]) for k in ("num_train", "num_val") if k in opts}
+    if kw:
+        root = root.with_name(f"shapes-{kw.get('num_train', 200)}-{kw.get('num_val', 50)}")
+    return make_shapes_dataset(root, **kw)
+
+
+def _check_options(task: Task, accepted: set[str]) -> None:
+    unknown = sorted(set(task.cfg.task_options) - accepted)
+    if unknown:
+        raise ValueError(f"{task.name} task: unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"accepted: {', '.join(sorted(accepted))}")
+
+
+def _drop_path(cfg) -> float:
+    return cfg.drop_path if cfg.drop_path is not None else 0.1  # the official dense backbones' rate
+
+
+# ---------------------------------------------------------------------------------- detection
+class DetectionTask(Task):
+    """RetinaNet (see module docstring)."""
+
+    name = "detection"
+    best_metric = "bbox_mAP"
+    defaults = DETECTION_DEFAULTS
+    head = "retinanet"
+    masks = False
+    collate_fn = staticmethod(detection_collate)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.class_names: list[str] = []
+        self.cat_ids: list[int] = []
+        self.val_ds: CocoDataset | None = None
+
+    @classmethod
+    def data_defaults(cls, data: str | None) -> dict[str, Any]:
+        return dict(SHAPES_DETECTION) if data is None else {}
+
+    def validate(self) -> None:
+        _check_options(self, _DET_OPTIONS)
+        steps = self.cfg.task_options.get("lr_steps")
+        if steps is not None:
+            steps = steps if isinstance(steps, list) else [steps]
+            if not all(isinstance(s, (int, float)) and 0 < s <= self.cfg.epochs for s in steps):
+                raise ValueError(f"{self.name} task: option lr_steps={steps!r}: expected epochs in 1..{self.cfg.epochs}")
+
+    # -- data
+    def _paths(self) -> dict[str, Path]:
+        opts = self.cfg.task_options
+        root = Path(self.cfg.data).expanduser() if self.cfg.data else _shapes_root(self.cfg) / "coco"
+        if not root.is_dir():
+            raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+        out = {}
+        for split in ("train", "val"):
+            ann = opts.get(f"{split}_ann")
+            if ann is None:
+                cands = [root / "annotations" / f"instances_{split}2017.json", root / "annotations" / f"instances_{split}.json"]
+                ann = next((c for c in cands if c.is_file()), None)
+                if ann is None:
+                    raise FileNotFoundError(
+                        f"data folder {str(root)!r}: no {cands[0].relative_to(root)} or {cands[1].relative_to(root)} "
+                        f"(or pass --opt {split}_ann=FILE)"
+                    )
+            imgs = opts.get(f"{split}_images")
+            if imgs is None:
+                imgs = next((c for c in (root / f"{split}2017", root / split) if c.is_dir()), root / split)
+            out[f"{split}_ann"], out[f"{split}_images"] = Path(ann), Path(imgs)
+        return out
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        p = self._paths()
+        train = CocoDataset(p["train_images"], p["train_ann"], masks=self.masks, train=True, hflip=self.cfg.hflip)
+        val = CocoDataset(p["val_images"], p["val_ann"], masks=self.masks, train=False)
+        if val.cat_ids != train.cat_ids:
+            raise ValueError(f"{p['val_ann']}: categories {val.cat_ids} differ from the training file's {train.cat_ids}")
+        self.class_names, self.cat_ids, self.val_ds = train.class_names, train.cat_ids, val
+        for ds in (train, val):
+            skips = {k: v for k, v in ds.skipped.items() if v}
+            if skips:
+                log.info("%s: %s", ds.ann_file, ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skips.items()))
+        return train, val
+
+    # -- model
+    def _sizes(self) -> dict[str, Any]:
+        cfg, opts = self.cfg, self.cfg.task_options
+        short = cfg.img_size
+        max_size = int(opts.get("max_size", round(short * 1333 / 800)))
+        min_size: Any = short
+        if opts.get("multiscale"):  # 3x recipe: shorter side random in [640, 800] at the default 800
+            lo = round(short * 0.8 / 32) * 32
+            min_size = tuple(range(lo, short + 1, 32)) or (short,)
+        return {"min_size": min_size, "max_size": max_size}
+
+    def build_model(self) -> nn.Module:
+        from . import create_task_model
+
+        if not self.class_names:
+            raise ValueError(f"{self.name} task: class names unknown; build_datasets first")
+        model = create_task_model(f"{self.head}_{self.cfg.model}", num_classes=len(self.class_names),
+                                  pretrained=self.cfg.pretrained, drop_path_rate=_drop_path(self.cfg), **self._sizes())
+        # test at the single scale (the model switches scales only in training)
+        return model
+
+    def build_scheduler(self, optimizer, steps_per_epoch: int):
+        cfg = self.cfg
+        steps = cfg.task_options.get("lr_steps")
+        if steps is None:
+            steps = [27, 33] if cfg.epochs == 36 else [round(cfg.epochs * 8 / 12), round(cfg.epochs * 11 / 12)]
+        steps = steps if isinstance(steps, list) else [steps]
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        ratio = cfg.warmup_lr / max(cfg.peak_lr(), 1e-12)
+        return MultiStepLR(optimizer, [int(s * steps_per_epoch) for s in steps], 0.1, warmup, min(ratio, 1.0))
+
+    # -- steps
+    def batch_size_of(self, batch: Any) -> int:
+        return len(batch[0])
+
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+        images, targets = batch
+        images = [i.to(device, non_blocking=True) for i in images]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        return loss, {k.removeprefix("loss_"): float(v.detach()) for k, v in losses.items()}
+
+    @torch.no_grad()
+    def predict_batch(self, model: nn.Module, images: list[Tensor], device: torch.device) -> list[dict[str, Tensor]]:
+        model.eval()
+        return model([i.to(device) for i in images])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        ds = loader.dataset
+        if not isinstance(ds, CocoDataset):
+            raise ValueError("detection evaluation needs a CocoDataset loader")
+        results: list[dict[str, Any]] = []
+        ids: list[int] = []
+        for images, targets in loader:
+            for t, det in zip(targets, self.predict_batch(model, images, device)):
+                ids.append(int(t["image_id"]))
+                results += detections_to_coco(ids[-1], det, ds.cat_ids, masks=self.masks)
+        out = {f"bbox_{k}": v for k, v in coco_map(ds.coco(), results, "bbox", ids).items()}
+        if self.masks:
+            out.update({f"segm_{k}": v for k, v in coco_map(ds.coco(), results, "segm", ids).items()})
+        out["detections_per_image"] = len(results) / max(len(ids), 1)
+        return out
+
+    # -- checkpoints
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"task": self.name, "task_model": f"{self.head}_{self.cfg.model}", "class_names": self.class_names,
+                "cat_ids": self.cat_ids, **{k: v for k, v in self._sizes().items()}}
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        self.class_names = list(extra["class_names"])
+        self.cat_ids = [int(c) for c in extra.get("cat_ids", range(1, len(self.class_names) + 1))]
+
+
+class InstanceTask(DetectionTask):
+    """Mask R-CNN (see module docstring)."""
+
+    name = "instance"
+    best_metric = "segm_mAP"
+    head = "maskrcnn"
+    masks = True
+
+
+# ------------------------------------------------------------------------------- segmentation
+class SegmentationTask(Task):
+    """Semantic FPN (see module docstring)."""
+
+    name = "segmentation"
+    best_metric = "mIoU"
+    defaults = SEGMENTATION_DEFAULTS
+    collate_fn = staticmethod(segmentation_collate)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.class_names: list[str] = []
+        self.per_class_iou: list[float] = []
+
+    @classmethod
+    def data_defaults(cls, data: str | None) -> dict[str, Any]:
+        return dict(SHAPES_SEGMENTATION) if data is None else {}
+
+    def validate(self) -> None:
+        _check_options(self, _SEG_OPTIONS)
+
+    def _scale(self, size: int) -> tuple[int, int]:
+        return (size * 4, size)  # mmseg's (2048, 512) at 512
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        cfg, opts = self.cfg, self.cfg.task_options
+        root = Path(cfg.data).expanduser() if cfg.data else _shapes_root(cfg) / "ade"
+        if not root.is_dir():
+            raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+        rz = bool(opts.get("reduce_zero_label", True))
+        test = int(opts.get("test_size", cfg.img_size))
+        train = ADE20KDataset(root, "training", train=True, crop_size=cfg.img_size, scale=self._scale(cfg.img_size),
+                              reduce_zero_label=rz, hflip=cfg.hflip)
+        val = ADE20KDataset(root, "validation", train=False, scale=self._scale(test), reduce_zero_label=rz,
+                            num_classes=train.num_classes)
+        self.class_names = train.class_names
+        return train, val
+
+    def build_model(self) -> nn.Module:
+        from . import create_task_model
+
+        if not self.class_names:
+            raise ValueError("segmentation task: class names unknown; build_datasets first")
+        return create_task_model(f"semfpn_{self.cfg.model}", num_classes=len(self.class_names),
+                                 pretrained=self.cfg.pretrained, drop_path_rate=_drop_path(self.cfg))
+
+    def build_scheduler(self, optimizer, steps_per_epoch: int):
+        return PolyLR(optimizer, self.cfg.epochs * steps_per_epoch, power=0.9, min_lr=0.0)
+
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+        images, labels = batch
+        if isinstance(images, list):
+            raise ValueError("segmentation training needs equal-size crops (got a list of sizes)")
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images)
+        return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX), {}
+
+    @torch.no_grad()
+    def predict_logits(self, model: nn.Module, image: Tensor, out_size: tuple[int, int], device) -> Tensor:
+        """``(3, h, w)`` -> ``(K, *out_size)`` logits (mmseg's whole-image inference)."""
+        logits = model(image[None].to(device))
+        return F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)[0]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        cm = ConfusionMatrix(len(self.class_names), IGNORE_INDEX)
+        for images, labels in loader:
+            for img, lab in zip(images, labels):
+                pred = self.predict_logits(model, img, tuple(lab.shape[-2:]), device).argmax(0)
+                cm.update(pred, lab)
+        res = cm.compute()
+        self.per_class_iou = res.pop("per_class_iou")
+        return res
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"task": self.name, "task_model": f"semfpn_{self.cfg.model}", "class_names": self.class_names,
+                "img_size": self.cfg.img_size}
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        self.class_names = list(extra["class_names"])
+
+
+register_task(DetectionTask.name, DetectionTask)
+register_task(InstanceTask.name, InstanceTask)
+register_task(SegmentationTask.name, SegmentationTask)
