@@ -31,7 +31,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlopReport", "count_flops", "variant_flops", "paper_convention_gflops", "attention_macs", "ATTENTION"]
+__all__ = [
+    "ATTENTION",
+    "FIGURE4_MODELS",
+    "FIGURE4_SIZES",
+    "FlopReport",
+    "attention_macs",
+    "complexity_curve",
+    "count_flops",
+    "paper_convention_gflops",
+    "reference_model",
+    "variant_flops",
+]
 
 ATTENTION = "attention matmuls"
 """Key of the attention products (``Q K^T`` and ``A V``) in :attr:`FlopReport.by_type`."""
@@ -356,3 +367,49 @@ def paper_convention_gflops(name: str, input_size: int | Sequence[int] = 224) ->
     PVT v1 and v2 backbones alike; this count reproduces every row of v2's Table 2.)
     """
     return variant_flops(name, input_size, attention=True).gflops
+
+
+# ----------------------------------------------------------------------------- Figure 4 of PVT v2
+FIGURE4_SIZES: tuple[int, ...] = (224, *range(256, 1281, 128))
+"""Square input sides of the default complexity curve: 224, 256, 384, ..., 1280."""
+
+FIGURE4_MODELS: dict[str, str] = {
+    "vit_small_patch16": "ViT-Small/16",
+    "vit_small_patch32": "ViT-Small/32",
+    "pvt_v1_small": "PVTv1-Small",
+    "resnet50": "ResNet-50",
+    "pvt_v2_b2": "PVTv2-B2",
+    "pvt_v2_b2_li": "PVTv2-B2-Li",
+}
+"""The models of the PVT v2 paper's Figure 4 (plus PVTv2-B2), by key, with their plot labels."""
+
+
+def reference_model(name: str, input_size: int = 224) -> nn.Module:
+    """A Figure 4 model on ``meta`` (no weights): a PVT variant, torchvision's ResNet-50, or a
+    ViT-Small (torchvision ``VisionTransformer``: hidden 384, 12 layers, 6 heads, MLP 1536) with
+    patch 16 or 32 built for ``input_size`` (rounded down to a multiple of the patch, which leaves
+    its FLOPs unchanged: the patch convolution drops the remainder)."""
+    import torchvision
+
+    with torch.device("meta"):
+        if name == "resnet50":
+            return torchvision.models.resnet50(weights=None)
+        if name.startswith("vit_small_patch"):
+            patch = int(name.removeprefix("vit_small_patch"))
+            side = max(patch, input_size // patch * patch)
+            return torchvision.models.VisionTransformer(
+                image_size=side, patch_size=patch, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536
+            )
+        from .registry import create_model
+        from .variants import VARIANTS
+
+        if name in VARIANTS:
+            return create_model(name)
+    choices = ", ".join([*FIGURE4_MODELS, "or any PVT variant"])
+    raise ValueError(f"unknown reference model {name!r}; choose from {choices}")
+
+
+def complexity_curve(name: str, sizes: Sequence[int] = FIGURE4_SIZES) -> list[FlopReport]:
+    """:func:`count_flops` of reference model ``name`` at each square input side in ``sizes``."""
+    fixed = None if name.startswith("vit_") else reference_model(name)
+    return [count_flops(fixed if fixed is not None else reference_model(name, s), s) for s in sizes]
