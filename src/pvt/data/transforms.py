@@ -24,6 +24,7 @@ def train_transform(cfg: Any) -> Callable[[Image.Image], Tensor]:
         input_size=cfg.img_size,
         is_training=True,
         scale=tuple(cfg.scale),
+        ratio=tuple(cfg.ratio),
         hflip=cfg.hflip,
         color_jitter=cfg.color_jitter if aa is None else None,
         auto_augment=aa,

@@ -76,6 +76,7 @@ class TrainConfig:
     recount: int = _f(1, "random-erasing count", min=1)
     hflip: float = _f(0.5, "horizontal-flip probability", min=0.0, max=1.0)
     scale: list[float] = _f(None, "random-resized-crop area range", factory=lambda: [0.08, 1.0])
+    ratio: list[float] = _f(None, "random-resized-crop aspect-ratio range", factory=lambda: [0.75, 4 / 3])
     interpolation: str = _f("bicubic", "resize interpolation", choices=("bicubic", "bilinear", "nearest"))
     img_size: int = _f(224, "training and evaluation crop size", min=16)
     crop_pct: float = _f(0.875, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
@@ -186,6 +187,8 @@ def _check(f: dataclasses.Field, tp: Any, value: Any) -> Any:
         out = [float(v) for v in value]
         if f.name == "scale" and (len(out) != 2 or not 0 < out[0] <= out[1] <= 1):
             raise bad("two numbers 0 < lo <= hi <= 1, e.g. 0.08,1.0")
+        if f.name == "ratio" and (len(out) != 2 or not 0 < out[0] <= out[1]):
+            raise bad("two numbers 0 < lo <= hi, e.g. 0.75,1.333")
     elif base_origin is dict:
         if not isinstance(value, dict):
             raise bad("a mapping of task options")

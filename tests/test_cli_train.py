@@ -1,0 +1,147 @@
+"""The ``pvt train / eval / predict`` commands on a small synthetic folder: outputs, JSON, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pvt.cli import main
+
+FAST = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--threads", "1", "--quiet", "--aa", "none",
+        "--model", "pvt_v2_b0", "--img-size", "32"]
+
+
+def make_stripes(root, n_train=12, n_val=4, size=32, seed=0):
+    """Three classes of noisy stripe images: horizontal, vertical, diagonal (``root/{train,val}/<class>``)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    waves = {"horizontal": yy, "vertical": xx, "diagonal": xx + yy}
+    for split, n in (("train", n_train), ("val", n_val)):
+        for name, w in waves.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                a = (np.sin(w * 0.8 + rng.uniform(0, 6)) > 0) * 200 + rng.integers(0, 50, (size, size))
+                Image.fromarray(a.astype(np.uint8)).convert("RGB").save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data = make_stripes(tmp_path_factory.mktemp("stripes"))
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["train", "--data", str(data), "--output", str(out), "--name", "r", *FAST]) == 0
+    return data, out / "r"
+
+
+def test_train_writes_a_run_and_prints_json_when_quiet(trained, capsys):
+    data, run = trained
+    assert (run / "best.safetensors").is_file() and (run / "config.yaml").is_file()
+    cfg = (run / "config.yaml").read_text()
+    assert "batch_size: 8" in cfg and f"data: {data}" in cfg
+
+
+def test_eval_json_and_text(trained, capsys):
+    data, run = trained
+    assert main(["eval", "--checkpoint", str(run / "best.safetensors"), "--data", str(data), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["images"] == 12 and r["img_size"] == 32 and r["model"] == "pvt_v2_b0"
+    assert 0 <= r["top1"] <= r["top5"] == 100.0  # 3 classes: top-5 always hits
+    best = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][0]
+    assert r["top1"] == pytest.approx(best["val_top1"])
+    assert main(["eval", "--checkpoint", str(run), "--data", str(data / "val")]) == 0  # run folder, split folder
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_predict_json_and_table(trained, capsys):
+    data, run = trained
+    imgs = [str(data / "val" / "vertical" / "0.png"), str(data / "val" / "horizontal" / "1.png")]
+    assert main(["predict", "--checkpoint", str(run / "last.safetensors"), *imgs, "--topk", "2", "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert [p["image"] for p in preds] == imgs
+    for p in preds:
+        assert len(p["top"]) == 2 and {t["class"] for t in p["top"]} <= {"horizontal", "vertical", "diagonal"}
+        assert p["top"][0]["prob"] >= p["top"][1]["prob"]
+    assert main(["predict", "--checkpoint", str(run / "last.safetensors"), imgs[0]]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("0.png") and line.count("%") == 3
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    "extra, msg",
+    [
+        (["--epochs", "abc"], "epochs='abc': expected an integer"),
+        (["--lr", "-0.1"], "lr=-0.1: expected a number >= 0"),
+        (["--amp", "fp8"], "amp='fp8': expected one of"),
+        (["--model", "pvt_v9"], "unknown model 'pvt_v9'"),
+        (["--batch-size", "500"], "batch_size=500: larger than the 36 training images"),
+        (["--opt", "foo=1"], "classification takes no task options"),
+    ],
+)
+def test_bad_config_values_exit_2_without_run_folder(trained, tmp_path, capsys, extra, msg):
+    data, _ = trained
+    out = tmp_path / "runs"
+    code, err = _err(capsys, ["train", "--data", str(data), "--output", str(out), "--name", "x", *FAST, *extra])
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("pvt train: error:")
+    assert msg in err or __import__("re").search(msg, err), err
+    assert not (out / "x").exists()
+
+
+def test_bad_data_folders(tmp_path, capsys):
+    out = tmp_path / "runs"
+    base = ["train", "--output", str(out), "--name", "x", *FAST]
+    code, err = _err(capsys, [*base, "--data", str(tmp_path / "nope")])
+    assert code == 2 and "data folder" in err and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, err = _err(capsys, [*base, "--data", str(tmp_path / "empty")])
+    assert code == 2 and "has no train/ or val/" in err
+    data = make_stripes(tmp_path / "d", n_train=2, n_val=1)
+    (data / "train" / "blank").mkdir()
+    code, err = _err(capsys, [*base, "--data", str(data)])
+    assert code == 2 and "class folder" in err and "blank' has no images" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_checkpoints_and_images(trained, tmp_path, capsys):
+    data, run = trained
+    code, err = _err(capsys, ["predict", "--checkpoint", str(run / "best.safetensors"), str(tmp_path / "no.png")])
+    assert code == 2 and "image" in err and "no.png' does not exist" in err
+    code, err = _err(capsys, ["eval", "--checkpoint", str(run / "best.safetensors"), "--model", "pvt_v2_b1"])
+    assert code == 2 and "holds 'pvt_v2_b0', not the requested model 'pvt_v2_b1'" in err
+    code, err = _err(capsys, ["eval", "--checkpoint", str(run / "state.pt")])
+    assert code == 2 and "is not a classifier written by pvt train" in err
+    # fine-tuning from a checkpoint of another variant
+    out = tmp_path / "runs"
+    code, err = _err(capsys, ["train", "--data", str(data), "--output", str(out), "--name", "ft", *FAST,
+                              "--model", "pvt_v2_b1", "--pretrained", str(run / "best.safetensors")])
+    assert code == 2 and "are for 'pvt_v2_b0', not for model 'pvt_v2_b1'" in err
+    assert not (out / "ft").exists()
+    # an existing run folder is never overwritten
+    code, err = _err(capsys, ["train", "--data", str(data), "--output", str(run.parent), "--name", run.name, *FAST])
+    assert code == 2 and "already exists" in err and "--resume" in err
+
+
+@pytest.mark.filterwarnings("ignore:checkpoint .* head was dropped")
+def test_finetune_from_own_checkpoint_with_new_head(trained, tmp_path, capsys):
+    data, run = trained
+    two = tmp_path / "two"
+    for split in ("train", "val"):
+        for c in ("horizontal", "vertical"):
+            (two / split / c).mkdir(parents=True)
+            for p in sorted((data / split / c).iterdir())[:4]:
+                (two / split / c / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "runs"
+    assert main(["train", "--data", str(two), "--output", str(out), "--name", "ft", *FAST,
+                 "--pretrained", str(run / "best.safetensors"), "--batch-size", "4"]) == 0
+    from pvt.api import load_classifier
+
+    clf = load_classifier(out / "ft")
+    assert clf.class_names == ["horizontal", "vertical"] and clf.model.head.out_features == 2

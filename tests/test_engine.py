@@ -1,0 +1,155 @@
+"""Engine: config layering and validation, the task registry, optimiser groups, weights_only state, and
+learning on the built-in digits (with its run folder, evaluate and predict)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import pvt
+from pvt.engine import TrainConfig, get_task, list_tasks, resolve_config
+from pvt.engine.classification import DIGITS_DEFAULTS, topk_correct
+from pvt.engine.state import load_state, rng_state, save_state, set_rng_state
+from pvt.engine.trainer import amp_dtype, param_groups
+
+
+def test_defaults_are_the_paper_recipe_and_lr_scales_with_batch():
+    cfg = resolve_config(data="/somewhere")  # a user folder: no digits preset
+    assert (cfg.weight_decay, cfg.smoothing, cfg.mixup, cfg.cutmix, cfg.reprob) == (0.05, 0.1, 0.8, 1.0, 0.25)
+    assert (cfg.epochs, cfg.img_size, cfg.warmup_epochs, cfg.aa) == (300, 224, 5.0, "rand-m9-mstd0.5-inc1")
+    # the official rule: lr = 5e-4 * global batch / 512 -> 1e-3 for 128 x 8 GPUs
+    assert cfg.peak_lr(world_size=8) == pytest.approx(1e-3)
+    assert resolve_config(lr=3e-4).peak_lr(8) == 3e-4
+
+
+def test_layers_digits_preset_yaml_then_flags(tmp_path):
+    cfg = resolve_config()
+    for k, v in DIGITS_DEFAULTS.items():
+        assert getattr(cfg, k) == v
+    y = tmp_path / "c.yaml"
+    y.write_text("epochs: 7\nbatch-size: 16\nlr: 1.0e-3\n")
+    cfg = resolve_config(y, epochs="9")
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.img_size) == (9, 16, 1e-3, 32)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"epochs": "ten"}, "epochs='ten': expected an integer"),
+        ({"epochs": 0}, "epochs=0: expected an integer >= 1"),
+        ({"lr": -1}, "lr=-1: expected a number >= 0"),
+        ({"amp": "fp8"}, "amp='fp8': expected one of auto, none, bf16, fp16"),
+        ({"scale": "0.5"}, "scale=.*two numbers"),
+        ({"model_ema": "maybe"}, "model_ema='maybe': expected true or false"),
+        ({"epochz": 3}, "unknown config key 'epochz' \\(did you mean 'epochs'\\?\\)"),
+        ({"model": "pvt_v2_b9"}, "unknown model 'pvt_v2_b9'"),
+        ({"device": "tpu"}, "device='tpu'"),
+        ({"task": "poetry"}, "unknown task 'poetry'; accepted: .*classification"),
+    ],
+)
+def test_bad_values_are_named(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        resolve_config(**kw)
+
+
+def test_registry_and_amp_choice():
+    assert "classification" in list_tasks()
+    task = get_task("classification")(resolve_config())
+    assert task.best_metric == "top1"
+    assert amp_dtype("auto", torch.device("cpu")) is None
+    assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValueError, match="amp='fp16'"):
+        amp_dtype("fp16", torch.device("cpu"))
+
+
+def test_no_weight_decay_on_norms_biases_embeddings():
+    model = pvt.create_model("pvt_v1_tiny", num_classes=3)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    assert "stages.0.pos_embed" in nd and "stages.3.cls_token" in nd and "head.bias" in nd
+    assert "stages.0.blocks.0.norm1.weight" in nd
+    assert all(p.ndim >= 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_state_is_weights_only_and_restores_rng(tmp_path):
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    st = rng_state()
+    expect = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    save_state(tmp_path / "s.pt", {"rng": [st], "epoch": 2, "best": 50.0})
+    back = torch.load(tmp_path / "s.pt", weights_only=True)  # raises on any pickled object
+    assert back["epoch"] == 2 and back["version"] == 1
+    random.seed(0)
+    torch.manual_seed(0)
+    set_rng_state(load_state(tmp_path / "s.pt")["rng"][0])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expect
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_topk_correct_counts():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
+    assert topk_correct(logits, torch.tensor([1, 1, 0]), (1, 2, 5)) == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------- learning
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    run = pvt.train(
+        data_dir=str(tmp_path_factory.mktemp("cache")), output=str(out), name="digits", epochs=1, batch_size=32,
+        lr=2e-3, warmup_epochs=0.2, aa="none", color_jitter=0.0, workers=0, threads=1, quiet=True,
+    )
+    return run
+
+
+def test_learns_the_digits_well_above_chance(digits_run):
+    # one epoch (45 steps) at 32x32 from scratch: chance is 10 %
+    best = digits_run.best
+    assert best["val_top1"] >= 60.0, digits_run.metrics
+    assert best["val_loss"] < 0.6 * np.log(10)  # far below the loss of a uniform guess
+
+
+def test_run_folder_contents(digits_run):
+    d = digits_run.run_dir
+    names = sorted(p.name for p in d.iterdir())
+    assert names == ["best.safetensors", "classes.json", "config.yaml", "last.safetensors", "learning_curves.png",
+                     "metrics.jsonl", "state.pt", "train.log"]  # no temporary files left behind
+    lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1]
+    for r in lines:
+        assert {"epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_s", "time"} <= set(r)
+        assert 0 <= r["val_top1"] <= r["val_top5"] <= 100 and r["images_per_s"] > 0
+    assert json.loads((d / "classes.json").read_text()) == [str(i) for i in range(10)]
+    assert resolve_config(d / "config.yaml") == TrainConfig.from_dict(
+        {**json.loads(json.dumps(resolve_config(d / "config.yaml").to_dict()))})
+    st = torch.load(d / "state.pt", weights_only=True)
+    assert st["epoch"] == 1 and set(st) >= {"model", "optimizer", "scheduler", "scaler", "rng", "best", "updates"}
+    assert (d / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_matches_training_metrics_and_predict(digits_run):
+    best = digits_run.best
+    ev = pvt.evaluate(digits_run.best_checkpoint)
+    assert ev["images"] == 360 and ev["img_size"] == 32
+    assert ev["top1"] == pytest.approx(best["val_top1"], abs=1e-6)  # same held-out split, same transform
+    assert ev["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
+    val = digits_run.run_dir  # the digits cache is the checkpoint's training data
+    from pvt.data import digits_folder
+
+    folder = digits_folder(json.loads(json.dumps(pvt.api.load_classifier(val).train_config))["data_dir"]) / "val"
+    images = [sorted((folder / str(c)).iterdir())[0] for c in range(10)]
+    preds = pvt.predict(digits_run.best_checkpoint, images, topk=3)
+    assert [len(p["top"]) for p in preds] == [3] * 10
+    for p in preds:
+        probs = [t["prob"] for t in p["top"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    hits = sum(p["top"][0]["class"] == str(c) for c, p in zip(range(10), preds))
+    assert hits >= 5
