@@ -23,7 +23,7 @@ DIGITS_DEFAULTS: dict[str, Any] = {
     # The built-in digits are 1,437 small grayscale training images: train at their own size, without
     # flips (a flipped digit is another symbol) and with milder crops; short schedule, higher lr.
     "img_size": 32,
-    "epochs": 30,
+    "epochs": 12,
     "batch_size": 64,
     "lr": 2e-3,
     "warmup_epochs": 2.0,

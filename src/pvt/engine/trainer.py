@@ -290,7 +290,7 @@ class Trainer:
                 "updates": updates,
             }
 
-        epoch = start_epoch
+        epoch_done = start_epoch  # epochs whose weights, metrics line and state are (being) saved
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 sampler.set_epoch(epoch)
@@ -302,18 +302,19 @@ class Trainer:
                 train_loss = all_reduce_mean(train_loss, d, device)
                 ips = images * d.world_size / max(train_time, 1e-9)
                 extra = task.end_epoch()
-                rngs = gather_objects(rng_state(), d)
-                record: dict[str, Any] | None = None
+                metrics: dict[str, float] = {}
                 if d.is_main:
-                    eval_model = model
                     model.eval()
-                    metrics = task.evaluate(eval_model, val_loader, device)
+                    metrics = task.evaluate(model, val_loader, device)
                     if ema is not None:
                         ema.module.eval()
                         ema_metrics = task.evaluate(ema.module, val_loader, device)
                         metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
                     model.train()
                     extra.update(task.end_epoch())
+                # RNG states after evaluation (which draws loader seeds): a resumed run continues exactly
+                rngs = gather_objects(rng_state(), d)
+                if d.is_main:
                     record = {
                         "epoch": epoch + 1,
                         "lr": optimizer.param_groups[0]["lr"],
@@ -328,12 +329,13 @@ class Trainer:
                     is_best = score > best
                     best = max(best, score)
                     records.append(record)
+                    epoch_done = epoch + 1
                     self._save_epoch(model, snapshot(epoch + 1), rngs, record, records, is_best)
                     self._say(self._summary(record, is_best))
                 barrier(d)
         except KeyboardInterrupt:
             if d.is_main:
-                st = snapshot(epoch)  # this epoch was not finished: resume repeats it
+                st = snapshot(epoch_done)  # an epoch still in flight is repeated on resume
                 st["rng"] = [rng_state()]
                 save_state(run_dir / "state.pt", st)
                 self._save_weights(model, run_dir / "last.safetensors")
