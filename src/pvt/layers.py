@@ -4,16 +4,112 @@ Tokens travel as ``(B, N, C)`` sequences in row-major ``(h, w)`` order; a block 
 ``(h, w)`` so that it can view the tokens as an image where it needs one (spatial reduction, the
 depth-wise convolution of the convolutional FFN). Some token sequences carry extra leading tokens
 (the v1 class token): those are left out of every spatial operation.
+
+Fast path. Under ``torch.no_grad()`` / ``torch.inference_mode()`` on CPU in float32 the blocks run
+fused oneDNN kernels: linear + bias (+ ReLU / GELU) in one pass, the depth-wise convolution + GELU
+in one pass, the output projections + residual add in one pass, and one q/kv GEMM where keys come
+from the full map. Same parameters, same state dict, same results (float32 rounding only); the
+plain PyTorch path runs otherwise (autograd, autocast, other dtypes/devices, tracing, compiling,
+export) and can be forced with :func:`reference_path`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-__all__ = ["PatchEmbed", "SpatialReductionAttention", "Mlp", "Block", "as_map", "as_tokens"]
+__all__ = [
+    "PatchEmbed",
+    "SpatialReductionAttention",
+    "Mlp",
+    "Block",
+    "as_map",
+    "as_tokens",
+    "fast_path_active",
+    "reference_path",
+]
+
+
+def _has_fused_ops() -> bool:
+    try:
+        ops = torch.ops.mkldnn
+        return torch.backends.mkldnn.is_available() and all(
+            hasattr(ops, n) for n in ("_linear_pointwise", "_convolution_pointwise")
+        )
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+_FUSED_OPS = _has_fused_ops()
+_fast_path_enabled = True
+
+
+@contextmanager
+def reference_path() -> Iterator[None]:
+    """Within this context every block runs the plain PyTorch ops (the reference for the fast path)."""
+    global _fast_path_enabled
+    previous, _fast_path_enabled = _fast_path_enabled, False
+    try:
+        yield
+    finally:
+        _fast_path_enabled = previous
+
+
+def fast_path_active(x: Tensor) -> bool:
+    """Whether the fused inference kernels apply to ``x``: a plain CPU float32 tensor, no autograd,
+    no autocast, not tracing / scripting / compiling / exporting, not inside :func:`reference_path`."""
+    return (
+        _fast_path_enabled
+        and _FUSED_OPS
+        and type(x) is Tensor
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+        and not torch.onnx.is_in_onnx_export()
+    )
+
+
+def _linear(x: Tensor, layer: nn.Linear, act: str = "none") -> Tensor:
+    """Fused ``act(x @ W.T + b)`` (``act``: none, relu, gelu; exact erf GELU)."""
+    return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, act, [], "none")
+
+
+def _linear_add(x: Tensor, layer: nn.Linear, residual: Tensor) -> Tensor:
+    """Fused ``residual + x @ W.T + b``."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
+
+
+def _channels_last_weight(conv: nn.Conv2d) -> Tensor:
+    """``conv.weight`` in channels-last memory order, cached until the weight changes (not a parameter,
+    not in the state dict); spares oneDNN a reorder of the weight on every call."""
+    w = conv.weight
+    key = (w.data_ptr(), w._version, w.dtype, w.device)
+    cached = conv.__dict__.get("_pvt_channels_last")
+    if cached is None or cached[0] != key:
+        cached = (key, w.detach().contiguous(memory_format=torch.channels_last))
+        conv.__dict__["_pvt_channels_last"] = cached
+    return cached[1]
+
+
+def _conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(x)`` with the cached channels-last weight: channels-last output."""
+    return F.conv2d(x, _channels_last_weight(conv), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _conv_gelu(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """Fused ``gelu(conv(x))``; channels-last in, channels-last out."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
+    )
 
 
 def as_map(tokens: Tensor, h: int, w: int) -> Tensor:
@@ -45,7 +141,7 @@ class PatchEmbed(nn.Module):
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        x = self.proj(x)
+        x = _conv(x, self.proj) if fast_path_active(x) else self.proj(x)
         h, w = x.shape[-2:]
         return self.norm(as_tokens(x)), h, w
 
@@ -104,23 +200,40 @@ class SpatialReductionAttention(nn.Module):
             return ((h - r) // r + 1) * ((w - r) // r + 1)
         return h * w
 
+    def _reduce(self, x: Tensor, h: int, w: int, fused: bool = False) -> Tensor:
+        """The key/value source: ``(B, N, C)`` -> ``(B, M, C)`` reduced tokens (needs ``self.sr``)."""
+        assert self.sr is not None and self.norm is not None
+        n = x.shape[1]
+        m = as_map(x[:, n - h * w :] if n != h * w else x, h, w)
+        if self.pool is not None:
+            m = self.pool(m)
+        m = self.norm(as_tokens(_conv(m, self.sr) if fused else self.sr(m)))
+        return self.act(m) if self.act is not None else m
+
+    def _attend(self, q: Tensor, kv: Tensor, b: int, n: int, c: int) -> Tensor:
+        """``q (B, N, C)``, ``kv (B, M, 2C)`` -> attention output ``(B, N, C)`` before the projection."""
+        q = q.reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = kv.reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return out.transpose(1, 2).reshape(b, n, c)
+
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         b, n, c = x.shape
-        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        if self.sr is not None:
-            m = as_map(x[:, n - h * w :] if n != h * w else x, h, w)
-            if self.pool is not None:
-                m = self.pool(m)
-            m = self.norm(as_tokens(self.sr(m)))
-            if self.act is not None:
-                m = self.act(m)
-        else:
-            m = x
-        kv = self.kv(m).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(b, n, c)
+        m = self._reduce(x, h, w) if self.sr is not None else x
+        out = self._attend(self.q(x), self.kv(m), b, n, c)
         return self.proj_drop(self.proj(out))
+
+    def forward_fused(self, x: Tensor, h: int, w: int, residual: Tensor) -> Tensor:
+        """Inference fast path: ``residual + forward(x, h, w)`` with fused kernels (dropout inactive)."""
+        b, n, c = x.shape
+        if self.sr is None:  # keys from the full map: one GEMM for q, k and v
+            weight = torch.cat([self.q.weight, self.kv.weight])
+            bias = None if self.q.bias is None else torch.cat([self.q.bias, self.kv.bias])
+            qkv = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
+            q, kv = qkv[..., :c], qkv[..., c:]
+        else:
+            q, kv = _linear(x, self.q), _linear(self._reduce(x, h, w, fused=True), self.kv)
+        return _linear_add(self._attend(q, kv, b, n, c), self.proj, residual)
 
 
 class Mlp(nn.Module):
@@ -139,19 +252,33 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
+    def _dwconv(self, x: Tensor, h: int, w: int, fused_gelu: bool = False) -> Tensor:
+        """The depth-wise convolution on the map part of ``(B, N, C)`` tokens (extra leading tokens pass)."""
+        assert self.dwconv is not None
+        conv = (lambda m: _conv_gelu(m, self.dwconv)) if fused_gelu else self.dwconv
+        n = x.shape[1]
+        if n == h * w:
+            return as_tokens(conv(as_map(x, h, w)))
+        extra = n - h * w  # class token: skips the convolution
+        head = F.gelu(x[:, :extra]) if fused_gelu else x[:, :extra]
+        return torch.cat([head, as_tokens(conv(as_map(x[:, extra:], h, w)))], dim=1)
+
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         x = self.fc1(x)
         if self.relu is not None:
             x = self.relu(x)
         if self.dwconv is not None:
-            n = x.shape[1]
-            if n == h * w:
-                x = as_tokens(self.dwconv(as_map(x, h, w)))
-            else:  # extra leading tokens (class token) skip the convolution
-                extra = n - h * w
-                x = torch.cat([x[:, :extra], as_tokens(self.dwconv(as_map(x[:, extra:], h, w)))], dim=1)
+            x = self._dwconv(x, h, w)
         x = self.drop(self.act(x))
         return self.drop(self.fc2(x))
+
+    def forward_fused(self, x: Tensor, h: int, w: int, residual: Tensor) -> Tensor:
+        """Inference fast path: ``residual + forward(x, h, w)`` with fused kernels (dropout inactive)."""
+        if self.dwconv is None:
+            x = _linear(x, self.fc1, "gelu")
+        else:
+            x = self._dwconv(_linear(x, self.fc1, "relu" if self.relu is not None else "none"), h, w, True)
+        return _linear_add(x.contiguous(), self.fc2, residual)
 
 
 class Block(nn.Module):
@@ -181,7 +308,11 @@ class Block(nn.Module):
         self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), conv=conv_ffn, relu=linear_sra, drop=drop)
+        self._stochastic = drop > 0 or attn_drop > 0 or drop_path > 0
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        if fast_path_active(x) and not (self.training and self._stochastic):
+            x = self.attn.forward_fused(self.norm1(x), h, w, residual=x)
+            return self.mlp.forward_fused(self.norm2(x), h, w, residual=x)
         x = x + self.drop_path(self.attn(self.norm1(x), h, w))
         return x + self.drop_path(self.mlp(self.norm2(x), h, w))
