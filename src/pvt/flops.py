@@ -24,6 +24,8 @@ short by up to 0.26 GFLOPs.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -350,14 +352,23 @@ def count_flops(
 
 
 # ----------------------------------------------------------------------------- registered variants
-def variant_flops(name: str, input_size: int | Sequence[int] = 224, *, attention: bool = True, **kwargs) -> FlopReport:
+def variant_flops(name: str, input_size: int | Sequence[int] = 224, *, attention: bool = True) -> FlopReport:
     """:func:`count_flops` of the registered variant ``name`` (1000-class head), built on ``meta``:
-    no weights are allocated, so any variant at any size counts in about a second."""
+    no weights are allocated, so any variant at any size counts in about a second (results are
+    cached per process)."""
+    report = _variant_report(name, _size2(input_size))
+    return dataclasses.replace(
+        report, attention_included=attention, by_type=dict(report.by_type), by_module=dict(report.by_module)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _variant_report(name: str, size: tuple[int, int]) -> FlopReport:
     from .registry import create_model
 
     with torch.device("meta"):
         model = create_model(name)
-    return count_flops(model, input_size, attention=attention, **kwargs)
+    return count_flops(model, size)
 
 
 def paper_convention_gflops(name: str, input_size: int | Sequence[int] = 224) -> float:
