@@ -31,7 +31,7 @@ def test_layers_digits_preset_yaml_then_flags(tmp_path):
     for k, v in DIGITS_DEFAULTS.items():
         assert getattr(cfg, k) == v
     y = tmp_path / "c.yaml"
-    y.write_text("epochs: 7\nbatch-size: 16\nlr: 1.0e-3\n")
+    y.write_text("epochs: 7\nbatch-size: 16\nlr: 1e-3\n")
     cfg = resolve_config(y, epochs="9")
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.img_size) == (9, 16, 1e-3, 32)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -214,9 +214,15 @@ def parse_value(text: str) -> Any:
     if "," in text and not text.strip().startswith(("[", "{")):
         return [parse_value(t) for t in text.split(",")]
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    return value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
