@@ -10,7 +10,7 @@
 (``--opt KEY=VALUE``): detection/instance ``max_size`` (longer side cap), ``multiscale`` (true: the 3x
 recipe's random shorter side in [0.8, 1] x img_size), ``lr_steps`` (epochs, default 8/12 and 11/12 of
 the run; 27,33 for 36 epochs), ``train_ann``/``val_ann``/``train_images``/``val_images`` (explicit
-paths); segmentation ``test_size`` (shorter side at evaluation, default img_size), ``reduce_zero_label``.
+paths); built-in data ``num_train``, ``num_val``, ``shapes_size`` (image side); segmentation ``test_size`` (shorter side at evaluation, default img_size), ``reduce_zero_label``.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ SHAPES_DETECTION: dict[str, Any] = {"img_size": 128, "epochs": 12, "batch_size":
 SHAPES_SEGMENTATION: dict[str, Any] = {"img_size": 128, "epochs": 8, "batch_size": 8, "lr": 1e-3, "workers": 0}
 
 _DET_OPTIONS = {"max_size", "multiscale", "lr_steps", "train_ann", "val_ann", "train_images", "val_images",
-                "num_train", "num_val"}
-_SEG_OPTIONS = {"test_size", "reduce_zero_label", "num_train", "num_val"}
+                "num_train", "num_val", "shapes_size"}
+_SEG_OPTIONS = {"test_size", "reduce_zero_label", "num_train", "num_val", "shapes_size"}
 
 
 def _shapes_root(cfg) -> Path:
@@ -60,9 +60,11 @@ def _shapes_root(cfg) -> Path:
 
     root = Path(cfg.data_dir).expanduser() / "shapes" if cfg.data_dir else default_shapes_root()
     opts = cfg.task_options
-    kw = {k: int(opts[k]) for k in ("num_train", "num_val") if k in opts}
+    kw = {k: int(opts[k]) for k in ("num_train", "num_val", "shapes_size") if k in opts}
     if kw:
-        root = root.with_name(f"shapes-{kw.get('num_train', 200)}-{kw.get('num_val', 50)}")
+        root = root.with_name(f"shapes-{kw.get('num_train', 200)}-{kw.get('num_val', 50)}-{kw.get('shapes_size', 128)}")
+    if "shapes_size" in kw:
+        kw["size"] = kw.pop("shapes_size")
     return make_shapes_dataset(root, **kw)
 
 
