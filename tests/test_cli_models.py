@@ -98,3 +98,16 @@ def test_complexity_writes_csv_and_png(tmp_path, capsys):
 def test_complexity_bad_model(tmp_path, capsys):
     code, _, err = _run(capsys, "complexity", "--out", str(tmp_path), "--models", "resnet5")
     assert code == 2 and "did you mean resnet50" in err
+
+
+def test_models_dense_and_pattern(capsys):
+    pytest.importorskip("pvt.tasks")
+    code, out, _ = _run(capsys, "models", "--dense", "--pattern", "semfpn_pvt_v1_t*", "--json")
+    (row,) = json.loads(out)
+    assert code == 0 and row["name"] == "semfpn_pvt_v1_tiny" and row["input_size"] == [512, 512]
+    assert row["paper"]["gflops"] == 33.2 and row["gflops"] == pytest.approx(33.2, abs=0.06)  # Table 5 (v1 row)
+    assert row["gflops_modules_only"] < 31.5
+    code, out, _ = _run(capsys, "models", "--pattern", "pvt_v2_b[01]", "--json")
+    assert [r["name"] for r in json.loads(out)] == ["pvt_v2_b0", "pvt_v2_b1"]
+    code, _, err = _run(capsys, "models", "--pattern", "nothing*")
+    assert code == 2 and "no model matches" in err

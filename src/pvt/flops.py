@@ -187,6 +187,8 @@ def _rules(gelu: bool) -> list[tuple[type | tuple[type, ...], _Rule]]:
 def _size2(input_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(input_size, int) and not isinstance(input_size, bool):
         size: tuple[int, ...] = (input_size, input_size)
+    elif isinstance(input_size, (str, bytes)):
+        raise ValueError(f"input_size must be an int or (height, width), got {input_size!r}")
     else:
         try:
             size = tuple(int(s) for s in input_size)  # type: ignore[union-attr]
@@ -218,14 +220,14 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 def _shape_only(model: nn.Module) -> None:
     """Replace the forward of shape-preserving leaves (norms, activations, dropout) and of linear
     layers by shape-only versions: on ``meta`` their kernels cost milliseconds each, and only the
-    shapes matter here. Hooks still fire with the right shapes. Only for a private meta copy."""
+    shapes matter here. Hooks still fire with the right shapes. Subclasses with a forward of their
+    own are left alone. Only for a private meta copy."""
     same = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Dropout, nn.GELU, nn.Identity) + _RELUS
+    stock = {c.forward for c in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d, *same)}
     for m in model.modules():
-        if type(m).forward is not m.__class__.forward:  # pragma: no cover - defensive
-            continue
-        if isinstance(m, same):
+        if isinstance(m, same) and type(m).forward in stock:
             m.forward = _identity  # type: ignore[method-assign]
-        elif type(m) is nn.Linear:
+        elif isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward:
             m.forward = _linear_shape(m.out_features)  # type: ignore[method-assign]
 
 

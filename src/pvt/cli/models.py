@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "model_rows", "render_markdown", "info_dict"]
+__all__ = ["register", "model_rows", "dense_rows", "render_markdown", "info_dict", "complexity_rows"]
 
 
 def register(sub) -> None:
@@ -35,6 +35,12 @@ def register(sub) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     out.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/paper_tables.md)")
+    p.add_argument("--pattern", default="*", metavar="GLOB", help="only names matching this shell pattern")
+    p.add_argument(
+        "--dense", action="store_true",
+        help="list the dense-prediction models of pvt.tasks instead (Tables 3 and 5: Semantic FPN GFLOPs at "
+        "512x512, detectors at 800x1280 through forward_dummy); slower",
+    )
     p.set_defaults(func=run_models)
 
     p = sub.add_parser(
@@ -79,13 +85,15 @@ def register(sub) -> None:
 
 
 # ----------------------------------------------------------------------------------------- models
-def model_rows() -> list[dict[str, Any]]:
-    """One dict per registered variant: our counts at 224x224 and the paper's figures."""
+def model_rows(pattern: str = "*") -> list[dict[str, Any]]:
+    """One dict per registered variant matching ``pattern``: our counts at 224x224 and the paper's figures."""
     from ..flops import variant_flops
+    from ..registry import list_models
     from ..variants import VARIANTS
 
     rows = []
-    for name, v in VARIANTS.items():
+    for name in list_models(pattern):
+        v = VARIANTS[name]
         report = variant_flops(name, 224)
         head = v.config.embed_dims[-1] * 1000 + 1000
         rows.append(
@@ -102,6 +110,41 @@ def model_rows() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def dense_rows(pattern: str = "*") -> list[dict[str, Any]]:
+    """One dict per dense-prediction model of :mod:`pvt.tasks` matching ``pattern`` (see ``pvt info``)."""
+    try:
+        from ..tasks import list_task_models
+    except ImportError as e:  # pragma: no cover - the tasks package ships with pvt
+        raise ValueError(f"the dense-prediction models are unavailable: {e}") from None
+    keep = ("name", "head", "backbone", "input_size", "params", "gflops", "gflops_modules_only", "paper")
+    return [{k: info_dict(n)[k] for k in keep} for n in list_task_models(pattern)]
+
+
+_DENSE_COLUMNS = (
+    ("model", "{name}"),
+    ("params (M)", "{params_m:.2f}"),
+    ("paper params (M)", "{paper_params}"),
+    ("input", "{size}"),
+    ("GFLOPs", "{gflops:.2f}"),
+    ("modules only", "{gflops_modules_only:.2f}"),
+    ("paper GFLOPs", "{paper_gflops}"),
+    ("paper AP / mIoU", "{paper_metric}"),
+)
+
+
+def _dense_cells(row: dict[str, Any]) -> list[str]:
+    dash = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
+    values = dict(
+        row,
+        params_m=row["params"] / 1e6,
+        size="x".join(map(str, row["input_size"])),
+        paper_params=dash(row["paper"]["params_m"]),
+        paper_gflops=dash(row["paper"]["gflops"]),
+        paper_metric=dash(row["paper"]["metric"]),
+    )
+    return [fmt.format(**values) for _, fmt in _DENSE_COLUMNS]
 
 
 _COLUMNS = (
@@ -121,34 +164,39 @@ def _cells(row: dict[str, Any]) -> list[str]:
     return [fmt.format(**values) for _, fmt in _COLUMNS]
 
 
-def render_markdown(rows: list[dict[str, Any]]) -> str:
-    """The variant table as Markdown (numbers right-aligned)."""
-    head = [c for c, _ in _COLUMNS]
+def render_markdown(rows: list[dict[str, Any]], dense: bool = False) -> str:
+    """The variant table (or the dense-prediction one) as Markdown, numbers right-aligned."""
+    columns, cells = (_DENSE_COLUMNS, _dense_cells) if dense else (_COLUMNS, _cells)
+    head = [c for c, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|"]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def _render_text(rows: list[dict[str, Any]]) -> str:
-    table = [[c for c, _ in _COLUMNS]] + [_cells(r) for r in rows]
+def _render_text(rows: list[dict[str, Any]], dense: bool = False) -> str:
+    columns, cells = (_DENSE_COLUMNS, _dense_cells) if dense else (_COLUMNS, _cells)
+    table = [[c for c, _ in columns]] + [cells(r) for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     out = [fmt(table[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in table[1:]]
+    where = "at the input size shown" if dense else "at 224x224"
     out.append(
-        "GFLOPs at 224x224, one multiply-add = one FLOP, attention products included (both papers' convention); "
+        f"GFLOPs {where}, one multiply-add = one FLOP, attention products included (both papers' convention); "
         "'modules only' leaves them out."
     )
     return "\n".join(out)
 
 
 def run_models(args: argparse.Namespace) -> int:
-    rows = model_rows()
+    rows = dense_rows(args.pattern) if args.dense else model_rows(args.pattern)
+    if not rows:
+        raise ValueError(f"no {'dense-prediction ' if args.dense else ''}model matches --pattern {args.pattern!r}")
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.markdown:
-        print(render_markdown(rows))
+        print(render_markdown(rows, args.dense))
     else:
-        print(_render_text(rows))
+        print(_render_text(rows, args.dense))
     return 0
 
 
