@@ -87,8 +87,8 @@ def _torch_load(path: Path) -> Any:
             ) from None
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, TypeError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {msg[:160]}") from None
+        msg = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {msg}") from None
 
 
 def _unwrap(obj: Any, path: Path) -> StateDict:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..config import PVTConfig
@@ -54,7 +55,7 @@ class LoadReport:
 def _listing(title: str, items: list[str]) -> str:
     shown = items[:MAX_LISTED]
     more = f", ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return f"\n  {title} ({len(items)}): {', '.join(shown)}{more}"
+    return f"; {title} ({len(items)}): {', '.join(shown)}{more}"
 
 
 def check_state_dict(model_sd: dict[str, Tensor], sd: StateDict) -> LoadReport:
@@ -124,6 +125,16 @@ def infer_variant(ckpt: Checkpoint) -> str:
     )
 
 
+def _assign(model: nn.Module, sd: StateDict) -> None:
+    """Load ``sd`` into a model built on the meta device, as float tensors of the model's dtype."""
+    ref = model.state_dict()
+    model.load_state_dict({k: v.to(ref[k].dtype) if v.dtype != ref[k].dtype else v for k, v in sd.items()},
+                          strict=False, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if [n for n in left if n not in _HEAD]:
+        raise RuntimeError(f"internal error: tensors left uninitialised after loading: {left}")
+
+
 def create_pretrained(
     variant: Variant | str | None,
     source: str | Path | Checkpoint,
@@ -154,18 +165,23 @@ def create_pretrained(
     sd = dict(ckpt.state_dict)
     file_classes = _head_classes(sd)
     want = file_classes if num_classes is None else num_classes
-    model = PyramidVisionTransformer(cfg.replace(num_classes=want))
-    model.variant_name = variant.name
+    cfg = cfg.replace(num_classes=want)
     fresh_head = want != file_classes
     if fresh_head:
         for k in _HEAD:
             sd.pop(k, None)
+    # built without initialising (the checkpoint overwrites every tensor); the head, if fresh, after
+    with torch.device("meta"):
+        model = PyramidVisionTransformer(cfg)
     report = check_state_dict(model.state_dict(), sd)
     if fresh_head:
         report.missing = [k for k in report.missing if k not in _HEAD]
     if not report.ok:
         raise _mismatch_error(ckpt, variant.name, report)
-    model.load_state_dict(sd, strict=not fresh_head)
+    _assign(model, sd)
+    if fresh_head:
+        model.reset_classifier(want)
+    model.variant_name = variant.name
     if fresh_head and want > 0:
         had = f"its {file_classes}-class head was dropped" if file_classes else "it has no classifier head"
         warnings.warn(
@@ -190,8 +206,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
         err = _mismatch_error(ckpt, target, report)
         if any(k in _HEAD for k, _, _ in report.mismatched):
             err = ValueError(
-                f"{err}\n  (to fine-tune to another number of classes use "
-                f"pvt.create_model(name, pretrained=..., num_classes=N), which drops the checkpoint's head)"
+                f"{err} (to fine-tune to another number of classes use "
+                "pvt.create_model(name, pretrained=..., num_classes=N), which drops the checkpoint's head)"
             )
         raise err
     bad = {k for k, _, _ in report.mismatched}

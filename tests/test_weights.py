@@ -1,0 +1,562 @@
+"""Weights: key conversions, format detection, containers, head rules, error messages, the hub
+(without network) and `pvt convert`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import pvt
+from pvt.cli import main as cli_main
+from pvt.io import save_model
+from pvt.weights import keys as K
+from pvt.weights import create_pretrained, hf_config_to_pvt, infer_architecture, load_checkpoint, read_checkpoint
+from pvt.weights.shapes import matching_variants
+
+ALL = pvt.list_models()
+V2 = pvt.list_models("pvt_v2_*")
+
+
+def meta_sd(name: str, **kw) -> dict[str, torch.Tensor]:
+    """A variant's state dict with shapes only (no memory, no init)."""
+    with torch.device("meta"):
+        return pvt.create_model(name, **kw).state_dict()
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    """Same names (in any order) and equal tensors."""
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def b0():
+    torch.manual_seed(0)
+    return pvt.create_model("pvt_v2_b0").eval()
+
+
+@pytest.fixture()
+def no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+# --------------------------------------------------------------------------- pure key conversions
+@pytest.mark.parametrize("name", ALL)
+def test_official_round_trip_is_identity(name):
+    sd = meta_sd(name)
+    off = K.to_official(sd)
+    assert K.detect_key_format(off) == "official"
+    back = K.from_official(off)
+    assert list(back) == list(sd) and all(back[k] is sd[k] for k in sd)
+
+
+def test_official_v2_names_exactly():
+    off = K.to_official(meta_sd("pvt_v2_b0"))
+    stage1 = [k for k in off if k.startswith(("patch_embed1.", "block1.0.", "norm1."))]
+    assert stage1 == [
+        "patch_embed1.proj.weight", "patch_embed1.proj.bias", "patch_embed1.norm.weight", "patch_embed1.norm.bias",
+        "block1.0.norm1.weight", "block1.0.norm1.bias", "block1.0.attn.q.weight", "block1.0.attn.q.bias",
+        "block1.0.attn.kv.weight", "block1.0.attn.kv.bias", "block1.0.attn.proj.weight", "block1.0.attn.proj.bias",
+        "block1.0.attn.sr.weight", "block1.0.attn.sr.bias", "block1.0.attn.norm.weight", "block1.0.attn.norm.bias",
+        "block1.0.norm2.weight", "block1.0.norm2.bias", "block1.0.mlp.fc1.weight", "block1.0.mlp.fc1.bias",
+        "block1.0.mlp.dwconv.dwconv.weight", "block1.0.mlp.dwconv.dwconv.bias", "block1.0.mlp.fc2.weight",
+        "block1.0.mlp.fc2.bias", "norm1.weight", "norm1.bias",
+    ]
+    assert [k for k in off if not k.startswith(("patch_embed", "block"))] == [
+        "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "norm3.weight", "norm3.bias",
+        "norm4.weight", "norm4.bias", "head.weight", "head.bias",
+    ]
+    assert len(off) == 178  # 6 blocks x 20 tensors + 2 (no SR in stage 4) x 16 + 16 embed + 8 norms + head
+
+
+def test_official_v1_names_exactly():
+    off = K.to_official(meta_sd("pvt_v1_tiny"))
+    assert [k for k in off if not k.startswith(("patch_embed", "block"))] == [
+        "pos_embed1", "pos_embed2", "pos_embed3", "cls_token", "pos_embed4", "norm.weight", "norm.bias",
+        "head.weight", "head.bias",
+    ]
+    assert tuple(off["pos_embed4"].shape) == (1, 50, 512) and tuple(off["pos_embed1"].shape) == (1, 3136, 64)
+    assert "block4.0.attn.sr.weight" not in off and tuple(off["block1.0.attn.sr.weight"].shape) == (64, 64, 8, 8)
+    assert not any("dwconv" in k for k in off)
+
+
+@pytest.mark.parametrize("name", V2)
+def test_official_names_agree_with_timms_own_remap(name):
+    """timm's checkpoint_filter_fn (official -> timm) applied to our official names gives our timm names."""
+    timm_pvt = pytest.importorskip("timm.models.pvt_v2")
+    sd = meta_sd(name)
+    via_timm = timm_pvt.checkpoint_filter_fn(K.to_official(sd), None)
+    ours = K.to_timm(sd)
+    assert set(via_timm) == set(ours) and all(via_timm[k].shape == ours[k].shape for k in ours)
+    assert K.detect_key_format(ours) == "timm"
+    back = K.from_timm(ours)
+    assert list(back) == list(sd)
+
+
+@pytest.mark.parametrize("name", V2)
+def test_timm_names_equal_timms_model(name):
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        ref = timm.create_model(name, pretrained=False).state_dict()
+    ours = K.to_timm(meta_sd(name))
+    assert set(ours) == set(ref) and all(ours[k].shape == ref[k].shape for k in ref)
+
+
+def test_hf_round_trips_split_and_merge_kv(b0):
+    sd = b0.state_dict()
+    hf = K.to_hf_v2(sd)
+    assert K.detect_key_format(hf) == "hf_v2"
+    kv = sd["stages.0.blocks.0.attn.kv.weight"]  # (64, 32): rows 0..31 keys, 32..63 values
+    assert torch.equal(hf["pvt_v2.encoder.layers.0.blocks.0.attention.key.weight"], kv[:32])
+    assert torch.equal(hf["pvt_v2.encoder.layers.0.blocks.0.attention.value.weight"], kv[32:])
+    assert len(hf) == len(sd) + 8 * 2  # 8 blocks: kv weight and bias each become key + value
+    assert same_tensors(K.from_hf_v2(hf), sd)
+    bare = K.to_hf_v2(sd, prefix="")
+    assert "encoder.layers.3.layer_norm.bias" in bare and "classifier.weight" in bare
+    assert same_tensors(K.from_hf_v2(bare), sd)
+
+
+def test_hf_names_equal_transformers_models():
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"):
+        v2 = transformers.PvtV2ForImageClassification(transformers.PvtV2Config(num_labels=1000)).state_dict()
+        v1 = transformers.PvtForImageClassification(transformers.PvtConfig(num_labels=1000)).state_dict()
+    for ref, name, fn in ((v2, "pvt_v2_b0", K.to_hf_v2), (v1, "pvt_v1_tiny", K.to_hf_v1)):
+        ours = fn(meta_sd(name))
+        assert set(ours) == set(ref), name
+        assert all(ours[k].shape == ref[k].shape for k in ref), name
+        fmt = K.detect_key_format(ref)
+        assert fmt == ("hf_v2" if name.startswith("pvt_v2") else "hf_v1")
+        back = K.to_pvt(ref, fmt)
+        assert set(back) == set(meta_sd(name))
+
+
+def test_v1_hf_round_trip():
+    torch.manual_seed(0)
+    sd = {k: torch.randn(v.shape) for k, v in meta_sd("pvt_v1_tiny", num_classes=3).items()}
+    hf = K.to_hf_v1(sd)
+    assert "pvt.encoder.patch_embeddings.3.cls_token" in hf and "pvt.encoder.layer_norm.weight" in hf
+    assert same_tensors({k: v for k, v in K.from_hf_v1(hf).items()}, {k: sd[k] for k in K.from_hf_v1(hf)})
+    assert set(K.from_hf_v1(hf)) == set(sd)
+
+
+def test_detect_and_strip_wrappers():
+    sd = {"module._orig_mod.stages.0.patch_embed.proj.weight": torch.zeros(1)}
+    assert list(K.strip_wrappers(sd)) == ["stages.0.patch_embed.proj.weight"]
+    assert K.detect_key_format({"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)}) is None
+    with pytest.raises(ValueError, match="unknown weight format 'keras'; accepted: pvt, official, timm, hf_v2, hf_v1"):
+        K.to_pvt({}, "keras")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shapes_identify_every_variant(name):
+    arch = infer_architecture(meta_sd(name, num_classes=7))
+    assert matching_variants(arch) == [name]
+    assert arch["num_classes"] == 7 and arch["in_chans"] == 3
+
+
+# --------------------------------------------------------------------------- files and containers
+@pytest.mark.parametrize(
+    "wrap",
+    ["plain", "model", "state_dict", "module_prefix", "official_model", "safetensors_timm", "folder_one_file"],
+)
+def test_containers_and_formats_load_exactly(wrap, b0, tmp_path, no_warnings):
+    sd = b0.state_dict()
+    path = tmp_path / "ckpt.pth"
+    if wrap == "plain":
+        torch.save(sd, path)
+    elif wrap == "model":
+        torch.save({"model": sd, "epoch": 3, "max_accuracy": 70.5}, path)
+    elif wrap == "state_dict":
+        torch.save({"state_dict": K.to_timm(sd)}, path)
+    elif wrap == "module_prefix":
+        torch.save({"model": {"module." + k: v for k, v in sd.items()}}, path)
+    elif wrap == "official_model":
+        torch.save({"model": K.to_official(sd)}, path)
+    elif wrap == "safetensors_timm":
+        path = tmp_path / "model.bin"  # the content decides, not the suffix
+        save_file(K.to_timm(sd), path)
+    else:
+        (tmp_path / "dir").mkdir()
+        torch.save(K.to_official(sd), tmp_path / "dir" / "pvt_v2_b0.pth")
+        path = tmp_path / "dir"
+    model = pvt.create_model("pvt_v2_b0", pretrained=path)
+    assert same_tensors(model.state_dict(), sd)
+    assert model.variant_name == "pvt_v2_b0" and model.num_classes == 1000
+
+
+def test_own_format_round_trip_keeps_head_and_config(tmp_path, no_warnings):
+    torch.manual_seed(0)
+    src = pvt.create_model("pvt_v2_b0", num_classes=10)
+    path = save_model(src, tmp_path / "ft.safetensors", extra={"class_names": list("abcdefghij")})
+    ck = read_checkpoint(path)
+    assert ck.format == "pvt" and ck.variant == "pvt_v2_b0" and ck.extra == {"class_names": list("abcdefghij")}
+    model = pvt.create_model("pvt_v2_b0", pretrained=path)
+    assert model.num_classes == 10 and same_tensors(model.state_dict(), src.state_dict())
+    fresh = pvt.create_model("pvt_v2_b0", num_classes=10)
+    assert load_checkpoint(fresh, path).ok
+    assert same_tensors(fresh.state_dict(), src.state_dict())
+
+
+def test_own_format_carries_eps_and_image_size(tmp_path):
+    src = pvt.create_model("pvt_v1_tiny", img_size=256, embed_norm_eps=1e-6)
+    save_model(src, tmp_path / "v1.safetensors")
+    model = pvt.create_model("pvt_v1_tiny", pretrained=tmp_path / "v1.safetensors")
+    assert model.config.img_size == 256 and model.config.embed_norm_eps == 1e-6
+    assert tuple(model.stages[0].pos_embed.shape) == (1, 64 * 64, 64)
+
+
+# --------------------------------------------------------------------------- the head
+def test_head_follows_checkpoint_or_is_replaced_with_warning(b0, tmp_path):
+    torch.save(b0.state_dict(), tmp_path / "b0.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "b0.pth").num_classes == 1000
+        assert pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "b0.pth", num_classes=1000).num_classes == 1000
+        backbone = pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "b0.pth", num_classes=0)
+    assert backbone.num_classes == 0 and "head.weight" not in backbone.state_dict()
+    with pytest.warns(UserWarning) as rec:
+        ft = pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "b0.pth", num_classes=10)
+    assert [str(w.message) for w in rec] == [
+        f"checkpoint {tmp_path / 'b0.pth'}: its 1000-class head was dropped; the model's 10-class head is "
+        "freshly initialised (train it before use)"
+    ]
+    assert rec[0].filename == __file__  # points at the caller
+    assert tuple(ft.head.weight.shape) == (10, 256) and ft.head.weight.device.type == "cpu"
+    assert float(ft.head.bias.detach().abs().sum()) == 0.0 and 0.01 < float(ft.head.weight.detach().std()) < 0.03
+    body = {k: v for k, v in b0.state_dict().items() if not k.startswith("head.")}
+    assert same_tensors({k: ft.state_dict()[k] for k in body}, body)
+
+
+def test_headless_checkpoint(b0, tmp_path):
+    sd = {k: v for k, v in b0.state_dict().items() if not k.startswith("head.")}
+    save_file(sd, tmp_path / "backbone.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "backbone.safetensors")
+    assert m.num_classes == 0 and tuple(m(torch.randn(1, 3, 64, 64)).shape) == (1, 256)
+    with pytest.warns(UserWarning, match="backbone.safetensors: it has no classifier head; the model's 5-class head"):
+        m5 = pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "backbone.safetensors", num_classes=5)
+    assert tuple(m5(torch.randn(1, 3, 64, 64)).shape) == (1, 5)
+
+
+def test_load_checkpoint_strict_and_lenient(b0, tmp_path):
+    torch.save(b0.state_dict(), tmp_path / "b0.pth")
+    m10 = pvt.create_model("pvt_v2_b0", num_classes=10)
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(m10, tmp_path / "b0.pth")
+    assert str(e.value) == (
+        f"checkpoint {tmp_path / 'b0.pth'} (this library's own names) does not fit pvt_v2_b0; mis-shaped keys (2): "
+        "head.weight file [1000, 256] vs model [10, 256], head.bias file [1000] vs model [10] (to fine-tune to "
+        "another number of classes use pvt.create_model(name, pretrained=..., num_classes=N), which drops the "
+        "checkpoint's head)"
+    )
+    report = load_checkpoint(m10, tmp_path / "b0.pth", strict=False)
+    assert report.missing == [] and report.unexpected == []
+    assert report.mismatched == [("head.weight", (1000, 256), (10, 256)), ("head.bias", (1000,), (10,))]
+    assert torch.equal(m10.stages[2].blocks[1].mlp.fc2.weight, b0.stages[2].blocks[1].mlp.fc2.weight)
+
+
+# --------------------------------------------------------------------------- errors
+def test_wrong_variant_is_named(tmp_path):
+    torch.manual_seed(0)
+    save_file(K.to_timm(pvt.create_model("pvt_v2_b1").state_dict()), tmp_path / "b1.safetensors")
+    with pytest.raises(ValueError) as e:
+        pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "b1.safetensors")
+    msg = str(e.value)
+    assert msg.startswith(
+        f"checkpoint {tmp_path / 'b1.safetensors'} (timm pvt_v2_* state dict) does not fit pvt_v2_b0: "
+        "it looks like pvt_v2_b1, not pvt_v2_b0; mis-shaped keys (177): stages.0.patch_embed.proj.weight file "
+        "[64, 3, 7, 7] vs model [32, 3, 7, 7], stages.0.patch_embed.proj.bias file [64] vs model [32], "
+    )
+    assert msg.endswith(", ... and 167 more") and "\n" not in msg and "missing keys" not in msg
+
+
+def test_b2_li_and_b2_are_told_apart(tmp_path):
+    sd = {k: torch.zeros(v.shape) for k, v in meta_sd("pvt_v2_b2_li").items()}
+    torch.save(sd, tmp_path / "li.pth")
+    with pytest.raises(ValueError) as e:
+        pvt.create_model("pvt_v2_b2", pretrained=tmp_path / "li.pth")
+    msg = str(e.value)
+    assert ": it looks like pvt_v2_b2_li, not pvt_v2_b2; unexpected keys (12): stages.3.blocks.0.attn.sr.weight, " in msg
+    assert "mis-shaped keys (13): stages.0.blocks.0.attn.sr.weight file [64, 64, 1, 1] vs model [64, 64, 8, 8]" in msg
+
+
+def test_exact_missing_and_unexpected_lists(b0, tmp_path):
+    sd = dict(b0.state_dict())
+    del sd["stages.3.norm.bias"]
+    sd["stages.1.blocks.0.attn.rel_pos"] = torch.zeros(3)
+    torch.save(sd, tmp_path / "edited.pth")
+    with pytest.raises(ValueError) as e:
+        pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "edited.pth")
+    assert str(e.value) == (
+        f"checkpoint {tmp_path / 'edited.pth'} (this library's own names) does not fit pvt_v2_b0; "
+        "missing keys (1): stages.3.norm.bias; unexpected keys (1): stages.1.blocks.0.attn.rel_pos"
+    )
+
+
+def test_in_chans_mismatch_is_a_shape_error(b0, tmp_path):
+    torch.save(b0.state_dict(), tmp_path / "b0.pth")
+    with pytest.raises(ValueError, match=r"mis-shaped keys \(1\): stages.0.patch_embed.proj.weight file "
+                                         r"\[32, 3, 7, 7\] vs model \[32, 1, 7, 7\]$"):
+        pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "b0.pth", in_chans=1)
+
+
+class _Trap:
+    """Pickles to a call that would create a file if the loader executed it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_bad_files_name_the_file(tmp_path, b0):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00\x01garbage" * 50)
+    full = tmp_path / "full.pth"
+    torch.save(b0.state_dict(), full)
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    st_full = tmp_path / "full.safetensors"
+    save_file(b0.state_dict(), st_full)
+    st_trunc = tmp_path / "trunc.safetensors"
+    st_trunc.write_bytes(st_full.read_bytes()[:5000])
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    alist = tmp_path / "list.pth"
+    torch.save([1, 2, 3], alist)
+    notensor = tmp_path / "meta.pth"
+    torch.save({"epoch": 3, "lr": 0.1}, notensor)
+    resnet = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(2), "fc.bias": torch.zeros(2)}, resnet)
+    marker = tmp_path / "executed"
+    trap = tmp_path / "trap.pth"
+    torch.save({"model": b0.state_dict(), "args": _Trap(str(marker))}, trap)
+    cases = {
+        garbage: f"{garbage} is not a checkpoint: neither a PyTorch file (zip archive or pickle) nor a safetensors "
+        "file (it starts with bytes b'\\x00\\x01')",
+        trunc: f"{trunc} is not a readable PyTorch checkpoint (corrupt or truncated?): PytorchStreamReader failed "
+        "reading zip archive: failed finding central directory",
+        st_trunc: f"{st_trunc} is not a readable safetensors file (corrupt or truncated?)",
+        empty: f"{empty} is empty (0 bytes): not a checkpoint",
+        alist: f"{alist} holds a list, not a state dict (a mapping of names to tensors)",
+        notensor: f"{notensor} holds no tensors: a dict with keys [epoch, lr]; expected a state dict, possibly "
+        "under one of ['state_dict', 'model', 'model_state_dict', 'module', 'model_state']",
+        resnet: f"{resnet} is not a PVT checkpoint: none of its 2 tensor names (conv1.weight, fc.bias, ...) "
+        "follows a known layout",
+        trap: f"{trap} holds Python objects besides tensors (getattr), which torch.load(weights_only=True) "
+        "refuses to build: nothing from a file is executed here",
+    }
+    for path, expected in cases.items():
+        with pytest.raises(ValueError) as e:
+            pvt.create_model("pvt_v2_b0", pretrained=path)
+        assert str(e.value).startswith(expected), (path, str(e.value))
+    assert not marker.exists()
+    with pytest.raises(FileNotFoundError, match=f"checkpoint not found: {tmp_path / 'nope.pth'}"):
+        pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "nope.pth")
+
+
+def test_bad_folders(tmp_path, b0):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    two = tmp_path / "two"
+    two.mkdir()
+    torch.save(b0.state_dict(), two / "a.pth")
+    torch.save(b0.state_dict(), two / "b.pth")
+    badjson = tmp_path / "badjson"
+    badjson.mkdir()
+    (badjson / "config.json").write_text("{not json")
+    noweights = tmp_path / "noweights"
+    noweights.mkdir()
+    (noweights / "config.json").write_text(json.dumps({"model_type": "pvt_v2"}))
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    save_file({"x": torch.zeros(1)}, other / "model.safetensors")
+    cases = {
+        empty: f"{empty} is not a checkpoint folder: it has no config.json and no weight file",
+        two: f"{two} is not a checkpoint folder: it has no config.json and a.pth, b.pth",
+        badjson: f"{badjson / 'config.json'} is not valid JSON",
+        noweights: f"{noweights} has a config.json but no model.safetensors or pytorch_model.bin (found: config.json)",
+        other: f"{other / 'config.json'}: model_type 'bert' is not a PVT model; accepted: 'pvt_v2', 'pvt'",
+    }
+    for path, expected in cases.items():
+        with pytest.raises(ValueError) as e:
+            pvt.create_model("pvt_v2_b0", pretrained=path)
+        assert str(e.value).startswith(expected), (path, str(e.value))
+
+
+# --------------------------------------------------------------------------- HF config.json
+def test_hf_configs_map_to_the_variants():
+    transformers = pytest.importorskip("transformers")
+    v2 = hf_config_to_pvt(transformers.PvtV2Config(num_labels=1000).to_dict())
+    assert v2 == pvt.get_variant("pvt_v2_b0").config.replace(layer_norm_eps=1e-6, embed_norm_eps=1e-6, num_classes=0)
+    li = hf_config_to_pvt(transformers.PvtV2Config(
+        hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], linear_attention=True,
+        architectures=["PvtV2ForImageClassification"], num_labels=1000).to_dict())
+    assert li == pvt.get_variant("pvt_v2_b2_li").config.replace(embed_norm_eps=1e-6)
+    v1 = hf_config_to_pvt(transformers.PvtConfig(architectures=["PvtForImageClassification"]).to_dict())
+    assert v1 == pvt.get_variant("pvt_v1_tiny").config.replace(embed_norm_eps=1e-6)
+    with pytest.raises(ValueError, match="patch_sizes \\[4, 3, 3, 3\\] with strides \\[4, 2, 2, 2\\] are not PVT v2"):
+        hf_config_to_pvt(transformers.PvtV2Config(patch_sizes=[4, 3, 3, 3]).to_dict())
+
+
+def _hf_folder(path, name="pvt_v2_b0", **cfg):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.PvtV2ForImageClassification(transformers.PvtV2Config(num_labels=1000, **cfg)).eval()
+    model.save_pretrained(path)
+    return model
+
+
+def test_hf_heads_mismatch_and_eps_warning(tmp_path):
+    _hf_folder(tmp_path / "h4", num_attention_heads=[1, 2, 4, 8])
+    with pytest.raises(ValueError, match=r"was made with num_heads \(1, 2, 4, 8\), but pvt_v2_b0 has \(1, 2, 5, 8\); "
+                                         r"pass num_heads=\[1, 2, 4, 8\] to use it"):
+        pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "h4")
+    assert pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "h4", num_heads=(1, 2, 4, 8)).config.num_heads == (
+        1, 2, 4, 8)
+    _hf_folder(tmp_path / "hf")
+    plain = pvt.create_model("pvt_v2_b0")
+    with pytest.warns(UserWarning, match=r"was made with embed_norm_eps=1e-06 but the model uses embed_norm_eps=1e-05"):
+        assert load_checkpoint(plain, tmp_path / "hf").ok
+
+
+# --------------------------------------------------------------------------- the hub, without network
+def _cache_repo(cache: pathlib.Path, repo: str, files: dict[str, bytes]) -> None:
+    """Lay files out as huggingface_hub's cache does: blobs, a snapshot of symlinks, refs/main."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    (root / "blobs").mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, data in files.items():
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        os.symlink(os.path.relpath(blob, snap), snap / name)
+
+
+@pytest.fixture()
+def hub(monkeypatch, tmp_path):
+    """An empty hub cache in tmp_path and an endpoint nothing listens on."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return cache
+
+
+def test_hub_without_network_says_so(hub):
+    with pytest.raises(ValueError) as e:
+        pvt.create_model("pvt_v2_b0", pretrained="hf-hub:OpenGVLab/pvt_v2_b0")
+    msg = str(e.value)
+    assert msg.startswith(
+        "cannot fetch hf-hub:OpenGVLab/pvt_v2_b0: no network was reachable (http://127.0.0.1:9 did not answer) "
+        f"and the files are not in the cache {hub}."
+    )
+    assert "huggingface-cli download OpenGVLab/pvt_v2_b0 --local-dir DIR" in msg and "pretrained='DIR'" in msg
+
+
+def test_hub_offline_mode(hub, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=r"cannot fetch hf-hub:OpenGVLab/pvt_v2_b2@v1: offline mode is on "
+                                         r"\(HF_HUB_OFFLINE=1\) and the files are not in the cache"):
+        pvt.create_model("pvt_v2_b2", pretrained="hf-hub:OpenGVLab/pvt_v2_b2@v1")
+    with pytest.raises(ValueError, match="'hf-hub:pvt_v2_b2' is not a hub id: expected 'hf-hub:<owner>/<name>'"):
+        pvt.create_model("pvt_v2_b2", pretrained="hf-hub:pvt_v2_b2")
+
+
+def test_hub_uses_the_cache_without_network(hub, tmp_path, b0, no_warnings):
+    ref = _hf_folder(tmp_path / "hf")
+    _cache_repo(hub, "OpenGVLab/pvt_v2_b0", {n: (tmp_path / "hf" / n).read_bytes()
+                                             for n in ("config.json", "model.safetensors")})
+    # a timm hub repo: timm's config.json and timm's names
+    timm_cfg = {"architecture": "pvt_v2_b0", "num_classes": 1000, "pretrained_cfg": {"tag": "in1k"}}
+    save_file(K.to_timm(b0.state_dict()), tmp_path / "timm.safetensors")
+    _cache_repo(hub, "timm/pvt_v2_b0.in1k", {"config.json": json.dumps(timm_cfg).encode(),
+                                             "model.safetensors": (tmp_path / "timm.safetensors").read_bytes()})
+    m = pvt.create_model("pvt_v2_b0", pretrained="hf-hub:OpenGVLab/pvt_v2_b0").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (m(x) - ref(x).logits).abs().max().item() < 1e-5
+    t = pvt.create_model("pvt_v2_b0", pretrained="hf-hub:timm/pvt_v2_b0.in1k")
+    assert same_tensors(t.state_dict(), b0.state_dict())
+    assert read_checkpoint(pvt.hub.resolve_source("hf-hub:timm/pvt_v2_b0.in1k")).variant == "pvt_v2_b0"
+
+
+# --------------------------------------------------------------------------- pvt convert
+def test_convert_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["convert", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: pvt convert [-h] [--model NAME] [--num-classes N] [--force] SRC DST" in " ".join(out.split())
+    assert "timm pvt_v2_* state dict" in out and "hf-hub:<repo id>" in out
+
+
+def test_convert_every_source_format(tmp_path, b0, capsys):
+    sd = b0.state_dict()
+    torch.save({"model": K.to_official(sd)}, tmp_path / "official.pth")
+    save_file(K.to_timm(sd), tmp_path / "timm.safetensors")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    save_file(K.to_hf_v2(sd), hf / "model.safetensors")
+    cfg = {"model_type": "pvt_v2", "architectures": ["PvtV2ForImageClassification"], "hidden_sizes": [32, 64, 160, 256],
+           "depths": [2, 2, 2, 2], "num_attention_heads": [1, 2, 5, 8], "mlp_ratios": [8, 8, 4, 4],
+           "sr_ratios": [8, 4, 2, 1], "layer_norm_eps": 1e-6}
+    (hf / "config.json").write_text(json.dumps(cfg))
+    for i, (src, model_args) in enumerate([(tmp_path / "official.pth", ["--model", "pvt_v2_b0"]),
+                                           (tmp_path / "timm.safetensors", []), (hf, [])]):
+        dst = tmp_path / f"out{i}.safetensors"
+        assert cli_main(["convert", str(src), str(dst), *model_args]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"wrote {dst}: pvt_v2_b0, 3,666,760 parameters, 1000 classes (from ")
+        ck = read_checkpoint(dst)
+        assert ck.format == "pvt" and ck.variant == "pvt_v2_b0"
+        assert same_tensors(ck.state_dict, sd)
+        assert ck.config.embed_norm_eps == (1e-6 if src == hf else 1e-5)
+    # own -> own, dropping the head
+    assert cli_main(["convert", str(tmp_path / "out1.safetensors"), str(tmp_path / "bb.safetensors"),
+                     "--num-classes", "0"]) == 0
+    assert read_checkpoint(tmp_path / "bb.safetensors").config.num_classes == 0
+
+
+def test_convert_errors_exit_2_with_one_line(tmp_path, b0, capsys):
+    torch.save(b0.state_dict(), tmp_path / "b0.pth")
+    (tmp_path / "exists.safetensors").write_bytes(b"x")
+    cases = [
+        (["convert", str(tmp_path / "nope.pth"), str(tmp_path / "o.safetensors")],
+         f"pvt convert: error: checkpoint not found: {tmp_path / 'nope.pth'}"),
+        (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "o.pth")],
+         f"pvt convert: error: DST {tmp_path / 'o.pth'} must end in .safetensors"),
+        (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "exists.safetensors")],
+         f"pvt convert: error: {tmp_path / 'exists.safetensors'} exists; pass --force to overwrite it"),
+        (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "o.safetensors"), "--model", "pvt_v2_b1"],
+         f"pvt convert: error: checkpoint {tmp_path / 'b0.pth'} (this library's own names) does not fit pvt_v2_b1: "
+         "it looks like pvt_v2_b0, not pvt_v2_b1;"),
+        (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "o.safetensors"), "--model", "pvt_v2_b9"],
+         "pvt convert: error: unknown model 'pvt_v2_b9'; did you mean"),
+    ]
+    for argv, expected in cases:
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(expected), err
+        assert err.count("\n") == 1
+    assert not (tmp_path / "o.safetensors").exists()
