@@ -145,3 +145,17 @@ def test_finetune_from_own_checkpoint_with_new_head(trained, tmp_path, capsys):
 
     clf = load_classifier(out / "ft")
     assert clf.class_names == ["horizontal", "vertical"] and clf.model.head.out_features == 2
+
+
+def test_bf16_channels_last_and_ema_on_cpu(trained, tmp_path):
+    import torch
+
+    data, _ = trained
+    out = tmp_path / "runs"
+    assert main(["train", "--data", str(data), "--output", str(out), "--name", "e", *FAST,
+                 "--amp", "bf16", "--channels-last", "--model-ema", "--model-ema-decay", "0.5"]) == 0
+    rec = json.loads((out / "e" / "metrics.jsonl").read_text())
+    assert {"val_top1", "val_ema_top1", "val_ema_loss"} <= set(rec)
+    st = torch.load(out / "e" / "state.pt", weights_only=True)
+    ema, model = st["ema"], st["model"]
+    assert ema.keys() == model.keys() and any(not torch.equal(ema[k], model[k]) for k in ema)

@@ -115,8 +115,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"top-1 {ev['top1']:.2f}%  top-5 {ev['top5']:.2f}%  loss {ev['loss']:.4f}")
     val = digits_folder(args.data_dir) / "val"
     samples = [sorted((val / c).glob("*.png"))[0] for c in ("0", "3", "5", "7", "9")]
-    print("3. predictions for a few held-out images (file: top-3 classes):")
-    _print_predictions(predict(run.best_checkpoint, samples, topk=3, device=args.device or "auto"))
+    print("3. top-3 predictions for a few held-out images:")
+    for path, p in zip(samples, predict(run.best_checkpoint, samples, topk=3, device=args.device or "auto")):
+        tops = "  ".join(f"{t['class']} {100 * t['prob']:5.1f}%" for t in p["top"])
+        print(f"   val/{path.parent.name}/{path.name} (a {path.parent.name}):  {tops}")
     print(f"\nrun folder: {run.run_dir}  (metrics.jsonl, learning_curves.png, best/last.safetensors, config.yaml)")
     print(f"next: pvt eval --checkpoint {run.best_checkpoint}   |   pvt predict --checkpoint {run.best_checkpoint} IMAGE")
     return 0
