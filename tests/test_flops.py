@@ -150,6 +150,10 @@ def test_model_left_unchanged():
     assert model.training
     assert all(not m._forward_hooks for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.device("meta"):  # a meta model is counted in place, then given back its own forwards
+        meta = pvt.create_model("pvt_v2_b0")
+    assert count_flops(meta, 64).flops == count_flops(model, 64).flops
+    assert all("forward" not in vars(m) and not m._forward_hooks for m in meta.modules())
 
 
 def test_reference_models_known_figures():

@@ -217,18 +217,25 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _shape_only(model: nn.Module) -> None:
-    """Replace the forward of shape-preserving leaves (norms, activations, dropout) and of linear
-    layers by shape-only versions: on ``meta`` their kernels cost milliseconds each, and only the
-    shapes matter here. Hooks still fire with the right shapes. Subclasses with a forward of their
-    own are left alone. Only for a private meta copy."""
+def _shape_only(model: nn.Module) -> list[nn.Module]:
+    """Give shape-preserving leaves (norms, activations, dropout) and linear layers a shape-only
+    forward (an instance attribute; ``del m.forward`` restores the class's): on ``meta`` their kernels
+    cost milliseconds each, and only the shapes matter here. Hooks still fire with the right shapes.
+    Subclasses with a forward of their own are left alone. Returns the modules changed."""
     same = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Dropout, nn.GELU, nn.Identity) + _RELUS
     stock = {c.forward for c in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d, *same)}
+    changed = []
     for m in model.modules():
+        if "forward" in vars(m):
+            continue
         if isinstance(m, same) and type(m).forward in stock:
             m.forward = _identity  # type: ignore[method-assign]
         elif isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward:
             m.forward = _linear_shape(m.out_features)  # type: ignore[method-assign]
+        else:
+            continue
+        changed.append(m)
+    return changed
 
 
 def _identity(x: Tensor, *args: object, **kwargs: object) -> Tensor:
@@ -270,10 +277,12 @@ def _run(model: nn.Module, call: Callable[[nn.Module], object], rules) -> tuple[
             if isinstance(module, kinds):
                 handles.append(module.register_forward_hook(make_hook(name, rule)))
                 break
+    from .layers import reference_path  # the fused inference kernels would bypass the hooks
+
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), reference_path():
             call(model)
     finally:
         model.train(was_training)
@@ -326,15 +335,22 @@ def count_flops(
 
     result = None
     if device is None or str(device) == "meta":
+        on_meta = all(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()])
+        target = model if on_meta else None
+        changed: list[nn.Module] = []
         try:
-            meta = _meta_copy(model)
-            _shape_only(meta)
-            result = _run(meta, call_on(torch.empty(batch, chans, h, w, device="meta")), rules)
+            target = model if on_meta else _meta_copy(model)
+            changed = _shape_only(target)
+            result = _run(target, call_on(torch.empty(batch, chans, h, w, device="meta")), rules)
         except ValueError:
             raise  # the model rejected the input (too small, wrong channels): a real run would too
         except Exception:
             if device is not None:
                 raise
+        finally:
+            if target is model:  # a meta model is counted in place: give its modules back their forward
+                for m in changed:
+                    del m.forward
     if result is None:  # a real forward pass on the model's own device
         ref = next(iter(model.parameters()), None)
         dev = torch.device(device) if device is not None else (ref.device if ref is not None else torch.device("cpu"))
