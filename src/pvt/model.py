@@ -15,6 +15,17 @@ from .layers import Block, PatchEmbed, as_map
 __all__ = ["PyramidVisionTransformer", "PVTStage"]
 
 
+def _tracing() -> bool:
+    """True while tracing, scripting, compiling or exporting, where shapes may be symbolic."""
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_exporting()
+    )
+
+
 class PVTStage(nn.Module):
     """Patch embedding, optional position embedding / class token, blocks, optional LayerNorm.
 
@@ -64,8 +75,8 @@ class PVTStage(nn.Module):
     def _pos_embed(self, h: int, w: int) -> Tensor:
         pos = self.pos_embed
         assert pos is not None
-        if (h, w) == self.grid:
-            return pos
+        if not _tracing() and (h, w) == self.grid:
+            return pos  # (traced graphs always resize: exact at the native grid, shape-generic elsewhere)
         prefix, grid = pos[:, : self.num_prefix], pos[:, self.num_prefix :]
         gh, gw = self.grid
         grid = grid.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
