@@ -51,7 +51,6 @@ def register(sub) -> None:
             "(e.g. semfpn_pvt_v2_b2, retinanet_pvt_v2_b0): parameters, GFLOPs at the input size, the map "
             "of every stage, the configuration and what the paper reports."
         ),
-        formatter_class=fmt,
     )
     p.add_argument("name", metavar="NAME", help="variant or dense-prediction model name")
     p.add_argument(
@@ -69,9 +68,8 @@ def register(sub) -> None:
             "at square input sizes and write DIR/figure4.csv and DIR/figure4.png (Figure 4 of the PVT v2 "
             "paper)."
         ),
-        formatter_class=fmt,
     )
-    p.add_argument("--out", metavar="DIR", default=".", help="output folder")
+    p.add_argument("--out", metavar="DIR", default=".", help="output folder (default: the current one)")
     p.add_argument(
         "--sizes", nargs="+", type=int, metavar="S", default=None,
         help="square input sides (default: 224 256 384 ... 1280)",
