@@ -20,7 +20,6 @@ __all__ = ["register", "model_rows", "dense_rows", "render_markdown", "info_dict
 
 def register(sub) -> None:
     """Add ``models``, ``info`` and ``complexity`` to the pvt parser."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(
         "models",
         help="every PVT variant: our parameters and GFLOPs at 224 beside the paper's (Table 2)",
@@ -30,7 +29,7 @@ def register(sub) -> None:
             "PVT papers count; 'modules only' leaves them out), beside the paper's parameters, GFLOPs and "
             "ImageNet top-1."
         ),
-        formatter_class=fmt,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
