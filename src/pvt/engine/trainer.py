@@ -131,6 +131,7 @@ class Trainer:
         cfg = self.cfg
         name = cfg.name or f"{cfg.model}-{cfg.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         name = broadcast_object(name, self.dist)
+        cfg.name = name  # config.yaml records the folder it describes
         run_dir = Path(cfg.output).expanduser() / name
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ValueError(
@@ -244,6 +245,7 @@ class Trainer:
             model.load_state_dict(st["model"])
             optimizer.load_state_dict(st["optimizer"])
             scheduler.load_state_dict(st["scheduler"])
+            scheduler.t_initial = max(1, total - warmup)  # follows --epochs when a resume extends the run
             scaler.load_state_dict(st["scaler"])
             if ema is not None and st.get("ema") is not None:
                 ema.module.load_state_dict(st["ema"])
