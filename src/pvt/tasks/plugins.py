@@ -275,7 +275,11 @@ class SegmentationTask(Task):
                                  pretrained=self.cfg.pretrained, drop_path_rate=_drop_path(self.cfg))
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
-        return PolyLR(optimizer, self.cfg.epochs * steps_per_epoch, power=0.9, min_lr=0.0)
+        cfg = self.cfg
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        ratio = min(cfg.warmup_lr / max(cfg.peak_lr(), 1e-12), 1.0)
+        return PolyLR(optimizer, cfg.epochs * steps_per_epoch, power=0.9, min_lr=0.0, warmup_steps=warmup,
+                      warmup_ratio=ratio)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, labels = batch

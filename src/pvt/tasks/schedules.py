@@ -56,11 +56,17 @@ class MultiStepLR(_PerStep):
 
 
 class PolyLR(_PerStep):
-    """``(lr - min_lr) * (1 - t / total) ** power + min_lr`` over ``total`` updates."""
+    """``(lr - min_lr) * (1 - t / total) ** power + min_lr`` over ``total`` updates, after an optional
+    linear warm-up from ``warmup_ratio * lr`` over ``warmup_steps`` (mmseg's PVT config has none)."""
 
-    def __init__(self, optimizer, total_steps: int, power: float = 0.9, min_lr: float = 0.0):
+    def __init__(self, optimizer, total_steps: int, power: float = 0.9, min_lr: float = 0.0, warmup_steps: int = 0,
+                 warmup_ratio: float = 0.001):
         self.total, self.power, self.min_lr = max(1, int(total_steps)), power, min_lr
+        self.warmup_steps, self.warmup_ratio = int(warmup_steps), warmup_ratio
         super().__init__(optimizer)
 
     def value(self, base: float, t: int) -> float:
-        return (base - self.min_lr) * (1 - min(t, self.total) / self.total) ** self.power + self.min_lr
+        lr = (base - self.min_lr) * (1 - min(t, self.total) / self.total) ** self.power + self.min_lr
+        if t < self.warmup_steps:
+            lr *= self.warmup_ratio + (1 - self.warmup_ratio) * t / self.warmup_steps
+        return lr
