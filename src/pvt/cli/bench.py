@@ -1,7 +1,121 @@
-"""`pvt` sub-commands: (to be filled in)."""
+"""`pvt benchmark` (speed and memory, optionally beside timm / HF) and `pvt export` (ONNX, TorchScript,
+ExportedProgram with dynamic batch/height/width)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from pathlib import Path
+
 
 def register(sub) -> None:
-    """Add this module's sub-commands to the pvt parser."""
+    """Add ``benchmark`` and ``export`` to the pvt parser."""
+    p = sub.add_parser(
+        "benchmark",
+        help="inference / training throughput, latency and peak memory, optionally beside timm and HF",
+        description=(
+            "Time PVT models: every (model, size, batch, dtype, mode) case runs warm-up rounds and then "
+            "--repeats interleaved rounds; the table reports medians. --compare also builds timm's and HF "
+            "transformers' implementations with the same (random) weights, checks their logits against ours "
+            "and prints our throughput over theirs (ours/x) from the same run."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("models", nargs="*", default=["pvt_v2_b0"], help="registered model names")
+    p.add_argument("--batch-size", "-b", type=int, nargs="+", default=[8])
+    p.add_argument("--img-size", nargs="+", default=["224"], help="N or HxW, e.g. 224 800x1333")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                   help="bfloat16 runs under torch.autocast")
+    p.add_argument("--mode", nargs="+", default=["infer"], choices=["infer", "train"],
+                   help="train: forward, cross-entropy, backward and one AdamW step")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compare", action="store_true", help="also time timm's and HF's implementations")
+    p.add_argument("--compile", action="store_true", help="also time our model under torch.compile")
+    p.add_argument("--channels-last", action="store_true", help="channels-last input and model")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--onnx", type=Path, help="ONNX file for --backend onnxruntime")
+    p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    p.set_defaults(func=_benchmark)
+
+    e = sub.add_parser(
+        "export",
+        help="export a model to ONNX / TorchScript / ExportedProgram with dynamic batch, height and width",
+        description=(
+            "Export a registered model (random weights) or a checkpoint (this library's format, or official / "
+            "timm / HF weights) for deployment. The graph takes float32 NCHW 'input' of any batch size and any "
+            "height/width from the printed minimum up, and returns 'logits'."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument("source", help="registered model name or checkpoint path")
+    e.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "torchscript", "exported-program"])
+    e.add_argument("--out", type=Path, help="output file (default: <name>.onnx / .pt / .pt2)")
+    e.add_argument("--model", help="variant of a checkpoint that does not record one")
+    e.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's or 1000)")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    e.add_argument("--check", action="store_true", help="run the exported file at two sizes and compare")
+    e.set_defaults(func=_export)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..benchmark import Case, format_results, parse_size, run_case, run_onnxruntime
+    from ..registry import list_models
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    known = list_models()
+    for name in args.models:
+        if name not in known:
+            raise ValueError(f"unknown model {name!r}; choose from {', '.join(known)}")
+    if min(args.batch_size) < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    sizes = [parse_size(s) for s in args.img_size]
+    if args.backend == "onnxruntime" and args.onnx is None:
+        raise ValueError("--backend onnxruntime needs --onnx FILE (make one with `pvt export`)")
+    if args.onnx is not None and not args.onnx.is_file():
+        raise FileNotFoundError(f"ONNX file {args.onnx} does not exist")
+    impls = ("pvt", "timm", "hf") if args.compare else ("pvt",)
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
+    results = []
+    for name in args.models:
+        for size in sizes:
+            for bs in args.batch_size:
+                for dtype in args.dtype:
+                    for mode in args.mode:
+                        case = Case(name, bs, size, dtype, mode, args.device, args.channels_last)
+                        if args.backend == "onnxruntime":
+                            results.append(run_onnxruntime(str(args.onnx), case, warmup=args.warmup,
+                                                           repeats=args.repeats, threads=args.threads))
+                            continue
+                        results += run_case(case, impls, warmup=args.warmup, repeats=args.repeats,
+                                            memory=not args.no_memory, compile=args.compile,
+                                            log=lambda s: print(f"# {s}", file=sys.stderr))
+    print(format_results(results))
+    if args.json:
+        args.json.write_text(json.dumps([r.as_dict() for r in results], indent=1))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..export import default_suffix, export_min_size, export_model, load_model
+
+    model = load_model(args.source, num_classes=args.num_classes, model=args.model)
+    out = args.out or Path(Path(args.source).stem + default_suffix(args.fmt))
+    export_model(model, args.fmt, out, opset=args.opset)
+    print(f"wrote {out} ({args.fmt}; input (batch, {model.config.in_chans}, H, W) float32 with H, W >= "
+          f"{export_min_size(model)}; output logits (batch, {model.num_classes or model.num_features}))")
+    if args.check:
+        from ..export import check_export
+
+        for size, diff in check_export(model, args.fmt, out):
+            print(f"check {size[0]}x{size[1]}: max |exported - pytorch| = {diff:.2e}")
+    return 0

@@ -1,0 +1,178 @@
+"""Export a PVT model for deployment: ONNX, TorchScript or a ``torch.export`` ExportedProgram, with
+dynamic batch, height and width.
+
+Exports trace the plain PyTorch ops (:func:`pvt.layers.reference_path`), never the fused oneDNN
+inference kernels, so the files run on any backend. PVT v1's position embedding is resized inside
+the graph, so v1 exports accept every input size too.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import PVTConfig
+from .layers import reference_path
+from .model import PyramidVisionTransformer
+
+__all__ = ["FORMATS", "load_model", "export_model", "export_min_size", "default_suffix", "run_exported", "check_export"]
+
+FORMATS = ("onnx", "torchscript", "exported-program")
+_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+
+
+def default_suffix(fmt: str) -> str:
+    return _SUFFIX[fmt]
+
+
+def load_model(source: str, *, num_classes: int | None = None, model: str | None = None) -> PyramidVisionTransformer:
+    """A registry name (random weights) or a checkpoint path.
+
+    Checkpoints in this library's own format rebuild the exact config they record; other formats
+    (official, timm, HF) go through :func:`pvt.create_model` with the variant ``model`` names, or
+    the one the checkpoint's shapes identify."""
+    from .registry import create_model, list_models
+
+    path = Path(source)
+    if source in list_models():
+        return create_model(source, num_classes=num_classes)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{source!r} is neither a registered model ({', '.join(list_models())}) nor an existing checkpoint path"
+        )
+    from .io import read_own_format
+
+    own = read_own_format(path) if path.is_file() else None
+    if own is not None and model is None and "config" in own[1] and num_classes is None:
+        sd, meta = own
+        net = PyramidVisionTransformer(PVTConfig.from_dict(meta["config"]))
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: state dict does not match its recorded config (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+        if isinstance(meta.get("variant"), str):
+            net.variant_name = meta["variant"]
+        return net
+    from .weights import create_pretrained
+
+    return create_pretrained(model, path, num_classes=num_classes)
+
+
+def _example(model: PyramidVisionTransformer, size: int) -> Tensor:
+    return torch.randn(2, model.config.in_chans, size, size)
+
+
+def export_min_size(model: PyramidVisionTransformer) -> int:
+    """Smallest side the dynamic-shape exports accept: every stage map and every spatially reduced
+    key/value map at least 2 wide (exporters specialise sizes of 1, so those are left out)."""
+    for size in range(model.min_input_size, 8192):
+        n, ok = size, True
+        for stage in model.stages:
+            n = stage.patch_embed.output_size(n, n)[0]
+            attn = stage.blocks[0].attn if len(stage.blocks) else None
+            r = attn.sr.stride[0] if attn is not None and attn.sr is not None and attn.pool is None else 1
+            ok = ok and n >= 2 and (n - r) // r + 1 >= 2
+        if ok:
+            return size
+    raise ValueError("this configuration accepts no export size below 8192")
+
+
+def _dynamic_shapes(model: PyramidVisionTransformer) -> dict[str, dict[int, torch.export.Dim]]:
+    lo = export_min_size(model)
+    return {
+        "x": {
+            0: torch.export.Dim("batch", min=1, max=4096),
+            2: torch.export.Dim("height", min=lo, max=8192),
+            3: torch.export.Dim("width", min=lo, max=8192),
+        }
+    }
+
+
+def export_model(
+    model: PyramidVisionTransformer,
+    fmt: str,
+    out: str | Path,
+    *,
+    example_size: int | None = None,
+    opset: int = 18,
+) -> Path:
+    """Write ``model`` (eval mode, float32, CPU) as ``fmt`` to ``out``; returns the path.
+
+    Inputs: ``(batch, in_chans, height, width)`` float32 named ``input``; output ``logits``
+    ``(batch, num_classes)`` (pooled features when the model has no head). ONNX and ExportedProgram
+    files accept any batch and any height/width >= :func:`export_min_size`; TorchScript traces the
+    shape arithmetic too. ``example_size``: the side of the tracing example (default: the config's
+    ``img_size``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    out = Path(out)
+    if fmt == "exported-program" and out.suffix != ".pt2":
+        raise ValueError(f"{out}: ExportedProgram files must end in .pt2 (torch.export.load insists)")
+    if out.parent and not out.parent.exists():
+        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    model = model.eval().float().cpu()
+    x = _example(model, example_size or model.config.img_size)
+    with reference_path(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "onnx":
+            _export_onnx(model, x, out, opset)
+        elif fmt == "torchscript":
+            traced = torch.jit.trace(model, x, check_trace=False)
+            torch.jit.save(traced, str(out))
+        else:
+            ep = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(model))
+            torch.export.save(ep, str(out))
+    return out
+
+
+def _export_onnx(model: nn.Module, x: Tensor, out: Path, opset: int) -> None:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates every pass
+        program = torch.onnx.export(
+            model,
+            (x,),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=_dynamic_shapes(model),
+            dynamo=True,
+            opset_version=opset,
+            external_data=False,
+        )
+        program.save(str(out), external_data=False)
+
+
+def run_exported(fmt: str, path: str | Path, x: Tensor) -> Tensor:
+    """Run an exported file on ``x`` (ONNX through onnxruntime on CPU)."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))(x)
+    if fmt == "exported-program":
+        return torch.export.load(str(path)).module()(x)
+    raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def check_export(
+    model: PyramidVisionTransformer, fmt: str, path: str | Path, sizes: list[tuple[int, int]] | None = None
+) -> list[tuple[tuple[int, int], float]]:
+    """Max absolute difference between the exported file and ``model`` at each ``(H, W)`` in ``sizes``
+    (default: the config's size with batch 2, and an odd non-square size with batch 3)."""
+    lo = export_min_size(model)
+    s = model.config.img_size
+    sizes = sizes or [(s, s), (max(lo, s // 2 + 1), max(lo, s * 3 // 4 + 3))]
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        x = torch.randn(2 + i, model.config.in_chans, h, w)
+        with torch.no_grad():
+            ref = model.eval()(x)
+            got = run_exported(fmt, path, x)
+        out.append(((h, w), (got - ref).abs().max().item()))
+    return out
