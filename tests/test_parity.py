@@ -43,9 +43,9 @@ def perturb(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
 
 def max_diffs(ref_logits, ref_maps, model, x) -> tuple[float, float]:
     """(max |logits diff|, max |feature diff| over the four maps) of ``model`` against a reference."""
-    with torch.no_grad():
-        maps = model.forward_features(x)
-        logits = model(x)
+    with torch.no_grad():  # one pass: model(x) is forward_head(pool(tokens)) of this same pass
+        maps, tokens = model.forward_tokens(x)
+        logits = model.forward_head(model.pool(tokens))
     assert [tuple(m.shape) for m in maps] == [tuple(m.shape) for m in ref_maps]
     dl = (logits - ref_logits).abs().max().item() if ref_logits is not None else 0.0
     df = max((a - b).abs().max().item() for a, b in zip(maps, ref_maps))
@@ -97,7 +97,8 @@ def test_v2_matches_timm(name, tmp_path):
     expected = {}
     with torch.no_grad():
         for size, x in sizes.items():
-            expected[size] = (ref(x), ref.forward_intermediates(x, intermediates_only=True))
+            final, maps = ref.forward_intermediates(x)
+            expected[size] = (ref.forward_head(final), maps)
     for fname in ("timm.safetensors", "timm.pth", "official.pth"):
         model = pvt.create_model(name, pretrained=tmp_path / fname).eval()
         for size, x in sizes.items():

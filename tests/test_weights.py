@@ -214,6 +214,17 @@ def test_own_format_carries_eps_and_image_size(tmp_path):
     assert tuple(model.stages[0].pos_embed.shape) == (1, 64 * 64, 64)
 
 
+def test_own_format_rebuilds_an_ablation_of_its_variant(tmp_path, no_warnings):
+    src = pvt.create_model("pvt_v2_b0", linear_sra=True, num_classes=4)  # B0 with B2-Li's attention
+    save_model(src, tmp_path / "b0li.safetensors")
+    model = pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "b0li.safetensors")
+    assert model.config.linear_sra and model.num_classes == 4
+    assert same_tensors(model.state_dict(), src.state_dict())
+    with pytest.raises(ValueError, match="b0li.safetensors .this library's own names. does not fit pvt_v2_b1: its "
+                                         "shapes .embed_dims .32, 64, 160, 256.*match no registered variant"):
+        pvt.create_model("pvt_v2_b1", pretrained=tmp_path / "b0li.safetensors")
+
+
 # --------------------------------------------------------------------------- the head
 def test_head_follows_checkpoint_or_is_replaced_with_warning(b0, tmp_path):
     torch.save(b0.state_dict(), tmp_path / "b0.pth")
@@ -560,3 +571,35 @@ def test_convert_errors_exit_2_with_one_line(tmp_path, b0, capsys):
         assert err.startswith(expected), err
         assert err.count("\n") == 1
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_convert_hf_v1_folder_and_sharded_hf_v2(tmp_path, b0, capsys):
+    torch.manual_seed(0)
+    v1 = pvt.create_model("pvt_v1_tiny").state_dict()
+    hf1 = tmp_path / "hf1"
+    hf1.mkdir()
+    torch.save(K.to_hf_v1(v1), hf1 / "pytorch_model.bin")
+    (hf1 / "config.json").write_text(json.dumps({
+        "model_type": "pvt", "architectures": ["PvtForImageClassification"], "hidden_sizes": [64, 128, 320, 512],
+        "depths": [2, 2, 2, 2], "num_attention_heads": [1, 2, 5, 8], "mlp_ratios": [8, 8, 4, 4],
+        "sequence_reduction_ratios": [8, 4, 2, 1], "patch_sizes": [4, 2, 2, 2], "strides": [4, 2, 2, 2],
+        "image_size": 224, "layer_norm_eps": 1e-6}))
+    assert cli_main(["convert", str(hf1), str(tmp_path / "v1.safetensors")]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'v1.safetensors'}: pvt_v1_tiny, 13,229,288 parameters")
+    assert same_tensors(read_checkpoint(tmp_path / "v1.safetensors").state_dict, v1)
+
+    hf2 = tmp_path / "sharded"
+    hf2.mkdir()
+    flat = K.to_hf_v2(b0.state_dict())
+    names = list(flat)
+    shards = {"model-00001-of-00002.safetensors": names[:100], "model-00002-of-00002.safetensors": names[100:]}
+    for fname, ks in shards.items():
+        save_file({k: flat[k].contiguous() for k in ks}, hf2 / fname)
+    (hf2 / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: f for f, ks in shards.items() for k in ks}}))
+    (hf2 / "config.json").write_text(json.dumps({
+        "model_type": "pvt_v2", "architectures": ["PvtV2ForImageClassification"], "hidden_sizes": [32, 64, 160, 256],
+        "depths": [2, 2, 2, 2], "num_attention_heads": [1, 2, 5, 8], "mlp_ratios": [8, 8, 4, 4],
+        "sr_ratios": [8, 4, 2, 1]}))
+    m = pvt.create_model("pvt_v2_b0", pretrained=hf2)
+    assert same_tensors(m.state_dict(), b0.state_dict())

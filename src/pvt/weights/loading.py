@@ -35,7 +35,11 @@ MAX_LISTED = 10
 
 _HEAD = ("head.weight", "head.bias")
 # fields a self-describing checkpoint carries into the model it is loaded into
-_CARRIED = ("layer_norm_eps", "embed_norm_eps", "img_size", "pool_size", "qkv_bias", "in_chans")
+_CARRIED = ("layer_norm_eps", "embed_norm_eps", "img_size", "pool_size", "qkv_bias")
+# everything but the head size, the input channels (the caller's decide) and the training-time rates
+_ARCHITECTURE = tuple(
+    sorted(PVTConfig.field_names() - {"num_classes", "in_chans", "drop_rate", "attn_drop_rate", "drop_path_rate"})
+)
 
 
 @dataclass
@@ -156,9 +160,10 @@ def create_pretrained(
     overrides.pop("num_classes", None)
     cfg = variant.config
     if ckpt.config is not None:
-        carried = {f: getattr(ckpt.config, f) for f in _CARRIED}
-        carried.pop("in_chans")  # the caller's in_chans decides; a mismatch is reported below
-        cfg = cfg.replace(**carried)
+        # a file that records this very variant describes it fully (e.g. an ablation built with
+        # overrides); otherwise only numerics the weights cannot show are taken over
+        fields = _ARCHITECTURE if ckpt.variant == variant.name else _CARRIED
+        cfg = cfg.replace(**{f: getattr(ckpt.config, f) for f in fields})
     cfg = cfg.replace(**overrides)
     _check_heads(ckpt, cfg, variant.name)
 
