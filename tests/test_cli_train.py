@@ -159,3 +159,17 @@ def test_bf16_channels_last_and_ema_on_cpu(trained, tmp_path):
     st = torch.load(out / "e" / "state.pt", weights_only=True)
     ema, model = st["ema"], st["model"]
     assert ema.keys() == model.keys() and any(not torch.equal(ema[k], model[k]) for k in ema)
+
+
+def test_corrupt_images_are_skipped_and_counted_in_the_epoch_line(tmp_path, capsys):
+    data = make_stripes(tmp_path / "d", n_train=4, n_val=2)
+    (data / "train" / "vertical" / "garbage.png").write_bytes(b"\x00 not a png")
+    cut = data / "train" / "horizontal" / "0.png"
+    cut.write_bytes(cut.read_bytes()[:60])  # header intact, pixels cut off: fails when decoded
+    out = tmp_path / "runs"
+    argv = ["train", "--data", str(data), "--output", str(out), "--name", "c", *FAST, "--batch-size", "2"]
+    argv.remove("--quiet")
+    assert main(argv) == 0
+    rec = json.loads((out / "c" / "metrics.jsonl").read_text())
+    assert rec["skipped_images"] == 2  # one at scan time, one while loading
+    assert "skipped 2 unreadable images" in capsys.readouterr().out

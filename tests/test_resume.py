@@ -74,8 +74,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path):
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-5, worst
     assert [r["val_top1"] for r in lines] == pytest.approx([r["val_top1"] for r in ref.metrics])
-    # resuming a finished run is a no-op
+    # resuming a finished run is a no-op; asking for more epochs extends it
     assert pvt.train(resume=run, quiet=True).metrics == result.metrics
+    more = pvt.train(resume=run, quiet=True, epochs=4)
+    assert [r["epoch"] for r in more.metrics] == [1, 2, 3, 4]
 
 
 def test_ctrl_c_saves_a_checkpoint(data, tmp_path):

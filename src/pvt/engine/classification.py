@@ -163,11 +163,14 @@ class ClassificationTask(Task):
         return images
 
     def batch_size_of(self, batch: Any) -> int:
-        return len(batch[1])
+        """Images this step trains on (0: the engine skips the batch); mixup needs an even count.
+        Also counts the batch's unreadable images (the engine calls this once per batch)."""
+        self._skipped += batch[2]
+        n = len(batch[1])
+        return n - n % 2 if self._mixup is not None else n
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
-        images, targets, skipped = batch
-        self._skipped += skipped
+        images, targets, _ = batch
         if self._mixup is not None and len(targets) % 2:  # mixup pairs images: keep an even batch
             images, targets = images[:-1], targets[:-1]
         images, targets = self._to(images, device), targets.to(device, non_blocking=True)

@@ -99,7 +99,8 @@ class Task:
         raise NotImplementedError
 
     def batch_size_of(self, batch: Any) -> int:
-        """Number of images in ``batch`` (for images/s). Default: ``len(batch[0])``."""
+        """Number of images ``batch`` trains on (for images/s; 0: the engine skips the batch, e.g.
+        when every image in it was unreadable). Default: ``len(batch[0])``."""
         return len(batch[0])
 
     @torch.no_grad()

@@ -364,7 +364,7 @@ class Trainer:
                     else contextlib.nullcontext())
         for batch in bar:
             n = task.batch_size_of(batch)
-            if n == 0:
+            if n == 0 and not self.dist.enabled:  # (under DDP every process must step together)
                 continue
             with autocast:
                 loss, logs = task.train_step(ddp_model, batch, device)
