@@ -78,6 +78,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path):
     assert pvt.train(resume=run, quiet=True).metrics == result.metrics
     more = pvt.train(resume=run, quiet=True, epochs=4)
     assert [r["epoch"] for r in more.metrics] == [1, 2, 3, 4]
+    assert "epochs: 4" in (run / "config.yaml").read_text()
 
 
 def test_ctrl_c_saves_a_checkpoint(data, tmp_path):

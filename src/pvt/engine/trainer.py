@@ -242,7 +242,13 @@ class Trainer:
         records: list[dict[str, Any]] = []
         if self._state is not None:
             st = self._state
-            model.load_state_dict(st["model"])
+            try:
+                model.load_state_dict(st["model"])
+            except RuntimeError as e:
+                raise ValueError(
+                    f"cannot resume {str(run_dir)!r}: its saved model does not fit the one built from the current "
+                    f"config and data (did the classes change?): {str(e).strip().splitlines()[-1].strip()}"
+                ) from None
             optimizer.load_state_dict(st["optimizer"])
             scheduler.load_state_dict(st["scheduler"])
             scheduler.t_initial = max(1, total - warmup)  # follows --epochs when a resume extends the run
@@ -258,11 +264,11 @@ class Trainer:
                 self._say(f"run {run_dir} already finished {start_epoch} of {cfg.epochs} epochs")
                 return TrainResult(run_dir, records, self._best_record(records))
             self._say(f"resumed {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
-        elif d.is_main:
+        if d.is_main:  # on resume too: overrides such as a longer --epochs are part of the run now
             with atomic_write(run_dir / "config.yaml", "w") as f:
                 f.write(cfg.to_yaml())
             names = getattr(task, "class_names", None)
-            if names:
+            if names and self._state is None:
                 with atomic_write(run_dir / "classes.json", "w") as f:
                     json.dump(names, f, indent=1)
 
