@@ -6,5 +6,6 @@ engine and the tasks (classification here, detection and segmentation in :mod:`p
 
 from .config import TrainConfig, resolve_config
 from .task import Task, get_task, list_tasks, register_task
+from .trainer import Trainer, TrainResult
 
-__all__ = ["TrainConfig", "resolve_config", "Task", "get_task", "list_tasks", "register_task"]
+__all__ = ["TrainConfig", "resolve_config", "Task", "get_task", "list_tasks", "register_task", "Trainer", "TrainResult"]
