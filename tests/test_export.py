@@ -1,0 +1,84 @@
+"""`pvt export`: exported files accept other batch sizes and image sizes and match PyTorch."""
+
+import pytest
+import torch
+
+import pvt
+from pvt.cli import main
+from pvt.export import check_export, export_min_size, export_model, load_model, run_exported
+from pvt.io import save_model
+from pvt.variants import get_variant
+
+TINY = dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), num_classes=5)
+
+
+def tiny(name: str) -> pvt.PyramidVisionTransformer:
+    return pvt.PyramidVisionTransformer(get_variant(name).config.replace(**TINY)).eval()
+
+
+def test_onnx_runs_in_onnxruntime_at_two_sizes(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = tiny("pvt_v2_b0")
+    path = export_model(model, "onnx", tmp_path / "m.onnx")
+    diffs = check_export(model, "onnx", path, sizes=[(224, 224), (97, 131)])
+    assert [s for s, _ in diffs] == [(224, 224), (97, 131)]
+    assert max(d for _, d in diffs) < 1e-4
+
+
+def test_v1_torchscript_resizes_its_position_embedding(tmp_path):
+    model = tiny("pvt_v1_tiny")
+    path = export_model(model, "torchscript", tmp_path / "m.pt")
+    diffs = check_export(model, "torchscript", path, sizes=[(224, 224), (96, 160)])
+    assert max(d for _, d in diffs) < 1e-4
+    # the position embedding really is resized: another size gives another output shape path
+    out = run_exported("torchscript", path, torch.randn(1, 3, 128, 64))
+    assert out.shape == (1, 5)
+
+
+def test_min_export_size_and_bad_arguments(tmp_path):
+    model = pvt.create_model("pvt_v2_b0")
+    assert (model.min_input_size, export_min_size(model)) == (29, 61)
+    with pytest.raises(ValueError, match="choose from onnx, torchscript, exported-program"):
+        export_model(model, "tflite", tmp_path / "m.tflite")
+    with pytest.raises(ValueError, match=r"\.pt2"):
+        export_model(model, "exported-program", tmp_path / "m.pt")
+    with pytest.raises(FileNotFoundError, match="neither a registered model"):
+        load_model(str(tmp_path / "missing.pth"))
+
+
+def test_own_format_checkpoint_round_trip(tmp_path):
+    model = tiny("pvt_v2_b2_li")
+    save_model(model, tmp_path / "w.safetensors", variant="pvt_v2_b2_li")
+    back = load_model(str(tmp_path / "w.safetensors"))
+    assert back.config == model.config
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+
+
+def test_cli_export_torchscript_with_check(tmp_path, capsys):
+    model = tiny("pvt_v2_b0")
+    save_model(model, tmp_path / "w.safetensors", variant="pvt_v2_b0")
+    out = tmp_path / "w.pt"
+    assert main(["export", str(tmp_path / "w.safetensors"), "--format", "torchscript", "--out", str(out), "--check"]) == 0
+    text = capsys.readouterr().out
+    assert "H, W >= " in text and text.count("check ") == 2
+    assert out.is_file()
+    assert main(["export", "pvt_v9", "--out", str(out)]) == 2
+    assert "neither a registered model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v1_tiny"])
+def test_full_models_onnx(tmp_path, name):
+    pytest.importorskip("onnxruntime")
+    model = pvt.create_model(name).eval()
+    path = export_model(model, "onnx", tmp_path / "m.onnx")
+    assert max(d for _, d in check_export(model, "onnx", path)) < 1e-4
+
+
+@pytest.mark.slow
+def test_exported_program_dynamic(tmp_path):
+    model = tiny("pvt_v1_tiny")
+    path = export_model(model, "exported-program", tmp_path / "m.pt2")
+    assert max(d for _, d in check_export(model, "exported-program", path)) < 1e-4

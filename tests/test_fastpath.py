@@ -1,0 +1,115 @@
+"""The fused inference fast path is the default path and computes what the plain ops compute."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pvt
+from pvt.layers import fast_path_active, reference_path
+from pvt.variants import get_variant
+
+TINY = dict(embed_dims=(16, 32, 40, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 5, 8), num_classes=7)
+
+
+def tiny(name: str, **kw) -> pvt.PyramidVisionTransformer:
+    return pvt.PyramidVisionTransformer(get_variant(name).config.replace(**TINY, **kw)).eval()
+
+
+def test_fast_path_is_active_only_where_it_may_be():
+    x = torch.randn(1, 3)
+    with torch.no_grad():
+        assert fast_path_active(x)
+        assert not fast_path_active(x.double())
+        assert not fast_path_active(x.bfloat16())
+        with reference_path():
+            assert not fast_path_active(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fast_path_active(x)
+    assert not fast_path_active(x)  # autograd on
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_v1_tiny"])
+@pytest.mark.parametrize("size", [(67, 93), (128, 96)])
+def test_fast_path_equals_reference_ops(name, size):
+    model = tiny(name)
+    x = torch.randn(2, 3, *size)
+    with torch.inference_mode():
+        fast_logits, fast_maps = model(x), model.forward_features(x)
+        with reference_path():
+            ref_logits, ref_maps = model(x), model.forward_features(x)
+    assert fast_logits.shape == (2, 7)
+    torch.testing.assert_close(fast_logits, ref_logits, rtol=0, atol=1e-5)
+    for a, b in zip(fast_maps, ref_maps):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def test_fast_path_full_size_b0_matches_timm():
+    timm = pytest.importorskip("timm")
+    from pvt.weights.keys import to_timm
+
+    model = pvt.create_model("pvt_v2_b0").eval()
+    ref = timm.create_model("pvt_v2_b0", pretrained=False).eval()
+    ref.load_state_dict(to_timm(model.state_dict()))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        diff = (model(x) - ref(x)).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_fused_qkv_and_no_bias_variant():
+    model = tiny("pvt_v2_b0", qkv_bias=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fast = model(x)
+        with reference_path():
+            ref = model(x)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+
+
+def test_train_and_eval_modes_agree_without_dropout_and_grads_flow():
+    model = tiny("pvt_v2_b2_li")
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        eval_out = model(x)
+    model.train()
+    train_out = model(x)  # autograd path: the plain ops
+    torch.testing.assert_close(train_out, eval_out, rtol=0, atol=1e-5)
+    train_out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_stochastic_training_keeps_the_reference_path():
+    model = tiny("pvt_v2_b0", drop_path_rate=0.5).train()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert not torch.equal(a, b)  # drop path still active under no_grad in train mode
+
+
+def test_channels_last_input_and_weight_updates_are_seen():
+    model = tiny("pvt_v2_b0")
+    x = torch.randn(2, 3, 72, 72)
+    with torch.no_grad():
+        ref = model(x)
+        cl = model(x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(cl, ref, rtol=0, atol=1e-5)
+        # the cached channels-last conv weights follow in-place updates (optimiser steps, loading)
+        for p in model.parameters():
+            p.mul_(1.1)
+        after = model(x)
+        with reference_path():
+            after_ref = model(x)
+    torch.testing.assert_close(after, after_ref, rtol=0, atol=1e-5)
+    assert (after - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v1_tiny"])
+def test_bfloat16_autocast_is_close(name):
+    model = tiny(name)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x).float()
+    assert F.cosine_similarity(low.flatten(), ref.flatten(), dim=0).item() >= 0.999
