@@ -251,7 +251,8 @@ class Trainer:
                 ) from None
             optimizer.load_state_dict(st["optimizer"])
             scheduler.load_state_dict(st["scheduler"])
-            scheduler.t_initial = max(1, total - warmup)  # follows --epochs when a resume extends the run
+            if isinstance(scheduler, CosineLRScheduler):  # follows --epochs when a resume extends the run
+                scheduler.t_initial = max(1, total - warmup)
             scaler.load_state_dict(st["scaler"])
             if ema is not None and st.get("ema") is not None:
                 ema.module.load_state_dict(st["ema"])
