@@ -22,6 +22,13 @@ __all__ = ["atomic_write", "atomic_save_torch", "save_model", "read_own_format",
 OWN_FORMAT = "pvt"
 
 
+def _default_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give (0o666 less the umask); mkstemp uses 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
@@ -33,6 +40,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -55,6 +63,7 @@ def _atomic_via(path: str | Path, writer: Callable[[str], None]) -> None:
         writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
