@@ -289,6 +289,8 @@ def test_wrong_variant_is_named(tmp_path):
         "[64, 3, 7, 7] vs model [32, 3, 7, 7], stages.0.patch_embed.proj.bias file [64] vs model [32], "
     )
     assert msg.endswith(", ... and 167 more") and "\n" not in msg and "missing keys" not in msg
+    # with no variant named, the one the shapes fit is built
+    assert create_pretrained(None, tmp_path / "b1.safetensors").variant_name == "pvt_v2_b1"
 
 
 def test_b2_li_and_b2_are_told_apart(tmp_path):
