@@ -471,6 +471,8 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
     return cache
 
 
@@ -605,3 +607,16 @@ def test_convert_hf_v1_folder_and_sharded_hf_v2(tmp_path, b0, capsys):
         "sr_ratios": [8, 4, 2, 1]}))
     m = pvt.create_model("pvt_v2_b0", pretrained=hf2)
     assert same_tensors(m.state_dict(), b0.state_dict())
+
+
+def test_loaded_model_is_trainable_float32(b0, tmp_path):
+    """Half-precision files load as float32 parameters that require grad and own their memory."""
+    save_file({k: v.half() for k, v in K.to_timm(b0.state_dict()).items()}, tmp_path / "half.safetensors")
+    m = pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "half.safetensors")
+    params = dict(m.named_parameters())
+    assert len(params) == 178 and all(p.dtype == torch.float32 and p.requires_grad for p in params.values())
+    w = b0.stages[1].blocks[0].attn.kv.weight
+    assert torch.equal(params["stages.1.blocks.0.attn.kv.weight"], w.half().float())
+    assert len({p.data_ptr() for p in params.values()}) == 178
+    m(torch.randn(1, 3, 64, 64)).sum().backward()
+    assert all(p.grad is not None for p in params.values())
