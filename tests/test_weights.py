@@ -620,3 +620,21 @@ def test_loaded_model_is_trainable_float32(b0, tmp_path):
     assert len({p.data_ptr() for p in params.values()}) == 178
     m(torch.randn(1, 3, 64, 64)).sum().backward()
     assert all(p.grad is not None for p in params.values())
+
+
+def test_v1_position_embeddings_are_resized_to_img_size(tmp_path):
+    """A 224 checkpoint loaded at img_size=256 gets the embeddings the 224 model would interpolate
+    to at run time: both models give the same outputs on 256x256 input."""
+    torch.manual_seed(0)
+    src = pvt.create_model("pvt_v1_tiny", num_classes=5).eval()
+    torch.save({"model": K.to_official(src.state_dict())}, tmp_path / "v1.pth")
+    big = pvt.create_model("pvt_v1_tiny", pretrained=tmp_path / "v1.pth", img_size=256).eval()
+    assert [tuple(s.pos_embed.shape) for s in big.stages] == [(1, 4096, 64), (1, 1024, 128), (1, 256, 320),
+                                                              (1, 65, 512)]
+    assert torch.equal(big.stages[3].pos_embed[:, 0], src.stages[3].pos_embed[:, 0])  # class-token slot kept
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        assert (big(x) - src(x)).abs().max().item() < 1e-5
+    plain = pvt.create_model("pvt_v1_tiny", num_classes=5, img_size=256)
+    assert load_checkpoint(plain, tmp_path / "v1.pth").ok
+    assert torch.equal(plain.stages[0].pos_embed, big.stages[0].pos_embed)

@@ -6,18 +6,22 @@ Rules:
   checkpoint's head is dropped and a fresh one is made, with a warning (no warning for
   ``num_classes=0``, a backbone). A headless checkpoint (``PvtV2Model``, a backbone) gives a
   headless model, or a fresh head with a warning when ``num_classes > 0`` is asked for.
+* v1 position embeddings laid out for another input size are resized (bilinear, as the model
+  itself does at run time) to the model's ``img_size``.
 * Any other missing, unexpected or mis-shaped tensor is a :class:`ValueError` that lists them and,
   when the shapes fit another registered variant, names it.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import PVTConfig
@@ -28,7 +32,15 @@ from .files import Checkpoint, read_checkpoint
 from .keys import StateDict
 from .shapes import describe_architecture, infer_architecture, matching_variants
 
-__all__ = ["LoadReport", "create_pretrained", "load_checkpoint", "check_state_dict", "infer_variant", "MAX_LISTED"]
+__all__ = [
+    "LoadReport",
+    "MAX_LISTED",
+    "check_state_dict",
+    "create_pretrained",
+    "infer_variant",
+    "load_checkpoint",
+    "resize_pos_embeds",
+]
 
 MAX_LISTED = 10
 """Keys listed per category in an error message before "... and N more"."""
@@ -129,6 +141,28 @@ def infer_variant(ckpt: Checkpoint) -> str:
     )
 
 
+def resize_pos_embeds(sd: StateDict, model: nn.Module) -> StateDict:
+    """Resize square v1 position embeddings in ``sd`` to the grids of ``model``'s stages.
+
+    ``(1, prefix + s*s, C) -> (1, prefix + h*w, C)``; the class-token slot is kept as it is. Tensors
+    that are not square grids of the same width are left for the shape check to report.
+    """
+    out = dict(sd)
+    for i, stage in enumerate(getattr(model, "stages", [])):
+        key, pe = f"stages.{i}.pos_embed", getattr(stage, "pos_embed", None)
+        v = sd.get(key)
+        if pe is None or v is None or v.shape == pe.shape or v.ndim != 3 or v.shape[0] != 1 or v.shape[2] != pe.shape[2]:
+            continue
+        prefix = stage.num_prefix
+        side = math.isqrt(v.shape[1] - prefix)
+        if side * side != v.shape[1] - prefix:
+            continue
+        grid = v[:, prefix:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+        grid = F.interpolate(grid, size=stage.grid, mode="bilinear", align_corners=False)
+        out[key] = torch.cat([v[:, :prefix], grid.flatten(2).transpose(1, 2).to(v.dtype)], dim=1)
+    return out
+
+
 def _assign(model: nn.Module, sd: StateDict) -> None:
     """Load ``sd`` into a model built on the meta device, as float tensors of the model's dtype."""
     ref = model.state_dict()
@@ -178,6 +212,7 @@ def create_pretrained(
     # built without initialising (the checkpoint overwrites every tensor); the head, if fresh, after
     with torch.device("meta"):
         model = PyramidVisionTransformer(cfg)
+    sd = resize_pos_embeds(sd, model)
     report = check_state_dict(model.state_dict(), sd)
     if fresh_head:
         report.missing = [k for k in report.missing if k not in _HEAD]
@@ -206,7 +241,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     ckpt = read_checkpoint(resolve_source(path))
     target = getattr(model, "variant_name", None) or type(model).__name__
     model_sd = model.state_dict()
-    report = check_state_dict(model_sd, ckpt.state_dict)
+    sd = resize_pos_embeds(ckpt.state_dict, model)
+    report = check_state_dict(model_sd, sd)
     if strict and not report.ok:
         err = _mismatch_error(ckpt, target, report)
         if any(k in _HEAD for k, _, _ in report.mismatched):
@@ -216,7 +252,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
             )
         raise err
     bad = {k for k, _, _ in report.mismatched}
-    fitting = {k: v for k, v in ckpt.state_dict.items() if k in model_sd and k not in bad}
+    fitting = {k: v for k, v in sd.items() if k in model_sd and k not in bad}
     model.load_state_dict(fitting, strict=False)
     cfg = getattr(model, "config", None)
     if ckpt.config is not None and isinstance(cfg, PVTConfig):
