@@ -20,7 +20,6 @@ def register(sub) -> None:
             + ". SRC may be a file, a folder (HF: config.json + model.safetensors or pytorch_model.bin) or "
             "hf-hub:<repo id>. Nothing from SRC is executed (torch.load weights_only=True)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, folder or hf-hub:<repo id>")
     p.add_argument("dst", metavar="DST", help="output .safetensors file")
