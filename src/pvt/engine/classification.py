@@ -62,12 +62,9 @@ def build_classifier(model_name: str, num_classes: int, *, img_size: int, drop_p
             f"pretrained weights {str(pretrained)!r} are for {own[1]['variant']!r}, not for model {model_name!r}; "
             f"pass --model {own[1]['variant']} or weights of {model_name}"
         )
-    try:
-        return create_model(model_name, num_classes=num_classes, pretrained=pretrained, drop_path_rate=drop_path,
-                            drop_rate=drop)
-    except RuntimeError as e:  # shape mismatch inside load_state_dict
-        first = str(e).strip().splitlines()[0]
-        raise ValueError(f"pretrained weights {str(pretrained)!r} do not fit model {model_name!r}: {first}") from None
+    # the loader raises a ValueError naming mis-fitting keys; v1 position embeddings follow img_size
+    return create_model(model_name, num_classes=num_classes, pretrained=pretrained, drop_path_rate=drop_path,
+                        drop_rate=drop, img_size=img_size)
 
 
 class ClassificationTask(Task):
