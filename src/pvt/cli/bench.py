@@ -96,9 +96,12 @@ def _benchmark(args: argparse.Namespace) -> int:
                             results.append(run_onnxruntime(str(args.onnx), case, warmup=args.warmup,
                                                            repeats=args.repeats, threads=args.threads))
                             continue
-                        results += run_case(case, impls, warmup=args.warmup, repeats=args.repeats,
-                                            memory=not args.no_memory, compile=args.compile,
-                                            log=lambda s: print(f"# {s}", file=sys.stderr))
+                        done = run_case(case, impls, warmup=args.warmup, repeats=args.repeats,
+                                        memory=not args.no_memory, compile=args.compile,
+                                        log=lambda s: print(f"# {s}", file=sys.stderr))
+                        print(f"# done: {case}", file=sys.stderr, flush=True)
+                        print(format_results(done), file=sys.stderr, flush=True)
+                        results += done
     print(format_results(results))
     if args.json:
         args.json.write_text(json.dumps([r.as_dict() for r in results], indent=1))
