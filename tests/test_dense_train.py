@@ -83,15 +83,18 @@ def test_default_recipes():
 
 
 def _memorise(model, step, score, steps, lr):
-    """Score before and after ``steps`` AdamW updates on one fixed batch (constant lr)."""
+    """Score before and after ``steps`` AdamW updates on one fixed batch (5 warm-up steps, clip 10)."""
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=1e-4)
     model.eval()
     before = score()
-    for _ in range(steps):
+    for i in range(1, steps + 1):
         model.train()
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, i / 5)
         loss = step()
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10)
         opt.step()
     model.eval()
     return before, score()
@@ -119,3 +122,28 @@ def test_semantic_fpn_learns(tmp_path):
     before, after = _memorise(model, lambda: torch.nn.functional.cross_entropy(model(x), y), score, 10, 1e-3)
     assert before < 30
     assert after > 40 and after > before + 20
+
+
+def test_retinanet_learns(tmp_path):
+    """RetinaNet-B0 from scratch fits 8 shapes images (64 px) in 30 steps (measured: box mAP 0 -> 31.8,
+    mAP@0.5 0 -> 52.1 on this batch; ~90 CPU-seconds)."""
+    from pvt.data.coco import CocoDataset
+    from pvt.data.synthetic import make_shapes_dataset
+    from pvt.tasks import create_task_model
+    from pvt.tasks.metrics import coco_map, detections_to_coco
+
+    root = make_shapes_dataset(tmp_path / "s", num_train=8, num_val=1, size=64, seed=0) / "coco"
+    ds = CocoDataset(root / "train", root / "annotations" / "instances_train.json")
+    images, targets = zip(*[ds[i] for i in range(8)])
+    model = create_task_model("retinanet_pvt_v2_b0", num_classes=3, min_size=64, max_size=64)
+
+    def score():
+        with torch.no_grad():
+            dets = model(list(images))
+        res = [r for t, d in zip(targets, dets) for r in detections_to_coco(int(t["image_id"]), d, ds.cat_ids)]
+        return coco_map(ds.coco(), res, "bbox", [int(t["image_id"]) for t in targets])["mAP_50"]
+
+    train_targets = [{k: v for k, v in t.items() if k != "image_id"} for t in targets]
+    before, after = _memorise(model, lambda: sum(model(list(images), train_targets).values()), score, 30, 5e-4)
+    assert before < 2
+    assert after > 25
