@@ -42,6 +42,25 @@ def test_detection_run_folder_eval_and_predict(tmp_path):
     assert all(d["class"] in ("circle", "square", "triangle") and len(d["box"]) == 4 for d in dets)
 
 
+def test_pvt_eval_and_predict_route_dense_checkpoints(tmp_path, capsys):
+    from pvt.cli import main
+
+    res = _train(tmp_path, task="segmentation", model="pvt_v2_b0", epochs=1, batch_size=4, img_size=64,
+                 name="seg", task_options=TINY)
+    run = res.run_dir
+    rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "best.safetensors"), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["task"] == "segmentation" and ev["mIoU"] == pytest.approx(rec["val_mIoU"], abs=1e-6)
+    assert set(ev["per_class_iou"]) >= {"circle", "square", "triangle"}
+    img = next((tmp_path / "cache").glob("shapes*/ade/images/validation/*.png"))
+    assert main(["predict", "--checkpoint", str(run), str(img), "--out-dir", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / f"{img.stem}_pred.png").is_file()
+    recs = json.loads(capsys.readouterr().out)
+    assert len(recs) == 1 and recs[0]["image"].endswith(img.name)
+
+
 def test_dense_task_bad_options_and_data(tmp_path):
     with pytest.raises(ValueError, match=r"unknown option\(s\) 'colour'"):
         Trainer(resolve_config(task="segmentation", task_options={"colour": 1}))

@@ -19,9 +19,10 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..tasks.inference import evaluate_dense
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: expected an integer >= 1")
-    res = evaluate_dense(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
+    batch_size = 2 if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: expected an integer >= 1")
+    res = evaluate_dense(args.checkpoint, args.data, batch_size=batch_size, device=args.device,
                          workers=args.workers)
     if args.json:
         print(json.dumps(res))

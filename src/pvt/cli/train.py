@@ -63,10 +63,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dense_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a detection / instance / segmentation checkpoint (handled by pvt.tasks)."""
+    from ..tasks.inference import DENSE_TASKS, checkpoint_task
+
+    return checkpoint_task(path) in DENSE_TASKS
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..api import evaluate
 
-    r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
+    if _dense_checkpoint(args.checkpoint):
+        from . import dense
+
+        return dense._cmd_eval(args)
+
+    batch_size = 64 if args.batch_size is None else args.batch_size
+    r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=batch_size, device=args.device,
                  workers=args.workers, model=args.model)
     if args.json:
         print(json.dumps(r))
@@ -86,6 +99,11 @@ def _print_predictions(preds: list[dict[str, Any]]) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..api import predict
+
+    if _dense_checkpoint(args.checkpoint):
+        from . import dense
+
+        return dense._cmd_predict(args)
 
     preds = predict(args.checkpoint, args.images, topk=args.topk, device=args.device)
     if args.json:
@@ -136,23 +154,26 @@ def register(sub) -> None:
     _config_flags(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5/loss of a trained classifier on a folder")
+    p = sub.add_parser("eval", help="top-1/top-5/loss of a classifier; box/mask mAP or mIoU of a dense checkpoint")
     p.add_argument("--checkpoint", required=True, help="a .safetensors written by pvt train, or its run folder")
     p.add_argument("--data", help="folder with <split>/<class>/ or <class>/ images (default: the training data)")
     p.add_argument("--split", default="val", help="split folder inside --data (default: val)")
     p.add_argument("--model", help="fail unless the checkpoint is this variant")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64 (classification), 2 (dense tasks)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k classes of images with a trained classifier")
+    p = sub.add_parser("predict", help="top-k classes with a classifier; drawn boxes/masks/class maps with a dense checkpoint")
     p.add_argument("--checkpoint", required=True, help="a .safetensors written by pvt train, or its run folder")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--out-dir", default="predictions", help="dense checkpoints: where <stem>_pred.png go")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="dense checkpoints: drop detections below this")
+    p.add_argument("--json-out", help="dense checkpoints: also write the JSON records to this file")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="train PVTv2-B0 on the built-in digits, evaluate, predict (a few minutes)")

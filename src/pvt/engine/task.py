@@ -144,10 +144,7 @@ def register_task(name: str, factory: TaskFactory) -> None:
 def _load_builtin() -> None:
     from . import classification  # noqa: F401  (registers "classification")
 
-    try:
-        import pvt.tasks  # noqa: F401  (registers the dense-prediction tasks)
-    except ImportError:
-        pass
+    import pvt.tasks  # noqa: F401  (registers the dense-prediction tasks; a broken import must show)
 
 
 def list_tasks() -> list[str]:

@@ -40,6 +40,18 @@ def _resolve(checkpoint: str | Path) -> Path:
     return path
 
 
+def checkpoint_task(checkpoint: str | Path) -> str | None:
+    """The task a ``pvt train`` checkpoint (file or run folder) records, or None when it records none."""
+    from ..io import read_own_format
+
+    try:
+        path = _resolve(checkpoint)
+    except FileNotFoundError:
+        return None
+    own = read_own_format(path)
+    return None if own is None else own[1].get("task")
+
+
 def load_dense_model(checkpoint: str | Path, *, device: str = "auto", data: str | None = None) -> DenseModel:
     """The model of a run folder or ``.safetensors`` (best, else last), in eval mode on ``device``."""
     from ..engine.config import TrainConfig
