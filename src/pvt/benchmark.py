@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -245,7 +245,7 @@ def peak_memory(step: Callable[[], Any], device: str = "cpu") -> float:
         return float(torch.cuda.max_memory_allocated() - base)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = sorted(
         (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
@@ -255,6 +255,23 @@ def peak_memory(step: Callable[[], Any], device: str = "cpu") -> float:
         live += delta
         peak = max(peak, live)
     return float(peak)
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Mute the profiler back-end's own start/stop lines, which it writes straight to file descriptor 2."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def compare_outputs(ours: nn.Module, other: nn.Module, case: Case, seed: int = 1) -> tuple[float, float]:
