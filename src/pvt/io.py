@@ -29,23 +29,10 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _commit(tmp: str, path: Path) -> None:
+    """Make the finished temporary file ``tmp`` the file at ``path``, durably."""
+    os.chmod(tmp, _default_mode())
+    os.replace(tmp, path)
     with contextlib.suppress(OSError):  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -54,21 +41,36 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
             os.close(dfd)
 
 
-def _atomic_via(path: str | Path, writer: Callable[[str], None]) -> None:
+@contextlib.contextmanager
+def _atomic_path(path: str | Path) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; once the body has written it, fsync it and rename it over
+    ``path``. On any exception (a kill included) the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        writer(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
+        _commit(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
+    with _atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def _atomic_via(path: str | Path, writer: Callable[[str], None]) -> None:
+    """Atomically create ``path`` with ``writer(temporary_path)`` (for libraries that write by name)."""
+    with _atomic_path(path) as tmp:
+        writer(tmp)
 
 
 def atomic_save_torch(obj: Any, path: str | Path) -> None:

@@ -89,16 +89,14 @@ def list_task_models(pattern: str = "*", task: str | None = None) -> list[str]:
 
 def get_task_model_spec(name: str) -> TaskModelSpec:
     """The spec for ``name``; an unknown name raises a ValueError suggesting close names."""
+    from ..variants import unknown_name
+
     try:
         return TASK_MODELS[name]
     except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, TASK_MODELS, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"unknown dense-prediction model {name!r}{hint} (names are <head>_<backbone>, heads: "
-            f"{', '.join(HEADS)}; see list_task_models())"
+        raise unknown_name(
+            "dense-prediction model", name, TASK_MODELS,
+            f"(names are <head>_<backbone>, heads: {', '.join(HEADS)}; see list_task_models())",
         ) from None
 
 
