@@ -113,3 +113,20 @@ def test_bfloat16_autocast_is_close(name):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x).float()
     assert F.cosine_similarity(low.flatten(), ref.flatten(), dim=0).item() >= 0.999
+
+
+def test_fused_qkv_cache_follows_weight_updates():
+    """The stacked q/kv weight of the stage-4 GEMM is cached; an in-place update must be seen."""
+    from pvt.layers import reference_path
+
+    m = pvt.create_model("pvt_v2_b0", num_classes=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        m(x)  # fills the cache
+        attn = m.stages[3].blocks[0].attn
+        attn.kv.weight.mul_(1.5)
+        attn.q.bias.add_(0.1)
+        fast = m(x)
+        with reference_path():
+            ref = m(x)
+    assert (fast - ref).abs().max().item() < 1e-5

@@ -223,12 +223,24 @@ class SpatialReductionAttention(nn.Module):
         out = self._attend(self.q(x), self.kv(m), b, n, c)
         return self.proj_drop(self.proj(out))
 
+    def _qkv_params(self) -> tuple[Tensor, Tensor | None]:
+        """``q`` and ``kv`` stacked into one weight (and bias), cached until either changes (not in the
+        state dict): the fast path's single q/k/v GEMM does not re-concatenate them on every call."""
+        params = [p for p in (self.q.weight, self.kv.weight, self.q.bias, self.kv.bias) if p is not None]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cached = self.__dict__.get("_pvt_qkv")
+        if cached is None or cached[0] != key:
+            weight = torch.cat([self.q.weight, self.kv.weight]).detach()
+            bias = None if self.q.bias is None else torch.cat([self.q.bias, self.kv.bias]).detach()
+            cached = (key, weight, bias)
+            self.__dict__["_pvt_qkv"] = cached
+        return cached[1], cached[2]
+
     def forward_fused(self, x: Tensor, h: int, w: int, residual: Tensor) -> Tensor:
         """Inference fast path: ``residual + forward(x, h, w)`` with fused kernels (dropout inactive)."""
         b, n, c = x.shape
         if self.sr is None:  # keys from the full map: one GEMM for q, k and v
-            weight = torch.cat([self.q.weight, self.kv.weight])
-            bias = None if self.q.bias is None else torch.cat([self.q.bias, self.kv.bias])
+            weight, bias = self._qkv_params()
             qkv = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
             q, kv = qkv[..., :c], qkv[..., c:]
         else:

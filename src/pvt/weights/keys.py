@@ -203,6 +203,17 @@ def _strip_prefix(sd: StateDict, prefix: str) -> StateDict:
     return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
 
 
+def _rename_block(rest: str, table: list[tuple[str, str]], to_ours: bool) -> str:
+    """Rename the leading part of a block key's suffix by ``table`` of ``(theirs, ours)`` pairs.
+
+    Towards their names the fused ``.attn.kv.`` is never renamed: it has been split first."""
+    for theirs, ours in table:
+        src, dst = (theirs, ours) if to_ours else (ours, theirs)
+        if rest.startswith(src) and (to_ours or ours != ".attn.kv."):
+            return dst + rest[len(src) :]
+    return rest
+
+
 _HF_V2_BLOCK = [
     (".layer_norm_1.", ".norm1."),
     (".attention.query.", ".attn.q."),
@@ -224,11 +235,7 @@ def from_hf_v2(sd: StateDict) -> StateDict:
     out: StateDict = {}
     for k, v in sd.items():
         if m := re.match(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)(\..*)$", k):
-            rest = m[3]
-            for a, b in _HF_V2_BLOCK:
-                if rest.startswith(a):
-                    rest = b + rest[len(a) :]
-                    break
+            rest = _rename_block(m[3], _HF_V2_BLOCK, to_ours=True)
             k = f"stages.{m[1]}.blocks.{m[2]}{rest}"
         elif m := re.match(r"^encoder\.layers\.(\d+)\.patch_embedding\.(proj|layer_norm)\.(.*)$", k):
             k = f"stages.{m[1]}.patch_embed.{'proj' if m[2] == 'proj' else 'norm'}.{m[3]}"
@@ -246,11 +253,7 @@ def to_hf_v2(sd: StateDict, prefix: str = "pvt_v2.") -> StateDict:
     out: StateDict = {}
     for k, v in sd.items():
         if m := re.match(r"^stages\.(\d+)\.blocks\.(\d+)(\..*)$", k):
-            rest = m[3]
-            for a, b in _HF_V2_BLOCK:
-                if rest.startswith(b) and b != ".attn.kv.":
-                    rest = a + rest[len(b) :]
-                    break
+            rest = _rename_block(m[3], _HF_V2_BLOCK, to_ours=False)
             k = f"{prefix}encoder.layers.{m[1]}.blocks.{m[2]}{rest}"
         elif m := re.match(r"^stages\.(\d+)\.patch_embed\.(proj|norm)\.(.*)$", k):
             k = f"{prefix}encoder.layers.{m[1]}.patch_embedding.{'proj' if m[2] == 'proj' else 'layer_norm'}.{m[3]}"
@@ -284,11 +287,7 @@ def from_hf_v1(sd: StateDict) -> StateDict:
     out: StateDict = {}
     for k, v in sd.items():
         if m := re.match(r"^encoder\.block\.(\d+)\.(\d+)(\..*)$", k):
-            rest = m[3]
-            for a, b in _HF_V1_BLOCK:
-                if rest.startswith(a):
-                    rest = b + rest[len(a) :]
-                    break
+            rest = _rename_block(m[3], _HF_V1_BLOCK, to_ours=True)
             k = f"stages.{m[1]}.blocks.{m[2]}{rest}"
         elif m := re.match(r"^encoder\.patch_embeddings\.(\d+)\.(projection|layer_norm)\.(.*)$", k):
             k = f"stages.{m[1]}.patch_embed.{_HF_V1_EMBED[m[2]]}.{m[3]}"
@@ -311,11 +310,7 @@ def to_hf_v1(sd: StateDict, prefix: str = "pvt.") -> StateDict:
     out: StateDict = {}
     for k, v in sd.items():
         if m := re.match(r"^stages\.(\d+)\.blocks\.(\d+)(\..*)$", k):
-            rest = m[3]
-            for a, b in _HF_V1_BLOCK:
-                if rest.startswith(b) and b != ".attn.kv.":
-                    rest = a + rest[len(b) :]
-                    break
+            rest = _rename_block(m[3], _HF_V1_BLOCK, to_ours=False)
             k = f"{prefix}encoder.block.{m[1]}.{m[2]}{rest}"
         elif m := re.match(r"^stages\.(\d+)\.patch_embed\.(proj|norm)\.(.*)$", k):
             k = f"{prefix}encoder.patch_embeddings.{m[1]}.{inv_embed[m[2]]}.{m[3]}"
