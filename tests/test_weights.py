@@ -18,6 +18,7 @@ from pvt.cli import main as cli_main
 from pvt.io import save_model
 from pvt.weights import keys as K
 from pvt.weights import create_pretrained, hf_config_to_pvt, infer_architecture, load_checkpoint, read_checkpoint
+from pvt.weights.loading import adapt_input_conv
 from pvt.weights.shapes import matching_variants
 
 ALL = pvt.list_models()
@@ -317,10 +318,173 @@ def test_exact_missing_and_unexpected_lists(b0, tmp_path):
 
 
 def test_in_chans_mismatch_is_a_shape_error(b0, tmp_path):
-    torch.save(b0.state_dict(), tmp_path / "b0.pth")
+    """Only a 3-channel file is adapted to other input channels; a 4-channel one is a shape error."""
+    sd = dict(b0.state_dict())
+    sd["stages.0.patch_embed.proj.weight"] = torch.randn(32, 4, 7, 7)
+    torch.save(sd, tmp_path / "rgbd.pth")
     with pytest.raises(ValueError, match=r"mis-shaped keys \(1\): stages.0.patch_embed.proj.weight file "
-                                         r"\[32, 3, 7, 7\] vs model \[32, 1, 7, 7\]$"):
-        pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "b0.pth", in_chans=1)
+                                         r"\[32, 4, 7, 7\] vs model \[32, 1, 7, 7\]$"):
+        pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "rgbd.pth", in_chans=1)
+    with pytest.raises(ValueError, match=r"file \[32, 4, 7, 7\] vs model \[32, 2, 7, 7\]$"):
+        load_checkpoint(pvt.create_model("pvt_v2_b0", in_chans=2), tmp_path / "rgbd.pth")
+
+
+def test_grayscale_model_equals_rgb_model_on_replicated_image(b0, tmp_path):
+    """in_chans=1 from a 3-channel file: the summed filter on a grey image gives what the RGB model
+    gives on that image replicated three times."""
+    torch.save({"model": K.to_official(b0.state_dict())}, tmp_path / "rgb.pth")
+    with pytest.warns(UserWarning, match=r"the 3-channel first patch embedding was adapted to in_chans=1 "
+                                         r"\(summed over R, G, B\)$"):
+        grey = pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "rgb.pth", in_chans=1).eval()
+    w = b0.stages[0].patch_embed.proj.weight
+    assert grey.stages[0].patch_embed.proj.weight.shape == (32, 1, 7, 7)
+    assert torch.allclose(grey.stages[0].patch_embed.proj.weight, w.sum(1, keepdim=True), atol=0, rtol=1e-6)
+    rest = {k: v for k, v in b0.state_dict().items() if k != "stages.0.patch_embed.proj.weight"}
+    assert all(torch.equal(grey.state_dict()[k], v) for k, v in rest.items())
+    torch.manual_seed(1)
+    x = torch.rand(2, 1, 64, 80)
+    with torch.no_grad():
+        a, b = grey(x), b0(x.expand(-1, 3, -1, -1))
+        fa, fb = grey.forward_features(x), b0.forward_features(x.expand(-1, 3, -1, -1))
+    logit_diff, feat_diff = (a - b).abs().max().item(), max((p - q).abs().max().item() for p, q in zip(fa, fb))
+    print(f"\ngrey vs replicated RGB: logits {logit_diff:.2e} (largest logit {b.abs().max().item():.2f}), "
+          f"features {feat_diff:.2e}")
+    assert logit_diff < 1e-5 * b.abs().max().item() and feat_diff < 1e-4  # float rounding only
+    assert not torch.equal(a, grey(torch.rand(2, 1, 64, 80)))  # the test can fail: outputs depend on x
+
+
+def test_four_channel_model_loads_and_runs(b0, tmp_path):
+    """in_chans=4 (RGB-D): RGB repeated cyclically (R, G, B, R) and scaled by 3/4."""
+    torch.save(b0.state_dict(), tmp_path / "rgb.pth")
+    with pytest.warns(UserWarning, match=r"adapted to in_chans=4 \(RGB repeated cyclically and scaled by 3/4\)"):
+        m = pvt.create_model("pvt_v2_b0", pretrained=tmp_path / "rgb.pth", in_chans=4).eval()
+    w, a = b0.stages[0].patch_embed.proj.weight, m.stages[0].patch_embed.proj.weight
+    assert a.shape == (32, 4, 7, 7)
+    assert torch.allclose(a, torch.cat([w, w[:, :1]], 1) * 0.75, atol=0, rtol=1e-6)
+    out = m(torch.randn(2, 4, 64, 64))
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
+    # into an existing model, and the pure function
+    existing = pvt.create_model("pvt_v2_b0", in_chans=4)
+    with pytest.warns(UserWarning, match="adapted to in_chans=4"):
+        assert load_checkpoint(existing, tmp_path / "rgb.pth").ok
+    assert torch.equal(existing.stages[0].patch_embed.proj.weight, a)
+    six = adapt_input_conv(w.detach(), 6)
+    assert torch.allclose(six, torch.cat([w, w], 1) * 0.5, atol=0, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"needs a \(O, 3, kH, kW\) weight, got shape \(32, 4, 7, 7\)"):
+        adapt_input_conv(a.detach(), 1)
+
+
+# --------------------------------------------------------------------------- dense-prediction checkpoints
+def _dense_file(path, sd, prefix="backbone."):
+    """An mmdetection-style checkpoint: backbone under ``prefix`` plus neck and head tensors."""
+    full = {prefix + k: v for k, v in sd.items()}
+    full["neck.lateral_convs.0.conv.weight"] = torch.randn(256, 32, 1, 1)
+    full["neck.fpn_convs.0.conv.bias"] = torch.randn(256)
+    full["bbox_head.retina_cls.weight"] = torch.randn(720, 256, 3, 3)
+    full["decode_head.conv_seg.weight"] = torch.randn(150, 128, 1, 1)
+    torch.save({"meta": {"epoch": 12, "CLASSES": ("cat", "dog"), "config": "model = dict(...)"},
+                "state_dict": full}, path)
+
+
+def test_split_backbone_finds_the_prefix():
+    sd = {"backbone.patch_embed1.proj.weight": 0, "backbone.block1.0.norm1.weight": 0, "neck.a.weight": 0,
+          "bbox_head.b.weight": 0, "bbox_head.c.bias": 0}
+    inner, prefix, dropped = K.split_backbone(sd)
+    assert (prefix, list(inner), dropped) == (
+        "backbone.", ["patch_embed1.proj.weight", "block1.0.norm1.weight"], {"neck": 1, "bbox_head": 2})
+    ours = {"backbone.body.body.stages.0.patch_embed.proj.weight": 0, "backbone.fpn.layer_blocks.0.weight": 0,
+            "head.classifier.weight": 0}
+    inner, prefix, dropped = K.split_backbone(ours)
+    assert (prefix, list(inner), dropped) == (
+        "backbone.body.body.", ["stages.0.patch_embed.proj.weight"], {"backbone.fpn": 1, "head": 1})
+    assert K.split_backbone({"neck.a.weight": 0, "backbone.conv1.weight": 0}) is None
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_v1_tiny"])
+def test_dense_checkpoint_backbone_loads_exactly(name, tmp_path):
+    """Official names under ``backbone.`` in ``{"state_dict", "meta"}`` with neck/head tensors: the
+    backbone is taken, the rest dropped with a one-line note, and the outputs are identical."""
+    torch.manual_seed(0)
+    src = pvt.create_model(name, num_classes=0).eval()
+    with torch.no_grad():
+        for p in src.parameters():  # no tensor keeps its default (LayerNorm ones, zero biases)
+            p.add_(torch.randn_like(p) * 0.02)
+    _dense_file(tmp_path / "det.pth", K.to_official(src.state_dict()))
+    n = len(src.state_dict())
+    note = (f"checkpoint {tmp_path / 'det.pth'} is a dense-prediction checkpoint: took the {n} backbone tensors "
+            "under 'backbone.' and dropped the other 4 (neck.* (2), bbox_head.* (1), decode_head.* (1))")
+    with pytest.warns(UserWarning) as rec:
+        m = pvt.create_model(name, pretrained=tmp_path / "det.pth", num_classes=0).eval()
+    assert [str(r.message) for r in rec] == [note]
+    assert same_tensors(m.state_dict(), src.state_dict())
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(m.forward_features(x), src.forward_features(x)))
+        assert torch.equal(m(x), src(x))
+    # the variant is inferred from the shapes; an existing model takes it too
+    with pytest.warns(UserWarning, match="dense-prediction checkpoint"):
+        assert create_pretrained(None, tmp_path / "det.pth").variant_name == name
+    fresh = pvt.create_model(name, num_classes=0)
+    with pytest.warns(UserWarning, match="dense-prediction checkpoint"):
+        assert load_checkpoint(fresh, tmp_path / "det.pth").ok
+    assert same_tensors(fresh.state_dict(), src.state_dict())
+
+
+def test_task_model_takes_a_dense_checkpoint_as_backbone(tmp_path):
+    """create_task_model(..., pretrained=<detection checkpoint>): the backbone weights are the file's;
+    a task model of this library (backbone under ``backbone.body.body.``) works the same way."""
+    from pvt.tasks import create_task_model
+
+    torch.manual_seed(0)
+    src = pvt.create_model("pvt_v2_b0", num_classes=0)
+    _dense_file(tmp_path / "det.pth", K.to_official(src.state_dict()))
+    with pytest.warns(UserWarning, match="dense-prediction checkpoint"):
+        det = create_task_model("retinanet_pvt_v2_b0", num_classes=3, pretrained=tmp_path / "det.pth")
+    body = det.backbone.body.body
+    assert same_tensors({k: v for k, v in body.state_dict().items()}, src.state_dict())
+    torch.save(det.state_dict(), tmp_path / "ours.pth")
+    with pytest.warns(UserWarning, match=r"took the 176 backbone tensors under 'backbone.body.body.' and dropped "
+                                         r"the other 36 \(head.\* \(20\), backbone.fpn.\* \(16\)\)$"):
+        seg = create_task_model("semfpn_pvt_v2_b0", num_classes=5, pretrained=tmp_path / "ours.pth")
+    assert same_tensors(seg.backbone.body.body.state_dict(), src.state_dict())
+
+
+def test_official_dense_v1_backbone_without_class_token(tmp_path):
+    """The official detection / segmentation v1 backbones have no class token and no final LayerNorm
+    and keep an unused class slot in ``pos_embed4``: the model is built without a class token and
+    computes what they compute (then the final LayerNorm, weight 1 bias 0)."""
+    torch.manual_seed(0)
+    src = pvt.create_model("pvt_v1_tiny", num_classes=0).eval()
+    off = {k: v for k, v in K.to_official(src.state_dict()).items() if k not in ("cls_token", "norm.weight",
+                                                                                 "norm.bias")}
+    assert off["pos_embed4"].shape == (1, 50, 512)
+    _dense_file(tmp_path / "seg.pth", off)
+    with pytest.warns(UserWarning) as rec:
+        m = create_pretrained(None, tmp_path / "seg.pth", num_classes=0).eval()
+    msgs = [str(r.message) for r in rec]
+    assert len(msgs) == 2 and msgs[1] == (
+        f"checkpoint {tmp_path / 'seg.pth'} holds a PVT v1 backbone without a class token (as the official "
+        "detection and segmentation backbones): the model is built with cls_token=False and the unused class "
+        "slot of its last position embedding is dropped; its final LayerNorm, absent from the file, starts at "
+        "weight 1, bias 0")
+    assert m.variant_name == "pvt_v1_tiny" and not m.config.cls_token and m.stages[3].cls_token is None
+    assert torch.equal(m.stages[3].pos_embed, src.stages[3].pos_embed[:, 1:])
+    x = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        got, ref = m.forward_features(x), src.forward_features(x)
+        assert all(torch.equal(a, b) for a, b in zip(got[:3], ref[:3]))
+        # the official stage 4: patch embedding + pos_embed4[:, 1:] (resized), blocks, no class token
+        s = src.stages[3]
+        t, h, w = s.patch_embed(ref[2])
+        pe = s.pos_embed[:, 1:].reshape(1, 7, 7, -1).permute(0, 3, 1, 2)
+        t = t + torch.nn.functional.interpolate(pe, size=(h, w), mode="bilinear").flatten(2).transpose(1, 2)
+        for blk in s.blocks:
+            t = blk(t, h, w)
+        t = torch.nn.functional.layer_norm(t, (512,), eps=m.config.layer_norm_eps)
+        assert (got[3] - t.transpose(1, 2).reshape(1, 512, h, w)).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match=r"missing keys \(3\): stages.3.cls_token, stages.3.norm.weight, "
+                                         r"stages.3.norm.bias.*builds the model without one\)$"):
+        load_checkpoint(pvt.create_model("pvt_v1_tiny", num_classes=0), tmp_path / "seg.pth")
 
 
 class _Trap:

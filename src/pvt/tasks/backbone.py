@@ -44,7 +44,9 @@ def build_backbone(
     **config_overrides,
 ) -> PyramidVisionTransformer:
     """A headless PVT (``num_classes=0``). ``pretrained`` may be any classification checkpoint the
-    family loads (official, timm, HF or this library's format); its classifier is dropped.
+    family loads (official, timm, HF or this library's format; its classifier is dropped) or a
+    detection / segmentation checkpoint (official mmdetection / mmsegmentation releases, or a task
+    model of this library): its backbone is taken and its neck and heads are dropped, with a note.
 
     ``drop_path_rate`` 0.1 is what the official detection and segmentation backbones use.
     """

@@ -13,7 +13,10 @@ Accepted inputs:
   ``model.safetensors`` or ``pytorch_model.bin`` (or a sharded ``*.index.json``);
 * a timm hub folder: ``config.json`` with an ``architecture`` and ``model.safetensors`` or
   ``pytorch_model.bin``;
-* a folder holding exactly one weight file.
+* a folder holding exactly one weight file;
+* a dense-prediction checkpoint (mmdetection / mmsegmentation, e.g. the official PVT detection and
+  segmentation releases, usually ``{"state_dict": sd, "meta": ...}``): the backbone is taken from
+  under its ``backbone.`` prefix and the neck and head tensors are dropped, with a note.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import Tensor
 
 from ..config import PVTConfig
 from ..io import read_own_format
-from .keys import FORMATS, StateDict, detect_key_format, strip_wrappers, to_pvt
+from .keys import FORMATS, StateDict, detect_key_format, split_backbone, strip_wrappers, to_pvt
 
 __all__ = ["Checkpoint", "read_checkpoint", "read_state_dict", "hf_config_to_pvt"]
 
@@ -54,6 +57,9 @@ class Checkpoint:
     """The variant name recorded in the checkpoint, when it records one."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Own-format metadata beyond the config (e.g. class names)."""
+    notes: list[str] = field(default_factory=list)
+    """One-line notes for the user about what reading it changed (e.g. a dense-prediction file's
+    neck and heads dropped); the loaders pass them on as warnings."""
 
     @property
     def format_description(self) -> str:
@@ -134,15 +140,27 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, Any] | None]
     return strip_wrappers(_unwrap(_torch_load(path), path)), None
 
 
-def _from_state_dict(sd: StateDict, source: str) -> tuple[StateDict, str]:
+def _from_state_dict(sd: StateDict, source: str) -> tuple[StateDict, str, list[str]]:
+    """``(tensors in this library's names, format, notes)``; a dense-prediction file gives its backbone."""
     fmt = detect_key_format(sd)
+    notes: list[str] = []
+    if fmt is None and (split := split_backbone(sd)) is not None:
+        inner, prefix, dropped = split
+        fmt = detect_key_format(inner)
+        groups = ", ".join(f"{g}.* ({n})" for g, n in sorted(dropped.items(), key=lambda gn: (-gn[1], gn[0])))
+        notes.append(
+            f"checkpoint {source} is a dense-prediction checkpoint: took the {len(inner)} backbone tensors under "
+            f"'{prefix}' and dropped the other {sum(dropped.values())}" + (f" ({groups})" if groups else "")
+        )
+        sd = inner
     if fmt is None:
         names = ", ".join(list(sd)[:5])
         raise ValueError(
             f"{source} is not a PVT checkpoint: none of its {len(sd)} tensor names ({names}, ...) follows "
-            f"a known layout; accepted: {'; '.join(FORMATS.values())}"
+            f"a known layout; accepted: {'; '.join(FORMATS.values())}, or a detection / segmentation "
+            "checkpoint holding one of them under 'backbone.'"
         )
-    return to_pvt(sd, fmt), fmt
+    return to_pvt(sd, fmt), fmt, notes
 
 
 def _read_file(path: Path) -> Checkpoint:
@@ -156,8 +174,8 @@ def _read_file(path: Path) -> Checkpoint:
                 raise ValueError(f"{path}: its metadata holds an invalid PVT config: {e}") from None
         extra = {k: v for k, v in meta.items() if k not in ("format", "config", "variant")}
         return Checkpoint(sd, "pvt", str(path), config, meta.get("variant"), extra)
-    converted, fmt = _from_state_dict(sd, str(path))
-    return Checkpoint(converted, fmt, str(path))
+    converted, fmt, notes = _from_state_dict(sd, str(path))
+    return Checkpoint(converted, fmt, str(path), notes=notes)
 
 
 # --------------------------------------------------------------------------- HF / timm folders
@@ -270,7 +288,7 @@ def _read_folder(folder: Path) -> Checkpoint:
     source = str(folder)
     if "model_type" in cfg:  # HF transformers
         config = hf_config_to_pvt(cfg, str(cfg_path))
-        converted, fmt = _from_state_dict(sd, source)
+        converted, fmt, _ = _from_state_dict(sd, source)
         want = "hf_v2" if cfg["model_type"] == "pvt_v2" else "hf_v1"
         if fmt != want:
             raise ValueError(f"{source}: config.json says model_type {cfg['model_type']!r} but the weights are in "
@@ -278,8 +296,8 @@ def _read_folder(folder: Path) -> Checkpoint:
         return Checkpoint(converted, fmt, source, config)
     if "architecture" in cfg:  # timm hub folder
         arch = str(cfg["architecture"]).split(".")[0]
-        converted, fmt = _from_state_dict(sd, source)
-        return Checkpoint(converted, fmt, source, None, arch)
+        converted, fmt, notes = _from_state_dict(sd, source)
+        return Checkpoint(converted, fmt, source, None, arch, notes=notes)
     raise ValueError(
         f"{cfg_path} is neither an HF transformers config (no 'model_type') nor a timm config (no 'architecture')"
     )

@@ -31,6 +31,7 @@ __all__ = [
     "FORMATS",
     "StateDict",
     "detect_key_format",
+    "split_backbone",
     "strip_wrappers",
     "to_pvt",
     "from_official",
@@ -82,6 +83,42 @@ def detect_key_format(sd: StateDict) -> str | None:
         return "official"
     if any(k.startswith("patch_embed.") for k in keys) and any(k.startswith("stages.") for k in keys):
         return "timm"
+    return None
+
+
+def split_backbone(sd: StateDict) -> tuple[StateDict, str, dict[str, int]] | None:
+    """The backbone of a dense-prediction state dict (mmdetection / mmsegmentation, as the official
+    detection and segmentation releases save them, or a model of this library's ``pvt.tasks``).
+
+    Such files keep the backbone under a prefix (``backbone.``; ``backbone.body.body.`` in this
+    library's task models) beside ``neck.``, ``bbox_head.``, ``decode_head.`` and so on. Returns
+    ``(backbone tensors with the prefix removed, prefix, {first name component: count} of the other
+    tensors)``, or ``None`` when no prefix of up to three components holds a known layout. Shorter
+    prefixes are tried first, and among equally long ones those starting with ``backbone``.
+    """
+    counts: dict[str, int] = {}
+    for k in sd:
+        parts = k.split(".")
+        for n in range(1, min(4, len(parts))):
+            p = ".".join(parts[:n]) + "."
+            counts[p] = counts.get(p, 0) + 1
+    order = sorted(counts, key=lambda p: (p.count("."), not p.startswith("backbone."), -counts[p], p))
+    for prefix in order:
+        inner = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        if detect_key_format(inner) is None:
+            continue
+        dropped: dict[str, int] = {}
+        for k in sd:
+            if not k.startswith(prefix):
+                parts = k.split(".")
+                # name the group by its first component, or by enough of them to tell it from the
+                # backbone (``backbone.fpn`` beside ``backbone.body.body.``)
+                n = 1
+                while n < len(parts) and prefix.startswith(".".join(parts[:n]) + "."):
+                    n += 1
+                group = ".".join(parts[:n])
+                dropped[group] = dropped.get(group, 0) + 1
+        return inner, prefix, dropped
     return None
 
 

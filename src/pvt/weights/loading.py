@@ -8,6 +8,13 @@ Rules:
   headless model, or a fresh head with a warning when ``num_classes > 0`` is asked for.
 * v1 position embeddings laid out for another input size are resized (bilinear, as the model
   itself does at run time) to the model's ``img_size``.
+* A dense-prediction checkpoint gives its backbone (see :mod:`pvt.weights.files`), with a note.
+* A v1 backbone without a class token (the official detection / segmentation v1 backbones) is
+  loaded into a v1 model built with ``cls_token=False``: the unused class slot of its last position
+  embedding is dropped, and the final LayerNorm, which the file lacks, starts at weight 1, bias 0.
+* A 3-channel first patch embedding loaded into a model with another ``in_chans`` is adapted as
+  timm's ``adapt_input_conv`` does (1 channel: the sum over RGB; N: RGB repeated cyclically, scaled
+  by 3/N), with a note.
 * Any other missing, unexpected or mis-shaped tensor is a :class:`ValueError` that lists them and,
   when the shapes fit another registered variant, names it.
 """
@@ -34,9 +41,11 @@ from .shapes import describe_architecture, infer_architecture, matching_variants
 
 __all__ = [
     "LoadReport",
+    "adapt_input_conv",
     "MAX_LISTED",
     "check_state_dict",
     "create_pretrained",
+    "drop_class_slots",
     "infer_variant",
     "load_checkpoint",
     "resize_pos_embeds",
@@ -89,7 +98,73 @@ def _guess(ckpt: Checkpoint) -> tuple[list[str], str]:
     arch = infer_architecture(ckpt.state_dict)
     if arch is None:
         return [], "no PVT patch embedding"
-    return matching_variants(arch), describe_architecture(arch)
+    # a v1 backbone without its class token (official dense-prediction v1) is still that v1 variant
+    like = {**arch, "cls_token": True} if arch["pos_embed"] and not arch["cls_token"] else arch
+    return matching_variants(like), describe_architecture(arch)
+
+
+def _note(msg: str, stacklevel: int) -> None:
+    warnings.warn(msg, stacklevel=stacklevel + 1)
+
+
+_FIRST_CONV = "stages.0.patch_embed.proj.weight"
+
+
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """A 3-channel (RGB) convolution weight ``(O, 3, k, k)`` made to take ``in_chans`` channels.
+
+    ``in_chans=1``: the sum over the RGB channels, so a grey image gives what the RGB model gives on
+    that image replicated three times. Other counts: the RGB weights repeated cyclically
+    (R, G, B, R, ...) and scaled by ``3 / in_chans``, which keeps the output's scale. The same rule
+    as timm's ``adapt_input_conv``; computed in float32, returned in the weight's dtype.
+    """
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise ValueError(f"adapt_input_conv needs a (O, 3, kH, kW) weight, got shape {tuple(weight.shape)}")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+    w = weight.float()
+    if in_chans == 1:
+        out = w.sum(dim=1, keepdim=True)
+    else:
+        out = w.repeat(1, math.ceil(in_chans / 3), 1, 1)[:, :in_chans] * (3 / in_chans)
+    return out.to(weight.dtype)
+
+
+def _adapt_input_channels(sd: StateDict, model_sd: dict[str, Tensor], source: str) -> tuple[StateDict, list[str]]:
+    """Adapt a 3-channel first patch embedding to the model's input channels (nothing else)."""
+    w, ref = sd.get(_FIRST_CONV), model_sd.get(_FIRST_CONV)
+    if w is None or ref is None or w.ndim != 4 or ref.ndim != 4 or w.shape[1] != 3 or ref.shape[1] == 3:
+        return sd, []
+    if (w.shape[0], *w.shape[2:]) != (ref.shape[0], *ref.shape[2:]):
+        return sd, []  # another architecture: the shape check reports it
+    n = int(ref.shape[1])
+    how = "summed over R, G, B" if n == 1 else f"RGB repeated cyclically and scaled by 3/{n}"
+    return {**sd, _FIRST_CONV: adapt_input_conv(w, n)}, [
+        f"checkpoint {source}: the 3-channel first patch embedding was adapted to in_chans={n} ({how})"
+    ]
+
+
+def _lacks_class_token(sd: StateDict) -> bool:
+    """A v1 layout (position embeddings) whose file has no class token."""
+    return any(k.endswith(".pos_embed") for k in sd) and not any(k.endswith(".cls_token") for k in sd)
+
+
+def drop_class_slots(sd: StateDict, model: nn.Module) -> StateDict:
+    """Drop the unused class-token slot from position embeddings of ``(1, 1 + s*s, C)`` where the
+    model's stage has no class token and the file none either (the official dense v1 backbones keep
+    the slot in their last stage and skip it at run time)."""
+    if any(k.endswith(".cls_token") for k in sd):
+        return sd
+    out = dict(sd)
+    for i, stage in enumerate(getattr(model, "stages", [])):
+        key = f"stages.{i}.pos_embed"
+        v = sd.get(key)
+        if v is None or getattr(stage, "num_prefix", 1) != 0 or v.ndim != 3:
+            continue
+        n = v.shape[1]
+        if n > 1 and math.isqrt(n - 1) ** 2 == n - 1 and math.isqrt(n) ** 2 != n:
+            out[key] = v[:, 1:]
+    return out
 
 
 def _mismatch_error(ckpt: Checkpoint, target: str, report: LoadReport) -> ValueError:
@@ -202,6 +277,11 @@ def create_pretrained(
     _check_heads(ckpt, cfg, variant.name)
 
     sd = dict(ckpt.state_dict)
+    notes = list(ckpt.notes)
+    no_cls = cfg.cls_token and _lacks_class_token(sd)
+    if no_cls:  # official dense-prediction v1 backbone: no class token, no final LayerNorm
+        every = all(f"stages.{i}.norm.weight" in sd for i in range(cfg.num_stages))
+        cfg = cfg.replace(cls_token=False, stage_norms=every)
     file_classes = _head_classes(sd)
     want = file_classes if num_classes is None else num_classes
     cfg = cfg.replace(num_classes=want)
@@ -212,8 +292,22 @@ def create_pretrained(
     # built without initialising (the checkpoint overwrites every tensor); the head, if fresh, after
     with torch.device("meta"):
         model = PyramidVisionTransformer(cfg)
-    sd = resize_pos_embeds(sd, model)
-    report = check_state_dict(model.state_dict(), sd)
+    if no_cls:
+        last = cfg.num_stages - 1
+        filled = [k for k in (f"stages.{last}.norm.weight", f"stages.{last}.norm.bias") if k not in sd]
+        for k in filled:
+            sd[k] = (torch.ones if k.endswith("weight") else torch.zeros)(cfg.embed_dims[last])
+        notes.append(
+            f"checkpoint {ckpt.source} holds a PVT v1 backbone without a class token (as the official detection "
+            "and segmentation backbones): the model is built with cls_token=False and the unused class slot of "
+            "its last position embedding is dropped"
+            + ("; its final LayerNorm, absent from the file, starts at weight 1, bias 0" if filled else "")
+        )
+    model_sd = model.state_dict()
+    sd, adapted = _adapt_input_channels(sd, model_sd, ckpt.source)
+    notes += adapted
+    sd = resize_pos_embeds(drop_class_slots(sd, model), model)
+    report = check_state_dict(model_sd, sd)
     if fresh_head:
         report.missing = [k for k in report.missing if k not in _HEAD]
     if not report.ok:
@@ -222,6 +316,8 @@ def create_pretrained(
     if fresh_head:
         model.reset_classifier(want)
     model.variant_name = variant.name
+    for msg in notes:
+        _note(msg, stacklevel=3)
     if fresh_head and want > 0:
         had = f"its {file_classes}-class head was dropped" if file_classes else "it has no classifier head"
         warnings.warn(
@@ -241,7 +337,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     ckpt = read_checkpoint(resolve_source(path))
     target = getattr(model, "variant_name", None) or type(model).__name__
     model_sd = model.state_dict()
-    sd = resize_pos_embeds(ckpt.state_dict, model)
+    sd, notes = _adapt_input_channels(ckpt.state_dict, model_sd, ckpt.source)
+    sd = resize_pos_embeds(drop_class_slots(sd, model), model)
     report = check_state_dict(model_sd, sd)
     if strict and not report.ok:
         err = _mismatch_error(ckpt, target, report)
@@ -250,10 +347,17 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
                 f"{err} (to fine-tune to another number of classes use "
                 "pvt.create_model(name, pretrained=..., num_classes=N), which drops the checkpoint's head)"
             )
+        elif _lacks_class_token(ckpt.state_dict) and any(k.endswith(".cls_token") for k in report.missing):
+            err = ValueError(
+                f"{err} (the file is a PVT v1 backbone without a class token, as the official detection and "
+                "segmentation ones: pvt.create_model(name, pretrained=...) builds the model without one)"
+            )
         raise err
     bad = {k for k, _, _ in report.mismatched}
     fitting = {k: v for k, v in sd.items() if k in model_sd and k not in bad}
     model.load_state_dict(fitting, strict=False)
+    for msg in ckpt.notes + notes:
+        _note(msg, stacklevel=2)
     cfg = getattr(model, "config", None)
     if ckpt.config is not None and isinstance(cfg, PVTConfig):
         differs = [f for f in ("layer_norm_eps", "embed_norm_eps") if getattr(cfg, f) != getattr(ckpt.config, f)]
