@@ -71,3 +71,15 @@ def test_cli_benchmark_json_and_errors(tmp_path, capsys):
     assert "unknown model 'pvt_v9'" in capsys.readouterr().err
     assert main(["benchmark", "--backend", "onnxruntime"]) == 2
     assert "needs --onnx" in capsys.readouterr().err
+
+
+def test_ratios_pair_eager_with_eager_and_compiled_with_compiled():
+    from pvt.benchmark import Result
+
+    def row(impl, rate):
+        return Result(impl, "pvt_v2_b0", "infer", 8, 224, 224, "bfloat16", "cuda", 1, rate, 8e3 / rate, 0.0)
+
+    table = format_results([row("pvt", 300.0), row("timm", 200.0), row("pvt+compile", 900.0),
+                            row("timm+compile", 600.0)]).splitlines()
+    ratios = {line.split()[2]: line.split()[-1] for line in table[2:]}
+    assert ratios == {"pvt": "-", "timm": "1.50", "pvt+compile": "-", "timm+compile": "1.50"}

@@ -278,7 +278,8 @@ def compare_outputs(ours: nn.Module, other: nn.Module, case: Case, seed: int = 1
     """Max absolute logit difference and cosine similarity of ``other`` (in ``case.dtype``) against
     ``ours`` in float32, eval mode, on one random batch of ``case``'s size."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(min(case.batch_size, 4), 3, *case.size, generator=g).to(case.device)
+    n = case.batch_size if case.device.startswith("cuda") else min(case.batch_size, 4)  # GPU: the timed shape
+    x = torch.randn(n, 3, *case.size, generator=g).to(case.device)
     ours.eval()
     other.eval()
     with torch.inference_mode():
@@ -299,13 +300,15 @@ def run_case(
     repeats: int = 5,
     memory: bool = True,
     compile: bool = False,
+    compile_mode: str | None = None,
     model: PyramidVisionTransformer | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[Result]:
     """Benchmark ``case`` for each implementation in ``impls`` (same weights, interleaved timing).
 
-    ``compile=True`` adds ``"pvt+compile"``: our model under ``torch.compile`` (compile time excluded,
-    reported in ``extra``). Implementations that cannot be built (library missing, variant
+    ``compile=True`` adds ``"<impl>+compile"`` for ours and timm's: each model under
+    ``torch.compile(mode=compile_mode)`` (compile time excluded from the timings, reported in ``extra`` as
+    ``first_call_s``), so compiled ours is compared with compiled timm. Implementations that cannot be built (library missing, variant
     unsupported) are skipped with a message through ``log``."""
     say = log or (lambda s: None)
     ours = model if model is not None else create_model(case.model)
@@ -327,8 +330,12 @@ def run_case(
     if compile:
         import copy
 
-        models["pvt+compile"] = torch.compile(copy.deepcopy(ours) if case.mode == "train" else ours)
-        extra["pvt+compile"] = {}
+        for name in [n for n in models if n in ("pvt", "timm")]:
+            eager = models[name]
+            models[f"{name}+compile"] = torch.compile(
+                copy.deepcopy(eager) if case.mode == "train" else eager, mode=compile_mode
+            )
+            extra[f"{name}+compile"] = {"compile_mode": compile_mode or "default"}
     # training changes the weights: every implementation trains its own copy, compared first
     agree: dict[str, tuple[float, float]] = {}
     for name, m in models.items():
@@ -380,20 +387,26 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _ours_for(impl: str) -> str:
+    """The row a result is compared with: ``pvt`` for eager rows, ``pvt+compile`` for ``x+compile``."""
+    _, plus, suffix = impl.partition("+")
+    return "pvt" + plus + suffix
+
+
 def format_results(results: list[Result]) -> str:
-    """A plain-text table; ``ours/x`` is our throughput over implementation ``x``'s in the same case."""
+    """A plain-text table; ``ours/x`` is our throughput over implementation ``x``'s in the same case
+    (compiled rows over our compiled row)."""
     header = (
         f"{'model':<14} {'mode':<5} {'impl':<12} {'dtype':<8} {'batch':>5} {'size':>9} "
         f"{'img/s':>8} {'ms/batch':>9} {'iqr ms':>7} {'peak MB':>8} {'max|diff|':>9} {'cosine':>8} {'ours/x':>6}"
     )
     lines = [header, "-" * len(header)]
-    ours_rate: dict[tuple, float] = {}
+    rates = {(r.impl, r.model, r.mode, r.batch_size, r.height, r.width, r.dtype, r.device): r.img_per_s
+             for r in results}
     for r in results:
-        if r.impl == "pvt":
-            ours_rate[(r.model, r.mode, r.batch_size, r.height, r.width, r.device)] = r.img_per_s
-    for r in results:
-        key = (r.model, r.mode, r.batch_size, r.height, r.width, r.device)
-        ratio = ours_rate.get(key, float("nan")) / r.img_per_s if r.impl != "pvt" else None
+        key = (r.model, r.mode, r.batch_size, r.height, r.width, r.dtype, r.device)
+        ours = _ours_for(r.impl)
+        ratio = rates.get((ours, *key), float("nan")) / r.img_per_s if r.impl != ours else None
         lines.append(
             f"{r.model:<14} {r.mode:<5} {r.impl:<12} {r.dtype:<8} {r.batch_size:>5} {f'{r.height}x{r.width}':>9} "
             f"{r.img_per_s:>8.2f} {r.latency_ms:>9.1f} {r.latency_iqr_ms:>7.1f} {_fmt(r.peak_mem_mb, '8.0f'):>8} "

@@ -34,7 +34,11 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compare", action="store_true", help="also time timm's and HF's implementations")
-    p.add_argument("--compile", action="store_true", help="also time our model under torch.compile")
+    p.add_argument("--compile", action="store_true",
+                   help="also time our model and timm's (with --compare) under torch.compile")
+    p.add_argument("--compile-mode", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode for --compile (reduce-overhead: CUDA graphs)")
     p.add_argument("--channels-last", action="store_true", help="channels-last input and model")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
@@ -98,6 +102,7 @@ def _benchmark(args: argparse.Namespace) -> int:
                             continue
                         done = run_case(case, impls, warmup=args.warmup, repeats=args.repeats,
                                         memory=not args.no_memory, compile=args.compile,
+                                        compile_mode=args.compile_mode,
                                         log=lambda s: print(f"# {s}", file=sys.stderr))
                         print(f"# done: {case}", file=sys.stderr, flush=True)
                         print(format_results(done), file=sys.stderr, flush=True)
