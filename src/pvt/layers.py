@@ -11,6 +11,13 @@ in one pass, the output projections + residual add in one pass, and one q/kv GEM
 from the full map. Same parameters, same state dict, same results (float32 rounding only); the
 plain PyTorch path runs otherwise (autograd, autocast, other dtypes/devices, tracing, compiling,
 export) and can be forced with :func:`reference_path`.
+
+GPU inference path. Under ``torch.autocast("cuda")`` with autograd off, the blocks use weights cast
+to the autocast dtype once and cached (autocast re-casts every weight on every forward), and a Triton
+LayerNorm that writes its output directly in the dtype of the layer reading it (see
+:mod:`pvt.kernels`). Same parameters, same state dict, autocast's numerics; :func:`reference_path`
+turns it off too. Both paths call the layers' functions directly, so forward hooks on the inner
+layers (``q``, ``fc1``, norms ...) do not fire on them.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
+from .kernels import cast_param, layer_norm
+
 __all__ = [
     "PatchEmbed",
     "SpatialReductionAttention",
@@ -31,6 +40,7 @@ __all__ = [
     "as_map",
     "as_tokens",
     "fast_path_active",
+    "gpu_path_dtype",
     "reference_path",
 ]
 
@@ -76,6 +86,44 @@ def fast_path_active(x: Tensor) -> bool:
         and not torch.compiler.is_compiling()
         and not torch.onnx.is_in_onnx_export()
     )
+
+
+def gpu_path_dtype(x: Tensor) -> torch.dtype | None:
+    """The autocast dtype when the GPU inference path applies to ``x`` (a CUDA tensor under
+    ``torch.autocast("cuda")``, no autograd, not tracing / compiling / exporting, not inside
+    :func:`reference_path`); ``None`` otherwise."""
+    if not (
+        _fast_path_enabled
+        and type(x) is Tensor
+        and x.is_cuda
+        and not torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cuda")
+    ):
+        return None
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return None
+    return torch.get_autocast_dtype("cuda")
+
+
+def apply_linear(layer: nn.Linear, x: Tensor, dt: torch.dtype | None) -> Tensor:
+    """``layer(x)``; on the GPU path (``dt``) with the weights cast once to ``dt``."""
+    if dt is None:
+        return layer(x)
+    return F.linear(x, cast_param(layer, "weight", dt), cast_param(layer, "bias", dt))
+
+
+def apply_conv(conv: nn.Conv2d, x: Tensor, dt: torch.dtype | None) -> Tensor:
+    """``conv(x)``; on the GPU path (``dt``) with the weights cast once to ``dt``."""
+    if dt is None:
+        return conv(x)
+    w, b = cast_param(conv, "weight", dt), cast_param(conv, "bias", dt)
+    return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def apply_norm(norm: nn.LayerNorm, x: Tensor, dt: torch.dtype | None, out: torch.dtype | None = None) -> Tensor:
+    """``norm(x)``; on the GPU path (``dt``) in float32 with its output in ``out`` (default ``dt``: the
+    input of a matrix product) - float32 where it feeds the residual stream or an activation."""
+    return norm(x) if dt is None else layer_norm(x, norm, out or dt)
 
 
 def _linear(x: Tensor, layer: nn.Linear, act: str = "none") -> Tensor:
@@ -140,10 +188,11 @@ class PatchEmbed(nn.Module):
         k, s, p = self.proj.kernel_size[0], self.proj.stride[0], self.proj.padding[0]
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
-    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        x = _conv(x, self.proj) if fast_path_active(x) else self.proj(x)
+    def forward(self, x: Tensor, dt: torch.dtype | None = None) -> tuple[Tensor, int, int]:
+        """``dt``: the GPU path's dtype (:func:`gpu_path_dtype`); the tokens stay float32 there."""
+        x = _conv(x, self.proj) if fast_path_active(x) else apply_conv(self.proj, x, dt)
         h, w = x.shape[-2:]
-        return self.norm(as_tokens(x)), h, w
+        return apply_norm(self.norm, as_tokens(x), dt, torch.float32), h, w
 
 
 class SpatialReductionAttention(nn.Module):
@@ -200,14 +249,15 @@ class SpatialReductionAttention(nn.Module):
             return ((h - r) // r + 1) * ((w - r) // r + 1)
         return h * w
 
-    def _reduce(self, x: Tensor, h: int, w: int, fused: bool = False) -> Tensor:
+    def _reduce(self, x: Tensor, h: int, w: int, fused: bool = False, dt: torch.dtype | None = None) -> Tensor:
         """The key/value source: ``(B, N, C)`` -> ``(B, M, C)`` reduced tokens (needs ``self.sr``)."""
         assert self.sr is not None and self.norm is not None
         n = x.shape[1]
         m = as_map(x[:, n - h * w :] if n != h * w else x, h, w)
         if self.pool is not None:
             m = self.pool(m)
-        m = self.norm(as_tokens(_conv(m, self.sr) if fused else self.sr(m)))
+        m = as_tokens(_conv(m, self.sr) if fused else apply_conv(self.sr, m, dt))
+        m = apply_norm(self.norm, m, dt, torch.float32 if self.act is not None else None)
         return self.act(m) if self.act is not None else m
 
     def _attend(self, q: Tensor, kv: Tensor, b: int, n: int, c: int) -> Tensor:
@@ -217,11 +267,12 @@ class SpatialReductionAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         return out.transpose(1, 2).reshape(b, n, c)
 
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+    def forward(self, x: Tensor, h: int, w: int, dt: torch.dtype | None = None) -> Tensor:
+        """``dt``: the GPU path's dtype (:func:`gpu_path_dtype`), or None for the plain modules."""
         b, n, c = x.shape
-        m = self._reduce(x, h, w) if self.sr is not None else x
-        out = self._attend(self.q(x), self.kv(m), b, n, c)
-        return self.proj_drop(self.proj(out))
+        m = self._reduce(x, h, w, dt=dt) if self.sr is not None else x
+        out = self._attend(apply_linear(self.q, x, dt), apply_linear(self.kv, m, dt), b, n, c)
+        return self.proj_drop(apply_linear(self.proj, out, dt))
 
     def _qkv_params(self) -> tuple[Tensor, Tensor | None]:
         """``q`` and ``kv`` stacked into one weight (and bias), cached until either changes (not in the
@@ -264,10 +315,11 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def _dwconv(self, x: Tensor, h: int, w: int, fused_gelu: bool = False) -> Tensor:
+    def _dwconv(self, x: Tensor, h: int, w: int, fused_gelu: bool = False, dt: torch.dtype | None = None) -> Tensor:
         """The depth-wise convolution on the map part of ``(B, N, C)`` tokens (extra leading tokens pass)."""
         assert self.dwconv is not None
-        conv = (lambda m: _conv_gelu(m, self.dwconv)) if fused_gelu else self.dwconv
+        dwconv = self.dwconv
+        conv = (lambda m: _conv_gelu(m, dwconv)) if fused_gelu else (lambda m: apply_conv(dwconv, m, dt))
         n = x.shape[1]
         if n == h * w:
             return as_tokens(conv(as_map(x, h, w)))
@@ -275,14 +327,15 @@ class Mlp(nn.Module):
         head = F.gelu(x[:, :extra]) if fused_gelu else x[:, :extra]
         return torch.cat([head, as_tokens(conv(as_map(x[:, extra:], h, w)))], dim=1)
 
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        x = self.fc1(x)
+    def forward(self, x: Tensor, h: int, w: int, dt: torch.dtype | None = None) -> Tensor:
+        """``dt``: the GPU path's dtype (:func:`gpu_path_dtype`), or None for the plain modules."""
+        x = apply_linear(self.fc1, x, dt)
         if self.relu is not None:
             x = self.relu(x)
         if self.dwconv is not None:
-            x = self._dwconv(x, h, w)
+            x = self._dwconv(x, h, w, dt=dt)
         x = self.drop(self.act(x))
-        return self.drop(self.fc2(x))
+        return self.drop(apply_linear(self.fc2, x, dt))
 
     def forward_fused(self, x: Tensor, h: int, w: int, residual: Tensor) -> Tensor:
         """Inference fast path: ``residual + forward(x, h, w)`` with fused kernels (dropout inactive)."""
@@ -326,5 +379,8 @@ class Block(nn.Module):
         if fast_path_active(x) and not (self.training and self._stochastic):
             x = self.attn.forward_fused(self.norm1(x), h, w, residual=x)
             return self.mlp.forward_fused(self.norm2(x), h, w, residual=x)
-        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
-        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
+        dt = gpu_path_dtype(x)
+        # linear SRA pools the normalised map before its first matrix product: keep that in float32
+        pooled = self.attn.pool is not None
+        x = x + self.drop_path(self.attn(apply_norm(self.norm1, x, dt, torch.float32 if pooled else None), h, w, dt))
+        return x + self.drop_path(self.mlp(apply_norm(self.norm2, x, dt), h, w, dt))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PVTConfig
-from .layers import Block, PatchEmbed, as_map
+from .layers import Block, PatchEmbed, apply_norm, as_map, gpu_path_dtype
 
 __all__ = ["PyramidVisionTransformer", "PVTStage"]
 
@@ -84,7 +84,8 @@ class PVTStage(nn.Module):
         return torch.cat([prefix, grid.flatten(2).transpose(1, 2)], dim=1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        x, h, w = self.patch_embed(x)
+        dt = gpu_path_dtype(x)
+        x, h, w = self.patch_embed(x, dt)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
@@ -92,7 +93,7 @@ class PVTStage(nn.Module):
         for blk in self.blocks:
             x = blk(x, h, w)
         if self.norm is not None:
-            x = self.norm(x)
+            x = apply_norm(self.norm, x, dt, torch.float32)
         return x, h, w
 
 
