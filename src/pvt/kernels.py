@@ -12,8 +12,8 @@ things that have nothing to do with the model:
 :func:`cast_param` keeps each parameter's cast copy until the parameter changes (not a parameter, not in
 the state dict), and :func:`layer_norm` normalises many rows per program with Triton and writes its
 output straight in the dtype of the layer that reads it: the autocast dtype in front of a matrix
-product, float32 for the residual stream, exactly as autocast would round it. Without Triton (CPU-only
-installs) :func:`layer_norm` falls back to ``F.layer_norm``.
+product, float32 for the residual stream, exactly as autocast would round it. Small LayerNorms (under
+2**21 elements, where launch overhead rules) and installs without Triton fall back to ``F.layer_norm``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ from torch import Tensor, nn
 __all__ = ["cast_param", "layer_norm", "triton_layer_norm", "triton_available", "set_triton_enabled"]
 
 _MAX_TRITON_WIDTH = 4096
+# Below this many elements a LayerNorm is cheap on the GPU and the forward is bound by launches on the
+# host, where a Triton launch costs more than PyTorch's: with Triton on every LayerNorm, B0 ran 4-6 %
+# behind timm in a host-bound H100 run (docs/speed.md). Above it the kernel time, which the Triton kernel
+# cuts, dominates (PyTorch's LayerNorm was 2.5 of B0's 5.3 GPU-ms at batch 64). Not yet re-measured.
+_MIN_TRITON_NUMEL = 1 << 21
 _triton_enabled = os.environ.get("PVT_TRITON", "1") != "0"
 
 
@@ -118,6 +123,7 @@ def layer_norm(x: Tensor, norm: nn.LayerNorm, out_dtype: torch.dtype) -> Tensor:
         and norm.weight is not None
         and norm.bias is not None
         and width <= _MAX_TRITON_WIDTH
+        and x.numel() >= _MIN_TRITON_NUMEL
         and triton_available()
     ):
         return triton_layer_norm(x, norm.weight, norm.bias, norm.eps, out_dtype)
