@@ -452,7 +452,7 @@ def test_task_model_takes_a_dense_checkpoint_as_backbone(tmp_path):
 def test_official_dense_v1_backbone_without_class_token(tmp_path):
     """The official detection / segmentation v1 backbones have no class token and no final LayerNorm
     and keep an unused class slot in ``pos_embed4``: the model is built without a class token and
-    computes what they compute (then the final LayerNorm, weight 1 bias 0)."""
+    computes exactly what they compute (no final LayerNorm either)."""
     torch.manual_seed(0)
     src = pvt.create_model("pvt_v1_tiny", num_classes=0).eval()
     off = {k: v for k, v in K.to_official(src.state_dict()).items() if k not in ("cls_token", "norm.weight",
@@ -465,9 +465,9 @@ def test_official_dense_v1_backbone_without_class_token(tmp_path):
     assert len(msgs) == 2 and msgs[1] == (
         f"checkpoint {tmp_path / 'seg.pth'} holds a PVT v1 backbone without a class token (as the official "
         "detection and segmentation backbones): the model is built with cls_token=False and the unused class "
-        "slot of its last position embedding is dropped; its final LayerNorm, absent from the file, starts at "
-        "weight 1, bias 0")
+        "slot of its last position embedding is dropped; like theirs, it has no final LayerNorm (final_norm=False)")
     assert m.variant_name == "pvt_v1_tiny" and not m.config.cls_token and m.stages[3].cls_token is None
+    assert not m.config.final_norm and m.stages[3].norm is None
     assert torch.equal(m.stages[3].pos_embed, src.stages[3].pos_embed[:, 1:])
     x = torch.randn(1, 3, 128, 96)
     with torch.no_grad():
@@ -480,7 +480,6 @@ def test_official_dense_v1_backbone_without_class_token(tmp_path):
         t = t + torch.nn.functional.interpolate(pe, size=(h, w), mode="bilinear").flatten(2).transpose(1, 2)
         for blk in s.blocks:
             t = blk(t, h, w)
-        t = torch.nn.functional.layer_norm(t, (512,), eps=m.config.layer_norm_eps)
         assert (got[3] - t.transpose(1, 2).reshape(1, 512, h, w)).abs().max().item() < 1e-5
     with pytest.raises(ValueError, match=r"missing keys \(3\): stages.3.cls_token, stages.3.norm.weight, "
                                          r"stages.3.norm.bias.*builds the model without one\)$"):

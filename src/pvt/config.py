@@ -72,6 +72,9 @@ class PVTConfig:
     """v1: a class token prepended in the last stage; the classifier reads it."""
     stage_norms: bool | None = None
     """LayerNorm after every stage (True) or only the last (False). Default: ``not cls_token``."""
+    final_norm: bool = True
+    """The last stage's LayerNorm when ``stage_norms`` is False (the official v1 detection and
+    segmentation backbones have none: False)."""
 
     img_size: int = 224
     """Input size the position embeddings are laid out for (only matters with ``pos_embed``)."""
@@ -115,7 +118,8 @@ class PVTConfig:
         for c, h in zip(self.embed_dims, self.num_heads):
             if c % h:
                 raise ValueError(f"embed_dims {self.embed_dims} must be divisible by num_heads {self.num_heads}")
-        for name in ("overlap_patch_embed", "conv_ffn", "linear_sra", "pos_embed", "cls_token", "qkv_bias"):
+        for name in ("overlap_patch_embed", "conv_ffn", "linear_sra", "pos_embed", "cls_token", "qkv_bias",
+                     "final_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.stage_norms is None:

@@ -70,7 +70,8 @@ class PVTStage(nn.Module):
             )
             for j in range(cfg.depths[index])
         )
-        self.norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps) if (cfg.stage_norms or last) else None
+        has_norm = cfg.stage_norms or (last and cfg.final_norm)
+        self.norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps) if has_norm else None
 
     def _pos_embed(self, h: int, w: int) -> Tensor:
         pos = self.pos_embed

@@ -11,7 +11,7 @@ Rules:
 * A dense-prediction checkpoint gives its backbone (see :mod:`pvt.weights.files`), with a note.
 * A v1 backbone without a class token (the official detection / segmentation v1 backbones) is
   loaded into a v1 model built with ``cls_token=False``: the unused class slot of its last position
-  embedding is dropped, and the final LayerNorm, which the file lacks, starts at weight 1, bias 0.
+  embedding is dropped, and the model has no final LayerNorm where the file has none (``final_norm=False``).
 * A 3-channel first patch embedding loaded into a model with another ``in_chans`` is adapted as
   timm's ``adapt_input_conv`` does (1 channel: the sum over RGB; N: RGB repeated cyclically, scaled
   by 3/N), with a note.
@@ -281,7 +281,8 @@ def create_pretrained(
     no_cls = cfg.cls_token and _lacks_class_token(sd)
     if no_cls:  # official dense-prediction v1 backbone: no class token, no final LayerNorm
         every = all(f"stages.{i}.norm.weight" in sd for i in range(cfg.num_stages))
-        cfg = cfg.replace(cls_token=False, stage_norms=every)
+        final = f"stages.{cfg.num_stages - 1}.norm.weight" in sd
+        cfg = cfg.replace(cls_token=False, stage_norms=every, final_norm=final)
     file_classes = _head_classes(sd)
     want = file_classes if num_classes is None else num_classes
     cfg = cfg.replace(num_classes=want)
@@ -293,15 +294,11 @@ def create_pretrained(
     with torch.device("meta"):
         model = PyramidVisionTransformer(cfg)
     if no_cls:
-        last = cfg.num_stages - 1
-        filled = [k for k in (f"stages.{last}.norm.weight", f"stages.{last}.norm.bias") if k not in sd]
-        for k in filled:
-            sd[k] = (torch.ones if k.endswith("weight") else torch.zeros)(cfg.embed_dims[last])
         notes.append(
             f"checkpoint {ckpt.source} holds a PVT v1 backbone without a class token (as the official detection "
             "and segmentation backbones): the model is built with cls_token=False and the unused class slot of "
             "its last position embedding is dropped"
-            + ("; its final LayerNorm, absent from the file, starts at weight 1, bias 0" if filled else "")
+            + ("" if cfg.final_norm else "; like theirs, it has no final LayerNorm (final_norm=False)")
         )
     model_sd = model.state_dict()
     sd, adapted = _adapt_input_channels(sd, model_sd, ckpt.source)
