@@ -130,3 +130,25 @@ def test_fused_qkv_cache_follows_weight_updates():
         with reference_path():
             ref = m(x)
     assert (fast - ref).abs().max().item() < 1e-5
+
+
+def test_cpu_batches_run_in_cache_sized_chunks_with_per_sample_results(monkeypatch):
+    import pvt.model as M
+
+    model = pvt.create_model("pvt_v2_b0", num_classes=7).eval()
+    x = torch.randn(5, 3, 64, 96)
+    with torch.inference_mode():
+        # stage-1 hidden activation of one 64x96 image: 16*24*256 floats = 384 KiB
+        monkeypatch.setattr(M, "CPU_CHUNK_BYTES", 768 * 1024)
+        assert model._chunk_size(x) == 2  # 5 x 384 KiB in 768 KiB pieces: 3 chunks of (at most) 2 images
+        chunked, chunked_maps = model(x), model.forward_features(x)
+        monkeypatch.setattr(M, "CPU_CHUNK_BYTES", 0)
+        assert model._chunk_size(x) is None
+        whole, whole_maps = model(x), model.forward_features(x)
+        single = torch.cat([model(x[i : i + 1]) for i in range(5)])
+    assert chunked.shape == (5, 7) and (chunked - whole).abs().max().item() < 1e-5
+    assert (single - whole).abs().max().item() < 1e-5
+    for a, b in zip(chunked_maps, whole_maps):
+        assert a.shape == b.shape and (a - b).abs().max().item() < 1e-5
+    with torch.no_grad(), pvt.layers.reference_path():
+        assert model._chunk_size(x) is None  # only the CPU fast path chunks

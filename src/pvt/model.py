@@ -10,9 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PVTConfig
-from .layers import Block, PatchEmbed, apply_norm, as_map, gpu_path_dtype
+from .layers import Block, PatchEmbed, apply_norm, as_map, fast_path_active, gpu_path_dtype
 
-__all__ = ["PyramidVisionTransformer", "PVTStage"]
+__all__ = ["PyramidVisionTransformer", "PVTStage", "CPU_CHUNK_BYTES"]
+
+CPU_CHUNK_BYTES = 16 * 2**20
+"""CPU fast path: a batch runs in chunks whose stage-1 hidden activation (the largest tensor of a
+forward) stays under this many bytes, so that it is still in the last-level cache (32 MiB here) when the
+next layer reads it. Per-sample results are unchanged (no layer mixes samples); 0 turns chunking off."""
 
 
 def _tracing() -> bool:
@@ -214,8 +219,23 @@ class PyramidVisionTransformer(nn.Module):
             maps.append(x)
         return maps, tokens
 
+    def _chunk_size(self, x: Tensor) -> int | None:
+        """Images per chunk on the CPU fast path (None: the whole batch at once)."""
+        if CPU_CHUNK_BYTES <= 0 or x.ndim != 4 or x.shape[0] < 2 or not fast_path_active(x):
+            return None
+        cfg = self.config
+        h, w = self.stages[0].patch_embed.output_size(x.shape[-2], x.shape[-1])
+        batch = x.shape[0]
+        total = batch * h * w * int(cfg.embed_dims[0] * cfg.mlp_ratios[0]) * x.element_size()
+        pieces = min(batch, -(-total // CPU_CHUNK_BYTES))  # as few chunks as fit, of even size
+        return -(-batch // pieces) if pieces > 1 else None
+
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """``(B, C_in, H, W)`` -> the four maps ``(B, C_i, H_i, W_i)`` at strides 4, 8, 16, 32."""
+        chunk = self._chunk_size(x)
+        if chunk is not None:
+            parts = [self.forward_tokens(c)[0] for c in x.split(chunk)]
+            return [torch.cat(maps) for maps in zip(*parts)]
         return self.forward_tokens(x)[0]
 
     def pool(self, tokens: Tensor) -> Tensor:
@@ -226,5 +246,8 @@ class PyramidVisionTransformer(nn.Module):
         return self.head(pooled)
 
     def forward(self, x: Tensor) -> Tensor:
+        chunk = self._chunk_size(x)
+        if chunk is not None:
+            return torch.cat([self.forward(c) for c in x.split(chunk)])
         _, tokens = self.forward_tokens(x)
         return self.forward_head(self.pool(tokens))
