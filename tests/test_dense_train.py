@@ -32,6 +32,8 @@ def test_detection_run_folder_eval_and_predict(tmp_path):
     assert {"val_bbox_mAP", "val_bbox_mAP_50", "train_loss"} <= set(rec)
     assert json.loads((run / "classes.json").read_text()) == ["circle", "square", "triangle"]
     # the checkpoint rebuilds its model from its own metadata, and scores the same
+    # the built-in data's anchors (16 px and up) are recorded and rebuilt with the checkpoint
+    assert load_dense_model(run).model.anchor_generator.sizes[0] == (16, 20, 25)
     ev = evaluate_dense(run / "last.safetensors", batch_size=2)
     assert ev["task"] == "detection" and ev["images"] == 4
     assert ev["bbox_mAP"] == pytest.approx(rec["val_bbox_mAP"], abs=1e-6)
@@ -64,6 +66,8 @@ def test_pvt_eval_and_predict_route_dense_checkpoints(tmp_path, capsys):
 def test_dense_task_bad_options_and_data(tmp_path):
     with pytest.raises(ValueError, match=r"unknown option\(s\) 'colour'"):
         Trainer(resolve_config(task="segmentation", task_options={"colour": 1}))
+    with pytest.raises(ValueError, match=r"detection task: option anchor_size=3: expected an integer .* 4\.\.1024"):
+        Trainer(resolve_config(task="detection", task_options={"anchor_size": 3}))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
         _train(tmp_path, task="detection", data=str(tmp_path / "empty"), epochs=1)
@@ -93,6 +97,16 @@ def test_default_recipes():
         lrs[t] = opt.param_groups[0]["lr"]
     assert lrs[0] == pytest.approx(1e-7) and lrs[799] == pytest.approx(1e-4)
     assert lrs[800] == pytest.approx(1e-5) and lrs[1099] == pytest.approx(1e-5) and lrs[1100] == pytest.approx(1e-6)
+    assert DetectionTask(det)._anchor_size() == 32  # the paper's anchors on real data
+    shapes = resolve_config(task="detection")  # built-in data: 64 px, anchors from 16 px, x0.1 at 3/4
+    assert (shapes.img_size, shapes.epochs, shapes.lr, shapes.clip_grad, shapes.drop_path) == (64, 8, 5e-4, 10, 0)
+    assert DetectionTask(shapes)._anchor_size() == 16
+    assert DetectionTask(resolve_config(task="detection", task_options={"anchor_size": 8}))._anchor_size() == 8
+    opt.param_groups[0]["lr"] = 5e-4
+    sched = DetectionTask(shapes).build_scheduler(opt, 10)
+    for t, lr in ((10, 5e-4), (59, 5e-4), (60, 5e-5), (79, 5e-5)):
+        sched.step_update(t)
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr)
     three = resolve_config(task="detection", data="/c", epochs=36, task_options={"multiscale": True})
     assert DetectionTask(three)._sizes()["min_size"] == (640, 672, 704, 736, 768, 800)
     opt.param_groups[0]["lr"] = 1e-4

@@ -82,6 +82,24 @@ def test_retinanet_p6_comes_from_c5_even_when_channels_match():
     assert len(model.anchor_generator.sizes) == 5 and model.anchor_generator.num_anchors_per_location() == [9] * 5
 
 
+def test_anchor_size_option():
+    with torch.device("meta"):
+        ret = create_task_model("retinanet_pvt_v2_b0")
+        small = create_task_model("retinanet_pvt_v2_b0", anchor_size=16)
+        mrcnn = create_task_model("maskrcnn_pvt_v2_b0", anchor_size=8)
+    # the paper's anchors by default: 32..512 x octaves 2^0, 2^(1/3), 2^(2/3)
+    assert ret.anchor_generator.sizes == ((32, 40, 50), (64, 80, 101), (128, 161, 203), (256, 322, 406),
+                                          (512, 645, 812))
+    assert small.anchor_generator.sizes[0] == (16, 20, 25) and small.anchor_generator.sizes[-1] == (256, 322, 406)
+    assert mrcnn.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    assert create_task_model("maskrcnn_pvt_v2_b0").rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
+    # anchors are not parameters: the counts of Table 3 do not move
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in ret.parameters())
+    for bad in (0, 3, 12.5, "16", True, 2048):
+        with pytest.raises(ValueError, match=r"anchor_size=.*expected an integer number of pixels in 4\.\.1024"):
+            create_task_model("retinanet_pvt_v2_b0", anchor_size=bad)
+
+
 def test_new_layers_are_xavier_initialised():
     model = create_task_model("semfpn_pvt_v2_b0")
     conv = model.backbone.fpn.layer_blocks[0][0]

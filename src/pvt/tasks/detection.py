@@ -21,16 +21,41 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from .backbone import PVTWithFPN, build_backbone
 
-__all__ = ["PVTRetinaNet", "PVTMaskRCNN", "retinanet", "maskrcnn", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["PVTRetinaNet", "PVTMaskRCNN", "retinanet", "maskrcnn", "retinanet_anchors", "rpn_anchors",
+           "DEFAULT_ANCHOR_SIZE", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def retinanet_anchors() -> AnchorGenerator:
-    """9 anchors per location: sizes 32..512 (one per level P3..P7) x octave scales 2^0, 2^(1/3),
-    2^(2/3), aspect ratios 0.5, 1, 2."""
-    sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (32, 64, 128, 256, 512))
+#: the paper's (mmdet's) smallest anchor, on the stride-8 level; each coarser level doubles it.
+DEFAULT_ANCHOR_SIZE = 32
+
+
+def _check_anchor_size(anchor_size: int) -> int:
+    if isinstance(anchor_size, bool) or not isinstance(anchor_size, int) or not 4 <= anchor_size <= 1024:
+        raise ValueError(f"anchor_size={anchor_size!r}: expected an integer number of pixels in 4..1024 "
+                         f"(the smallest anchor, on the stride-8 level; default {DEFAULT_ANCHOR_SIZE})")
+    return anchor_size
+
+
+def level_anchor_sizes(anchor_size: int = DEFAULT_ANCHOR_SIZE) -> tuple[int, ...]:
+    """The base anchor of each of the five levels: ``anchor_size`` x 1, 2, 4, 8, 16 (32..512 by default)."""
+    base = _check_anchor_size(anchor_size)
+    return tuple(base * 2**i for i in range(5))
+
+
+def retinanet_anchors(anchor_size: int = DEFAULT_ANCHOR_SIZE) -> AnchorGenerator:
+    """9 anchors per location: one base size per level P3..P7 (32..512 by default; ``anchor_size`` is
+    the smallest) x octave scales 2^0, 2^(1/3), 2^(2/3), aspect ratios 0.5, 1, 2."""
+    sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in level_anchor_sizes(anchor_size))
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+
+
+def rpn_anchors(anchor_size: int = DEFAULT_ANCHOR_SIZE) -> AnchorGenerator:
+    """Mask R-CNN's RPN anchors: 3 per location, one size per level P2..P6 (32..512 by default, as
+    torchvision and mmdet; ``anchor_size`` is the smallest) x aspect ratios 0.5, 1, 2."""
+    sizes = tuple((s,) for s in level_anchor_sizes(anchor_size))
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
 
 
@@ -82,8 +107,13 @@ def retinanet(
     drop_path_rate: float = 0.1,
     score_thresh: float = 0.05,
     detections_per_img: int = 100,
+    anchor_size: int = DEFAULT_ANCHOR_SIZE,
 ) -> PVTRetinaNet:
-    """RetinaNet with a ``backbone`` PVT (e.g. ``"pvt_v2_b0"``), ``num_classes`` object classes."""
+    """RetinaNet with a ``backbone`` PVT (e.g. ``"pvt_v2_b0"``), ``num_classes`` object classes.
+
+    ``anchor_size``: the smallest anchor in pixels (P3; the paper's 32, doubling up to 512 on P7). Small
+    objects need smaller anchors (the built-in shapes use 16); it changes no parameter."""
+    anchors = retinanet_anchors(anchor_size)
     body = build_backbone(backbone, pretrained, drop_path_rate)
     neck = PVTWithFPN(body, levels=(1, 2, 3), extra="p6p7")
     model = PVTRetinaNet(
@@ -93,7 +123,7 @@ def retinanet(
         max_size=max_size,
         image_mean=IMAGENET_MEAN,
         image_std=IMAGENET_STD,
-        anchor_generator=retinanet_anchors(),
+        anchor_generator=anchors,
         score_thresh=score_thresh,
         detections_per_img=detections_per_img,
     )
@@ -111,8 +141,13 @@ def maskrcnn(
     drop_path_rate: float = 0.1,
     box_score_thresh: float = 0.05,
     box_detections_per_img: int = 100,
+    anchor_size: int = DEFAULT_ANCHOR_SIZE,
 ) -> PVTMaskRCNN:
-    """Mask R-CNN with a ``backbone`` PVT and ``num_classes`` object classes (background not counted)."""
+    """Mask R-CNN with a ``backbone`` PVT and ``num_classes`` object classes (background not counted).
+
+    ``anchor_size``: the RPN's smallest anchor in pixels (P2; 32 as torchvision and mmdet, doubling
+    up to 512); it changes no parameter."""
+    anchors = rpn_anchors(anchor_size)
     body = build_backbone(backbone, pretrained, drop_path_rate)
     neck = PVTWithFPN(body, levels=(0, 1, 2, 3), extra="pool")
     model = PVTMaskRCNN(
@@ -124,6 +159,7 @@ def maskrcnn(
         image_std=IMAGENET_STD,
         box_score_thresh=box_score_thresh,
         box_detections_per_img=box_detections_per_img,
+        rpn_anchor_generator=anchors,
     )
     model.backbone_name = backbone
     model.num_classes = num_classes

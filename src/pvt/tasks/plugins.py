@@ -8,9 +8,12 @@
 (``annotations/instances_{train,val}[2017].json`` and ``{train,val}[2017]/``) or ADE20K layout
 (``images/{training,validation}``, ``annotations/...``); without it, the built-in shapes. Task options
 (``--opt KEY=VALUE``): detection/instance ``max_size`` (longer side cap), ``multiscale`` (true: the 3x
-recipe's random shorter side in [0.8, 1] x img_size), ``lr_steps`` (epochs, default 8/12 and 11/12 of
-the run; 27,33 for 36 epochs), ``train_ann``/``val_ann``/``train_images``/``val_images`` (explicit
-paths); built-in data ``num_train``, ``num_val``, ``shapes_size`` (image side); segmentation ``test_size`` (shorter side at evaluation, default img_size), ``reduce_zero_label``.
+recipe's random shorter side in [0.8, 1] x img_size), ``anchor_size`` (the smallest anchor in pixels,
+doubling per level: the paper's 32 on real data, 16 on the built-in shapes), ``lr_steps`` (epochs,
+default 8/12 and 11/12 of the run; 27,33 for 36 epochs; one step at 3/4 of the run on the built-in
+data), ``train_ann``/``val_ann``/``train_images``/``val_images`` (explicit paths); built-in data
+``num_train`` (default 1024), ``num_val`` (50), ``shapes_size`` (image side, default img_size);
+segmentation ``test_size`` (shorter side at evaluation, default img_size), ``reduce_zero_label``.
 """
 
 from __future__ import annotations
@@ -45,12 +48,20 @@ DETECTION_DEFAULTS: dict[str, Any] = dict(_COMMON, epochs=12, batch_size=2, img_
 #: 512 crops, 2 per GPU; 40k iterations at batch 16 are ~32 ADE20K epochs.
 SEGMENTATION_DEFAULTS: dict[str, Any] = dict(_COMMON, epochs=32, batch_size=2, img_size=512, warmup_epochs=0.0,
                                              hflip=0.5)
-#: built-in shapes (128 px): a CPU run of a few minutes, from scratch, so a higher lr.
-SHAPES_DETECTION: dict[str, Any] = {"img_size": 128, "epochs": 12, "batch_size": 8, "lr": 1e-3,
-                                    "warmup_epochs": 1.0, "workers": 0}
-SHAPES_SEGMENTATION: dict[str, Any] = {"img_size": 128, "epochs": 8, "batch_size": 8, "lr": 1e-3, "workers": 0}
+#: built-in shapes: a CPU run of minutes, from scratch (no ImageNet weights), so higher learning rates,
+#: gradient clipping and no stochastic depth; 64 px images, 1024 training images (see docs/dense.md for
+#: the held-out scores these reach).
+SHAPES_DETECTION: dict[str, Any] = {"img_size": 64, "epochs": 8, "batch_size": 8, "lr": 5e-4, "warmup_epochs": 1.0,
+                                    "clip_grad": 10.0, "drop_path": 0.0, "workers": 0}
+SHAPES_SEGMENTATION: dict[str, Any] = {"img_size": 64, "epochs": 8, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1.0,
+                                       "clip_grad": 1.0, "drop_path": 0.0, "workers": 0}
+#: built-in data set size when ``num_train`` / ``num_val`` are not given (``shapes_size`` defaults to img_size)
+SHAPES_NUM_TRAIN, SHAPES_NUM_VAL = 1024, 50
 
-_DET_OPTIONS = {"max_size", "multiscale", "lr_steps", "train_ann", "val_ann", "train_images", "val_images",
+#: the smallest anchor on the built-in shapes (10-56 px objects; the paper's 32 misses most at 64 px).
+SHAPES_ANCHOR_SIZE = 16
+
+_DET_OPTIONS = {"max_size", "multiscale", "anchor_size", "lr_steps", "train_ann", "val_ann", "train_images", "val_images",
                 "num_train", "num_val", "shapes_size"}
 _SEG_OPTIONS = {"test_size", "reduce_zero_label", "num_train", "num_val", "shapes_size"}
 
@@ -58,14 +69,11 @@ _SEG_OPTIONS = {"test_size", "reduce_zero_label", "num_train", "num_val", "shape
 def _shapes_root(cfg) -> Path:
     from ..data.synthetic import default_shapes_root, make_shapes_dataset
 
-    root = Path(cfg.data_dir).expanduser() / "shapes" if cfg.data_dir else default_shapes_root()
     opts = cfg.task_options
-    kw = {k: int(opts[k]) for k in ("num_train", "num_val", "shapes_size") if k in opts}
-    if kw:
-        root = root.with_name(f"shapes-{kw.get('num_train', 200)}-{kw.get('num_val', 50)}-{kw.get('shapes_size', 128)}")
-    if "shapes_size" in kw:
-        kw["size"] = kw.pop("shapes_size")
-    return make_shapes_dataset(root, **kw)
+    kw = {"num_train": int(opts.get("num_train", SHAPES_NUM_TRAIN)), "num_val": int(opts.get("num_val", SHAPES_NUM_VAL)),
+          "size": int(opts.get("shapes_size", cfg.img_size))}
+    base = Path(cfg.data_dir).expanduser() / "shapes" if cfg.data_dir else default_shapes_root()
+    return make_shapes_dataset(base.with_name(f"shapes-{kw['num_train']}-{kw['num_val']}-{kw['size']}"), **kw)
 
 
 def _check_options(task: Task, accepted: set[str]) -> None:
@@ -95,6 +103,7 @@ class DetectionTask(Task):
         self.class_names: list[str] = []
         self.cat_ids: list[int] = []
         self.val_ds: CocoDataset | None = None
+        self.anchor_size: int | None = None  # set from a checkpoint; else from the options / data
 
     @classmethod
     def data_defaults(cls, data: str | None) -> dict[str, Any]:
@@ -102,6 +111,7 @@ class DetectionTask(Task):
 
     def validate(self) -> None:
         _check_options(self, _DET_OPTIONS)
+        self._anchor_size()
         steps = self.cfg.task_options.get("lr_steps")
         if steps is not None:
             steps = steps if isinstance(steps, list) else [steps]
@@ -155,20 +165,35 @@ class DetectionTask(Task):
             min_size = tuple(range(lo, short + 1, 32)) or (short,)
         return {"min_size": min_size, "max_size": max_size}
 
+    def _anchor_size(self) -> int:
+        from .detection import DEFAULT_ANCHOR_SIZE, _check_anchor_size
+
+        if self.anchor_size is not None:
+            return self.anchor_size
+        default = SHAPES_ANCHOR_SIZE if self.cfg.data is None else DEFAULT_ANCHOR_SIZE
+        value = self.cfg.task_options.get("anchor_size", default)
+        try:
+            return _check_anchor_size(value)
+        except ValueError as e:
+            raise ValueError(f"{self.name} task: option {e}") from None
+
     def build_model(self) -> nn.Module:
         from . import create_task_model
 
         if not self.class_names:
             raise ValueError(f"{self.name} task: class names unknown; build_datasets first")
         model = create_task_model(f"{self.head}_{self.cfg.model}", num_classes=len(self.class_names),
-                                  pretrained=self.cfg.pretrained, drop_path_rate=_drop_path(self.cfg), **self._sizes())
+                                  pretrained=self.cfg.pretrained, drop_path_rate=_drop_path(self.cfg),
+                                  anchor_size=self._anchor_size(), **self._sizes())
         # test at the single scale (the model switches scales only in training)
         return model
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
         cfg = self.cfg
         steps = cfg.task_options.get("lr_steps")
-        if steps is None:
+        if steps is None and cfg.data is None:  # built-in shapes: one x0.1 step at 3/4 of the run
+            steps = [max(1, round(cfg.epochs * 3 / 4))]
+        elif steps is None:
             steps = [27, 33] if cfg.epochs == 36 else [round(cfg.epochs * 8 / 12), round(cfg.epochs * 11 / 12)]
         steps = steps if isinstance(steps, list) else [steps]
         warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -212,11 +237,15 @@ class DetectionTask(Task):
     # -- checkpoints
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"task": self.name, "task_model": f"{self.head}_{self.cfg.model}", "class_names": self.class_names,
-                "cat_ids": self.cat_ids, **{k: v for k, v in self._sizes().items()}}
+                "cat_ids": self.cat_ids, "anchor_size": self._anchor_size(), **self._sizes()}
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
         self.class_names = list(extra["class_names"])
         self.cat_ids = [int(c) for c in extra.get("cat_ids", range(1, len(self.class_names) + 1))]
+        # checkpoints written before the option existed used the paper's anchors
+        from .detection import DEFAULT_ANCHOR_SIZE
+
+        self.anchor_size = int(extra.get("anchor_size", DEFAULT_ANCHOR_SIZE))
 
 
 class InstanceTask(DetectionTask):
