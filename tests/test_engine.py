@@ -153,3 +153,63 @@ def test_evaluate_matches_training_metrics_and_predict(digits_run):
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     hits = sum(p["top"][0]["class"] == str(c) for c, p in zip(range(10), preds))
     assert hits >= 5
+
+
+def test_auto_micro_batches_only_on_cpu_when_activations_outgrow_the_cache():
+    from pvt.engine.trainer import auto_micro_batch
+
+    b0, cpu = pvt.create_model("pvt_v2_b0", num_classes=10), torch.device("cpu")
+    assert auto_micro_batch(b0, 224, 16, cpu) == 8  # 16 x 56*56*256 floats = 51 MB: two pieces
+    assert auto_micro_batch(b0, 224, 128, cpu) == 10  # 411 MB: 13 pieces
+    assert auto_micro_batch(b0, 32, 32, cpu) == 0  # the digits demo: 2 MB, whole batches
+    assert auto_micro_batch(b0, 224, 16, torch.device("cuda")) == 0
+    assert auto_micro_batch(torch.nn.Linear(2, 2), 224, 16, cpu) == 0
+
+
+def test_micro_batches_sum_to_the_batch_gradient():
+    def task_with(**kw):
+        task = get_task("classification")(resolve_config(model="pvt_v2_b0", **kw))
+        task.class_names = [str(i) for i in range(10)]
+        task._build_losses()
+        return task
+
+    batch = (torch.randn(10, 3, 64, 64), torch.arange(10), 3)
+    mixing = task_with(mixup=0.8, cutmix=0.0)
+    assert [len(p[1]) for p, _ in mixing.split_batch(batch, 3)] == [4, 4, 2]  # mixup pairs: even pieces
+    task = task_with(smoothing=0.1, mixup=0.0, cutmix=0.0)
+    parts = task.split_batch(batch, 3)
+    assert [len(p[1]) for p, _ in parts] == [3, 3, 3, 1]
+    assert sum(s for _, s in parts) == pytest.approx(1.0) and [p[2] for p, _ in parts][:2] == [3, 0]
+    assert task.split_batch(batch, 10) is None
+    model = pvt.create_model("pvt_v2_b0", num_classes=10, embed_dims=(8, 16, 24, 32), num_heads=(1, 1, 1, 1),
+                             depths=(1, 1, 1, 1))
+
+    def grads(pieces):
+        model.zero_grad(set_to_none=True)
+        for part, share in pieces:
+            loss, _ = task.train_step(model, part, torch.device("cpu"))
+            (loss * share).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    whole, split = grads([(batch, 1.0)]), grads(parts)
+    for a, b in zip(split, whole):
+        assert (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+    wrong = grads([(p, 1.0 / len(parts)) for p, _ in parts])  # equal shares for unequal pieces: not the same
+    assert max((a - b).abs().max().item() for a, b in zip(wrong, whole)) > 1e-4
+
+
+def test_training_with_micro_batches_matches_whole_batches(tmp_path):
+    from tests.test_cli_train import make_stripes
+
+    data = make_stripes(tmp_path / "stripes")
+    runs = {}
+    for micro in (0, 4):
+        runs[micro] = pvt.train(data=str(data), output=str(tmp_path / "runs"), name=f"m{micro}", model="pvt_v2_b0",
+                                img_size=32, epochs=2, batch_size=12, micro_batch=micro, lr=1e-3, warmup_epochs=0,
+                                aa="none", mixup=0.0, cutmix=0.0, color_jitter=0.0, drop_path=0.0, workers=0,
+                                threads=1, quiet=True, seed=0).metrics
+    for a, b in zip(runs[0], runs[4]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+    log = (tmp_path / "runs" / "m4" / "train.log").read_text()
+    assert "micro-batches of 4" in log

@@ -176,6 +176,15 @@ class ClassificationTask(Task):
         logits = model(images)
         return self._criterion(logits.float(), targets), {}
 
+    def split_batch(self, batch: Any, size: int) -> list[tuple[Any, float]] | None:
+        images, targets, skipped = batch
+        n = len(targets)
+        size += size % 2 if self._mixup is not None else 0  # mixup pairs images within a micro-batch
+        if n <= size:
+            return None
+        return [((images[i : i + size], targets[i : i + size], skipped if i == 0 else 0), min(size, n - i) / n)
+                for i in range(0, n, size)]
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         n = loss_sum = top1 = top5 = 0

@@ -98,6 +98,12 @@ class Task:
         """
         raise NotImplementedError
 
+    def split_batch(self, batch: Any, size: int) -> list[tuple[Any, float]] | None:
+        """``batch`` as micro-batches of at most ``size`` images, each with its share of the batch
+        (the engine backpropagates ``share * loss`` of each, which sums to the batch's mean-loss
+        gradient). None: not split (the default; tasks whose loss is not a per-image mean keep it)."""
+        return None
+
     def batch_size_of(self, batch: Any) -> int:
         """Number of images ``batch`` trains on (for images/s; 0: the engine skips the batch, e.g.
         when every image in it was unreadable). Default: ``len(batch[0])``."""
