@@ -221,7 +221,9 @@ class PyramidVisionTransformer(nn.Module):
 
     def _chunk_size(self, x: Tensor) -> int | None:
         """Images per chunk on the CPU fast path (None: the whole batch at once)."""
-        if CPU_CHUNK_BYTES <= 0 or x.ndim != 4 or x.shape[0] < 2 or not fast_path_active(x):
+        if CPU_CHUNK_BYTES <= 0 or not isinstance(x, Tensor) or x.ndim != 4 or x.shape[0] < 2:
+            return None
+        if not fast_path_active(x):
             return None
         cfg = self.config
         h, w = self.stages[0].patch_embed.output_size(x.shape[-2], x.shape[-1])
