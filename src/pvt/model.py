@@ -225,11 +225,16 @@ class PyramidVisionTransformer(nn.Module):
             return None
         if not fast_path_active(x):
             return None
+        return self.piece_size(x.shape[0], x.shape[-2], x.shape[-1], CPU_CHUNK_BYTES, x.element_size())
+
+    def piece_size(self, batch: int, height: int, width: int, budget: int, element_size: int = 4) -> int | None:
+        """Images per piece when a batch is split into as few even pieces as keep each piece's stage-1
+        hidden activation (the largest tensor of a forward) under ``budget`` bytes; None: no split.
+        Used by the CPU inference chunks and the trainer's automatic micro-batches."""
         cfg = self.config
-        h, w = self.stages[0].patch_embed.output_size(x.shape[-2], x.shape[-1])
-        batch = x.shape[0]
-        total = batch * h * w * int(cfg.embed_dims[0] * cfg.mlp_ratios[0]) * x.element_size()
-        pieces = min(batch, -(-total // CPU_CHUNK_BYTES))  # as few chunks as fit, of even size
+        h, w = self.stages[0].patch_embed.output_size(height, width)
+        total = batch * h * w * int(cfg.embed_dims[0] * cfg.mlp_ratios[0]) * element_size
+        pieces = min(batch, -(-total // budget))
         return -(-batch // pieces) if pieces > 1 else None
 
     def forward_features(self, x: Tensor) -> list[Tensor]:

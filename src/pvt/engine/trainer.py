@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..config import PVTConfig
+from ..model import PyramidVisionTransformer
 from ..io import atomic_write, save_model
 from .config import TrainConfig
 from .curves import plot_curves
@@ -83,13 +83,9 @@ def auto_micro_batch(model: nn.Module, img_size: int, batch_size: int, device: t
     """Images per forward/backward pass for ``micro_batch=0``: whole batches (0) on GPUs and for models
     that are not a PVT; on CPU, as few even pieces as keep the stage-1 hidden activation of a piece
     under :data:`MICRO_BATCH_BYTES`."""
-    cfg = getattr(model, "config", None)
-    if device.type != "cpu" or not isinstance(cfg, PVTConfig):
+    if device.type != "cpu" or not isinstance(model, PyramidVisionTransformer):
         return 0
-    side = -(-img_size // 4)
-    total = batch_size * side * side * int(cfg.embed_dims[0] * cfg.mlp_ratios[0]) * 4
-    pieces = -(-total // MICRO_BATCH_BYTES)
-    return -(-batch_size // pieces) if pieces > 1 else 0
+    return model.piece_size(batch_size, img_size, img_size, MICRO_BATCH_BYTES) or 0
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
