@@ -6,6 +6,8 @@ micro-batches, timed round-robin in one run:
 ``--micro`` is the micro-batch size that ``pvt train`` picks on CPU (``--micro-batch``, auto): the
 gradients are summed over the pieces, so the step computes the same update as the whole batch.
 Running timm's model through the same micro-batches shows how much of the gain is the loop's.
+``--allocator default`` keeps glibc's own malloc settings (``pvt.runtime``); the last column counts the
+new memory pages each step touched.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 
 from pvt.benchmark import reference_model, time_interleaved
 from pvt.registry import create_model
+from pvt.runtime import configure_allocator
 
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int):
@@ -43,7 +46,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--allocator", choices=["tuned", "default"], default=None, help="unset: $PVT_ALLOCATOR, else tuned")
     args = p.parse_args()
+    mode = configure_allocator(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -58,11 +63,13 @@ def main() -> None:
         f"pvt {b // m}x{m}": make_step(copy.deepcopy(ours), x, y, m),
         f"timm {b // m}x{m}": make_step(copy.deepcopy(theirs), x, y, m),
     }
-    times = time_interleaved(steps, warmup=args.warmup, repeats=args.repeats)
+    faults: dict[str, list[int]] = {}
+    times = time_interleaved(steps, warmup=args.warmup, repeats=args.repeats, faults=faults)
     rate = {k: b / statistics.median(v) for k, v in times.items()}
-    print(f"# {args.model}, batch {b}, {args.img_size}px, {torch.get_num_threads()} threads")
+    print(f"# {args.model}, batch {b}, {args.img_size}px, {torch.get_num_threads()} threads, allocator {mode}")
     for k, v in rate.items():
-        print(f"{k:<14} {v:8.2f} img/s   ours-with-micro / this: {rate[f'pvt {b // m}x{m}'] / v:5.2f}")
+        print(f"{k:<14} {v:8.2f} img/s   ours-with-micro / this: {rate[f'pvt {b // m}x{m}'] / v:5.2f}   "
+              f"page faults/step {statistics.median(faults[k]):8.0f}")
 
 
 if __name__ == "__main__":

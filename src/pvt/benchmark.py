@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .model import PyramidVisionTransformer
 from .registry import create_model
+from .runtime import page_faults
 
 __all__ = [
     "Case",
@@ -73,6 +74,8 @@ class Result:
     peak_mem_mb: float | None = None
     """Peak memory of one call beyond what was allocated before it (activations, gradients, optimiser
     state on the first step); ``None`` where not measured."""
+    page_faults: float | None = None
+    """Median minor page faults per timed call (CPU): new memory pages the call touched."""
     max_abs_diff: float | None = None
     """Largest logit difference to our float32 eval-mode output on the same input (``None`` for ours)."""
     cosine: float | None = None
@@ -211,10 +214,15 @@ def _sync(device: str) -> None:
 
 
 def time_interleaved(
-    steps: dict[str, Callable[[], Any]], warmup: int = 2, repeats: int = 5, device: str = "cpu"
+    steps: dict[str, Callable[[], Any]],
+    warmup: int = 2,
+    repeats: int = 5,
+    device: str = "cpu",
+    faults: dict[str, list[int]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each step, measured round-robin: ``warmup`` untimed rounds, then
-    ``repeats`` rounds in which every step runs once (order rotated each round)."""
+    ``repeats`` rounds in which every step runs once (order rotated each round). ``faults``, when
+    given, receives each timed call's minor page faults per step."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     names = list(steps)
@@ -225,10 +233,13 @@ def time_interleaved(
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for n in names[r % len(names) :] + names[: r % len(names)]:
+            f0 = page_faults()
             t0 = time.perf_counter()
             steps[n]()
             _sync(device)
             times[n].append(time.perf_counter() - t0)
+            if faults is not None:
+                faults.setdefault(n, []).append(page_faults() - f0)
     return times
 
 
@@ -351,7 +362,8 @@ def run_case(
         s()
         _sync(case.device)
         extra[n]["first_call_s"] = round(time.perf_counter() - t0, 3)
-    times = time_interleaved(steps, warmup=warmup, repeats=repeats, device=case.device)
+    faults: dict[str, list[int]] = {}
+    times = time_interleaved(steps, warmup=warmup, repeats=repeats, device=case.device, faults=faults)
     results = []
     threads = torch.get_num_threads()
     for n, ts in times.items():
@@ -374,6 +386,7 @@ def run_case(
                 latency_ms=med * 1e3,
                 latency_iqr_ms=(q[2] - q[0]) * 1e3,
                 peak_mem_mb=mem,
+                page_faults=statistics.median(faults[n]) if case.device == "cpu" else None,
                 max_abs_diff=diff,
                 cosine=cos,
                 extra=extra[n],
@@ -398,7 +411,8 @@ def format_results(results: list[Result]) -> str:
     (compiled rows over our compiled row)."""
     header = (
         f"{'model':<14} {'mode':<5} {'impl':<12} {'dtype':<8} {'batch':>5} {'size':>9} "
-        f"{'img/s':>8} {'ms/batch':>9} {'iqr ms':>7} {'peak MB':>8} {'max|diff|':>9} {'cosine':>8} {'ours/x':>6}"
+        f"{'img/s':>8} {'ms/batch':>9} {'iqr ms':>7} {'peak MB':>8} {'faults':>7} "
+        f"{'max|diff|':>9} {'cosine':>8} {'ours/x':>6}"
     )
     lines = [header, "-" * len(header)]
     rates = {(r.impl, r.model, r.mode, r.batch_size, r.height, r.width, r.dtype, r.device): r.img_per_s
@@ -410,6 +424,7 @@ def format_results(results: list[Result]) -> str:
         lines.append(
             f"{r.model:<14} {r.mode:<5} {r.impl:<12} {r.dtype:<8} {r.batch_size:>5} {f'{r.height}x{r.width}':>9} "
             f"{r.img_per_s:>8.2f} {r.latency_ms:>9.1f} {r.latency_iqr_ms:>7.1f} {_fmt(r.peak_mem_mb, '8.0f'):>8} "
+            f"{_fmt(r.page_faults, '7.0f'):>7} "
             f"{_fmt(r.max_abs_diff, '9.2e'):>9} {_fmt(r.cosine, '8.6f'):>8} {_fmt(ratio, '6.2f'):>6}"
         )
     return "\n".join(lines)

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from ..runtime import configure_allocator
+
+        configure_allocator(getattr(args, "allocator", None))
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
         print(f"pvt {args.command}: error: {e}", file=sys.stderr)

@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
     p.add_argument("--onnx", type=Path, help="ONNX file for --backend onnxruntime")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    p.add_argument("--allocator", choices=["tuned", "default"], default=None,
+                   help="tuned: glibc keeps freed memory, so calls touch no new pages (every implementation in "
+                        "the run benefits); default: glibc's own settings. Unset: $PVT_ALLOCATOR, else tuned")
     p.set_defaults(func=_benchmark)
 
     e = sub.add_parser(
@@ -88,7 +91,10 @@ def _benchmark(args: argparse.Namespace) -> int:
     if args.onnx is not None and not args.onnx.is_file():
         raise FileNotFoundError(f"ONNX file {args.onnx} does not exist")
     impls = ("pvt", "timm", "hf") if args.compare else ("pvt",)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
+    from ..runtime import allocator_mode
+
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+          f"allocator {allocator_mode()}", flush=True)
     results = []
     for name in args.models:
         for size in sizes:
