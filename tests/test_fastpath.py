@@ -152,3 +152,22 @@ def test_cpu_batches_run_in_cache_sized_chunks_with_per_sample_results(monkeypat
         assert a.shape == b.shape and (a - b).abs().max().item() < 1e-5
     with torch.no_grad(), pvt.layers.reference_path():
         assert model._chunk_size(x) is None  # only the CPU fast path chunks
+
+
+def test_chunk_budget_follows_the_allocator(monkeypatch):
+    import pvt.model as M
+    import pvt.runtime as R
+
+    monkeypatch.setattr(M, "CPU_CHUNK_BYTES", None)
+    monkeypatch.setattr(R, "_mode", "default")
+    assert M.cpu_chunk_bytes() == 16 * 2**20
+    monkeypatch.setattr(R, "_mode", "tuned")
+    assert M.cpu_chunk_bytes() == R.MMAP_THRESHOLD == 32 * 2**20
+    model = pvt.create_model("pvt_v2_b0").eval()
+    x = torch.empty(8, 3, 224, 224)
+    with torch.inference_mode():  # B0's stage-1 hidden at 224: 3136 x 256 floats = 3.06 MiB per image
+        assert model._chunk_size(x) is None  # 24.5 MiB: one piece under the tuned allocator
+        monkeypatch.setattr(R, "_mode", "default")
+        assert model._chunk_size(x) == 4  # two pieces of 12.25 MiB
+    monkeypatch.setattr(M, "CPU_CHUNK_BYTES", 0)
+    assert M.cpu_chunk_bytes() == 0
