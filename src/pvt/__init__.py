@@ -17,6 +17,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "count_flops",
+    "tune_cpu_allocator",
 ]
 
 
@@ -30,6 +31,10 @@ def __getattr__(name: str):
         from .flops import count_flops
 
         return count_flops
+    if name == "tune_cpu_allocator":
+        from .runtime import tune_cpu_allocator
+
+        return tune_cpu_allocator
     if name in ("train", "evaluate", "predict"):
         from . import api
 
