@@ -44,8 +44,10 @@ from .task import Task, get_task
 __all__ = ["Trainer", "TrainResult", "param_groups", "amp_dtype", "auto_micro_batch"]
 
 MICRO_BATCH_BYTES = 32 * 2**20
-"""Auto micro-batches on CPU: pieces whose stage-1 hidden activation stays under this (the last-level
-cache is 32 MiB here); a PVTv2-B0 step at batch 16, 224 px, runs as 2 x 8, about 1.2x faster."""
+"""Auto micro-batches on CPU: pieces whose stage-1 hidden activation stays under this, glibc's largest
+mmap threshold, so that with :func:`pvt.runtime.tune_cpu_allocator` (the ``pvt`` command's default) a
+step touches no new memory pages. A PVTv2-B0 step at batch 16, 224 px, runs as 2 x 8: 1.12-1.15x the
+whole-batch step of timm's model (0 against 38 000-66 000 page faults per step)."""
 
 log = logging.getLogger("pvt.train")
 
