@@ -61,12 +61,23 @@ def test_run_case_compare_infer_and_train():
     assert torch.equal(small.head.weight, before)  # the caller's model is not trained
 
 
-def test_cli_benchmark_json_and_errors(tmp_path, capsys):
+def test_cli_benchmark_json_and_errors(tmp_path, capsys, monkeypatch):
+    from pvt import runtime
+
+    monkeypatch.delenv("PVT_ALLOCATOR", raising=False)
     out = tmp_path / "r.json"
     argv = ["benchmark", "pvt_v2_b0", "-b", "1", "--img-size", "64", "--repeats", "1", "--warmup", "0"]
     assert main(argv + ["--dtype", "bfloat16", "--no-memory", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert rows[0]["dtype"] == "bfloat16" and rows[0]["cosine"] > 0.99
+    assert rows[0]["page_faults"] >= 0
+    # the pvt command tunes the allocator where glibc allows it, and says so
+    expected = "tuned" if runtime._glibc() is not None else "default"
+    assert f"allocator {expected}" in capsys.readouterr().out
+    monkeypatch.setenv("PVT_ALLOCATOR", "nonsense")
+    assert main(argv) == 2
+    assert "PVT_ALLOCATOR='nonsense' is not an allocator mode" in capsys.readouterr().err
+    monkeypatch.delenv("PVT_ALLOCATOR")
     assert main(["benchmark", "pvt_v9"]) == 2
     assert "unknown model 'pvt_v9'" in capsys.readouterr().err
     assert main(["benchmark", "--backend", "onnxruntime"]) == 2
