@@ -3,9 +3,9 @@
 PyTorch takes every CPU tensor from the C library's ``malloc``. glibc serves large blocks with fresh
 ``mmap`` pages (above a threshold that starts at 128 KiB) and gives free memory at the top of its heap
 back to the kernel. A PVT forward allocates and frees tens of megabytes of activations, so with these
-defaults every call touches new pages and pays one page fault per 4 KiB, the kernel zeroing each page.
-On this project's 2-core VM that was a third to half of a PVTv2-B0 batch of 8 (about 15 000 faults per
-call for our model, 37 000 for timm's), and the largest source of run-to-run spread.
+defaults every call touches new pages and pays one page fault per 4 KiB, the kernel zeroing each page:
+12 500-15 600 faults per call for our PVTv2-B0 at batch 8 and 224 px, 37 600 for timm's. On this
+project's 2-core VM removing them made that batch 1.2-1.6x faster (``benchmarks/alone.py``).
 
 :func:`tune_cpu_allocator` keeps that memory in the process instead: blocks up to 32 MiB (glibc's
 largest mmap threshold) come from the heap, and the heap is not trimmed below 1 GiB. After the first
