@@ -94,3 +94,24 @@ def test_ratios_pair_eager_with_eager_and_compiled_with_compiled():
                             row("timm+compile", 600.0)]).splitlines()
     ratios = {line.split()[2]: line.split()[-1] for line in table[2:]}
     assert ratios == {"pvt": "-", "timm": "1.50", "pvt+compile": "-", "timm+compile": "1.50"}
+
+
+def test_onnxruntime_backend_times_the_file_beside_our_model(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from pvt.benchmark import run_onnxruntime
+    from pvt.export import export_model
+
+    small = pvt.create_model("pvt_v2_b0", embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
+    path = export_model(small.eval(), "onnx", tmp_path / "small.onnx")  # the file need not match the model
+    case = Case("pvt_v2_b0", batch_size=2, size=(64, 64))
+    alone = run_onnxruntime(str(path), case, warmup=0, repeats=2)
+    assert [r.impl for r in alone] == ["onnxruntime"] and alone[0].img_per_s > 0
+    both = run_onnxruntime(str(path), case, warmup=0, repeats=2, model=small)
+    assert [r.impl for r in both] == ["pvt", "onnxruntime"]
+    ort_row = format_results(both).splitlines()[-1].split()
+    assert ort_row[2] == "onnxruntime" and float(ort_row[-1]) > 0  # ours/onnxruntime from the same run
+    argv = ["benchmark", "pvt_v2_b0", "--backend", "onnxruntime", "--onnx", str(path), "--compare",
+            "-b", "1", "--img-size", "64", "--repeats", "1", "--warmup", "0"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert " pvt " in table and " onnxruntime " in table

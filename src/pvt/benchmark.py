@@ -432,9 +432,18 @@ def format_results(results: list[Result]) -> str:
 
 # ------------------------------------------------------------------------- onnxruntime
 def run_onnxruntime(
-    path: str, case: Case, *, warmup: int = 2, repeats: int = 5, threads: int | None = None
-) -> Result:
-    """Throughput of an exported ONNX file in onnxruntime (CPU) at ``case``'s batch and size."""
+    path: str,
+    case: Case,
+    *,
+    warmup: int = 2,
+    repeats: int = 5,
+    threads: int | None = None,
+    model: nn.Module | None = None,
+) -> list[Result]:
+    """Throughput of an exported ONNX file in onnxruntime (CPU) at ``case``'s batch and size.
+
+    ``model``: also time this PyTorch model (``impl="pvt"``) on the same input in the same interleaved
+    loop, so that the table's ``ours/x`` compares the two from one run."""
     import numpy as np
 
     try:
@@ -453,21 +462,39 @@ def run_onnxruntime(
         raise ValueError(f"{path}: not a loadable ONNX model ({e})") from None
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((case.batch_size, 3, *case.size), dtype=np.float32)
-    times = time_interleaved({"ort": lambda: sess.run(None, {name: x})}, warmup=warmup, repeats=repeats)["ort"]
-    med = statistics.median(times)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [med, med, med]
-    return Result(
-        impl="onnxruntime",
-        model=case.model,
-        mode="infer",
-        batch_size=case.batch_size,
-        height=case.size[0],
-        width=case.size[1],
-        dtype="float32",
-        device="cpu",
-        threads=n,
-        img_per_s=case.batch_size / med,
-        latency_ms=med * 1e3,
-        latency_iqr_ms=(q[2] - q[0]) * 1e3,
-        extra={"onnx": str(path)},
-    )
+    steps: dict[str, Callable[[], Any]] = {}
+    if model is not None:
+        model = model.eval()
+        xt = torch.from_numpy(x)
+
+        def ours() -> Tensor:
+            with torch.inference_mode():
+                return model(xt)
+
+        steps["pvt"] = ours
+    steps["onnxruntime"] = lambda: sess.run(None, {name: x})
+    faults: dict[str, list[int]] = {}
+    times = time_interleaved(steps, warmup=warmup, repeats=repeats, faults=faults)
+    results = []
+    for impl, ts in times.items():
+        med = statistics.median(ts)
+        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
+        results.append(
+            Result(
+                impl=impl,
+                model=case.model,
+                mode="infer",
+                batch_size=case.batch_size,
+                height=case.size[0],
+                width=case.size[1],
+                dtype="float32",
+                device="cpu",
+                threads=n,
+                img_per_s=case.batch_size / med,
+                latency_ms=med * 1e3,
+                latency_iqr_ms=(q[2] - q[0]) * 1e3,
+                page_faults=statistics.median(faults[impl]),
+                extra={"onnx": str(path)} if impl == "onnxruntime" else {},
+            )
+        )
+    return results

@@ -33,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--compare", action="store_true", help="also time timm's and HF's implementations")
+    p.add_argument("--compare", action="store_true",
+                   help="also time timm's and HF's implementations (with --backend onnxruntime: our PyTorch model)")
     p.add_argument("--compile", action="store_true",
                    help="also time our model and timm's (with --compare) under torch.compile")
     p.add_argument("--compile-mode", default=None,
@@ -103,8 +104,13 @@ def _benchmark(args: argparse.Namespace) -> int:
                     for mode in args.mode:
                         case = Case(name, bs, size, dtype, mode, args.device, args.channels_last)
                         if args.backend == "onnxruntime":
-                            results.append(run_onnxruntime(str(args.onnx), case, warmup=args.warmup,
-                                                           repeats=args.repeats, threads=args.threads))
+                            ours = None
+                            if args.compare:
+                                from ..registry import create_model
+
+                                ours = create_model(name)
+                            results += run_onnxruntime(str(args.onnx), case, warmup=args.warmup,
+                                                       repeats=args.repeats, threads=args.threads, model=ours)
                             continue
                         done = run_case(case, impls, warmup=args.warmup, repeats=args.repeats,
                                         memory=not args.no_memory, compile=args.compile,
