@@ -155,7 +155,7 @@ def test_evaluate_matches_training_metrics_and_predict(digits_run):
     assert hits >= 5
 
 
-def test_auto_micro_batches_only_on_cpu_when_activations_outgrow_the_cache():
+def test_auto_micro_batches_only_on_cpu_when_activations_outgrow_32_mib():
     from pvt.engine.trainer import auto_micro_batch
 
     b0, cpu = pvt.create_model("pvt_v2_b0", num_classes=10), torch.device("cpu")

@@ -132,7 +132,7 @@ def test_fused_qkv_cache_follows_weight_updates():
     assert (fast - ref).abs().max().item() < 1e-5
 
 
-def test_cpu_batches_run_in_cache_sized_chunks_with_per_sample_results(monkeypatch):
+def test_cpu_batches_run_in_pieces_with_per_sample_results(monkeypatch):
     import pvt.model as M
 
     model = pvt.create_model("pvt_v2_b0", num_classes=7).eval()

@@ -233,7 +233,7 @@ def time_interleaved(
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for n in names[r % len(names) :] + names[: r % len(names)]:
-            f0 = page_faults()
+            f0 = page_faults() if faults is not None else 0
             t0 = time.perf_counter()
             steps[n]()
             _sync(device)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .config import PVTConfig
 from .layers import Block, PatchEmbed, apply_norm, as_map, fast_path_active, gpu_path_dtype
+from .runtime import MMAP_THRESHOLD, allocator_mode
 
 __all__ = ["PyramidVisionTransformer", "PVTStage", "CPU_CHUNK_BYTES"]
 
@@ -28,8 +29,6 @@ def cpu_chunk_bytes() -> int:
     """The chunk budget in effect (see :data:`CPU_CHUNK_BYTES`)."""
     if CPU_CHUNK_BYTES is not None:
         return CPU_CHUNK_BYTES
-    from .runtime import MMAP_THRESHOLD, allocator_mode
-
     return MMAP_THRESHOLD if allocator_mode() == "tuned" else 16 * 2**20
 
 

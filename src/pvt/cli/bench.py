@@ -74,7 +74,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     import torch
 
     from ..benchmark import Case, format_results, parse_size, run_case, run_onnxruntime
-    from ..registry import list_models
+    from ..registry import create_model, list_models
 
     if args.threads is not None:
         if args.threads < 1:
@@ -104,11 +104,7 @@ def _benchmark(args: argparse.Namespace) -> int:
                     for mode in args.mode:
                         case = Case(name, bs, size, dtype, mode, args.device, args.channels_last)
                         if args.backend == "onnxruntime":
-                            ours = None
-                            if args.compare:
-                                from ..registry import create_model
-
-                                ours = create_model(name)
+                            ours = create_model(name) if args.compare else None
                             results += run_onnxruntime(str(args.onnx), case, warmup=args.warmup,
                                                        repeats=args.repeats, threads=args.threads, model=ours)
                             continue

@@ -54,8 +54,8 @@ class TrainConfig:
     epochs: int = _f(300, "training epochs", min=1)
     batch_size: int = _f(128, "images per process per step", min=1)
     micro_batch: int = _f(0, "images per forward/backward pass, gradients summed over the batch (tasks that "
-                          "allow it: classification); 0: auto (on CPU, pieces whose stage-1 activations fit "
-                          "the cache; whole batches on GPU)", min=0)
+                          "allow it: classification); 0: auto (on CPU, pieces whose stage-1 activations stay "
+                          "under 32 MiB, so a step touches no new memory pages; whole batches on GPU)", min=0)
     lr: float | None = _f(None, "peak learning rate (None: base_lr * global batch / 512)", min=0.0)
     base_lr: float = _f(5e-4, "learning rate per 512 images of global batch", min=0.0)
     min_lr: float = _f(1e-5, "learning rate at the end of the cosine", min=0.0)

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..model import PyramidVisionTransformer
+from ..runtime import MMAP_THRESHOLD
 from ..io import atomic_write, save_model
 from .config import TrainConfig
 from .curves import plot_curves
@@ -43,7 +44,7 @@ from .task import Task, get_task
 
 __all__ = ["Trainer", "TrainResult", "param_groups", "amp_dtype", "auto_micro_batch"]
 
-MICRO_BATCH_BYTES = 32 * 2**20
+MICRO_BATCH_BYTES = MMAP_THRESHOLD
 """Auto micro-batches on CPU: pieces whose stage-1 hidden activation stays under this, glibc's largest
 mmap threshold, so that with :func:`pvt.runtime.tune_cpu_allocator` (the ``pvt`` command's default) a
 step touches no new memory pages. A PVTv2-B0 step at batch 16, 224 px, runs as 2 x 8: 1.12-1.15x the
@@ -393,7 +394,7 @@ class Trainer:
                 continue
             parts = (task.split_batch(batch, self.micro_batch) if self.micro_batch else None) or [(batch, 1.0)]
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
+            step_loss = torch.zeros((), device=device)
             for i, (part, share) in enumerate(parts):
                 last = i == len(parts) - 1  # DDP: gradients are all-reduced once, after the last piece
                 with (contextlib.nullcontext() if last or not self.dist.enabled else ddp_model.no_sync()):
@@ -403,7 +404,7 @@ class Trainer:
                         raise FloatingPointError(
                             f"loss is {float(loss)} at epoch {epoch + 1}; lower --lr or disable amp")
                     scaler.scale(loss * share if share != 1.0 else loss).backward()
-                step_loss += float(loss.detach()) * share
+                step_loss += loss.detach().float() * share
             if clip is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -413,7 +414,7 @@ class Trainer:
             scheduler.step_update(updates)
             if ema is not None:
                 ema.update(model, step=updates)
-            loss_sum += step_loss
+            loss_sum += float(step_loss)
             n_steps += 1
             images += n
             if show:
