@@ -68,7 +68,6 @@ def test_info_odd_size_and_text(capsys):
 
 
 def test_info_dense_prediction_model(capsys):
-    pytest.importorskip("pvt.tasks")
     code, out, _ = _run(capsys, "info", "semfpn_pvt_v2_b0", "--json")
     d = json.loads(out)
     assert code == 0 and d["input_size"] == [512, 512]
@@ -101,7 +100,6 @@ def test_complexity_bad_model(tmp_path, capsys):
 
 
 def test_models_dense_and_pattern(capsys):
-    pytest.importorskip("pvt.tasks")
     code, out, _ = _run(capsys, "models", "--dense", "--pattern", "semfpn_pvt_v1_t*", "--json")
     (row,) = json.loads(out)
     assert code == 0 and row["name"] == "semfpn_pvt_v1_tiny" and row["input_size"] == [512, 512]

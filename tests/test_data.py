@@ -9,7 +9,7 @@ from PIL import Image
 
 from pvt.data import ImageFolderDataset, collate_skipping, digits_folder, eval_transform, train_transform
 from pvt.data.transforms import _safe_policy
-from pvt.engine.config import resolve_config
+from pvt.tasks import resolve_config
 
 
 def _img(path, mode="RGB", size=20, value=128):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pvt.engine.config import resolve_config
-from pvt.engine.task import get_task
+from pvt.tasks import resolve_config
+from pvt.tasks import create_task, get_task
 from pvt.engine.trainer import Trainer
 
 
@@ -41,7 +41,7 @@ def test_semantic_fpn_learns_held_out(tmp_path):
     (batch 4) still sit at the background plateau (22.4-22.9), so this is the shortest reliable run."""
     cfg = _config(tmp_path, "segmentation", epochs=2, warmup_epochs=0.25, seed=0)
     before = _untrained(cfg)
-    res = Trainer(cfg, quiet=True).fit()
+    res = Trainer(cfg, create_task(cfg), quiet=True).fit()
     after = res.metrics[-1]
     assert before["mIoU"] < 10
     assert after["val_mIoU"] > 25 and after["val_mIoU"] > before["mIoU"] + 20
@@ -55,7 +55,7 @@ def test_retinanet_learns_held_out(tmp_path):
     cfg = _config(tmp_path, "detection", seed=0)
     assert (cfg.img_size, cfg.epochs, cfg.lr, cfg.clip_grad) == (64, 8, 5e-4, 10.0)
     before = _untrained(cfg)
-    res = Trainer(cfg, quiet=True).fit()
+    res = Trainer(cfg, create_task(cfg), quiet=True).fit()
     assert before["bbox_mAP"] < 1
     assert _best(res, "bbox_mAP") > 12 and _best(res, "bbox_mAP_50") > 25
 
@@ -65,5 +65,5 @@ def test_semantic_fpn_preset_learns_held_out(tmp_path):
     """Semantic FPN-B0 with the built-in preset (64 px, 1024 images, 8 epochs, lr 2e-3, clip 1):
     held-out mIoU far above both the untrained model and background-everywhere (docs/dense.md)."""
     cfg = _config(tmp_path, "segmentation", seed=0)
-    res = Trainer(cfg, quiet=True).fit()
+    res = Trainer(cfg, create_task(cfg), quiet=True).fit()
     assert _best(res, "mIoU") > 40

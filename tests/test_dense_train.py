@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pvt.engine.config import resolve_config
+from pvt.tasks import create_task, resolve_config
 from pvt.engine.trainer import Trainer
 from pvt.tasks.inference import evaluate_dense, load_dense_model, predict_dense
 
@@ -16,7 +16,7 @@ def _train(tmp_path, **kw):
     opts = kw.pop("task_options", {})
     cfg = resolve_config(output=str(tmp_path / "runs"), data_dir=str(tmp_path / "cache"), workers=0, seed=0,
                          task_options=opts, **kw)
-    return Trainer(cfg, quiet=True).fit()
+    return Trainer(cfg, create_task(cfg), quiet=True).fit()
 
 
 TINY = {"num_train": 8, "num_val": 4, "shapes_size": 64}
@@ -65,9 +65,9 @@ def test_pvt_eval_and_predict_route_dense_checkpoints(tmp_path, capsys):
 
 def test_dense_task_bad_options_and_data(tmp_path):
     with pytest.raises(ValueError, match=r"unknown option\(s\) 'colour'"):
-        Trainer(resolve_config(task="segmentation", task_options={"colour": 1}))
+        create_task(resolve_config(task="segmentation", task_options={"colour": 1}))
     with pytest.raises(ValueError, match=r"detection task: option anchor_size=3: expected an integer .* 4\.\.1024"):
-        Trainer(resolve_config(task="detection", task_options={"anchor_size": 3}))
+        create_task(resolve_config(task="detection", task_options={"anchor_size": 3}))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
         _train(tmp_path, task="detection", data=str(tmp_path / "empty"), epochs=1)
@@ -76,7 +76,7 @@ def test_dense_task_bad_options_and_data(tmp_path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     with pytest.raises(ValueError, match="not a detection/instance/segmentation model"):
         import pvt
-        from pvt.io import save_model
+        from pvt.checkpoint import save_model
 
         save_model(pvt.create_model("pvt_v2_b0", num_classes=3), tmp_path / "clf.safetensors")
         load_dense_model(tmp_path / "clf.safetensors")
@@ -87,7 +87,8 @@ def test_default_recipes():
     assert (det.lr, det.weight_decay, det.epochs, det.img_size, det.mixup, det.smoothing) == (1e-4, 1e-4, 12, 800, 0, 0)
     seg = resolve_config(task="segmentation", data="/some/ade")
     assert (seg.lr, seg.weight_decay, seg.img_size) == (1e-4, 1e-4, 512)
-    from pvt.tasks.plugins import DetectionTask, SegmentationTask
+    from pvt.tasks.detection import DetectionTask
+    from pvt.tasks.segmentation import SegmentationTask
 
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
     sched = DetectionTask(det).build_scheduler(opt, 100)  # 1x: x0.1 at epochs 8 and 11
@@ -138,13 +139,13 @@ def test_semantic_fpn_learns(tmp_path):
     part and the model truly learns (measured: mIoU 18 -> 59 on this batch; ~30 CPU-seconds)."""
     from pvt.data.ade import ADE20KDataset
     from pvt.data.synthetic import make_shapes_dataset
-    from pvt.tasks import create_task_model
+    from pvt.dense import create_dense_model
     from pvt.tasks.metrics import ConfusionMatrix
 
     root = make_shapes_dataset(tmp_path / "s", num_train=8, num_val=1, size=64, seed=0)
     ds = ADE20KDataset(root / "ade", "training", scale=(256, 64))
     x, y = (torch.stack(t) for t in zip(*[ds[i] for i in range(8)]))
-    model = create_task_model("semfpn_pvt_v2_b0", num_classes=4)
+    model = create_dense_model("semfpn_pvt_v2_b0", num_classes=4)
 
     def score():
         with torch.no_grad():
@@ -162,13 +163,13 @@ def test_retinanet_learns(tmp_path):
     mAP@0.5 0 -> 52.1 on this batch; ~90 CPU-seconds)."""
     from pvt.data.coco import CocoDataset
     from pvt.data.synthetic import make_shapes_dataset
-    from pvt.tasks import create_task_model
+    from pvt.dense import create_dense_model
     from pvt.tasks.metrics import coco_map, detections_to_coco
 
     root = make_shapes_dataset(tmp_path / "s", num_train=8, num_val=1, size=64, seed=0) / "coco"
     ds = CocoDataset(root / "train", root / "annotations" / "instances_train.json")
     images, targets = zip(*[ds[i] for i in range(8)])
-    model = create_task_model("retinanet_pvt_v2_b0", num_classes=3, min_size=64, max_size=64)
+    model = create_dense_model("retinanet_pvt_v2_b0", num_classes=3, min_size=64, max_size=64)
 
     def score():
         with torch.no_grad():

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import pvt
-from pvt.engine import TrainConfig, get_task, list_tasks, resolve_config
-from pvt.engine.classification import DIGITS_DEFAULTS, topk_correct
+from pvt.engine import TrainConfig
+from pvt.tasks import get_task, list_tasks, resolve_config
+from pvt.tasks.classification import DIGITS_DEFAULTS, topk_correct
 from pvt.engine.state import load_state, rng_state, save_state, set_rng_state
 from pvt.engine.trainer import amp_dtype, param_groups
 
@@ -156,14 +157,17 @@ def test_evaluate_matches_training_metrics_and_predict(digits_run):
 
 
 def test_auto_micro_batches_only_on_cpu_when_activations_outgrow_32_mib():
-    from pvt.engine.trainer import auto_micro_batch
-
     b0, cpu = pvt.create_model("pvt_v2_b0", num_classes=10), torch.device("cpu")
-    assert auto_micro_batch(b0, 224, 16, cpu) == 8  # 16 x 56*56*256 floats = 51 MB: two pieces
-    assert auto_micro_batch(b0, 224, 128, cpu) == 10  # 411 MB: 13 pieces
-    assert auto_micro_batch(b0, 32, 32, cpu) == 0  # the digits demo: 2 MB, whole batches
-    assert auto_micro_batch(b0, 224, 16, torch.device("cuda")) == 0
-    assert auto_micro_batch(torch.nn.Linear(2, 2), 224, 16, cpu) == 0
+
+    def auto(img_size, batch_size, device=cpu, model=b0):
+        task = get_task("classification")(resolve_config(model="pvt_v2_b0", img_size=img_size, batch_size=batch_size))
+        return task.auto_micro_batch(model, device)
+
+    assert auto(224, 16) == 8  # 16 x 56*56*256 floats = 51 MB: two pieces
+    assert auto(224, 128) == 10  # 411 MB: 13 pieces
+    assert auto(32, 32) == 0  # the digits demo: 2 MB, whole batches
+    assert auto(224, 16, torch.device("cuda")) == 0
+    assert auto(224, 16, model=torch.nn.Linear(2, 2)) == 0
 
 
 def test_micro_batches_sum_to_the_batch_gradient():

@@ -6,7 +6,7 @@ import torch
 import pvt
 from pvt.cli import main
 from pvt.export import check_export, export_min_size, export_model, load_model, run_exported
-from pvt.io import save_model
+from pvt.checkpoint import save_model
 from pvt.variants import get_variant
 
 TINY = dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), num_classes=5)

@@ -91,9 +91,9 @@ def test_cuda_training_step_gradients_match_cpu():
 
 @pytest.mark.parametrize("task_model", ["retinanet_pvt_v2_b0", "maskrcnn_pvt_v2_b0", "semfpn_pvt_v2_b0"])
 def test_dense_models_on_cuda_train_and_infer_at_odd_sizes(task_model):
-    from pvt.tasks import create_task_model
+    from pvt.dense import create_dense_model
 
-    model = create_task_model(task_model, num_classes=3).cuda()
+    model = create_dense_model(task_model, num_classes=3).cuda()
     imgs = [torch.rand(3, 97, 131, device="cuda"), torch.rand(3, 120, 90, device="cuda")]
     if task_model.startswith("semfpn"):
         x = torch.rand(2, 3, 97, 131, device="cuda")

@@ -211,7 +211,7 @@ def test_bad_input_is_a_clear_value_error(x, match):
 def test_unknown_model_suggests_close_names():
     with pytest.raises(ValueError, match="did you mean pvt_v2_b2"):
         pvt.create_model("pvt_v2_b22")
-    with pytest.raises(ValueError, match="Available"):
+    with pytest.raises(ValueError, match="accepted: pvt_v1_tiny"):
         pvt.create_model("resnet50")
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pvt
-from pvt.tasks import TASK_MODELS, create_task_model, get_task_model_spec, list_task_models
+from pvt.dense import DENSE_MODELS, create_dense_model, get_dense_spec, list_dense_models
 
 # torchvision-built counts (M) measured for PAPER_FACTS; the paper prints them rounded to 0.1
 MEASURED = {
@@ -28,7 +28,7 @@ FAST = ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li")
 
 def _count_m(name: str) -> float:
     with torch.device("meta"):  # shapes only: fast at any size
-        model = create_task_model(name)
+        model = create_dense_model(name)
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
@@ -37,7 +37,7 @@ def _count_m(name: str) -> float:
 )
 @pytest.mark.parametrize("head_index, head", list(enumerate(["retinanet", "maskrcnn", "semfpn"])))
 def test_param_counts_match_paper(backbone, head_index, head):
-    spec = get_task_model_spec(f"{head}_{backbone}")
+    spec = get_dense_spec(f"{head}_{backbone}")
     expected = MEASURED[backbone][head_index]
     if spec.paper_params_m is None:
         pytest.skip("the paper has no entry")
@@ -49,25 +49,25 @@ def test_param_counts_match_paper(backbone, head_index, head):
 
 @pytest.mark.parametrize("backbone, paper", [("pvt_v2_b0", 25.0), ("pvt_v2_b2", 45.8)])
 def test_semantic_fpn_gflops_match_table5(backbone, paper):
-    model = create_task_model(f"semfpn_{backbone}")
+    model = create_dense_model(f"semfpn_{backbone}")
     got = pvt.count_flops(model, 512).gflops
     assert got == pytest.approx(paper, rel=0.03)
-    assert got == pytest.approx(get_task_model_spec(f"semfpn_{backbone}").paper_gflops, rel=0.03)
+    assert got == pytest.approx(get_dense_spec(f"semfpn_{backbone}").paper_gflops, rel=0.03)
 
 
 def test_registry_names_and_errors():
-    names = list_task_models()
-    assert len(names) == 3 * len(pvt.list_models()) == len(TASK_MODELS)
+    names = list_dense_models()
+    assert len(names) == 3 * len(pvt.list_models()) == len(DENSE_MODELS)
     assert "retinanet_pvt_v2_b2_li" in names and "semfpn_pvt_v1_large" in names
-    assert list_task_models("maskrcnn_*", task="instance") == [n for n in names if n.startswith("maskrcnn_")]
-    assert list_task_models(task="segmentation")[0].startswith("semfpn_")
+    assert list_dense_models("maskrcnn_*", task="instance") == [n for n in names if n.startswith("maskrcnn_")]
+    assert list_dense_models(task="segmentation")[0].startswith("semfpn_")
     with pytest.raises(ValueError, match="did you mean retinanet_pvt_v2_b"):
-        create_task_model("retinanet_pvt_v2_bx")
+        create_dense_model("retinanet_pvt_v2_bx")
 
 
 def test_retinanet_p6_comes_from_c5_even_when_channels_match():
     # B0's C5 has 256 channels = the FPN width: torchvision would silently take P6 from P5
-    model = create_task_model("retinanet_pvt_v2_b0", num_classes=3, min_size=64, max_size=64).eval()
+    model = create_dense_model("retinanet_pvt_v2_b0", num_classes=3, min_size=64, max_size=64).eval()
     neck = model.backbone
     assert neck.body.channels == [64, 160, 256]
     seen = {}
@@ -84,24 +84,24 @@ def test_retinanet_p6_comes_from_c5_even_when_channels_match():
 
 def test_anchor_size_option():
     with torch.device("meta"):
-        ret = create_task_model("retinanet_pvt_v2_b0")
-        small = create_task_model("retinanet_pvt_v2_b0", anchor_size=16)
-        mrcnn = create_task_model("maskrcnn_pvt_v2_b0", anchor_size=8)
+        ret = create_dense_model("retinanet_pvt_v2_b0")
+        small = create_dense_model("retinanet_pvt_v2_b0", anchor_size=16)
+        mrcnn = create_dense_model("maskrcnn_pvt_v2_b0", anchor_size=8)
     # the paper's anchors by default: 32..512 x octaves 2^0, 2^(1/3), 2^(2/3)
     assert ret.anchor_generator.sizes == ((32, 40, 50), (64, 80, 101), (128, 161, 203), (256, 322, 406),
                                           (512, 645, 812))
     assert small.anchor_generator.sizes[0] == (16, 20, 25) and small.anchor_generator.sizes[-1] == (256, 322, 406)
     assert mrcnn.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
-    assert create_task_model("maskrcnn_pvt_v2_b0").rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
+    assert create_dense_model("maskrcnn_pvt_v2_b0").rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
     # anchors are not parameters: the counts of Table 3 do not move
     assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in ret.parameters())
     for bad in (0, 3, 12.5, "16", True, 2048):
         with pytest.raises(ValueError, match=r"anchor_size=.*expected an integer number of pixels in 4\.\.1024"):
-            create_task_model("retinanet_pvt_v2_b0", anchor_size=bad)
+            create_dense_model("retinanet_pvt_v2_b0", anchor_size=bad)
 
 
 def test_new_layers_are_xavier_initialised():
-    model = create_task_model("semfpn_pvt_v2_b0")
+    model = create_dense_model("semfpn_pvt_v2_b0")
     conv = model.backbone.fpn.layer_blocks[0][0]
     fan_in, fan_out = conv.in_channels * 9, conv.out_channels * 9
     bound = math.sqrt(6 / (fan_in + fan_out))
@@ -112,13 +112,13 @@ def test_new_layers_are_xavier_initialised():
 
 
 def test_backbone_loads_classification_checkpoint(tmp_path):
-    from pvt.io import save_model
+    from pvt.checkpoint import save_model
 
     clf = pvt.create_model("pvt_v2_b0", num_classes=10)
     path = tmp_path / "b0.safetensors"
     save_model(clf, path, variant="pvt_v2_b0")
-    det = create_task_model("retinanet_pvt_v2_b0", pretrained=path)  # the 10-class head is dropped
-    seg = create_task_model("semfpn_pvt_v2_b0", pretrained=path)
+    det = create_dense_model("retinanet_pvt_v2_b0", pretrained=path)  # the 10-class head is dropped
+    seg = create_dense_model("semfpn_pvt_v2_b0", pretrained=path)
     ref = {k: v for k, v in clf.state_dict().items() if not k.startswith("head.")}
     for model in (det, seg):
         got = model.backbone.body.body.state_dict()
@@ -142,7 +142,7 @@ def _targets(sizes, masks=False):
 
 @pytest.mark.parametrize("head", ["retinanet", "maskrcnn"])
 def test_detector_train_step_and_inference_at_odd_sizes(head):
-    model = create_task_model(f"{head}_pvt_v2_b0", num_classes=3, min_size=67, max_size=101)
+    model = create_dense_model(f"{head}_pvt_v2_b0", num_classes=3, min_size=67, max_size=101)
     sizes = [(67, 91), (75, 61)]
     images = [torch.rand(3, h, w) for h, w in sizes]
     model.train()
@@ -169,7 +169,7 @@ def test_detector_train_step_and_inference_at_odd_sizes(head):
 
 @pytest.mark.parametrize("backbone", ["pvt_v2_b0", "pvt_v1_tiny"])
 def test_semantic_fpn_any_size(backbone):
-    model = create_task_model(f"semfpn_{backbone}", num_classes=5)
+    model = create_dense_model(f"semfpn_{backbone}", num_classes=5)
     x = torch.rand(2, 3, 67, 91)
     logits = model(x)
     assert logits.shape == (2, 5, 67, 91)

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import pvt
 from pvt.cli import main as cli_main
-from pvt.io import save_model
+from pvt.checkpoint import save_model
 from pvt.weights import keys as K
 from pvt.weights import create_pretrained, hf_config_to_pvt, infer_architecture, load_checkpoint, read_checkpoint
 from pvt.weights.loading import adapt_input_conv
@@ -431,21 +431,21 @@ def test_dense_checkpoint_backbone_loads_exactly(name, tmp_path):
 
 
 def test_task_model_takes_a_dense_checkpoint_as_backbone(tmp_path):
-    """create_task_model(..., pretrained=<detection checkpoint>): the backbone weights are the file's;
+    """create_dense_model(..., pretrained=<detection checkpoint>): the backbone weights are the file's;
     a task model of this library (backbone under ``backbone.body.body.``) works the same way."""
-    from pvt.tasks import create_task_model
+    from pvt.dense import create_dense_model
 
     torch.manual_seed(0)
     src = pvt.create_model("pvt_v2_b0", num_classes=0)
     _dense_file(tmp_path / "det.pth", K.to_official(src.state_dict()))
     with pytest.warns(UserWarning, match="dense-prediction checkpoint"):
-        det = create_task_model("retinanet_pvt_v2_b0", num_classes=3, pretrained=tmp_path / "det.pth")
+        det = create_dense_model("retinanet_pvt_v2_b0", num_classes=3, pretrained=tmp_path / "det.pth")
     body = det.backbone.body.body
     assert same_tensors({k: v for k, v in body.state_dict().items()}, src.state_dict())
     torch.save(det.state_dict(), tmp_path / "ours.pth")
     with pytest.warns(UserWarning, match=r"took the 176 backbone tensors under 'backbone.body.body.' and dropped "
                                          r"the other 36 \(head.\* \(20\), backbone.fpn.\* \(16\)\)$"):
-        seg = create_task_model("semfpn_pvt_v2_b0", num_classes=5, pretrained=tmp_path / "ours.pth")
+        seg = create_dense_model("semfpn_pvt_v2_b0", num_classes=5, pretrained=tmp_path / "ours.pth")
     assert same_tensors(seg.backbone.body.body.state_dict(), src.state_dict())
 
 

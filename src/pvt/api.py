@@ -29,18 +29,19 @@ def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool =
         quiet: no progress bar or per-epoch lines on stdout (``train.log`` still gets them).
         **overrides: TrainConfig keys, e.g. ``epochs=5, data="my_images/"``.
     """
-    from .engine.config import TrainConfig, resolve_config
+    from .engine.config import TrainConfig
     from .engine.trainer import Trainer
+    from .tasks import create_task, resolve_config
 
     if resume is not None:
-        return Trainer(resume=resume, quiet=quiet, overrides=overrides).fit()
-    if isinstance(config, TrainConfig):
+        cfg = Trainer.resume_config(resume, overrides)
+    elif isinstance(config, TrainConfig):
         cfg = resolve_config(**{**config.to_dict(), **overrides})
     elif isinstance(config, dict):
         cfg = resolve_config(**{**config, **overrides})
     else:
         cfg = resolve_config(config, **overrides)
-    return Trainer(cfg, quiet=quiet).fit()
+    return Trainer(cfg, create_task(cfg), resume=resume, quiet=quiet).fit()
 
 
 @dataclass
@@ -72,7 +73,7 @@ def load_classifier(checkpoint: str | Path, *, device: str = "auto", model: str 
     """
     from .config import PVTConfig
     from .engine.distributed import resolve_device
-    from .io import read_own_format
+    from .checkpoint import read_own_format
     from .model import PyramidVisionTransformer
 
     path = Path(checkpoint)
@@ -134,7 +135,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
     from torch.utils.data import DataLoader
 
     from .data import ImageFolderDataset, collate_skipping
-    from .engine.classification import topk_correct
+    from .tasks.classification import topk_correct
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")

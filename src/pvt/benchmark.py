@@ -98,30 +98,6 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------- other implementations
-def _hf_config(model: PyramidVisionTransformer) -> Any:
-    from transformers import PvtV2Config
-
-    cfg = model.config
-    if cfg.pos_embed or not cfg.overlap_patch_embed or not cfg.conv_ffn:
-        raise ValueError("transformers' PvtV2 implements only v2 models (overlapping patches, conv FFN)")
-    return PvtV2Config(
-        image_size=cfg.img_size,
-        num_channels=cfg.in_chans,
-        num_encoder_blocks=cfg.num_stages,
-        depths=list(cfg.depths),
-        sr_ratios=list(cfg.sr_ratios),
-        hidden_sizes=list(cfg.embed_dims),
-        patch_sizes=[2 * s - 1 for s in cfg.patch_strides],
-        strides=list(cfg.patch_strides),
-        num_attention_heads=list(cfg.num_heads),
-        mlp_ratios=[int(r) for r in cfg.mlp_ratios],
-        layer_norm_eps=cfg.layer_norm_eps,
-        qkv_bias=cfg.qkv_bias,
-        linear_attention=cfg.linear_sra,
-        num_labels=max(cfg.num_classes, 1),
-    )
-
-
 def reference_model(impl: str, name: str, model: PyramidVisionTransformer) -> nn.Module:
     """timm's (``impl="timm"``) or transformers' (``"hf"``) implementation of ``name`` holding
     ``model``'s weights, in eval mode. Raises ValueError when that library lacks the variant."""
@@ -136,9 +112,14 @@ def reference_model(impl: str, name: str, model: PyramidVisionTransformer) -> nn
         ref = timm.create_model(name, pretrained=False, num_classes=model.num_classes)
         ref.load_state_dict(to_timm(sd), strict=True)
     elif impl == "hf":
-        from transformers import PvtV2ForImageClassification
+        from transformers import PvtV2Config, PvtV2ForImageClassification
 
-        ref = _HFLogits(PvtV2ForImageClassification(_hf_config(model)))
+        from .weights.hf_config import pvt_to_hf_config
+
+        fields = pvt_to_hf_config(model.config)
+        if fields.pop("model_type") != "pvt_v2":
+            raise ValueError("the HF comparison covers PVT v2 models only")
+        ref = _HFLogits(PvtV2ForImageClassification(PvtV2Config(**fields, num_labels=max(model.num_classes, 1))))
         ref.inner.load_state_dict(to_hf_v2(sd), strict=True)
     else:
         raise ValueError(f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")

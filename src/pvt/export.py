@@ -43,7 +43,7 @@ def load_model(source: str, *, num_classes: int | None = None, model: str | None
         raise FileNotFoundError(
             f"{source!r} is neither a registered model ({', '.join(list_models())}) nor an existing checkpoint path"
         )
-    from .io import read_own_format
+    from .checkpoint import read_own_format
 
     own = read_own_format(path) if path.is_file() else None
     if own is not None and model is None and "config" in own[1] and num_classes is None:

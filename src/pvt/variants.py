@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import PVTConfig
+from .naming import unknown_name
 
 __all__ = ["PaperFigures", "Variant", "VARIANTS", "get_variant"]
 
@@ -134,18 +135,9 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def unknown_name(what: str, name: str, choices: "list[str] | dict[str, object]", accepted: str) -> ValueError:
-    """The error for an unknown ``name``: close matches first (``did you mean ...?``), then ``accepted``."""
-    import difflib
-
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown {what} {name!r}{hint} {accepted}")
-
-
 def get_variant(name: str) -> Variant:
     """The table entry for ``name``; an unknown name raises a ValueError suggesting close names."""
     try:
         return VARIANTS[name]
     except KeyError:
-        raise unknown_name("model", name, VARIANTS, f"Available: {', '.join(VARIANTS)}") from None
+        raise unknown_name("model", name, VARIANTS, f"accepted: {', '.join(VARIANTS)}") from None

@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import save_model
+    from ..checkpoint import save_model
     from ..hub import resolve_source
     from ..weights import create_pretrained, read_checkpoint
 

@@ -112,11 +112,11 @@ def model_rows(pattern: str = "*") -> list[dict[str, Any]]:
 def dense_rows(pattern: str = "*") -> list[dict[str, Any]]:
     """One dict per dense-prediction model of :mod:`pvt.tasks` matching ``pattern`` (see ``pvt info``)."""
     try:
-        from ..tasks import list_task_models
+        from ..dense import list_dense_models
     except ImportError as e:  # pragma: no cover - the tasks package ships with pvt
         raise ValueError(f"the dense-prediction models are unavailable: {e}") from None
     keep = ("name", "head", "backbone", "input_size", "params", "gflops", "gflops_modules_only", "paper")
-    return [{k: info_dict(n)[k] for k in keep} for n in list_task_models(pattern)]
+    return [{k: info_dict(n)[k] for k in keep} for n in list_dense_models(pattern)]
 
 
 _DENSE_COLUMNS = (
@@ -209,10 +209,10 @@ def _unknown(name: str) -> ValueError:
 
 def _task_names() -> list[str]:
     try:
-        from ..tasks import list_task_models
+        from ..dense import list_dense_models
     except ImportError:
         return []
-    return list_task_models()
+    return list_dense_models()
 
 
 def info_dict(name: str, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -283,13 +283,13 @@ def _task_info(name: str, size: tuple[int, int] | None) -> dict[str, Any]:
     import torch
 
     from ..flops import count_flops
-    from ..tasks import create_task_model, get_task_model_spec
+    from ..dense import create_dense_model, get_dense_spec
 
-    spec = get_task_model_spec(name)
+    spec = get_dense_spec(name)
     detector = spec.head != "semfpn"
     size = size or ((800, 1280) if detector else (512, 512))
     with torch.device("meta"):
-        model = create_task_model(name)
+        model = create_dense_model(name)
     method = "forward_dummy" if detector and hasattr(model, "forward_dummy") else None
     report = count_flops(model, size, method=method)
     return {

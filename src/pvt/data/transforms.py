@@ -7,10 +7,9 @@ from typing import Any, Callable
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["train_transform", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD"]
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["train_transform", "eval_transform"]
 
 
 def train_transform(cfg: Any) -> Callable[[Image.Image], Tensor]:

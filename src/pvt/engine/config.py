@@ -1,10 +1,11 @@
 """``TrainConfig``: every knob of a training run, with the paper's recipe as defaults.
 
-Values are resolved in layers, later ones winning::
+Values are resolved in layers, later ones winning (:func:`resolve_layers`; :func:`pvt.tasks.resolve_config`
+supplies the task's layer)::
 
     dataclass defaults (DeiT's recipe, as the official PVT code)
-    < the task's ``Task.defaults`` (e.g. detection: lr 1e-4, 12 epochs)
-    < the task's ``data_defaults(data)`` (e.g. the built-in digits: 32x32, no flips)
+    < the task's defaults for the model and data (``Task.config_defaults``: e.g. detection lr 1e-4,
+      12 epochs; the built-in digits 32x32, no flips)
     < a YAML file (``--config run.yaml``)
     < command-line flags / keyword arguments (``--lr 1e-3`` / ``pvt.train(lr=1e-3)``)
 
@@ -20,14 +21,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-__all__ = ["TrainConfig", "resolve_config", "load_yaml", "parse_value", "IMAGENET_MEAN", "IMAGENET_STD"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["TrainConfig", "resolve_layers", "load_yaml", "parse_value"]
 
 
 def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -43,7 +41,7 @@ class TrainConfig:
     """One training run. ``None`` means "derived" where a field's help says so."""
 
     # what
-    task: str = _f("classification", "task to train (see pvt.engine.list_tasks())")
+    task: str = _f("classification", "task to train (see pvt.tasks.list_tasks())")
     model: str = _f("pvt_v2_b0", "model variant (pvt models)")
     data: str | None = _f(None, "dataset folder with train/ and val/ (None: the task's built-in data)")
     data_dir: str | None = _f(None, "cache folder for built-in data (default ~/.cache/pvt)")
@@ -63,7 +61,8 @@ class TrainConfig:
     warmup_epochs: float = _f(5.0, "linear warm-up length in epochs", min=0.0)
     weight_decay: float = _f(0.05, "AdamW weight decay (not on norms, biases, embeddings)", min=0.0)
     opt_eps: float = _f(1e-8, "AdamW epsilon", min=0.0)
-    clip_grad: float | None = _f(None, "gradient-norm clip (None: the variant's official value; 0: off)", min=0.0)
+    clip_grad: float | None = _f(None, "gradient-norm clip (None: the task's default, for classification the "
+                                 "variant's official value; 0: off)", min=0.0)
     # regularisation and augmentation
     drop_path: float | None = _f(None, "stochastic depth (None: the variant's official rate)", min=0.0, max=1.0)
     drop: float = _f(0.0, "dropout before the head", min=0.0, max=1.0)
@@ -116,11 +115,11 @@ class TrainConfig:
         """Build from a (possibly partial) mapping, checking every key, type and range."""
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
-            import difflib
+            from ..naming import close_matches
 
             hints = []
             for k in unknown:
-                close = difflib.get_close_matches(k, cls.field_names(), n=1)
+                close = close_matches(k, cls.field_names(), n=1)
                 hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ValueError(f"unknown config key {', '.join(hints)}; accepted: {', '.join(cls.field_names())}")
         values = {}
@@ -242,13 +241,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def resolve_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+def resolve_layers(yaml_path: str | Path | None = None, *,
+                   task_defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                   **overrides: Any) -> TrainConfig:
     """Apply the layers described in the module docstring and validate the result.
 
-    ``overrides`` are TrainConfig keys (values may be strings from the command line).
+    ``overrides`` are TrainConfig keys (values may be strings from the command line);
+    ``task_defaults(user_values)`` gives the task's layer.
     """
-    from .task import task_class
-
     user: dict[str, Any] = {}
     if yaml_path is not None:
         user.update(load_yaml(yaml_path))
@@ -256,14 +256,7 @@ def resolve_config(yaml_path: str | Path | None = None, **overrides: Any) -> Tra
     # type-check the user's values first so errors name what they typed
     checked = TrainConfig.from_dict(user).to_dict()
     user = {k: checked[k] for k in user}
-    task_name = user.get("task", "classification")
-    cls = task_class(task_name)
-    layered: dict[str, Any] = {}
-    if cls is not None:
-        layered.update(cls.defaults)
-        data_defaults = getattr(cls, "data_defaults", None)
-        if data_defaults is not None:
-            layered.update(data_defaults(user.get("data")))
+    layered: dict[str, Any] = dict(task_defaults(user)) if task_defaults is not None else {}
     layered.update(user)
     cfg = TrainConfig.from_dict(layered)
     _check_cross(cfg)
@@ -271,9 +264,6 @@ def resolve_config(yaml_path: str | Path | None = None, **overrides: Any) -> Tra
 
 
 def _check_cross(cfg: TrainConfig) -> None:
-    from ..variants import get_variant
-
-    get_variant(cfg.model)  # ValueError naming close names
     if cfg.min_lr > cfg.peak_lr() and cfg.lr is not None:
         raise ValueError(f"config value min_lr={cfg.min_lr!r}: expected <= lr ({cfg.lr!r})")
     dev = cfg.device

@@ -6,9 +6,10 @@ the warm-up + cosine schedule, gradient clipping, EMA, the run folder, checkpoin
 resume, progress bars and the learning-curve PNG. A task says what is specific to it: its data, its
 model, how one batch becomes a loss, and how a model is scored.
 
-Life cycle of one run (``pvt train --task NAME`` or ``pvt.train(task=NAME)``)::
+Life cycle of one run (``pvt train --task NAME`` or ``pvt.train(task=NAME)``; the task classes are
+registered in :mod:`pvt.tasks`, which builds the task and hands it to the engine)::
 
-    task = get_task(cfg.task)(cfg)          # factory called with the resolved TrainConfig
+    task = TaskClass(cfg); task.validate()  # with the resolved TrainConfig
     train_ds, val_ds = task.build_datasets()  # may raise ValueError (bad data) BEFORE the run dir exists
     model = task.build_model()              # after build_datasets (knows its classes); honours cfg.pretrained
     for each epoch:
@@ -17,14 +18,11 @@ Life cycle of one run (``pvt train --task NAME`` or ``pvt.train(task=NAME)``)::
             (engine: backward, unscale, clip, step, schedule, EMA)
         metrics = task.evaluate(model_or_ema, val_loader, device)   # rank 0 only, unwrapped model
         metrics |= task.end_epoch()                                 # e.g. {"skipped_images": 2}
-    weights saved with ``pvt.io.save_model(model, path, variant=cfg.model, extra=task.checkpoint_extra() | ...)``
+    weights saved with ``pvt.checkpoint.save_model(model, path, variant=cfg.model, extra=task.checkpoint_extra() | ...)``
 
 To rebuild a trained model from its checkpoint (eval / predict), the engine reads the metadata, makes a
 TrainConfig from ``extra["train_config"]``, calls ``task.restore_extra(extra)`` and then
 ``task.build_model()`` with ``cfg.pretrained`` cleared, and loads the state dict.
-
-Register a task with :func:`register_task` (the dense tasks do so in ``pvt.tasks``, imported lazily
-by :func:`get_task`).
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainConfig
 
-__all__ = ["Task", "TaskFactory", "register_task", "get_task", "list_tasks"]
+__all__ = ["Task"]
 
 
 class Task:
@@ -67,14 +65,29 @@ class Task:
 
     # -- configuration ---------------------------------------------------------------------------
     @classmethod
+    def config_defaults(cls, user: dict[str, Any]) -> dict[str, Any]:
+        """TrainConfig values for this task, given the user's (partial) values: :attr:`defaults`, then
+        :meth:`data_defaults`. Applied over the engine's defaults and under the user's values."""
+        return {**cls.defaults, **cls.data_defaults(user.get("data"))}
+
+    @classmethod
     def data_defaults(cls, data: str | None) -> dict[str, Any]:
         """TrainConfig values suited to the dataset ``data`` (None: the built-in data), applied over
         :attr:`defaults` and under the user's values. Default: none."""
         return {}
 
     def validate(self) -> None:
-        """Check ``self.cfg.task_options`` and task-specific fields; raise ValueError naming the key,
-        the value and what is accepted. Called before anything is built or written."""
+        """Check ``self.cfg.model``, ``self.cfg.task_options`` and task-specific fields; raise ValueError
+        naming the key, the value and what is accepted. Called before anything is built or written."""
+
+    def default_clip_grad(self) -> float | None:
+        """Gradient-norm clipping when the config leaves ``clip_grad`` unset (None: off)."""
+        return None
+
+    def auto_micro_batch(self, model: nn.Module, device: torch.device) -> int:
+        """Images per forward/backward pass when ``micro_batch`` is 0 (auto); 0: whole batches (the
+        default). Only tasks whose :meth:`split_batch` splits batches gain from this."""
+        return 0
 
     # -- data and model (required) ---------------------------------------------------------------
     def build_datasets(self) -> tuple[Dataset, Dataset]:
@@ -135,40 +148,3 @@ class Task:
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
         """Inverse of :meth:`checkpoint_extra`: set the state :meth:`build_model` needs."""
-
-
-TaskFactory = Callable[["TrainConfig"], Task]
-
-_TASKS: dict[str, TaskFactory] = {}
-
-
-def register_task(name: str, factory: TaskFactory) -> None:
-    """Make ``factory`` (usually a Task subclass) available as ``--task name``."""
-    _TASKS[name] = factory
-
-
-def _load_builtin() -> None:
-    from . import classification  # noqa: F401  (registers "classification")
-
-    import pvt.tasks  # noqa: F401  (registers the dense-prediction tasks; a broken import must show)
-
-
-def list_tasks() -> list[str]:
-    """Registered task names."""
-    _load_builtin()
-    return sorted(_TASKS)
-
-
-def get_task(name: str) -> TaskFactory:
-    """The factory registered as ``name``; ValueError listing the known tasks otherwise."""
-    _load_builtin()
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; accepted: {', '.join(sorted(_TASKS))}") from None
-
-
-def task_class(name: str) -> type[Task] | None:
-    """The Task subclass behind ``name`` when its factory is a class (for its ``defaults``)."""
-    factory = get_task(name)
-    return factory if isinstance(factory, type) else None

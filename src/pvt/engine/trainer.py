@@ -33,22 +33,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..model import PyramidVisionTransformer
-from ..runtime import MMAP_THRESHOLD
-from ..io import atomic_write, save_model
+from ..checkpoint import save_model
+from ..io import atomic_write
 from .config import TrainConfig
 from .curves import plot_curves
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
 from .state import load_state, rng_state, save_state, set_rng_state
-from .task import Task, get_task
+from .task import Task
 
-__all__ = ["Trainer", "TrainResult", "param_groups", "amp_dtype", "auto_micro_batch"]
-
-MICRO_BATCH_BYTES = MMAP_THRESHOLD
-"""Auto micro-batches on CPU: pieces whose stage-1 hidden activation stays under this, glibc's largest
-mmap threshold, so that with :func:`pvt.runtime.tune_cpu_allocator` (the ``pvt`` command's default) a
-step touches no new memory pages. A PVTv2-B0 step at batch 16, 224 px, runs as 2 x 8: 1.12-1.15x the
-whole-batch step of timm's model (0 against 38 000-66 000 page faults per step)."""
+__all__ = ["Trainer", "TrainResult", "param_groups", "amp_dtype"]
 
 log = logging.getLogger("pvt.train")
 
@@ -82,15 +75,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def auto_micro_batch(model: nn.Module, img_size: int, batch_size: int, device: torch.device) -> int:
-    """Images per forward/backward pass for ``micro_batch=0``: whole batches (0) on GPUs and for models
-    that are not a PVT; on CPU, as few even pieces as keep the stage-1 hidden activation of a piece
-    under :data:`MICRO_BATCH_BYTES`."""
-    if device.type != "cpu" or not isinstance(model, PyramidVisionTransformer):
-        return 0
-    return model.piece_size(batch_size, img_size, img_size, MICRO_BATCH_BYTES) or 0
-
-
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (None: full precision)."""
     if amp == "none" or (amp == "auto" and device.type != "cuda"):
@@ -103,30 +87,28 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 class Trainer:
-    """Train ``cfg`` (a fresh run) or continue the run in ``resume`` (a run folder).
+    """Train ``task`` with ``cfg`` (a fresh run), or continue the run in the folder ``resume`` (then
+    ``cfg`` is :meth:`resume_config` of that folder).
 
     Everything that can fail on bad input (config, data, weights) is checked before the run folder is
     created; a run that fails before its first checkpoint removes its folder again.
     """
 
-    def __init__(self, cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
-                 quiet: bool = False, overrides: dict[str, Any] | None = None):
+    def __init__(self, cfg: TrainConfig, task: Task, *, resume: str | Path | None = None, quiet: bool = False):
         self.quiet = quiet
         self.resume_dir = Path(resume) if resume is not None else None
         self._state: dict[str, Any] | None = None
-        if self.resume_dir is not None:
-            cfg = self._resume_config(self.resume_dir, overrides or {})
-        if cfg is None:
-            raise ValueError("Trainer needs a TrainConfig or resume=RUN_DIR")
         self.cfg = cfg
         self.dist, self.device = init_distributed(cfg.device)
-        self.task: Task = get_task(cfg.task)(cfg)
-        self.task.validate()
+        self.task = task
         self.amp = amp_dtype(cfg.amp, self.device)
 
     # ------------------------------------------------------------------ setup
     @staticmethod
-    def _resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """The config of the run in ``run_dir`` with ``overrides`` applied (task, model and data cannot
+        change)."""
+        run_dir, overrides = Path(run_dir), dict(overrides or {})
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
         if not (run_dir / "config.yaml").is_file() or not (run_dir / "state.pt").is_file():
@@ -250,11 +232,8 @@ class Trainer:
             )
         scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
-        from ..variants import get_variant
-
-        clip = cfg.clip_grad if cfg.clip_grad is not None else get_variant(cfg.model).clip_grad
-        clip = clip or None
-        self.micro_batch = cfg.micro_batch or auto_micro_batch(model, cfg.img_size, cfg.batch_size, device)
+        clip = (cfg.clip_grad if cfg.clip_grad is not None else task.default_clip_grad()) or None
+        self.micro_batch = cfg.micro_batch or task.auto_micro_batch(model, device)
 
         start_epoch, best, updates = 0, -math.inf, 0
         records: list[dict[str, Any]] = []

@@ -1,125 +1,56 @@
-"""Dense prediction on PVT backbones: RetinaNet, Mask R-CNN (torchvision) and Semantic FPN.
+"""The training tasks: what is specific to classification, detection, instance segmentation and
+semantic segmentation (data, model, loss, score, prediction), as plug-ins of :mod:`pvt.engine`.
 
-Every (head, backbone) pair of the paper's Tables 3 and 5 is a named model::
-
-    >>> from pvt.tasks import create_task_model, list_task_models
-    >>> list_task_models("semfpn_*")[:2]
-    ['semfpn_pvt_v1_tiny', 'semfpn_pvt_v1_small']
-    >>> model = create_task_model("retinanet_pvt_v2_b0", num_classes=80, pretrained="pvt_v2_b0.pth")
-
-Counting FLOPs (``pvt.count_flops``), per model family:
-
-* ``semfpn_*``: the whole model on a ``(1, 3, 512, 512)`` tensor (Table 5's convention).
-* ``retinanet_*`` / ``maskrcnn_*``: ``model.forward_dummy`` on a ``(1, 3, H, W)`` tensor (backbone,
-  FPN and the dense head; no resizing, NMS or RoI heads), as mmdet's ``get_flops`` does.
+The registry is this one explicit table; a task module is imported only when its task is asked for,
+so a classification run never loads COCO, ADE20K or the dense metrics.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass
-from typing import Any, Callable
+import importlib
+from pathlib import Path
+from typing import Any
 
-from torch import nn
+from ..engine.config import TrainConfig, resolve_layers
+from ..engine.task import Task
+from ..naming import unknown_name
 
-from ..variants import VARIANTS
+__all__ = ["TASKS", "list_tasks", "get_task", "create_task", "resolve_config"]
 
-__all__ = ["TaskModelSpec", "TASK_MODELS", "create_task_model", "list_task_models", "get_task_model_spec"]
-
-HEADS = {"retinanet": "detection", "maskrcnn": "instance", "semfpn": "segmentation"}
-
-
-@dataclass(frozen=True)
-class TaskModelSpec:
-    """One named dense-prediction model: a head on a backbone variant, and the paper's figures."""
-
-    name: str
-    head: str
-    """``retinanet``, ``maskrcnn`` or ``semfpn``."""
-    backbone: str
-    task: str
-    """``detection``, ``instance`` or ``segmentation`` (the engine's task name)."""
-    paper_params_m: float | None
-    paper_gflops: float | None
-    """Table 5's GFLOPs at 512x512 (Semantic FPN only)."""
-    paper_metric: float | None
-    """Table 3's AP (box AP for Mask R-CNN) or Table 5's mIoU."""
-    default_num_classes: int
-
-    def build(self, **kwargs: Any) -> nn.Module:
-        return _builder(self.head)(self.backbone, **kwargs)
+TASKS: dict[str, str] = {
+    "classification": "pvt.tasks.classification:ClassificationTask",
+    "detection": "pvt.tasks.detection:DetectionTask",
+    "instance": "pvt.tasks.detection:InstanceTask",
+    "segmentation": "pvt.tasks.segmentation:SegmentationTask",
+}
+"""Task name -> ``module:class`` of its :class:`~pvt.engine.task.Task`."""
 
 
-def _builder(head: str) -> Callable[..., nn.Module]:
-    if head == "retinanet":
-        from .detection import retinanet
-
-        return retinanet
-    if head == "maskrcnn":
-        from .detection import maskrcnn
-
-        return maskrcnn
-    from .segmentation import semantic_fpn
-
-    return semantic_fpn
+def list_tasks() -> list[str]:
+    """The task names, sorted."""
+    return sorted(TASKS)
 
 
-def _specs() -> dict[str, TaskModelSpec]:
-    out: dict[str, TaskModelSpec] = {}
-    for head, task in HEADS.items():
-        for backbone, v in VARIANTS.items():
-            p = v.paper
-            figures = {
-                "retinanet": (p.retinanet_params_m, None, p.retinanet_ap, 80),
-                "maskrcnn": (p.maskrcnn_params_m, None, p.maskrcnn_ap_box, 80),
-                "semfpn": (p.semfpn_params_m, p.semfpn_gflops, p.semfpn_miou, 150),
-            }[head]
-            name = f"{head}_{backbone}"
-            out[name] = TaskModelSpec(name, head, backbone, task, *figures)
-    return out
+def get_task(name: str) -> type[Task]:
+    """The Task class registered as ``name``; a ValueError naming the known tasks otherwise."""
+    if name not in TASKS:
+        raise unknown_name("task", name, TASKS, f"accepted: {', '.join(sorted(TASKS))}")
+    module, _, cls = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
-TASK_MODELS: dict[str, TaskModelSpec] = _specs()
+def create_task(cfg: TrainConfig) -> Task:
+    """The task ``cfg.task`` set up for ``cfg`` (its options validated)."""
+    task = get_task(cfg.task)(cfg)
+    task.validate()
+    return task
 
 
-def list_task_models(pattern: str = "*", task: str | None = None) -> list[str]:
-    """Names of the dense-prediction models matching ``pattern`` (and ``task`` when given)."""
-    return [n for n, s in TASK_MODELS.items() if fnmatch.fnmatch(n, pattern) and (task is None or s.task == task)]
-
-
-def get_task_model_spec(name: str) -> TaskModelSpec:
-    """The spec for ``name``; an unknown name raises a ValueError suggesting close names."""
-    from ..variants import unknown_name
-
-    try:
-        return TASK_MODELS[name]
-    except KeyError:
-        raise unknown_name(
-            "dense-prediction model", name, TASK_MODELS,
-            f"(names are <head>_<backbone>, heads: {', '.join(HEADS)}; see list_task_models())",
-        ) from None
-
-
-def create_task_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a named dense-prediction model, e.g. ``create_task_model("semfpn_pvt_v2_b2")``.
-
-    Keyword arguments go to the builder: ``num_classes``, ``pretrained`` (a classification
-    checkpoint for the backbone; its head is dropped), ``drop_path_rate``, and for detectors
-    ``min_size`` / ``max_size``.
-    """
-    spec = get_task_model_spec(name)
-    kwargs.setdefault("num_classes", spec.default_num_classes)
-    model = spec.build(**kwargs)
-    model.task_model_name = name
-    return model
-
-
-def _register_engine_tasks() -> None:
-    """Register the three tasks with the training engine when it is present."""
-    import importlib.util
-
-    if importlib.util.find_spec("pvt.engine.task") is not None:
-        from . import plugins  # noqa: F401  (registers on import)
-
-
-_register_engine_tasks()
+def resolve_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """A checked :class:`TrainConfig`: the engine's defaults < the task's defaults for the model and data
+    < a YAML file < ``overrides`` (see :func:`pvt.engine.config.resolve_layers`), validated by its task
+    (model name, task options)."""
+    cfg = resolve_layers(yaml_path, task_defaults=lambda user: get_task(user.get("task", "classification"))
+                         .config_defaults(user), **overrides)
+    create_task(cfg)
+    return cfg

@@ -1,166 +1,219 @@
-"""RetinaNet and Mask R-CNN on a PVT backbone, as the paper's Table 3 builds them (torchvision heads).
+"""Object detection and instance segmentation as training tasks (:class:`pvt.engine.task.Task`).
 
-Both models follow torchvision's detection contract: ``model(images, targets)`` in training returns a
-dict of losses; in eval mode ``model(images)`` returns one dict per image with ``boxes`` (x1, y1, x2, y2
-in input pixels), ``scores``, ``labels`` and, for Mask R-CNN, ``masks`` ``(N, 1, H, W)`` in [0, 1].
-``images`` is a list of ``(3, H, W)`` float tensors in [0, 1] of any sizes; the models resize them
-(shorter side ``min_size``, longer at most ``max_size``), normalise with ImageNet statistics and pad
-to multiples of 32.
+* ``detection``: RetinaNet on COCO-format data; best checkpoint by ``bbox_mAP``.
+* ``instance``: Mask R-CNN on COCO-format data with masks; best by ``segm_mAP``.
 
-Labels are contiguous class indices ``0 .. num_classes - 1`` for both models (Mask R-CNN's background
-slot is added and removed inside).
+``--model`` names the backbone (``pvt_v2_b0``). ``--data`` is a folder in COCO layout
+(``annotations/instances_{train,val}[2017].json`` and ``{train,val}[2017]/``); without it, the built-in
+shapes. Task options (``--opt KEY=VALUE``): ``max_size`` (longer side cap), ``multiscale`` (true: the 3x
+recipe's random shorter side in [0.8, 1] x img_size), ``anchor_size`` (the smallest anchor in pixels,
+doubling per level: the paper's 32 on real data, 16 on the built-in shapes), ``lr_steps`` (epochs,
+default 8/12 and 11/12 of the run; 27,33 for 36 epochs; one step at 3/4 of the run on the built-in
+data), ``train_ann``/``val_ann``/``train_images``/``val_images`` (explicit paths); built-in data
+``num_train`` (default 1024), ``num_val`` (50), ``shapes_size`` (image side, default img_size).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
-from torch import Tensor
-from torchvision.models.detection import MaskRCNN, RetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
-from .backbone import PVTWithFPN, build_backbone
+from ..data.coco import CocoDataset, detection_collate
+from ..engine.task import Task
+from ..variants import get_variant
+from .common import DENSE_COMMON, check_options, dense_drop_path, shapes_root
+from .metrics import coco_map, detections_to_coco
+from .schedules import MultiStepLR
 
-__all__ = ["PVTRetinaNet", "PVTMaskRCNN", "retinanet", "maskrcnn", "retinanet_anchors", "rpn_anchors",
-           "DEFAULT_ANCHOR_SIZE", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["DetectionTask", "InstanceTask", "DETECTION_DEFAULTS", "SHAPES_DETECTION", "SHAPES_ANCHOR_SIZE"]
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+log = logging.getLogger("pvt.train")
 
+#: the paper's detection recipe (mmdet 1x): AdamW 1e-4, wd 1e-4, 12 epochs, 2 images per GPU
+#: (x8 GPUs = the paper's 16), warm-up 500 iterations from 0.001 x lr, shorter side 800.
+DETECTION_DEFAULTS: dict[str, Any] = dict(DENSE_COMMON, epochs=12, batch_size=2, img_size=800, warmup_epochs=0.07,
+                                          warmup_lr=1e-7, hflip=0.5)
+#: built-in shapes: a CPU run of minutes, from scratch (no ImageNet weights), so higher learning rates,
+#: gradient clipping and no stochastic depth; 64 px images, 1024 training images (see docs/dense.md for
+#: the held-out scores these reach).
+SHAPES_DETECTION: dict[str, Any] = {"img_size": 64, "epochs": 8, "batch_size": 8, "lr": 5e-4, "warmup_epochs": 1.0,
+                                    "clip_grad": 10.0, "drop_path": 0.0, "workers": 0}
+#: the smallest anchor on the built-in shapes (10-56 px objects; the paper's 32 misses most at 64 px).
+SHAPES_ANCHOR_SIZE = 16
 
-#: the paper's (mmdet's) smallest anchor, on the stride-8 level; each coarser level doubles it.
-DEFAULT_ANCHOR_SIZE = 32
+_DET_OPTIONS = {"max_size", "multiscale", "anchor_size", "lr_steps", "train_ann", "val_ann", "train_images", "val_images",
+                "num_train", "num_val", "shapes_size"}
 
+class DetectionTask(Task):
+    """RetinaNet (see module docstring)."""
 
-def _check_anchor_size(anchor_size: int) -> int:
-    if isinstance(anchor_size, bool) or not isinstance(anchor_size, int) or not 4 <= anchor_size <= 1024:
-        raise ValueError(f"anchor_size={anchor_size!r}: expected an integer number of pixels in 4..1024 "
-                         f"(the smallest anchor, on the stride-8 level; default {DEFAULT_ANCHOR_SIZE})")
-    return anchor_size
+    name = "detection"
+    best_metric = "bbox_mAP"
+    defaults = DETECTION_DEFAULTS
+    head = "retinanet"
+    masks = False
+    collate_fn = staticmethod(detection_collate)
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.class_names: list[str] = []
+        self.cat_ids: list[int] = []
+        self.val_ds: CocoDataset | None = None
+        self.anchor_size: int | None = None  # set from a checkpoint; else from the options / data
 
-def level_anchor_sizes(anchor_size: int = DEFAULT_ANCHOR_SIZE) -> tuple[int, ...]:
-    """The base anchor of each of the five levels: ``anchor_size`` x 1, 2, 4, 8, 16 (32..512 by default)."""
-    base = _check_anchor_size(anchor_size)
-    return tuple(base * 2**i for i in range(5))
+    @classmethod
+    def data_defaults(cls, data: str | None) -> dict[str, Any]:
+        return dict(SHAPES_DETECTION) if data is None else {}
 
+    def validate(self) -> None:
+        get_variant(self.cfg.model)  # the backbone: ValueError naming close names
+        check_options(self, _DET_OPTIONS)
+        self._anchor_size()
+        steps = self.cfg.task_options.get("lr_steps")
+        if steps is not None:
+            steps = steps if isinstance(steps, list) else [steps]
+            if not all(isinstance(s, (int, float)) and 0 < s <= self.cfg.epochs for s in steps):
+                raise ValueError(f"{self.name} task: option lr_steps={steps!r}: expected epochs in 1..{self.cfg.epochs}")
 
-def retinanet_anchors(anchor_size: int = DEFAULT_ANCHOR_SIZE) -> AnchorGenerator:
-    """9 anchors per location: one base size per level P3..P7 (32..512 by default; ``anchor_size`` is
-    the smallest) x octave scales 2^0, 2^(1/3), 2^(2/3), aspect ratios 0.5, 1, 2."""
-    sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in level_anchor_sizes(anchor_size))
-    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-
-
-def rpn_anchors(anchor_size: int = DEFAULT_ANCHOR_SIZE) -> AnchorGenerator:
-    """Mask R-CNN's RPN anchors: 3 per location, one size per level P2..P6 (32..512 by default, as
-    torchvision and mmdet; ``anchor_size`` is the smallest) x aspect ratios 0.5, 1, 2."""
-    sizes = tuple((s,) for s in level_anchor_sizes(anchor_size))
-    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-
-
-class PVTRetinaNet(RetinaNet):
-    """torchvision RetinaNet over ``PVTWithFPN(C3, C4, C5 -> 256) + P6/P7 from C5``.
-
-    FLOPs: feed ``model.forward_dummy`` a ``(1, 3, H, W)`` tensor (backbone, FPN and head, no
-    pre-processing or box decoding, as mmdet's ``forward_dummy``).
-    """
-
-    task = "detection"
-
-    def forward_dummy(self, x: Tensor):
-        feats = list(self.backbone(x).values())
-        return self.head(feats)
-
-
-class PVTMaskRCNN(MaskRCNN):
-    """torchvision Mask R-CNN over ``PVTWithFPN(C2..C5 -> 256) + max-pool level``.
-
-    ``num_classes`` foreground classes; torchvision's internal count includes background, so labels
-    are shifted by one on the way in and out.
-
-    FLOPs: feed ``model.forward_dummy`` a ``(1, 3, H, W)`` tensor (backbone, FPN and RPN head).
-    """
-
-    task = "instance"
-
-    def forward(self, images, targets=None):
-        if targets is not None:
-            targets = [dict(t, labels=t["labels"] + 1) for t in targets]
-        out = super().forward(images, targets)
-        if isinstance(out, list):
-            for det in out:
-                det["labels"] = det["labels"] - 1
+    # -- data
+    def _paths(self) -> dict[str, Path]:
+        opts = self.cfg.task_options
+        root = Path(self.cfg.data).expanduser() if self.cfg.data else shapes_root(self.cfg) / "coco"
+        if not root.is_dir():
+            raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+        out = {}
+        for split in ("train", "val"):
+            ann = opts.get(f"{split}_ann")
+            if ann is None:
+                cands = [root / "annotations" / f"instances_{split}2017.json", root / "annotations" / f"instances_{split}.json"]
+                ann = next((c for c in cands if c.is_file()), None)
+                if ann is None:
+                    raise FileNotFoundError(
+                        f"data folder {str(root)!r}: no {cands[0].relative_to(root)} or {cands[1].relative_to(root)} "
+                        f"(or pass --opt {split}_ann=FILE)"
+                    )
+            imgs = opts.get(f"{split}_images")
+            if imgs is None:
+                imgs = next((c for c in (root / f"{split}2017", root / split) if c.is_dir()), root / split)
+            out[f"{split}_ann"], out[f"{split}_images"] = Path(ann), Path(imgs)
         return out
 
-    def forward_dummy(self, x: Tensor):
-        feats = list(self.backbone(x).values())
-        return self.rpn.head(feats)
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        p = self._paths()
+        train = CocoDataset(p["train_images"], p["train_ann"], masks=self.masks, train=True, hflip=self.cfg.hflip)
+        val = CocoDataset(p["val_images"], p["val_ann"], masks=self.masks, train=False)
+        if val.cat_ids != train.cat_ids:
+            raise ValueError(f"{p['val_ann']}: categories {val.cat_ids} differ from the training file's {train.cat_ids}")
+        self.class_names, self.cat_ids, self.val_ds = train.class_names, train.cat_ids, val
+        for ds in (train, val):
+            skips = {k: v for k, v in ds.skipped.items() if v}
+            if skips:
+                log.info("%s: %s", ds.ann_file, ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skips.items()))
+        return train, val
+
+    # -- model
+    def _sizes(self) -> dict[str, Any]:
+        cfg, opts = self.cfg, self.cfg.task_options
+        short = cfg.img_size
+        max_size = int(opts.get("max_size", round(short * 1333 / 800)))
+        min_size: Any = short
+        if opts.get("multiscale"):  # 3x recipe: shorter side random in [640, 800] at the default 800
+            lo = round(short * 0.8 / 32) * 32
+            min_size = tuple(range(lo, short + 1, 32)) or (short,)
+        return {"min_size": min_size, "max_size": max_size}
+
+    def _anchor_size(self) -> int:
+        from ..dense.anchors import DEFAULT_ANCHOR_SIZE, check_anchor_size
+
+        if self.anchor_size is not None:
+            return self.anchor_size
+        default = SHAPES_ANCHOR_SIZE if self.cfg.data is None else DEFAULT_ANCHOR_SIZE
+        value = self.cfg.task_options.get("anchor_size", default)
+        try:
+            return check_anchor_size(value)
+        except ValueError as e:
+            raise ValueError(f"{self.name} task: option {e}") from None
+
+    def build_model(self) -> nn.Module:
+        from ..dense import create_dense_model
+
+        if not self.class_names:
+            raise ValueError(f"{self.name} task: class names unknown; build_datasets first")
+        model = create_dense_model(f"{self.head}_{self.cfg.model}", num_classes=len(self.class_names),
+                                  pretrained=self.cfg.pretrained, drop_path_rate=dense_drop_path(self.cfg),
+                                  anchor_size=self._anchor_size(), **self._sizes())
+        # test at the single scale (the model switches scales only in training)
+        return model
+
+    def build_scheduler(self, optimizer, steps_per_epoch: int):
+        cfg = self.cfg
+        steps = cfg.task_options.get("lr_steps")
+        if steps is None and cfg.data is None:  # built-in shapes: one x0.1 step at 3/4 of the run
+            steps = [max(1, round(cfg.epochs * 3 / 4))]
+        elif steps is None:
+            steps = [27, 33] if cfg.epochs == 36 else [round(cfg.epochs * 8 / 12), round(cfg.epochs * 11 / 12)]
+        steps = steps if isinstance(steps, list) else [steps]
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        ratio = cfg.warmup_lr / max(cfg.peak_lr(), 1e-12)
+        return MultiStepLR(optimizer, [int(s * steps_per_epoch) for s in steps], 0.1, warmup, min(ratio, 1.0))
+
+    # -- steps
+    def batch_size_of(self, batch: Any) -> int:
+        return len(batch[0])
+
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+        images, targets = batch
+        images = [i.to(device, non_blocking=True) for i in images]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        return loss, {k.removeprefix("loss_"): float(v.detach()) for k, v in losses.items()}
+
+    @torch.no_grad()
+    def predict_batch(self, model: nn.Module, images: list[Tensor], device: torch.device) -> list[dict[str, Tensor]]:
+        model.eval()
+        return model([i.to(device) for i in images])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        ds = loader.dataset
+        if not isinstance(ds, CocoDataset):
+            raise ValueError("detection evaluation needs a CocoDataset loader")
+        results: list[dict[str, Any]] = []
+        ids: list[int] = []
+        for images, targets in loader:
+            for t, det in zip(targets, self.predict_batch(model, images, device)):
+                ids.append(int(t["image_id"]))
+                results += detections_to_coco(ids[-1], det, ds.cat_ids, masks=self.masks)
+        out = {f"bbox_{k}": v for k, v in coco_map(ds.coco(), results, "bbox", ids).items()}
+        if self.masks:
+            out.update({f"segm_{k}": v for k, v in coco_map(ds.coco(), results, "segm", ids).items()})
+        out["detections_per_image"] = len(results) / max(len(ids), 1)
+        return out
+
+    # -- checkpoints
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"task": self.name, "task_model": f"{self.head}_{self.cfg.model}", "class_names": self.class_names,
+                "cat_ids": self.cat_ids, "anchor_size": self._anchor_size(), **self._sizes()}
+
+    def restore_extra(self, extra: dict[str, Any]) -> None:
+        self.class_names = list(extra["class_names"])
+        self.cat_ids = [int(c) for c in extra.get("cat_ids", range(1, len(self.class_names) + 1))]
+        # checkpoints written before the option existed used the paper's anchors
+        from ..dense.anchors import DEFAULT_ANCHOR_SIZE
+
+        self.anchor_size = int(extra.get("anchor_size", DEFAULT_ANCHOR_SIZE))
 
 
-def retinanet(
-    backbone: str,
-    num_classes: int = 80,
-    pretrained: str | Path | None = None,
-    min_size: int = 800,
-    max_size: int = 1333,
-    drop_path_rate: float = 0.1,
-    score_thresh: float = 0.05,
-    detections_per_img: int = 100,
-    anchor_size: int = DEFAULT_ANCHOR_SIZE,
-) -> PVTRetinaNet:
-    """RetinaNet with a ``backbone`` PVT (e.g. ``"pvt_v2_b0"``), ``num_classes`` object classes.
+class InstanceTask(DetectionTask):
+    """Mask R-CNN (see module docstring)."""
 
-    ``anchor_size``: the smallest anchor in pixels (P3; the paper's 32, doubling up to 512 on P7). Small
-    objects need smaller anchors (the built-in shapes use 16); it changes no parameter."""
-    anchors = retinanet_anchors(anchor_size)
-    body = build_backbone(backbone, pretrained, drop_path_rate)
-    neck = PVTWithFPN(body, levels=(1, 2, 3), extra="p6p7")
-    model = PVTRetinaNet(
-        neck,
-        num_classes,
-        min_size=min_size,
-        max_size=max_size,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        anchor_generator=anchors,
-        score_thresh=score_thresh,
-        detections_per_img=detections_per_img,
-    )
-    model.backbone_name = backbone
-    model.num_classes = num_classes
-    return model
-
-
-def maskrcnn(
-    backbone: str,
-    num_classes: int = 80,
-    pretrained: str | Path | None = None,
-    min_size: int = 800,
-    max_size: int = 1333,
-    drop_path_rate: float = 0.1,
-    box_score_thresh: float = 0.05,
-    box_detections_per_img: int = 100,
-    anchor_size: int = DEFAULT_ANCHOR_SIZE,
-) -> PVTMaskRCNN:
-    """Mask R-CNN with a ``backbone`` PVT and ``num_classes`` object classes (background not counted).
-
-    ``anchor_size``: the RPN's smallest anchor in pixels (P2; 32 as torchvision and mmdet, doubling
-    up to 512); it changes no parameter."""
-    anchors = rpn_anchors(anchor_size)
-    body = build_backbone(backbone, pretrained, drop_path_rate)
-    neck = PVTWithFPN(body, levels=(0, 1, 2, 3), extra="pool")
-    model = PVTMaskRCNN(
-        neck,
-        num_classes + 1,
-        min_size=min_size,
-        max_size=max_size,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        box_score_thresh=box_score_thresh,
-        box_detections_per_img=box_detections_per_img,
-        rpn_anchor_generator=anchors,
-    )
-    model.backbone_name = backbone
-    model.num_classes = num_classes
-    return model
+    name = "instance"
+    best_metric = "segm_mAP"
+    head = "maskrcnn"
+    masks = True

@@ -42,7 +42,7 @@ def _resolve(checkpoint: str | Path) -> Path:
 
 def checkpoint_task(checkpoint: str | Path) -> str | None:
     """The task a ``pvt train`` checkpoint (file or run folder) records, or None when it records none."""
-    from ..io import read_own_format
+    from ..checkpoint import read_own_format
 
     try:
         path = _resolve(checkpoint)
@@ -56,8 +56,8 @@ def load_dense_model(checkpoint: str | Path, *, device: str = "auto", data: str 
     """The model of a run folder or ``.safetensors`` (best, else last), in eval mode on ``device``."""
     from ..engine.config import TrainConfig
     from ..engine.distributed import resolve_device
-    from ..engine.task import get_task
-    from ..io import read_own_format
+    from . import get_task
+    from ..checkpoint import read_own_format
 
     path = _resolve(checkpoint)
     own = read_own_format(path)

@@ -8,7 +8,8 @@
 * :mod:`pvt.weights.shapes`: which registered variant a state dict's shapes describe.
 """
 
-from .files import Checkpoint, hf_config_to_pvt, read_checkpoint
+from .files import Checkpoint, read_checkpoint
+from .hf_config import hf_config_to_pvt, pvt_to_hf_config
 from .keys import FORMATS, detect_key_format, to_pvt
 from .loading import LoadReport, create_pretrained, load_checkpoint
 from .shapes import infer_architecture, matching_variants
@@ -23,6 +24,7 @@ __all__ = [
     "infer_architecture",
     "load_checkpoint",
     "matching_variants",
+    "pvt_to_hf_config",
     "read_checkpoint",
     "to_pvt",
 ]

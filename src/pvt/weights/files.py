@@ -33,10 +33,11 @@ import torch
 from torch import Tensor
 
 from ..config import PVTConfig
-from ..io import read_own_format
+from ..checkpoint import read_own_format
+from .hf_config import hf_config_to_pvt
 from .keys import FORMATS, StateDict, detect_key_format, split_backbone, strip_wrappers, to_pvt
 
-__all__ = ["Checkpoint", "read_checkpoint", "read_state_dict", "hf_config_to_pvt"]
+__all__ = ["Checkpoint", "read_checkpoint", "read_state_dict"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_state")
@@ -179,70 +180,6 @@ def _read_file(path: Path) -> Checkpoint:
 
 
 # --------------------------------------------------------------------------- HF / timm folders
-def hf_config_to_pvt(cfg: dict[str, Any], source: str = "config.json") -> PVTConfig:
-    """An HF transformers ``config.json`` (``model_type`` ``pvt_v2`` or ``pvt``) as a :class:`PVTConfig`.
-
-    HF uses ``layer_norm_eps`` (1e-6) in every LayerNorm, so both eps fields take it.
-    """
-    kind = cfg.get("model_type")
-    if kind not in ("pvt_v2", "pvt"):
-        raise ValueError(f"{source}: model_type {kind!r} is not a PVT model; accepted: 'pvt_v2', 'pvt'")
-    act = cfg.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise ValueError(f"{source}: hidden_act {act!r} is not supported (PVT uses 'gelu')")
-    try:
-        dims = list(cfg["hidden_sizes"])
-        strides = list(cfg.get("strides", [4, 2, 2, 2]))
-        patch = list(cfg.get("patch_sizes", [7, 3, 3, 3] if kind == "pvt_v2" else [4, 2, 2, 2]))
-        eps = float(cfg.get("layer_norm_eps", 1e-6))
-        labels = cfg.get("id2label")
-        num_labels = len(labels) if isinstance(labels, dict) else int(cfg.get("num_labels", 1000))
-        classifier = any(a.endswith("ForImageClassification") for a in cfg.get("architectures") or [])
-        common = dict(
-            embed_dims=dims,
-            depths=list(cfg["depths"]),
-            num_heads=list(cfg["num_attention_heads"]),
-            mlp_ratios=list(cfg["mlp_ratios"]),
-            patch_strides=strides,
-            in_chans=int(cfg.get("num_channels", 3)),
-            qkv_bias=bool(cfg.get("qkv_bias", True)),
-            layer_norm_eps=eps,
-            embed_norm_eps=eps,
-            num_classes=num_labels if classifier else 0,
-        )
-        if kind == "pvt_v2":
-            if patch != [2 * s - 1 for s in strides]:
-                raise ValueError(
-                    f"{source}: patch_sizes {patch} with strides {strides} are not PVT v2's overlapping "
-                    "embedding (kernel 2S-1); not supported"
-                )
-            return PVTConfig(
-                **common,
-                sr_ratios=list(cfg["sr_ratios"]),
-                overlap_patch_embed=True,
-                conv_ffn=True,
-                linear_sra=bool(cfg.get("linear_attention", False)),
-                pos_embed=False,
-                cls_token=False,
-            )
-        if patch != strides:
-            raise ValueError(f"{source}: patch_sizes {patch} differ from strides {strides}; PVT v1 needs them equal")
-        size = cfg.get("image_size", 224)
-        return PVTConfig(
-            **common,
-            sr_ratios=list(cfg["sequence_reduction_ratios"]),
-            overlap_patch_embed=False,
-            conv_ffn=False,
-            pos_embed=True,
-            cls_token=True,
-            img_size=int(size[0] if isinstance(size, (list, tuple)) else size),
-        )
-    except KeyError as e:
-        raise ValueError(f"{source}: the {kind} config lacks the field {e.args[0]!r}") from None
-    except TypeError as e:
-        raise ValueError(f"{source}: malformed {kind} config: {e}") from None
-
-
 def _weights_in(folder: Path) -> list[Path]:
     """The weight files of an HF-style folder, in the order HF prefers them."""
     for name in ("model.safetensors", "pytorch_model.bin"):

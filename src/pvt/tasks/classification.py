@@ -1,4 +1,4 @@
-"""Image classification as a :class:`~pvt.engine.task.Task`: ImageFolder data (or the built-in digits),
+"""Image classification as a training task (:class:`~pvt.engine.task.Task`): ImageFolder data (or the built-in digits),
 a PVT with a head for the dataset's classes, DeiT's mixup/cutmix + label-smoothing losses, top-1/top-5."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import ImageFolderDataset, collate_skipping, digits_folder, eval_transform, train_transform
-from .task import Task, register_task
+from ..engine.task import Task
+from ..variants import get_variant
 
 __all__ = ["ClassificationTask", "DIGITS_DEFAULTS", "build_classifier", "topk_correct"]
 
@@ -54,7 +55,7 @@ def build_classifier(model_name: str, num_classes: int, *, img_size: int, drop_p
     path = Path(pretrained)
     if not str(pretrained).startswith("hf-hub:") and not path.exists():
         raise FileNotFoundError(f"pretrained weights {str(pretrained)!r} do not exist")
-    from ..io import read_own_format
+    from ..checkpoint import read_own_format
 
     own = read_own_format(path) if path.is_file() else None
     if own is not None and own[1].get("variant") and own[1]["variant"] != model_name:
@@ -87,10 +88,24 @@ class ClassificationTask(Task):
         return dict(DIGITS_DEFAULTS) if data is None else {}
 
     def validate(self) -> None:
+        get_variant(self.cfg.model)  # ValueError naming close names
         if self.cfg.task_options:
             raise ValueError(
                 f"classification takes no task options, got {', '.join(map(repr, self.cfg.task_options))}"
             )
+
+    def default_clip_grad(self) -> float | None:
+        return get_variant(self.cfg.model).clip_grad  # the official ImageNet config's
+
+    def auto_micro_batch(self, model: nn.Module, device: torch.device) -> int:
+        """On CPU, as few even pieces as keep a piece's stage-1 hidden activation under the allocator's
+        largest kept block (so a step touches no new memory pages); whole batches on GPUs."""
+        from ..runtime import MMAP_THRESHOLD
+
+        if device.type != "cpu" or not hasattr(model, "piece_size"):
+            return 0
+        cfg = self.cfg
+        return model.piece_size(cfg.batch_size, cfg.img_size, cfg.img_size, MMAP_THRESHOLD) or 0
 
     # -- data ---------------------------------------------------------------------------------
     def resolve_root(self) -> Path:
@@ -126,8 +141,6 @@ class ClassificationTask(Task):
 
     # -- model --------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from ..variants import get_variant
-
         cfg = self.cfg
         drop_path = cfg.drop_path if cfg.drop_path is not None else get_variant(cfg.model).drop_path_rate
         model = build_classifier(cfg.model, len(self.class_names), img_size=cfg.img_size, drop_path=drop_path,
@@ -208,7 +221,7 @@ class ClassificationTask(Task):
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_extra(self) -> dict[str, Any]:
-        from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
         return {
             "task": self.name,
@@ -223,5 +236,3 @@ class ClassificationTask(Task):
     def restore_extra(self, extra: dict[str, Any]) -> None:
         self.class_names = list(extra["class_names"])
 
-
-register_task(ClassificationTask.name, ClassificationTask)
