@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
+import contextlib
+import io
+
 import pytest
-from PIL import Image
 
 from pvt.cli import main
 
@@ -14,37 +15,29 @@ FAST = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--threads", "1"
         "--model", "pvt_v2_b0", "--img-size", "32"]
 
 
-def make_stripes(root, n_train=12, n_val=4, size=32, seed=0):
-    """Three classes of noisy stripe images: horizontal, vertical, diagonal (``root/{train,val}/<class>``)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    waves = {"horizontal": yy, "vertical": xx, "diagonal": xx + yy}
-    for split, n in (("train", n_train), ("val", n_val)):
-        for name, w in waves.items():
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = (np.sin(w * 0.8 + rng.uniform(0, 6)) > 0) * 200 + rng.integers(0, 50, (size, size))
-                Image.fromarray(a.astype(np.uint8)).convert("RGB").save(root / split / name / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, make_stripes):
     data = make_stripes(tmp_path_factory.mktemp("stripes"))
     out = tmp_path_factory.mktemp("runs")
-    assert main(["train", "--data", str(data), "--output", str(out), "--name", "r", *FAST]) == 0
-    return data, out / "r"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["train", "--data", str(data), "--output", str(out), "--name", "r", *FAST]) == 0
+    return data, out / "r", printed.getvalue()
 
 
-def test_train_writes_a_run_and_prints_json_when_quiet(trained, capsys):
-    data, run = trained
+def test_train_writes_a_run_and_prints_json_when_quiet(trained):
+    data, run, printed = trained
     assert (run / "best.safetensors").is_file() and (run / "config.yaml").is_file()
     cfg = (run / "config.yaml").read_text()
     assert "batch_size: 8" in cfg and f"data: {data}" in cfg
+    summary = json.loads(printed)  # --quiet prints one JSON line: the run folder and its best epoch
+    best = max((json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()), key=lambda r: r["val_top1"])
+    assert summary["run_dir"] == str(run) and summary["epoch"] == best["epoch"] == 1
+    assert summary["val_top1"] == best["val_top1"]
 
 
 def test_eval_json_and_text(trained, capsys):
-    data, run = trained
+    data, run, _ = trained
     assert main(["eval", "--checkpoint", str(run / "best.safetensors"), "--data", str(data), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["images"] == 12 and r["img_size"] == 32 and r["model"] == "pvt_v2_b0"
@@ -56,7 +49,7 @@ def test_eval_json_and_text(trained, capsys):
 
 
 def test_predict_json_and_table(trained, capsys):
-    data, run = trained
+    data, run, _ = trained
     imgs = [str(data / "val" / "vertical" / "0.png"), str(data / "val" / "horizontal" / "1.png")]
     assert main(["predict", "--checkpoint", str(run / "last.safetensors"), *imgs, "--topk", "2", "--json"]) == 0
     preds = json.loads(capsys.readouterr().out)
@@ -87,7 +80,7 @@ def _err(capsys, argv):
     ],
 )
 def test_bad_config_values_exit_2_without_run_folder(trained, tmp_path, capsys, extra, msg):
-    data, _ = trained
+    data, _, _ = trained
     out = tmp_path / "runs"
     code, err = _err(capsys, ["train", "--data", str(data), "--output", str(out), "--name", "x", *FAST, *extra])
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("pvt train: error:")
@@ -95,7 +88,7 @@ def test_bad_config_values_exit_2_without_run_folder(trained, tmp_path, capsys, 
     assert not (out / "x").exists()
 
 
-def test_bad_data_folders(tmp_path, capsys):
+def test_bad_data_folders(tmp_path, capsys, make_stripes):
     out = tmp_path / "runs"
     base = ["train", "--output", str(out), "--name", "x", *FAST]
     code, err = _err(capsys, [*base, "--data", str(tmp_path / "nope")])
@@ -111,13 +104,13 @@ def test_bad_data_folders(tmp_path, capsys):
 
 
 def test_bad_checkpoints_and_images(trained, tmp_path, capsys):
-    data, run = trained
+    data, run, _ = trained
     code, err = _err(capsys, ["predict", "--checkpoint", str(run / "best.safetensors"), str(tmp_path / "no.png")])
     assert code == 2 and "image" in err and "no.png' does not exist" in err
     code, err = _err(capsys, ["eval", "--checkpoint", str(run / "best.safetensors"), "--model", "pvt_v2_b1"])
     assert code == 2 and "holds 'pvt_v2_b0', not the requested model 'pvt_v2_b1'" in err
     code, err = _err(capsys, ["eval", "--checkpoint", str(run / "state.pt")])
-    assert code == 2 and "is not a classifier written by pvt train" in err
+    assert code == 2 and "is not a model written by pvt train" in err
     # fine-tuning from a checkpoint of another variant
     out = tmp_path / "runs"
     code, err = _err(capsys, ["train", "--data", str(data), "--output", str(out), "--name", "ft", *FAST,
@@ -131,7 +124,7 @@ def test_bad_checkpoints_and_images(trained, tmp_path, capsys):
 
 @pytest.mark.filterwarnings("ignore:checkpoint .* head was dropped")
 def test_finetune_from_own_checkpoint_with_new_head(trained, tmp_path, capsys):
-    data, run = trained
+    data, run, _ = trained
     two = tmp_path / "two"
     for split in ("train", "val"):
         for c in ("horizontal", "vertical"):
@@ -141,16 +134,16 @@ def test_finetune_from_own_checkpoint_with_new_head(trained, tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(["train", "--data", str(two), "--output", str(out), "--name", "ft", *FAST,
                  "--pretrained", str(run / "best.safetensors"), "--batch-size", "4"]) == 0
-    from pvt.api import load_classifier
+    from pvt.tasks import load_trained
 
-    clf = load_classifier(out / "ft")
-    assert clf.class_names == ["horizontal", "vertical"] and clf.model.head.out_features == 2
+    ft = load_trained(out / "ft")
+    assert ft.task.class_names == ["horizontal", "vertical"] and ft.model.head.out_features == 2
 
 
 def test_bf16_channels_last_and_ema_on_cpu(trained, tmp_path):
     import torch
 
-    data, _ = trained
+    data, _, _ = trained
     out = tmp_path / "runs"
     assert main(["train", "--data", str(data), "--output", str(out), "--name", "e", *FAST,
                  "--amp", "bf16", "--channels-last", "--model-ema", "--model-ema-decay", "0.5"]) == 0
@@ -161,7 +154,7 @@ def test_bf16_channels_last_and_ema_on_cpu(trained, tmp_path):
     assert ema.keys() == model.keys() and any(not torch.equal(ema[k], model[k]) for k in ema)
 
 
-def test_corrupt_images_are_skipped_and_counted_in_the_epoch_line(tmp_path, capsys):
+def test_corrupt_images_are_skipped_and_counted_in_the_epoch_line(tmp_path, capsys, make_stripes):
     data = make_stripes(tmp_path / "d", n_train=4, n_val=2)
     (data / "train" / "vertical" / "garbage.png").write_bytes(b"\x00 not a png")
     cut = data / "train" / "horizontal" / "0.png"

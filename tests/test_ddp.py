@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from test_cli_train import make_stripes
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 DETERMINISTIC = ["--aa", "none", "--color-jitter", "0", "--reprob", "0", "--hflip", "0", "--scale", "1,1",
@@ -31,7 +30,7 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
-def test_two_gloo_processes_match_one_process(tmp_path):
+def test_two_gloo_processes_match_one_process(tmp_path, make_stripes):
     data = make_stripes(tmp_path / "data", n_train=8, n_val=2)  # 24 images: 3 steps of global batch 8
     out = tmp_path / "runs"
     common = ["-m", "pvt", "train", "--data", str(data), "--output", str(out), *DETERMINISTIC]

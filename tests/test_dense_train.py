@@ -9,7 +9,8 @@ import torch
 
 from pvt.tasks import create_task, resolve_config
 from pvt.engine.trainer import Trainer
-from pvt.tasks.inference import evaluate_dense, load_dense_model, predict_dense
+import pvt
+from pvt.tasks import load_trained
 
 
 def _train(tmp_path, **kw):
@@ -33,12 +34,12 @@ def test_detection_run_folder_eval_and_predict(tmp_path):
     assert json.loads((run / "classes.json").read_text()) == ["circle", "square", "triangle"]
     # the checkpoint rebuilds its model from its own metadata, and scores the same
     # the built-in data's anchors (16 px and up) are recorded and rebuilt with the checkpoint
-    assert load_dense_model(run).model.anchor_generator.sizes[0] == (16, 20, 25)
-    ev = evaluate_dense(run / "last.safetensors", batch_size=2)
+    assert load_trained(run).model.anchor_generator.sizes[0] == (16, 20, 25)
+    ev = pvt.evaluate(run / "last.safetensors", batch_size=2)
     assert ev["task"] == "detection" and ev["images"] == 4
     assert ev["bbox_mAP"] == pytest.approx(rec["val_bbox_mAP"], abs=1e-6)
     img = next((tmp_path / "cache").glob("shapes*/coco/val/00000.png"))
-    out = predict_dense(run, [img], out_dir=tmp_path / "pred", score_thresh=0.0)
+    out = pvt.predict(run, [img], out_dir=tmp_path / "pred", score_thresh=0.0)
     assert (tmp_path / "pred" / "00000_pred.png").is_file()
     dets = out[0]["detections"]
     assert all(d["class"] in ("circle", "square", "triangle") and len(d["box"]) == 4 for d in dets)
@@ -74,12 +75,11 @@ def test_dense_task_bad_options_and_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="images/training"):
         _train(tmp_path, task="segmentation", data=str(tmp_path / "empty"), epochs=1)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-    with pytest.raises(ValueError, match="not a detection/instance/segmentation model"):
-        import pvt
-        from pvt.checkpoint import save_model
+    from pvt.checkpoint import save_model
 
-        save_model(pvt.create_model("pvt_v2_b0", num_classes=3), tmp_path / "clf.safetensors")
-        load_dense_model(tmp_path / "clf.safetensors")
+    save_model(pvt.create_model("pvt_v2_b0", num_classes=3), tmp_path / "clf.safetensors")
+    with pytest.raises(ValueError, match="not a model written by pvt train"):
+        load_trained(tmp_path / "clf.safetensors")
 
 
 def test_default_recipes():

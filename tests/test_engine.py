@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import pvt
 from pvt.engine import TrainConfig
@@ -129,8 +130,10 @@ def test_run_folder_contents(digits_run):
         assert {"epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_s", "time"} <= set(r)
         assert 0 <= r["val_top1"] <= r["val_top5"] <= 100 and r["images_per_s"] > 0
     assert json.loads((d / "classes.json").read_text()) == [str(i) for i in range(10)]
-    assert resolve_config(d / "config.yaml") == TrainConfig.from_dict(
-        {**json.loads(json.dumps(resolve_config(d / "config.yaml").to_dict()))})
+    saved = yaml.safe_load((d / "config.yaml").read_text())
+    assert (saved["epochs"], saved["batch_size"], saved["lr"], saved["name"]) == (1, 32, 2e-3, "digits")
+    assert saved["img_size"] == 32 and saved["hflip"] == 0.0  # the digits preset, recorded as resolved
+    assert resolve_config(d / "config.yaml").to_dict() == saved  # fed back, nothing is re-layered over it
     st = torch.load(d / "state.pt", weights_only=True)
     assert st["epoch"] == 1 and set(st) >= {"model", "optimizer", "scheduler", "scaler", "rng", "best", "updates"}
     assert (d / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -145,7 +148,9 @@ def test_evaluate_matches_training_metrics_and_predict(digits_run):
     val = digits_run.run_dir  # the digits cache is the checkpoint's training data
     from pvt.data import digits_folder
 
-    folder = digits_folder(json.loads(json.dumps(pvt.api.load_classifier(val).train_config))["data_dir"]) / "val"
+    from pvt.tasks import load_trained
+
+    folder = digits_folder(load_trained(val).task.cfg.data_dir) / "val"
     images = [sorted((folder / str(c)).iterdir())[0] for c in range(10)]
     preds = pvt.predict(digits_run.best_checkpoint, images, topk=3)
     assert [len(p["top"]) for p in preds] == [3] * 10
@@ -202,9 +207,7 @@ def test_micro_batches_sum_to_the_batch_gradient():
     assert max((a - b).abs().max().item() for a, b in zip(wrong, whole)) > 1e-4
 
 
-def test_training_with_micro_batches_matches_whole_batches(tmp_path):
-    from tests.test_cli_train import make_stripes
-
+def test_training_with_micro_batches_matches_whole_batches(tmp_path, make_stripes):
     data = make_stripes(tmp_path / "stripes")
     runs = {}
     for micro in (0, 4):

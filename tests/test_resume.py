@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_cli_train import make_stripes
 
 import pvt
 
@@ -46,7 +45,7 @@ def _epochs_done(run: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, make_stripes):
     return make_stripes(tmp_path_factory.mktemp("stripes"))
 
 
@@ -66,7 +65,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]  # each epoch once: the one in flight was redone
     assert torch.load(run / "state.pt", weights_only=True)["epoch"] == 3
-    assert not list(run.glob(".*.tmp")) or done  # temporaries only from the killed writer, if any
+    assert not list(run.glob(".*.tmp"))  # a temporary the killed writer left is cleaned up on resume
 
     ref = pvt.train(data=str(data), output=str(out), name="straight", quiet=True, **ARGS)
     a, b = load_file(result.last_checkpoint), load_file(ref.last_checkpoint)

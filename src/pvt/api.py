@@ -1,4 +1,5 @@
-"""The Python API of the classification path: :func:`train`, :func:`evaluate`, :func:`predict`.
+"""The Python API of training and using models, for every task: :func:`train`, :func:`evaluate`,
+:func:`predict`.
 
 The ``pvt train / eval / predict / demo`` commands only wrap these::
 
@@ -6,18 +7,15 @@ The ``pvt train / eval / predict / demo`` commands only wrap these::
     run = pvt.train(epochs=10)                        # built-in digits, PVTv2-B0; returns a TrainResult
     pvt.evaluate(run.best_checkpoint)                 # {"top1": ..., "top5": ..., "loss": ..., ...}
     pvt.predict(run.best_checkpoint, ["a.png"], topk=3)
+    pvt.train(task="detection", model="pvt_v2_b0")    # RetinaNet on the built-in shapes; same eval / predict
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-from torch import nn
-
-__all__ = ["train", "evaluate", "predict", "load_classifier", "Classifier"]
+__all__ = ["train", "evaluate", "predict"]
 
 
 def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool = False, **overrides: Any):
@@ -44,156 +42,61 @@ def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool =
     return Trainer(cfg, create_task(cfg), resume=resume, quiet=quiet).fit()
 
 
-@dataclass
-class Classifier:
-    """A trained classifier loaded from its checkpoint, with what its metadata says about its input."""
+def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: str = "val",
+             batch_size: int | None = None, device: str = "auto", workers: int = 0,
+             model: str | None = None) -> dict[str, Any]:
+    """Score a model trained by ``pvt train`` (any task) on ``data``.
 
-    model: nn.Module
-    class_names: list[str]
-    img_size: int
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    variant: str
-    train_config: dict[str, Any]
-    device: torch.device
-
-    def transform(self):
-        """The evaluation transform (resize to img_size / crop_pct, centre crop, normalise)."""
-        from .data import eval_transform
-
-        return eval_transform(self.img_size, self.crop_pct, self.interpolation, self.mean, self.std)
-
-
-def load_classifier(checkpoint: str | Path, *, device: str = "auto", model: str | None = None) -> Classifier:
-    """Load a checkpoint written by ``pvt train`` (a ``.safetensors`` file or a run folder -> its best).
-
-    ``model``: when given, the checkpoint must be of that variant.
-    """
-    from .config import PVTConfig
-    from .engine.distributed import resolve_device
-    from .checkpoint import read_own_format
-    from .model import PyramidVisionTransformer
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "best.safetensors" if (path / "best.safetensors").is_file() else path / "last.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
-    own = read_own_format(path)
-    if own is None or "class_names" not in own[1] or "config" not in own[1]:
-        raise ValueError(
-            f"checkpoint {str(path)!r} is not a classifier written by pvt train (expected a .safetensors file "
-            "with format=pvt, config and class_names metadata)"
-        )
-    state, meta = own
-    variant = meta.get("variant", "?")
-    if model is not None and variant != model:
-        raise ValueError(f"checkpoint {str(path)!r} holds {variant!r}, not the requested model {model!r}")
-    cfg = PVTConfig.from_dict(meta["config"]).replace(drop_path_rate=0.0, drop_rate=0.0)
-    net = PyramidVisionTransformer(cfg)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint {str(path)!r} does not match its own config: {str(e).splitlines()[0]}") from None
-    dev = resolve_device(device)
-    net.to(dev).eval()
-    return Classifier(
-        net, list(meta["class_names"]), int(meta.get("img_size", cfg.img_size)), float(meta.get("crop_pct", 0.875)),
-        str(meta.get("interpolation", "bicubic")), tuple(meta.get("mean", (0.485, 0.456, 0.406))),
-        tuple(meta.get("std", (0.229, 0.224, 0.225))), variant, dict(meta.get("train_config", {})), dev,
-    )
-
-
-def _eval_folder(clf: Classifier, data: str | Path | None, split: str) -> Path:
-    from .data import digits_folder
-
-    if data is None:
-        tc = clf.train_config
-        if tc.get("data") is None:  # trained on the built-in digits
-            return digits_folder(tc.get("data_dir")) / split
-        data = tc["data"]
-    root = Path(data).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
-    if (root / split).is_dir():
-        return root / split
-    if not root.is_dir():
-        raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with {split}/ or class folders")
-    return root
-
-
-def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: str = "val", batch_size: int = 64,
-             device: str = "auto", workers: int = 0, model: str | None = None) -> dict[str, Any]:
-    """Top-1 / top-5 (%) and mean cross-entropy of a trained classifier on ``data``.
-
-    ``data``: a folder with ``<split>/<class>/`` images or directly ``<class>/`` folders; default: the
-    checkpoint's own training data (its held-out split). Class folders must be among the checkpoint's
-    classes. Uses the paper's evaluation transform at the checkpoint's image size.
+    ``checkpoint``: a ``.safetensors`` it wrote, or its run folder (best, else last). ``data``: default, the
+    data it was trained on (its held-out split); classification also takes a folder of ``<split>/<class>/``
+    or ``<class>/`` images. Returns the task's scores (classification: ``top1``, ``top5``, ``loss``; detection:
+    ``bbox_mAP`` ...; segmentation: ``mIoU`` ..., ``per_class_iou``) plus ``task``, ``model``, ``checkpoint``,
+    ``data``, ``images`` and ``skipped_images``.
     """
     from torch.utils.data import DataLoader
 
-    from .data import ImageFolderDataset, collate_skipping
-    from .tasks.classification import topk_correct
+    from .tasks import load_trained
 
-    if batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
-    clf = load_classifier(checkpoint, device=device, model=model)
-    folder = _eval_folder(clf, data, split)
-    ds = ImageFolderDataset(folder, clf.transform(), class_names=clf.class_names, require_all=False)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping)
-    n = loss_sum = c1 = c5 = 0
-    skipped = len(ds.unreadable)
-    with torch.no_grad():
-        for images, targets, sk in loader:
-            skipped += sk
-            if len(targets) == 0:
-                continue
-            logits = clf.model(images.to(clf.device)).float().cpu()
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-            a, b = topk_correct(logits, targets, (1, 5))
-            c1, c5, n = c1 + a, c5 + b, n + len(targets)
-    if n == 0:
-        raise ValueError(f"data folder {str(folder)!r} has no readable images")
+    trained = load_trained(checkpoint, device=device, data=None if data is None else str(data), model=model)
+    task = trained.task
+    ds = task.eval_dataset(split)
+    loader = DataLoader(ds, batch_size=batch_size or task.eval_batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=task.collate_fn)
+    metrics: dict[str, Any] = dict(task.evaluate(trained.model, loader, trained.device))
+    skipped = task.end_epoch().get("skipped_images", 0.0)
+    metrics.update(task.evaluation_details())
     return {
-        "top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss_sum / n, "images": n,
-        "skipped_images": skipped, "checkpoint": str(checkpoint), "data": str(folder), "model": clf.variant,
-        "img_size": clf.img_size,
+        **metrics,
+        "images": int(metrics.get("images", len(ds))),
+        "skipped_images": int(skipped),
+        "task": task.name,
+        "model": trained.name,
+        "checkpoint": str(checkpoint),
+        "data": str(getattr(ds, "root", None) or task.cfg.data or "built-in"),
+        "img_size": task.cfg.img_size,
     }
 
 
-def predict(checkpoint: str | Path | Classifier, images: Sequence[str | Path], *, topk: int = 5,
-            device: str = "auto") -> list[dict[str, Any]]:
-    """Top-``topk`` classes of each image: ``[{"image": path, "top": [{"class", "index", "prob"}, ...]}]``."""
-    from PIL import UnidentifiedImageError
+def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *, topk: int = 5,
+            score_thresh: float = 0.3, out_dir: str | Path | None = None, device: str = "auto") -> list[dict[str, Any]]:
+    """Predict each image with a model trained by ``pvt train`` (any task): one JSON-able record per image.
 
-    from .data import load_rgb
+    Classification: the ``topk`` classes with probabilities (``"top"``). Detection / instance: the
+    detections scoring at least ``score_thresh`` (``"detections"``). Segmentation: the share of pixels per
+    class (``"class_fractions"``). With ``out_dir``, dense tasks also draw each prediction there
+    (``<stem>_pred.png``, named in ``"output"``).
+    """
+    from .tasks import load_trained
 
     if isinstance(images, (str, Path)):
         images = [images]
     if not images:
         raise ValueError("no images given; pass one or more image paths")
-    if topk < 1:
-        raise ValueError(f"topk={topk!r}: expected an integer >= 1")
     for p in images:
         if not Path(p).is_file():
             raise FileNotFoundError(f"image {str(p)!r} does not exist")
-    clf = checkpoint if isinstance(checkpoint, Classifier) else load_classifier(checkpoint, device=device)
-    tf = clf.transform()
-    batch = []
-    for p in images:
-        try:
-            batch.append(tf(load_rgb(p)))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise ValueError(f"image {str(p)!r} cannot be read: {e}") from None
-    with torch.no_grad():
-        probs = clf.model(torch.stack(batch).to(clf.device)).float().softmax(-1).cpu()
-    k = min(topk, probs.shape[1])
-    out = []
-    for p, row in zip(images, probs):
-        val, idx = row.topk(k)
-        out.append({"image": str(p), "top": [
-            {"class": clf.class_names[i], "index": int(i), "prob": float(v)} for v, i in zip(val.tolist(), idx.tolist())
-        ]})
-    return out
+    trained = load_trained(checkpoint, device=device)
+    return trained.task.predict(trained.model, list(images), trained.device, topk=topk, score_thresh=score_thresh,
+                                out_dir=out_dir)

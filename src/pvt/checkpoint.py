@@ -13,9 +13,12 @@ from typing import Any
 
 import torch
 
+from .config import PVTConfig
 from .io import atomic_via
+from .model import PyramidVisionTransformer
 
-__all__ = ["OWN_FORMAT", "save_model", "read_own_format", "resolve_checkpoint"]
+__all__ = ["OWN_FORMAT", "save_model", "read_metadata", "read_own_format", "build_pvt", "load_pvt",
+           "resolve_checkpoint"]
 
 OWN_FORMAT = "pvt"
 
@@ -47,15 +50,11 @@ def save_model(
     return Path(path)
 
 
-def read_own_format(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """``(state_dict, metadata)`` if ``path`` is an own-format file, else ``None``.
-
-    JSON-valued metadata entries are decoded; the raw ``format``/``variant`` strings are kept.
-    """
+def read_metadata(path: str | Path) -> dict[str, Any] | None:
+    """The metadata of an own-format file (only its header is read), JSON values decoded; ``None`` when
+    ``path`` is not a file in this library's format."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -72,7 +71,46 @@ def read_own_format(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                 decoded[k] = json.loads(v)
             except json.JSONDecodeError:
                 decoded[k] = v
-    return load_file(str(path)), decoded
+    return decoded
+
+
+def read_own_format(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """``(state_dict, metadata)`` if ``path`` is an own-format file, else ``None`` (see :func:`read_metadata`)."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    return None if meta is None else (load_file(str(path)), meta)
+
+
+def build_pvt(meta: dict[str, Any], state: dict[str, torch.Tensor], source: str | Path) -> PyramidVisionTransformer:
+    """The :class:`PyramidVisionTransformer` an own-format file describes: built from the config it
+    records, with its tensors loaded (a ValueError when the file records no config or the tensors do not
+    fit it). The training-time rates (dropout, stochastic depth) are switched off."""
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"checkpoint {str(source)!r} records no PVT config (it was not written by pvt)")
+    try:
+        cfg = PVTConfig.from_dict(meta["config"]).replace(drop_path_rate=0.0, drop_rate=0.0, attn_drop_rate=0.0)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {str(source)!r}: its metadata holds an invalid PVT config: {e}") from None
+    model = PyramidVisionTransformer(cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {str(source)!r} does not match its own config: {str(e).splitlines()[0]}") from None
+    if isinstance(meta.get("variant"), str):
+        model.variant_name = meta["variant"]
+    return model
+
+
+def load_pvt(path: str | Path) -> tuple[PyramidVisionTransformer, dict[str, Any]]:
+    """``(model, metadata)`` of an own-format PVT file or run folder (see :func:`resolve_checkpoint`)."""
+    file = resolve_checkpoint(path)
+    own = read_own_format(file)
+    if own is None:
+        raise ValueError(f"checkpoint {str(file)!r} is not in this library's format (a .safetensors file with "
+                         "format=pvt metadata); convert it with `pvt convert`")
+    state, meta = own
+    return build_pvt(meta, state, file), meta
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

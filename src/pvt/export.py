@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .config import PVTConfig
+from .checkpoint import load_pvt, read_metadata
 from .layers import reference_path
 from .model import PyramidVisionTransformer
 
@@ -43,19 +43,9 @@ def load_model(source: str, *, num_classes: int | None = None, model: str | None
         raise FileNotFoundError(
             f"{source!r} is neither a registered model ({', '.join(list_models())}) nor an existing checkpoint path"
         )
-    from .checkpoint import read_own_format
-
-    own = read_own_format(path) if path.is_file() else None
-    if own is not None and model is None and "config" in own[1] and num_classes is None:
-        sd, meta = own
-        net = PyramidVisionTransformer(PVTConfig.from_dict(meta["config"]))
-        missing, unexpected = net.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path}: state dict does not match its recorded config (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]})")
-        if isinstance(meta.get("variant"), str):
-            net.variant_name = meta["variant"]
-        return net
+    meta = read_metadata(path) if path.is_file() else None
+    if meta is not None and model is None and "config" in meta and num_classes is None:
+        return load_pvt(path)[0]
     from .weights import create_pretrained
 
     return create_pretrained(model, path, num_classes=num_classes)

@@ -13,7 +13,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["atomic_write", "atomic_via", "atomic_save_torch"]
+__all__ = ["atomic_write", "atomic_via", "atomic_save_torch", "remove_temporaries"]
+
+
+_TMP_SUFFIX = ".tmp"
 
 
 def _default_mode() -> int:
@@ -41,7 +44,7 @@ def _atomic_path(path: str | Path) -> Iterator[str]:
     ``path``. On any exception (a kill included) the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -70,3 +73,15 @@ def atomic_via(path: str | Path, writer: Callable[[str], None]) -> None:
 def atomic_save_torch(obj: Any, path: str | Path) -> None:
     """``torch.save`` made atomic (for training state: optimiser, scheduler, RNG)."""
     atomic_via(path, lambda tmp: torch.save(obj, tmp))
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that writers killed mid-write left in
+    ``folder``; returns what was removed. Only call it when no writer is active there."""
+    removed = []
+    for p in Path(folder).glob(f".*{_TMP_SUFFIX}"):
+        if p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed

@@ -1,4 +1,4 @@
-"""``pvt train``, ``pvt eval``, ``pvt predict`` and ``pvt demo``: thin wrappers of :mod:`pvt.api`."""
+"""``pvt train``, ``pvt eval``, ``pvt predict`` and ``pvt demo`` (every task): thin wrappers of :mod:`pvt.api`."""
 
 from __future__ import annotations
 
@@ -63,30 +63,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dense_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a detection / instance / segmentation checkpoint (handled by pvt.tasks)."""
-    from ..tasks.inference import DENSE_TASKS, checkpoint_task
-
-    return checkpoint_task(path) in DENSE_TASKS
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..api import evaluate
+    from ..tasks import get_task
 
-    if _dense_checkpoint(args.checkpoint):
-        from . import dense
-
-        return dense._cmd_eval(args)
-
-    batch_size = 64 if args.batch_size is None else args.batch_size
-    r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=batch_size, device=args.device,
+    r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
                  workers=args.workers, model=args.model)
     if args.json:
         print(json.dumps(r))
-    else:
-        print(f"{r['model']} on {r['data']} ({r['images']} images at {r['img_size']}px): "
-              f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}"
-              + (f"  ({r['skipped_images']} unreadable images skipped)" if r["skipped_images"] else ""))
+        return 0
+    print(f"{r['model']} ({r['task']}) on {r['data']} ({r['images']} images at {r['img_size']}px): "
+          + get_task(r["task"]).summary(r)
+          + (f"  ({r['skipped_images']} unreadable images skipped)" if r["skipped_images"] else ""))
+    if "per_class_iou" in r:
+        print("per-class IoU: " + ", ".join(f"{n} {x:.1f}" for n, x in r["per_class_iou"].items()))
     return 0
 
 
@@ -100,14 +90,16 @@ def _print_predictions(preds: list[dict[str, Any]]) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..api import predict
 
-    if _dense_checkpoint(args.checkpoint):
-        from . import dense
+    preds = predict(args.checkpoint, args.images, topk=args.topk, score_thresh=args.score_thresh,
+                    out_dir=args.out_dir, device=args.device)
+    text = json.dumps(preds, indent=1)
+    if args.json_out:
+        from ..io import atomic_write
 
-        return dense._cmd_predict(args)
-
-    preds = predict(args.checkpoint, args.images, topk=args.topk, device=args.device)
-    if args.json:
-        print(json.dumps(preds))
+        with atomic_write(args.json_out, "w") as f:
+            f.write(text)
+    if args.json or "top" not in preds[0]:
+        print(text)
     else:
         _print_predictions(preds)
     return 0
@@ -154,10 +146,11 @@ def register(sub) -> None:
     _config_flags(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5/loss of a classifier; box/mask mAP or mIoU of a dense checkpoint")
+    p = sub.add_parser("eval", help="score a model trained by pvt train: top-1/top-5, box/mask mAP or mIoU")
     p.add_argument("--checkpoint", required=True, help="a .safetensors written by pvt train, or its run folder")
-    p.add_argument("--data", help="folder with <split>/<class>/ or <class>/ images (default: the training data)")
-    p.add_argument("--split", default="val", help="split folder inside --data (default: val)")
+    p.add_argument("--data", help="data folder (default: the data it was trained on); classification also takes "
+                                  "a folder of <split>/<class>/ or <class>/ images")
+    p.add_argument("--split", default="val", help="classification: split folder inside --data (default: val)")
     p.add_argument("--model", help="fail unless the checkpoint is this variant")
     p.add_argument("--batch-size", type=int, default=None, help="default: 64 (classification), 2 (dense tasks)")
     p.add_argument("--workers", type=int, default=0)
@@ -165,15 +158,16 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k classes with a classifier; drawn boxes/masks/class maps with a dense checkpoint")
+    p = sub.add_parser("predict", help="predict images with a model trained by pvt train: top-k classes, or drawn "
+                                       "boxes / masks / class maps")
     p.add_argument("--checkpoint", required=True, help="a .safetensors written by pvt train, or its run folder")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.add_argument("--out-dir", default="predictions", help="dense checkpoints: where <stem>_pred.png go")
-    p.add_argument("--score-thresh", type=float, default=0.3, help="dense checkpoints: drop detections below this")
-    p.add_argument("--json-out", help="dense checkpoints: also write the JSON records to this file")
+    p.add_argument("--out-dir", default="predictions", help="dense tasks: where <stem>_pred.png go")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="detection: drop detections below this")
+    p.add_argument("--json-out", help="also write the JSON records to this file")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="train PVTv2-B0 on the built-in digits, evaluate, predict (a few minutes)")

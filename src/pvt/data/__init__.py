@@ -1,7 +1,7 @@
 """Datasets and transforms for training: ImageFolder trees, the built-in digits, timm transforms."""
 
 from .builtin import DIGITS_CLASSES, default_cache_dir, digits_folder
-from .folder import IMG_EXTENSIONS, ImageFolderDataset, collate_skipping, find_classes, load_rgb
+from .folder import IMG_EXTENSIONS, ImageFolderDataset, collate_skipping, find_classes, load_rgb, read_image
 from .transforms import eval_transform, train_transform
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "eval_transform",
     "find_classes",
     "load_rgb",
+    "read_image",
     "train_transform",
 ]

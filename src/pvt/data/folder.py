@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "collate_skipping", "load_rgb", "find_classes"]
+__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "collate_skipping", "load_rgb", "read_image", "find_classes"]
 
 log = logging.getLogger("pvt.data")
 
@@ -29,6 +29,21 @@ def load_rgb(path: str | Path) -> Image.Image:
         if img.mode in ("P", "PA", "LA"):
             img = img.convert("RGBA")
         return img.convert("RGB")
+
+
+def read_image(path: str | Path) -> Tensor:
+    """An image file as a ``(3, H, W)`` float tensor in [0, 1] (RGB); FileNotFoundError / ValueError
+    naming the file when it is missing or unreadable."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image {str(p)!r} does not exist")
+    try:
+        img = load_rgb(p)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise ValueError(f"image {str(p)!r} cannot be read: {e}") from None
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 
 
 def _is_image(p: Path) -> bool:

@@ -41,6 +41,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             return torch.device("cuda", local_rank % torch.cuda.device_count())
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("config value device='mps': MPS is not available here; accepted: auto, cpu")
+    if name not in ("cpu", "mps") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise ValueError(f"device {name!r}: expected one of auto, cpu, cuda, cuda:N, mps")
     return torch.device(name)
 
 

@@ -1,4 +1,4 @@
-"""The Task interface the training engine drives, and the registry of tasks.
+"""The Task interface: what the training engine drives, and what evaluation and prediction ask.
 
 The engine (:mod:`pvt.engine.trainer`) owns everything that is the same for every task: devices,
 DistributedDataParallel, mixed precision, the optimiser (AdamW, no decay on norms/biases/embeddings),
@@ -20,21 +20,23 @@ registered in :mod:`pvt.tasks`, which builds the task and hands it to the engine
         metrics |= task.end_epoch()                                 # e.g. {"skipped_images": 2}
     weights saved with ``pvt.checkpoint.save_model(model, path, variant=cfg.model, extra=task.checkpoint_extra() | ...)``
 
-To rebuild a trained model from its checkpoint (eval / predict), the engine reads the metadata, makes a
-TrainConfig from ``extra["train_config"]``, calls ``task.restore_extra(extra)`` and then
-``task.build_model()`` with ``cfg.pretrained`` cleared, and loads the state dict.
+A trained model (``pvt eval`` / ``pvt predict``, ``pvt.evaluate`` / ``pvt.predict``) comes back the same way
+for every task: ``task = TaskClass.from_checkpoint(metadata)`` (the recorded TrainConfig and
+:meth:`Task.restore_extra`), ``model = task.load_model(state, metadata)``, then :meth:`Task.eval_dataset` +
+:meth:`Task.evaluate`, or :meth:`Task.predict`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import TrainConfig
+from .config import TrainConfig
 
 __all__ = ["Task"]
 
@@ -57,6 +59,8 @@ class Task:
 
     name: ClassVar[str] = ""
     best_metric: ClassVar[str] = ""
+    eval_batch_size: ClassVar[int] = 2
+    """Images per batch when evaluating a trained model (``pvt eval``'s default)."""
     defaults: ClassVar[dict[str, Any]] = {}
     ddp_find_unused_parameters: ClassVar[bool] = False
 
@@ -148,3 +152,49 @@ class Task:
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
         """Inverse of :meth:`checkpoint_extra`: set the state :meth:`build_model` needs."""
+
+    # -- trained models: evaluation and prediction -------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, meta: dict[str, Any], **overrides: Any) -> "Task":
+        """The task a checkpoint was trained with: its recorded TrainConfig (``overrides`` applied, no
+        ``pretrained`` weights, CPU) and :meth:`restore_extra` of its metadata."""
+        recorded = meta.get("train_config")
+        if not isinstance(recorded, dict):
+            raise ValueError("the checkpoint records no training config (it was not written by pvt train)")
+        cfg = TrainConfig.from_dict({**recorded, "pretrained": None, "device": "cpu", **overrides})
+        task = cls(cfg)
+        task.restore_extra(meta)
+        return task
+
+    def load_model(self, state: dict[str, Tensor], meta: dict[str, Any], source: str | Path) -> nn.Module:
+        """The trained model of a checkpoint: :meth:`build_model`, then its tensors (a ValueError naming
+        ``source`` when they do not fit)."""
+        model = self.build_model()
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {str(source)!r} does not match its own config: "
+                             f"{str(e).strip().splitlines()[0]}") from None
+        return model
+
+    def eval_dataset(self, split: str = "val") -> Dataset:
+        """The data :meth:`evaluate` scores on: the validation split of ``cfg.data`` (the task's built-in
+        data when None). Tasks with other named splits accept those."""
+        if split != "val":
+            raise ValueError(f"{self.name} task: split {split!r}: expected 'val'")
+        return self.build_datasets()[1]
+
+    def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *,
+                topk: int = 5, score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        """One JSON-able record per image (``{"image": path, ...}``); with ``out_dir``, also a drawing of
+        each prediction there. ``topk`` and ``score_thresh`` apply to the tasks they fit."""
+        raise NotImplementedError
+
+    def evaluation_details(self) -> dict[str, Any]:
+        """What the last :meth:`evaluate` found beyond its scores (e.g. per-class IoU), for ``pvt eval``."""
+        return {}
+
+    @classmethod
+    def summary(cls, metrics: dict[str, Any]) -> str:
+        """A one-line human summary of :meth:`evaluate`'s result (default: every number, rounded)."""
+        return "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float))

@@ -8,14 +8,20 @@ so a classification run never loads COCO, ADE20K or the dense metrics.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from ..checkpoint import read_own_format, resolve_checkpoint
 from ..engine.config import TrainConfig, resolve_layers
+from ..engine.distributed import resolve_device
 from ..engine.task import Task
 from ..naming import unknown_name
 
-__all__ = ["TASKS", "list_tasks", "get_task", "create_task", "resolve_config"]
+__all__ = ["TASKS", "list_tasks", "get_task", "create_task", "resolve_config", "Trained", "load_trained"]
 
 TASKS: dict[str, str] = {
     "classification": "pvt.tasks.classification:ClassificationTask",
@@ -54,3 +60,45 @@ def resolve_config(yaml_path: str | Path | None = None, **overrides: Any) -> Tra
                          .config_defaults(user), **overrides)
     create_task(cfg)
     return cfg
+
+
+@dataclass
+class Trained:
+    """A model trained by ``pvt train``, loaded from its checkpoint, with the task that knows how to use it."""
+
+    task: Task
+    model: nn.Module
+    """In eval mode, on :attr:`device`."""
+    meta: dict[str, Any]
+    """The checkpoint's metadata (config, class names, training config, ...)."""
+    path: Path
+    """The weights file that was read."""
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        """The model's name: the variant (classification) or the backbone (dense tasks)."""
+        return str(self.meta.get("variant") or self.task.cfg.model)
+
+
+def load_trained(checkpoint: str | Path, *, device: str = "auto", data: str | None = None,
+                 model: str | None = None) -> Trained:
+    """The model of a ``pvt train`` checkpoint (a ``.safetensors`` file, or a run folder: its best, else
+    last), for any task. ``data`` replaces the data it was trained on (for evaluation); ``model``, when
+    given, must be the variant it holds."""
+    path = resolve_checkpoint(checkpoint)
+    own = read_own_format(path)
+    meta = own[1] if own is not None else {}
+    if own is None or meta.get("task") not in TASKS or not isinstance(meta.get("train_config"), dict):
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a model written by pvt train (expected a .safetensors file with "
+            f"format=pvt metadata naming its task, one of {', '.join(sorted(TASKS))}, and its training config)"
+        )
+    task = get_task(meta["task"]).from_checkpoint(meta, **({"data": data} if data is not None else {}))
+    found = str(meta.get("variant") or task.cfg.model)
+    if model is not None and model != found:
+        raise ValueError(f"checkpoint {str(path)!r} holds {found!r}, not the requested model {model!r}")
+    net = task.load_model(own[0], meta, path)
+    dev = resolve_device(device)
+    net.to(dev).eval()
+    return Trained(task, net, meta, path, dev)

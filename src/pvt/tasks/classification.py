@@ -4,15 +4,19 @@ a PVT with a head for the dataset's classes, DeiT's mixup/cutmix + label-smoothi
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from PIL import UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import ImageFolderDataset, collate_skipping, digits_folder, eval_transform, train_transform
+from ..checkpoint import build_pvt, read_metadata
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..data import ImageFolderDataset, collate_skipping, digits_folder, eval_transform, load_rgb, train_transform
 from ..engine.task import Task
 from ..variants import get_variant
 
@@ -55,13 +59,11 @@ def build_classifier(model_name: str, num_classes: int, *, img_size: int, drop_p
     path = Path(pretrained)
     if not str(pretrained).startswith("hf-hub:") and not path.exists():
         raise FileNotFoundError(f"pretrained weights {str(pretrained)!r} do not exist")
-    from ..checkpoint import read_own_format
-
-    own = read_own_format(path) if path.is_file() else None
-    if own is not None and own[1].get("variant") and own[1]["variant"] != model_name:
+    meta = read_metadata(path) if path.is_file() else None
+    if meta is not None and meta.get("variant") and meta["variant"] != model_name:
         raise ValueError(
-            f"pretrained weights {str(pretrained)!r} are for {own[1]['variant']!r}, not for model {model_name!r}; "
-            f"pass --model {own[1]['variant']} or weights of {model_name}"
+            f"pretrained weights {str(pretrained)!r} are for {meta['variant']!r}, not for model {model_name!r}; "
+            f"pass --model {meta['variant']} or weights of {model_name}"
         )
     # the loader raises a ValueError naming mis-fitting keys; v1 position embeddings follow img_size
     return create_model(model_name, num_classes=num_classes, pretrained=pretrained, drop_path_rate=drop_path,
@@ -73,6 +75,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     best_metric = "top1"
+    eval_batch_size: ClassVar[int] = 64
     collate_fn = staticmethod(collate_skipping)
 
     def __init__(self, cfg):
@@ -82,6 +85,7 @@ class ClassificationTask(Task):
         self._skipped = 0
         self._mixup = None
         self._criterion: nn.Module | None = None
+        self._eval_input: dict[str, Any] = {}  # a checkpoint's recorded evaluation input (restore_extra)
 
     @classmethod
     def data_defaults(cls, data: str | None) -> dict[str, Any]:
@@ -221,8 +225,6 @@ class ClassificationTask(Task):
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_extra(self) -> dict[str, Any]:
-        from ..constants import IMAGENET_MEAN, IMAGENET_STD
-
         return {
             "task": self.name,
             "class_names": self.class_names,
@@ -235,4 +237,61 @@ class ClassificationTask(Task):
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
         self.class_names = list(extra["class_names"])
+        self._eval_input = {k: extra[k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std") if k in extra}
+
+    # -- trained models -----------------------------------------------------------------------
+    def load_model(self, state: dict[str, Tensor], meta: dict[str, Any], source: str | Path) -> nn.Module:
+        """The network the checkpoint's own config describes (exact even when it was fine-tuned from weights
+        whose numerics differ from the variant's, e.g. HF's LayerNorm eps)."""
+        return build_pvt(meta, state, source)
+
+    def _eval_tf(self):
+        e = {"img_size": self.cfg.img_size, "crop_pct": self.cfg.crop_pct, "interpolation": self.cfg.interpolation,
+             **self._eval_input}
+        return eval_transform(int(e["img_size"]), float(e["crop_pct"]), str(e["interpolation"]),
+                              tuple(e.get("mean", IMAGENET_MEAN)), tuple(e.get("std", IMAGENET_STD)))
+
+    def eval_dataset(self, split: str = "val") -> Dataset:
+        """``<data>/<split>/<class>/`` images, or ``<data>/<class>/`` when ``data`` has no such split
+        (default data: the checkpoint's own); class folders must be among the trained classes."""
+        if self.cfg.data is None:
+            folder = digits_folder(self.cfg.data_dir) / split
+        else:
+            root = Path(self.cfg.data).expanduser()
+            if not root.exists():
+                raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+            if not root.is_dir():
+                raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with {split}/ or class folders")
+            folder = root / split if (root / split).is_dir() else root
+        ds = ImageFolderDataset(folder, self._eval_tf(), class_names=self.class_names, require_all=False)
+        self._skipped += len(ds.unreadable)
+        return ds
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,
+                score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        """The ``topk`` classes of each image: ``{"image", "top": [{"class", "index", "prob"}, ...]}``."""
+        if topk < 1:
+            raise ValueError(f"topk={topk!r}: expected an integer >= 1")
+        tf = self._eval_tf()
+        batch = []
+        for p in images:
+            try:
+                batch.append(tf(load_rgb(p)))
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                raise ValueError(f"image {str(p)!r} cannot be read: {e}") from None
+        probs = model(torch.stack(batch).to(device)).float().softmax(-1).cpu()
+        k = min(topk, probs.shape[1])
+        out = []
+        for p, row in zip(images, probs):
+            val, idx = row.topk(k)
+            out.append({"image": str(p), "top": [
+                {"class": self.class_names[i], "index": int(i), "prob": float(v)}
+                for v, i in zip(val.tolist(), idx.tolist())
+            ]})
+        return out
+
+    @classmethod
+    def summary(cls, metrics: dict[str, Any]) -> str:
+        return f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}"
 

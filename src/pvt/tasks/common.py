@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.task import Task
+from ..variants import get_variant
 
-__all__ = ["DENSE_COMMON", "SHAPES_NUM_TRAIN", "SHAPES_NUM_VAL", "shapes_root", "check_options", "dense_drop_path"]
+__all__ = ["DENSE_COMMON", "SHAPES_NUM_TRAIN", "SHAPES_NUM_VAL", "DenseTask", "shapes_root", "check_options",
+           "dense_drop_path"]
 
 #: every dense recipe: AdamW 1e-4, weight decay 1e-4, no classification augmentation, no clipping, no EMA.
 DENSE_COMMON: dict[str, Any] = {"mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "reprob": 0.0, "aa": "none", "color_jitter": 0.0,
@@ -40,3 +42,25 @@ def check_options(task: Task, accepted: set[str]) -> None:
 def dense_drop_path(cfg) -> float:
     """Stochastic depth of a dense backbone: the config's, else 0.1 (the official dense configs')."""
     return cfg.drop_path if cfg.drop_path is not None else 0.1  # the official dense backbones' rate
+
+
+class DenseTask(Task):
+    """What every dense task shares: a backbone variant as ``--model``, named options, the built-in shapes
+    preset when no data is given, and class names found in the data."""
+
+    options: frozenset[str] = frozenset()
+    """The task options (``--opt KEY=VALUE``) it accepts."""
+    shapes_preset: dict[str, Any] = {}
+    """TrainConfig values for the built-in shapes (used when ``data`` is None)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.class_names: list[str] = []
+
+    @classmethod
+    def data_defaults(cls, data: str | None) -> dict[str, Any]:
+        return dict(cls.shapes_preset) if data is None else {}
+
+    def validate(self) -> None:
+        get_variant(self.cfg.model)  # the backbone: a ValueError naming close names
+        check_options(self, set(self.options))

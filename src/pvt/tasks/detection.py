@@ -16,6 +16,7 @@ data), ``train_ann``/``val_ann``/``train_images``/``val_images`` (explicit paths
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data import read_image
 from ..data.coco import CocoDataset, detection_collate
-from ..engine.task import Task
-from ..variants import get_variant
-from .common import DENSE_COMMON, check_options, dense_drop_path, shapes_root
+from .common import DENSE_COMMON, DenseTask, dense_drop_path, shapes_root
 from .metrics import coco_map, detections_to_coco
 from .schedules import MultiStepLR
+from .visualize import draw_detections, save_drawing
 
 __all__ = ["DetectionTask", "InstanceTask", "DETECTION_DEFAULTS", "SHAPES_DETECTION", "SHAPES_ANCHOR_SIZE"]
 
@@ -46,33 +47,29 @@ SHAPES_DETECTION: dict[str, Any] = {"img_size": 64, "epochs": 8, "batch_size": 8
 #: the smallest anchor on the built-in shapes (10-56 px objects; the paper's 32 misses most at 64 px).
 SHAPES_ANCHOR_SIZE = 16
 
-_DET_OPTIONS = {"max_size", "multiscale", "anchor_size", "lr_steps", "train_ann", "val_ann", "train_images", "val_images",
-                "num_train", "num_val", "shapes_size"}
+DETECTION_OPTIONS = frozenset({"max_size", "multiscale", "anchor_size", "lr_steps", "train_ann", "val_ann",
+                               "train_images", "val_images", "num_train", "num_val", "shapes_size"})
 
-class DetectionTask(Task):
+class DetectionTask(DenseTask):
     """RetinaNet (see module docstring)."""
 
     name = "detection"
     best_metric = "bbox_mAP"
     defaults = DETECTION_DEFAULTS
+    options = DETECTION_OPTIONS
+    shapes_preset = SHAPES_DETECTION
     head = "retinanet"
     masks = False
     collate_fn = staticmethod(detection_collate)
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.class_names: list[str] = []
         self.cat_ids: list[int] = []
         self.val_ds: CocoDataset | None = None
         self.anchor_size: int | None = None  # set from a checkpoint; else from the options / data
 
-    @classmethod
-    def data_defaults(cls, data: str | None) -> dict[str, Any]:
-        return dict(SHAPES_DETECTION) if data is None else {}
-
     def validate(self) -> None:
-        get_variant(self.cfg.model)  # the backbone: ValueError naming close names
-        check_options(self, _DET_OPTIONS)
+        super().validate()
         self._anchor_size()
         steps = self.cfg.task_options.get("lr_steps")
         if steps is not None:
@@ -178,6 +175,38 @@ class DetectionTask(Task):
     def predict_batch(self, model: nn.Module, images: list[Tensor], device: torch.device) -> list[dict[str, Tensor]]:
         model.eval()
         return model([i.to(device) for i in images])
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,
+                score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        """Detections scoring at least ``score_thresh``: ``{"class", "label", "score", "box"}`` (x1, y1, x2, y2
+        pixels; ``mask_area`` with masks); with ``out_dir`` the boxes (and masks) drawn over each image."""
+        if not 0 <= score_thresh <= 1:
+            raise ValueError(f"score_thresh={score_thresh!r}: expected a number in [0, 1]")
+        records = []
+        for p in images:
+            img = read_image(p)
+            det = self.predict_batch(model, [img], device)[0]
+            keep = det["scores"] >= score_thresh
+            boxes = det["boxes"][keep].cpu().tolist()
+            labels = det["labels"][keep].cpu().tolist()
+            scores = det["scores"][keep].cpu().tolist()
+            masks = (det["masks"][keep][:, 0] > 0.5).cpu().numpy() if "masks" in det else None
+            found = [{"class": self.class_names[lab], "label": int(lab), "score": round(float(s), 4),
+                      "box": [round(float(v), 1) for v in b]} for b, lab, s in zip(boxes, labels, scores)]
+            for d, m in zip(found, masks if masks is not None else []):
+                d["mask_area"] = int(m.sum())
+            rec: dict[str, Any] = {"image": str(p), "detections": found}
+            if out_dir is not None:
+                rec["output"] = save_drawing(
+                    draw_detections(img, boxes, labels, scores, self.class_names, masks), out_dir, p)
+            records.append(rec)
+        return records
+
+    @classmethod
+    def summary(cls, metrics: dict[str, Any]) -> str:
+        keys = ["bbox_mAP", "bbox_mAP_50"] + (["segm_mAP", "segm_mAP_50"] if cls.masks else [])
+        return "  ".join(f"{k} {metrics[k]:.2f}" for k in keys if k in metrics)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:

@@ -5,20 +5,23 @@ evaluation, default img_size), ``reduce_zero_label``, and for the built-in data 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data import read_image
 from ..data.ade import IGNORE_INDEX, ADE20KDataset, segmentation_collate
-from ..engine.task import Task
-from ..variants import get_variant
-from .common import DENSE_COMMON, check_options, dense_drop_path, shapes_root
+from .common import DENSE_COMMON, DenseTask, dense_drop_path, shapes_root
 from .metrics import ConfusionMatrix
 from .schedules import PolyLR
+from .visualize import draw_segmentation, save_drawing
 
 __all__ = ["SegmentationTask", "SEGMENTATION_DEFAULTS", "SHAPES_SEGMENTATION"]
 
@@ -29,29 +32,22 @@ SEGMENTATION_DEFAULTS: dict[str, Any] = dict(DENSE_COMMON, epochs=32, batch_size
 #: built-in shapes (see the detection task).
 SHAPES_SEGMENTATION: dict[str, Any] = {"img_size": 64, "epochs": 8, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1.0,
                                        "clip_grad": 1.0, "drop_path": 0.0, "workers": 0}
-_SEG_OPTIONS = {"test_size", "reduce_zero_label", "num_train", "num_val", "shapes_size"}
+SEGMENTATION_OPTIONS = frozenset({"test_size", "reduce_zero_label", "num_train", "num_val", "shapes_size"})
 
 
-class SegmentationTask(Task):
+class SegmentationTask(DenseTask):
     """Semantic FPN (see module docstring)."""
 
     name = "segmentation"
     best_metric = "mIoU"
     defaults = SEGMENTATION_DEFAULTS
+    options = SEGMENTATION_OPTIONS
+    shapes_preset = SHAPES_SEGMENTATION
     collate_fn = staticmethod(segmentation_collate)
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.class_names: list[str] = []
         self.per_class_iou: list[float] = []
-
-    @classmethod
-    def data_defaults(cls, data: str | None) -> dict[str, Any]:
-        return dict(SHAPES_SEGMENTATION) if data is None else {}
-
-    def validate(self) -> None:
-        get_variant(self.cfg.model)  # the backbone: ValueError naming close names
-        check_options(self, _SEG_OPTIONS)
 
     def _scale(self, size: int) -> tuple[int, int]:
         return (size * 4, size)  # mmseg's (2048, 512) at 512
@@ -109,6 +105,30 @@ class SegmentationTask(Task):
         res = cm.compute()
         self.per_class_iou = res.pop("per_class_iou")
         return res
+
+    def evaluation_details(self) -> dict[str, Any]:
+        return {"per_class_iou": dict(zip(self.class_names, self.per_class_iou))}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,
+                score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        """The fraction of each image's pixels per predicted class (``class_fractions``); with ``out_dir``
+        the class map drawn over each image."""
+        records = []
+        for p in images:
+            img = read_image(p)
+            seg = self.predict_logits(model, img, tuple(img.shape[-2:]), device).argmax(0).cpu().numpy()
+            counts = np.bincount(seg.reshape(-1), minlength=len(self.class_names)) / seg.size
+            rec: dict[str, Any] = {"image": str(p), "class_fractions": {
+                n: round(float(c), 4) for n, c in zip(self.class_names, counts) if c > 0}}
+            if out_dir is not None:
+                rec["output"] = save_drawing(draw_segmentation(img, seg, self.class_names), out_dir, p)
+            records.append(rec)
+        return records
+
+    @classmethod
+    def summary(cls, metrics: dict[str, Any]) -> str:
+        return "  ".join(f"{k} {metrics[k]:.2f}" for k in ("mIoU", "aAcc", "mAcc") if k in metrics)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"task": self.name, "task_model": f"semfpn_{self.cfg.model}", "class_names": self.class_names,

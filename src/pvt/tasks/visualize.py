@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["palette", "draw_detections", "draw_segmentation"]
+__all__ = ["palette", "draw_detections", "draw_segmentation", "save_drawing"]
 
 
 def palette(n: int, seed: int = 3) -> np.ndarray:
@@ -92,3 +93,14 @@ def draw_segmentation(image, seg: np.ndarray, class_names: Sequence[str], alpha:
             draw.text((14, y), name, fill=(0, 0, 0), font=font)
             y += 13
     return out
+
+
+def save_drawing(drawing: Image.Image, out_dir: str | Path, image: str | Path) -> str:
+    """Write ``drawing`` atomically as ``<out_dir>/<stem of image>_pred.png``; returns the path written."""
+    from ..io import atomic_write
+
+    target = Path(out_dir) / f"{Path(image).stem}_pred.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target, "wb") as f:
+        drawing.save(f, format="PNG")
+    return str(target)
