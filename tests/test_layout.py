@@ -1,0 +1,132 @@
+"""The package's shape: every import points down the layers (cli -> api -> tasks/engine -> models/weights
+-> layers -> base), nothing imports in a circle, and ``import pvt`` loads no training, data, dense or
+benchmark code. Read statically from the sources (imports inside functions count too)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# rank of each module (longest prefix wins); a module may import modules of its own rank or below
+RANKS: dict[str, int] = {
+    # base: facts and helpers with no PVT knowledge
+    "pvt.config": 0, "pvt.constants": 0, "pvt.naming": 0, "pvt.tracing": 0, "pvt.io": 0,
+    # layers: the plain building blocks, and the kernels / process settings the accelerated paths use
+    "pvt.layers": 1, "pvt.accel.kernels": 1, "pvt.accel.runtime": 1,
+    # models and weights
+    "pvt.model": 2, "pvt.variants": 2, "pvt.accel": 2, "pvt.registry": 2, "pvt.weights": 2, "pvt.hub": 2,
+    "pvt.checkpoint": 2, "pvt.flops": 2, "pvt.dense": 2, "pvt.export": 2,
+    # tasks and engine (and the tools built on the models)
+    "pvt.data": 3, "pvt.engine": 3, "pvt.tasks": 3, "pvt.reports": 3, "pvt.bench": 3,
+    "pvt.api": 4,
+    "pvt.cli": 5, "pvt.__main__": 5,
+    "pvt": 6,  # the package's public facade (lazy attributes)
+}
+# arrows that the ranks allow but the design forbids
+FORBIDDEN = [
+    ("pvt.engine", "pvt.tasks"),  # the engine drives any task and knows none
+    ("pvt.engine", "pvt.dense"),
+    ("pvt.data", "pvt.engine"),
+    ("pvt.data", "pvt.tasks"),
+    ("pvt.tasks", "pvt.reports"),
+    ("pvt.tasks", "pvt.bench"),
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted((SRC / "pvt").rglob("*.py")):
+        parts = list(p.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.module == "__future__":
+                continue
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name and not name.startswith(t + "."):  # a package's own __init__ is no edge
+                found.add(t)
+    return found
+
+
+def _rank(module: str) -> int:
+    best = max((p for p in RANKS if module == p or (p != "pvt" and module.startswith(p + "."))), key=len, default=None)
+    if best is None:
+        raise AssertionError(f"{module} has no layer: add it to RANKS in tests/test_layout.py (and the README)")
+    return RANKS[best]
+
+
+GRAPH = {name: _imports(name, path, set(_modules())) for name, path in _modules().items()}
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_imports_point_down(module):
+    mine = _rank(module)
+    up = sorted(t for t in GRAPH[module] if _rank(t) > mine)
+    assert not up, f"{module} (layer {mine}) imports from higher layers: {up}"
+    bad = [t for t in GRAPH[module] for a, b in FORBIDDEN
+           if (module == a or module.startswith(a + ".")) and (t == b or t.startswith(b + "."))]
+    assert not bad, f"{module} must not import {bad}"
+
+
+def test_no_import_cycles():
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in GRAPH.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in GRAPH:
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+def test_import_pvt_loads_no_training_data_dense_or_benchmark_code():
+    code = "import sys, pvt; print(' '.join(sorted(m for m in sys.modules if m.startswith('pvt'))))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    heavy = [m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in
+             ("data", "dense", "engine", "tasks", "bench", "reports", "api", "cli", "weights", "flops", "export")]
+    assert "pvt.model" in loaded and not heavy, loaded
