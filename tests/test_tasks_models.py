@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pvt
-from pvt.dense import DENSE_MODELS, create_dense_model, get_dense_spec, list_dense_models
+from pvt.dense import DENSE_MODELS, HEADS, create_dense_model, get_dense_spec, list_dense_models
 
 # torchvision-built counts (M) measured for PAPER_FACTS; the paper prints them rounded to 0.1
 MEASURED = {
@@ -35,7 +35,7 @@ def _count_m(name: str) -> float:
 @pytest.mark.parametrize(
     "backbone", [pytest.param(b, marks=() if b in FAST else pytest.mark.slow) for b in MEASURED]
 )
-@pytest.mark.parametrize("head_index, head", list(enumerate(["retinanet", "maskrcnn", "semfpn"])))
+@pytest.mark.parametrize("head_index, head", list(enumerate(["retinanet", "mask_rcnn", "semfpn"])))
 def test_param_counts_match_paper(backbone, head_index, head):
     spec = get_dense_spec(f"{head}_{backbone}")
     expected = MEASURED[backbone][head_index]
@@ -57,12 +57,13 @@ def test_semantic_fpn_gflops_match_table5(backbone, paper):
 
 def test_registry_names_and_errors():
     names = list_dense_models()
-    assert len(names) == 3 * len(pvt.list_models()) == len(DENSE_MODELS)
+    assert len(names) == len(HEADS) * len(pvt.list_models()) == len(DENSE_MODELS)
     assert "retinanet_pvt_v2_b2_li" in names and "semfpn_pvt_v1_large" in names
-    assert list_dense_models("maskrcnn_*", task="instance") == [n for n in names if n.startswith("maskrcnn_")]
+    assert list_dense_models("mask_rcnn_*", task="instance") == [n for n in names if n.startswith("mask_rcnn_")]
     assert list_dense_models(task="segmentation")[0].startswith("semfpn_")
     with pytest.raises(ValueError, match="did you mean retinanet_pvt_v2_b"):
         create_dense_model("retinanet_pvt_v2_bx")
+    assert get_dense_spec("maskrcnn_pvt_v2_b0").name == "mask_rcnn_pvt_v2_b0"  # the older head name still works
 
 
 def test_retinanet_p6_comes_from_c5_even_when_channels_match():
@@ -86,13 +87,13 @@ def test_anchor_size_option():
     with torch.device("meta"):
         ret = create_dense_model("retinanet_pvt_v2_b0")
         small = create_dense_model("retinanet_pvt_v2_b0", anchor_size=16)
-        mrcnn = create_dense_model("maskrcnn_pvt_v2_b0", anchor_size=8)
+        mrcnn = create_dense_model("mask_rcnn_pvt_v2_b0", anchor_size=8)
     # the paper's anchors by default: 32..512 x octaves 2^0, 2^(1/3), 2^(2/3)
     assert ret.anchor_generator.sizes == ((32, 40, 50), (64, 80, 101), (128, 161, 203), (256, 322, 406),
                                           (512, 645, 812))
     assert small.anchor_generator.sizes[0] == (16, 20, 25) and small.anchor_generator.sizes[-1] == (256, 322, 406)
     assert mrcnn.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
-    assert create_dense_model("maskrcnn_pvt_v2_b0").rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
+    assert create_dense_model("mask_rcnn_pvt_v2_b0").rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
     # anchors are not parameters: the counts of Table 3 do not move
     assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in ret.parameters())
     for bad in (0, 3, 12.5, "16", True, 2048):
@@ -140,13 +141,13 @@ def _targets(sizes, masks=False):
     return out
 
 
-@pytest.mark.parametrize("head", ["retinanet", "maskrcnn"])
+@pytest.mark.parametrize("head", ["retinanet", "mask_rcnn"])
 def test_detector_train_step_and_inference_at_odd_sizes(head):
     model = create_dense_model(f"{head}_pvt_v2_b0", num_classes=3, min_size=67, max_size=101)
     sizes = [(67, 91), (75, 61)]
     images = [torch.rand(3, h, w) for h, w in sizes]
     model.train()
-    losses = model(images, _targets(sizes, masks=head == "maskrcnn"))
+    losses = model(images, _targets(sizes, masks=head == "mask_rcnn"))
     expected = {"classification", "bbox_regression"} if head == "retinanet" else {
         "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
     assert set(losses) == expected
@@ -163,7 +164,7 @@ def test_detector_train_step_and_inference_at_odd_sizes(head):
         if len(det["boxes"]):
             assert det["boxes"][:, 2].max() <= w + 1e-3 and det["boxes"][:, 3].max() <= h + 1e-3
             assert det["labels"].min() >= 0 and det["labels"].max() < 3
-        if head == "maskrcnn":
+        if head == "mask_rcnn":
             assert det["masks"].shape[-2:] == (h, w)
 
 

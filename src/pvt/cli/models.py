@@ -286,16 +286,15 @@ def _task_info(name: str, size: tuple[int, int] | None) -> dict[str, Any]:
     from ..dense import create_dense_model, get_dense_spec
 
     spec = get_dense_spec(name)
-    detector = spec.head != "semfpn"
-    size = size or ((800, 1280) if detector else (512, 512))
+    size = size or spec.head.flops_input
     with torch.device("meta"):
         model = create_dense_model(name)
-    method = "forward_dummy" if detector and hasattr(model, "forward_dummy") else None
+    method = spec.head.flops_method
     report = count_flops(model, size, method=method)
     return {
-        "name": name,
+        "name": spec.name,
         "kind": spec.task,
-        "head": spec.head,
+        "head": spec.head.name,
         "backbone": spec.backbone,
         "input_size": list(size),
         "params": report.params,

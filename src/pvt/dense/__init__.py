@@ -3,11 +3,12 @@
 * :mod:`.backbone`: the PVT stage maps as an ordered dict, the FPN necks, P6/P7 levels.
 * :mod:`.retinanet`, :mod:`.mask_rcnn`: torchvision's detectors over a PVT + FPN; :mod:`.anchors`.
 * :mod:`.semantic_fpn`: Semantic FPN for segmentation.
-* :mod:`.zoo`: every (head, backbone) pair of the paper's tables as a named model.
+* :mod:`.zoo`: every (head, backbone) pair as a named model; :mod:`.paper`: the paper's figures for them.
 
 Training, evaluation and prediction of these models are the tasks of :mod:`pvt.tasks`.
 """
 
-from .zoo import DENSE_MODELS, DenseModelSpec, create_dense_model, get_dense_spec, list_dense_models
+from .zoo import DENSE_MODELS, HEADS, DenseModelSpec, Head, create_dense_model, get_dense_spec, list_dense_models
 
-__all__ = ["DENSE_MODELS", "DenseModelSpec", "create_dense_model", "get_dense_spec", "list_dense_models"]
+__all__ = ["DENSE_MODELS", "HEADS", "DenseModelSpec", "Head", "create_dense_model", "get_dense_spec",
+           "list_dense_models"]

@@ -16,7 +16,7 @@ from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .anchors import DEFAULT_ANCHOR_SIZE, rpn_anchors
 from .backbone import PVTWithFPN, build_backbone
 
-__all__ = ["PVTMaskRCNN", "maskrcnn"]
+__all__ = ["PVTMaskRCNN", "mask_rcnn"]
 
 
 class PVTMaskRCNN(MaskRCNN):
@@ -44,7 +44,7 @@ class PVTMaskRCNN(MaskRCNN):
         return self.rpn.head(feats)
 
 
-def maskrcnn(
+def mask_rcnn(
     backbone: str,
     num_classes: int = 80,
     pretrained: str | Path | None = None,

@@ -1,22 +1,21 @@
-"""Dense prediction on PVT backbones: RetinaNet, Mask R-CNN (torchvision) and Semantic FPN.
-
-Every (head, backbone) pair of the paper's Tables 3 and 5 is a named model::
+"""Every dense-prediction model of the papers as a name: ``<head>_<backbone>``, one scheme for all heads.
 
     >>> from pvt.dense import create_dense_model, list_dense_models
     >>> list_dense_models("semfpn_*")[:2]
     ['semfpn_pvt_v1_tiny', 'semfpn_pvt_v1_small']
     >>> model = create_dense_model("retinanet_pvt_v2_b0", num_classes=80, pretrained="pvt_v2_b0.pth")
 
-Counting FLOPs (``pvt.count_flops``), per model family:
-
-* ``semfpn_*``: the whole model on a ``(1, 3, 512, 512)`` tensor (Table 5's convention).
-* ``retinanet_*`` / ``maskrcnn_*``: ``model.forward_dummy`` on a ``(1, 3, H, W)`` tensor (backbone,
-  FPN and the dense head; no resizing, NMS or RoI heads), as mmdet's ``get_flops`` does.
+A :class:`Head` says what a head is: its training task, its builder, the paper's data set size and how
+the paper counted its FLOPs (``pvt.count_flops(model, head.flops_input, method=head.flops_method)``:
+Semantic FPN runs whole on 512x512; detectors run ``forward_dummy`` on 800x1280, as mmdet's
+``get_flops`` does). Every head goes on every backbone of the family; the paper's figures, where it has
+them, come from :mod:`pvt.dense.paper`.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,10 +23,54 @@ from torch import nn
 
 from ..naming import unknown_name
 from ..variants import VARIANTS
+from .paper import DenseFigures, paper_figures
 
-__all__ = ["DenseModelSpec", "DENSE_MODELS", "create_dense_model", "list_dense_models", "get_dense_spec"]
+__all__ = ["Head", "HEADS", "DenseModelSpec", "DENSE_MODELS", "create_dense_model", "list_dense_models",
+           "get_dense_spec"]
 
-HEADS = {"retinanet": "detection", "maskrcnn": "instance", "semfpn": "segmentation"}
+
+@dataclass(frozen=True)
+class Head:
+    """One kind of dense-prediction model, to be put on any PVT backbone."""
+
+    name: str
+    task: str
+    """The training task that trains it: ``detection``, ``instance`` or ``segmentation``."""
+    builder: str
+    """``module:function`` in :mod:`pvt.dense` building it: ``function(backbone_name, num_classes=..., ...)``."""
+    num_classes: int
+    """Classes of the paper's data set (COCO 80, ADE20K 150), the default."""
+    flops_input: tuple[int, int]
+    """``(H, W)`` the paper counted FLOPs at."""
+    flops_method: str | None
+    """The model method the FLOPs are counted on (None: the whole forward)."""
+    anchor_size: int | None
+    """The paper's smallest anchor in pixels, when the builder takes ``anchor_size`` (None: anchor-free)."""
+    description: str
+    recipe: tuple[tuple[str, Any], ...] = ()
+    """TrainConfig values of the paper's recipe for this head where they differ from its task's defaults
+    (e.g. Table 4's 3x schedule: ``(("epochs", 36),)``)."""
+    multiscale: tuple[int, int] | None = None
+    """The paper's multi-scale training range of the shorter side at the 800 px scale (None: one scale)."""
+
+    def build(self, backbone: str, **kwargs: Any) -> nn.Module:
+        module, _, function = self.builder.partition(":")
+        build: Callable[..., nn.Module] = getattr(importlib.import_module(module), function)
+        return build(backbone, **kwargs)
+
+
+HEADS: dict[str, Head] = {h.name: h for h in [
+    Head("retinanet", "detection", "pvt.dense.retinanet:retinanet", 80, (800, 1280), "forward_dummy", 32,
+         "RetinaNet (Table 3)"),
+    Head("mask_rcnn", "instance", "pvt.dense.mask_rcnn:mask_rcnn", 80, (800, 1280), "forward_dummy", 32,
+         "Mask R-CNN (Table 3)"),
+    Head("semfpn", "segmentation", "pvt.dense.semantic_fpn:semantic_fpn", 150, (512, 512), None, None,
+         "Semantic FPN (Table 5)"),
+]}
+"""The heads by name, in table order."""
+
+ALIASES = {"maskrcnn": "mask_rcnn"}
+"""Older head names that still resolve."""
 
 
 @dataclass(frozen=True)
@@ -35,52 +78,41 @@ class DenseModelSpec:
     """One named dense-prediction model: a head on a backbone variant, and the paper's figures."""
 
     name: str
-    head: str
-    """``retinanet``, ``maskrcnn`` or ``semfpn``."""
+    head: Head
     backbone: str
-    task: str
-    """``detection``, ``instance`` or ``segmentation`` (the engine's task name)."""
-    paper_params_m: float | None
-    paper_gflops: float | None
-    """Table 5's GFLOPs at 512x512 (Semantic FPN only)."""
-    paper_metric: float | None
-    """Table 3's AP (box AP for Mask R-CNN) or Table 5's mIoU."""
-    default_num_classes: int
+    paper: DenseFigures | None
+    """The paper's figures for this pair (None where no table has it)."""
+
+    @property
+    def task(self) -> str:
+        return self.head.task
+
+    @property
+    def default_num_classes(self) -> int:
+        return self.head.num_classes
+
+    @property
+    def paper_params_m(self) -> float | None:
+        return self.paper.params_m if self.paper else None
+
+    @property
+    def paper_gflops(self) -> float | None:
+        return self.paper.gflops if self.paper else None
+
+    @property
+    def paper_metric(self) -> float | None:
+        """Box AP (detectors) or mIoU (Semantic FPN)."""
+        return self.paper.metric if self.paper else None
 
     def build(self, **kwargs: Any) -> nn.Module:
-        return _builder(self.head)(self.backbone, **kwargs)
+        return self.head.build(self.backbone, **kwargs)
 
 
-def _builder(head: str) -> Callable[..., nn.Module]:
-    if head == "retinanet":
-        from .retinanet import retinanet
-
-        return retinanet
-    if head == "maskrcnn":
-        from .mask_rcnn import maskrcnn
-
-        return maskrcnn
-    from .semantic_fpn import semantic_fpn
-
-    return semantic_fpn
-
-
-def _specs() -> dict[str, DenseModelSpec]:
-    out: dict[str, DenseModelSpec] = {}
-    for head, task in HEADS.items():
-        for backbone, v in VARIANTS.items():
-            p = v.paper
-            figures = {
-                "retinanet": (p.retinanet_params_m, None, p.retinanet_ap, 80),
-                "maskrcnn": (p.maskrcnn_params_m, None, p.maskrcnn_ap_box, 80),
-                "semfpn": (p.semfpn_params_m, p.semfpn_gflops, p.semfpn_miou, 150),
-            }[head]
-            name = f"{head}_{backbone}"
-            out[name] = DenseModelSpec(name, head, backbone, task, *figures)
-    return out
-
-
-DENSE_MODELS: dict[str, DenseModelSpec] = _specs()
+DENSE_MODELS: dict[str, DenseModelSpec] = {
+    f"{head.name}_{backbone}": DenseModelSpec(f"{head.name}_{backbone}", head, backbone,
+                                              paper_figures(head.name, backbone))
+    for head in HEADS.values() for backbone in VARIANTS
+}
 
 
 def list_dense_models(pattern: str = "*", task: str | None = None) -> list[str]:
@@ -89,7 +121,10 @@ def list_dense_models(pattern: str = "*", task: str | None = None) -> list[str]:
 
 
 def get_dense_spec(name: str) -> DenseModelSpec:
-    """The spec for ``name``; an unknown name raises a ValueError suggesting close names."""
+    """The spec for ``name`` (older head names such as ``maskrcnn_`` accepted); an unknown name raises a
+    ValueError suggesting close names."""
+    head, sep, backbone = name.partition("_pvt_")
+    name = f"{ALIASES.get(head, head)}{sep}{backbone}"
     try:
         return DENSE_MODELS[name]
     except KeyError:
@@ -102,12 +137,13 @@ def get_dense_spec(name: str) -> DenseModelSpec:
 def create_dense_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a named dense-prediction model, e.g. ``create_dense_model("semfpn_pvt_v2_b2")``.
 
-    Keyword arguments go to the builder: ``num_classes``, ``pretrained`` (a classification
-    checkpoint for the backbone; its head is dropped), ``drop_path_rate``, and for detectors
-    ``min_size`` / ``max_size``.
+    Keyword arguments go to the head's builder: ``num_classes`` (default: the paper's data set's),
+    ``pretrained`` (a classification or dense checkpoint for the backbone; heads and necks are dropped),
+    ``drop_path_rate``, and for detectors ``min_size`` / ``max_size`` (and ``anchor_size`` where the head
+    has anchors).
     """
     spec = get_dense_spec(name)
     kwargs.setdefault("num_classes", spec.default_num_classes)
     model = spec.build(**kwargs)
-    model.dense_model_name = name
+    model.dense_model_name = spec.name
     return model

@@ -7,6 +7,7 @@ so a classification run never loads COCO, ADE20K or the dense metrics.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,12 @@ import torch
 from torch import nn
 
 from ..checkpoint import read_own_format, resolve_checkpoint
+from ..dense import get_dense_spec
 from ..engine.config import TrainConfig, resolve_layers
 from ..engine.distributed import resolve_device
 from ..engine.task import Task
 from ..naming import unknown_name
+from ..variants import VARIANTS
 
 __all__ = ["TASKS", "list_tasks", "get_task", "create_task", "resolve_config", "Trained", "load_trained"]
 
@@ -55,9 +58,16 @@ def create_task(cfg: TrainConfig) -> Task:
 def resolve_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """A checked :class:`TrainConfig`: the engine's defaults < the task's defaults for the model and data
     < a YAML file < ``overrides`` (see :func:`pvt.engine.config.resolve_layers`), validated by its task
-    (model name, task options)."""
-    cfg = resolve_layers(yaml_path, task_defaults=lambda user: get_task(user.get("task", "classification"))
-                         .config_defaults(user), **overrides)
+    (model name, task options). Without a ``task``, a dense model's name (``atss_pvt_v2_b2``) selects the
+    task that trains it; anything else is classification."""
+    def task_defaults(user: dict[str, Any]) -> dict[str, Any]:
+        if "task" not in user and user.get("model") is not None and user["model"] not in VARIANTS:
+            with contextlib.suppress(ValueError):  # a dense model's name implies its task
+                user["task"] = get_dense_spec(user["model"]).task
+        return {"task": user.get("task", "classification"),
+                **get_task(user.get("task", "classification")).config_defaults(user)}
+
+    cfg = resolve_layers(yaml_path, task_defaults=task_defaults, **overrides)
     create_task(cfg)
     return cfg
 

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
+from ..dense import DENSE_MODELS, HEADS, DenseModelSpec, get_dense_spec
 from ..engine.task import Task
-from ..variants import get_variant
+from ..naming import unknown_name
+from ..variants import VARIANTS
 
-__all__ = ["DENSE_COMMON", "SHAPES_NUM_TRAIN", "SHAPES_NUM_VAL", "DenseTask", "shapes_root", "check_options",
-           "dense_drop_path"]
+__all__ = ["DENSE_COMMON", "SHAPES_NUM_TRAIN", "SHAPES_NUM_VAL", "DenseTask", "resolve_dense_model", "shapes_root",
+           "check_options", "dense_drop_path"]
 
 #: every dense recipe: AdamW 1e-4, weight decay 1e-4, no classification augmentation, no clipping, no EMA.
 DENSE_COMMON: dict[str, Any] = {"mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "reprob": 0.0, "aa": "none", "color_jitter": 0.0,
@@ -39,15 +42,34 @@ def check_options(task: Task, accepted: set[str]) -> None:
                          f"accepted: {', '.join(sorted(accepted))}")
 
 
+def resolve_dense_model(model: str, task: str | None = None, head: str | None = None) -> DenseModelSpec:
+    """The dense model ``model`` names: ``<head>_<backbone>``, or a backbone with ``head``. With ``task``,
+    the model must be one that task trains. ValueError naming close names otherwise."""
+    if model in VARIANTS and head:
+        return get_dense_spec(f"{head}_{model}")
+    try:
+        spec = get_dense_spec(model)
+    except ValueError:
+        choices = [*VARIANTS, *(n for n, s in DENSE_MODELS.items() if task is None or s.task == task)]
+        raise unknown_name("model", model, choices, "accepted: a backbone (pvt models) or <head>_<backbone> with "
+                           f"heads {', '.join(h.name for h in HEADS.values() if task is None or h.task == task)}") from None
+    if task is not None and spec.task != task:
+        raise ValueError(f"model {spec.name!r} ({spec.head.description}) is trained by --task {spec.task}, not {task}")
+    return spec
+
+
 def dense_drop_path(cfg) -> float:
     """Stochastic depth of a dense backbone: the config's, else 0.1 (the official dense configs')."""
     return cfg.drop_path if cfg.drop_path is not None else 0.1  # the official dense backbones' rate
 
 
 class DenseTask(Task):
-    """What every dense task shares: a backbone variant as ``--model``, named options, the built-in shapes
-    preset when no data is given, and class names found in the data."""
+    """What every dense task shares: ``--model`` naming a dense model (``<head>_<backbone>``) or just a
+    backbone (then the task's default head), named options, the built-in shapes preset when no data is
+    given, and class names found in the data."""
 
+    head: str = ""
+    """The head trained when ``--model`` names only a backbone."""
     options: frozenset[str] = frozenset()
     """The task options (``--opt KEY=VALUE``) it accepts."""
     shapes_preset: dict[str, Any] = {}
@@ -61,6 +83,20 @@ class DenseTask(Task):
     def data_defaults(cls, data: str | None) -> dict[str, Any]:
         return dict(cls.shapes_preset) if data is None else {}
 
+    @classmethod
+    def config_defaults(cls, user: dict[str, Any]) -> dict[str, Any]:
+        """The task's defaults, then (on real data) the recipe of the head ``--model`` names."""
+        out = super().config_defaults(user)
+        if user.get("data") is not None and user.get("model") is not None:
+            with contextlib.suppress(ValueError):  # an unknown model is named by validate()
+                out.update(dict(resolve_dense_model(user["model"], cls.name, cls.head).head.recipe))
+        return out
+
+    @property
+    def spec(self) -> DenseModelSpec:
+        """The dense model ``cfg.model`` names."""
+        return resolve_dense_model(self.cfg.model, self.name, self.head)
+
     def validate(self) -> None:
-        get_variant(self.cfg.model)  # the backbone: a ValueError naming close names
+        self.spec  # noqa: B018  (a ValueError naming close names when the model is unknown)
         check_options(self, set(self.options))

@@ -5,8 +5,10 @@
 
 ``--model`` names the backbone (``pvt_v2_b0``). ``--data`` is a folder in COCO layout
 (``annotations/instances_{train,val}[2017].json`` and ``{train,val}[2017]/``); without it, the built-in
-shapes. Task options (``--opt KEY=VALUE``): ``max_size`` (longer side cap), ``multiscale`` (true: the 3x
-recipe's random shorter side in [0.8, 1] x img_size), ``anchor_size`` (the smallest anchor in pixels,
+shapes. ``--model`` is a dense model (``<head>_<backbone>``, e.g. ``atss_pvt_v2_b2``) or a backbone (then
+RetinaNet, or Mask R-CNN for ``instance``). Task options (``--opt KEY=VALUE``): ``max_size`` (longer side
+cap), ``multiscale`` (true: mmdet's 3x range, shorter side 640-800 at the 800 px scale; ``LO,HI``: that
+range; false: one scale; default: the head's recipe on real data), ``anchor_size`` (the smallest anchor in pixels,
 doubling per level: the paper's 32 on real data, 16 on the built-in shapes), ``lr_steps`` (epochs,
 default 8/12 and 11/12 of the run; 27,33 for 36 epochs; one step at 3/4 of the run on the built-in
 data), ``train_ann``/``val_ann``/``train_images``/``val_images`` (explicit paths); built-in data
@@ -51,7 +53,7 @@ DETECTION_OPTIONS = frozenset({"max_size", "multiscale", "anchor_size", "lr_step
                                "train_images", "val_images", "num_train", "num_val", "shapes_size"})
 
 class DetectionTask(DenseTask):
-    """RetinaNet (see module docstring)."""
+    """Box detection (see module docstring); RetinaNet when ``--model`` names only a backbone."""
 
     name = "detection"
     best_metric = "bbox_mAP"
@@ -71,6 +73,7 @@ class DetectionTask(DenseTask):
     def validate(self) -> None:
         super().validate()
         self._anchor_size()
+        self._multiscale()
         steps = self.cfg.task_options.get("lr_steps")
         if steps is not None:
             steps = steps if isinstance(steps, list) else [steps]
@@ -114,23 +117,48 @@ class DetectionTask(DenseTask):
         return train, val
 
     # -- model
+    def _multiscale(self) -> tuple[int, int] | None:
+        """The training range of the shorter side at the 800 px scale: the ``multiscale`` option (true: mmdet's
+        3x range 640-800; two numbers: that range; false: one scale), else the head's recipe on real data."""
+        value = self.cfg.task_options.get("multiscale")
+        if value is None:
+            return self.spec.head.multiscale if self.cfg.data is not None else None
+        if value is True:
+            return (640, 800)
+        if value is False:
+            return None
+        if (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+                and 0 < value[0] <= value[1]):
+            return int(value[0]), int(value[1])
+        raise ValueError(f"{self.name} task: option multiscale={value!r}: expected true, false or two shorter sides "
+                         "LO,HI at the 800 px scale (e.g. 480,800)")
+
     def _sizes(self) -> dict[str, Any]:
+        """The detector's resize: shorter side ``img_size`` (a range of them in training with multi-scale),
+        longer side at most ``max_size`` (default 1333 at 800, scaled with img_size)."""
         cfg, opts = self.cfg, self.cfg.task_options
         short = cfg.img_size
         max_size = int(opts.get("max_size", round(short * 1333 / 800)))
         min_size: Any = short
-        if opts.get("multiscale"):  # 3x recipe: shorter side random in [640, 800] at the default 800
-            lo = round(short * 0.8 / 32) * 32
-            min_size = tuple(range(lo, short + 1, 32)) or (short,)
+        scales = self._multiscale()
+        if scales is not None:
+            lo, hi = (max(1, round(short * v / 800 / 32)) * 32 for v in scales)
+            min_size = tuple(range(lo, hi + 1, 32)) or (short,)
         return {"min_size": min_size, "max_size": max_size}
 
-    def _anchor_size(self) -> int:
-        from ..dense.anchors import DEFAULT_ANCHOR_SIZE, check_anchor_size
+    def _anchor_size(self) -> int | None:
+        """The smallest anchor of an anchored head: a checkpoint's, else the option, else 16 px on the
+        built-in shapes and the paper's elsewhere; None for anchor-free heads."""
+        from ..dense.anchors import check_anchor_size
 
+        paper = self.spec.head.anchor_size
+        if paper is None:
+            if "anchor_size" in self.cfg.task_options:
+                raise ValueError(f"{self.name} task: option anchor_size: {self.spec.head.description} has no anchors")
+            return None
         if self.anchor_size is not None:
             return self.anchor_size
-        default = SHAPES_ANCHOR_SIZE if self.cfg.data is None else DEFAULT_ANCHOR_SIZE
-        value = self.cfg.task_options.get("anchor_size", default)
+        value = self.cfg.task_options.get("anchor_size", SHAPES_ANCHOR_SIZE if self.cfg.data is None else paper)
         try:
             return check_anchor_size(value)
         except ValueError as e:
@@ -141,11 +169,10 @@ class DetectionTask(DenseTask):
 
         if not self.class_names:
             raise ValueError(f"{self.name} task: class names unknown; build_datasets first")
-        model = create_dense_model(f"{self.head}_{self.cfg.model}", num_classes=len(self.class_names),
-                                  pretrained=self.cfg.pretrained, drop_path_rate=dense_drop_path(self.cfg),
-                                  anchor_size=self._anchor_size(), **self._sizes())
-        # test at the single scale (the model switches scales only in training)
-        return model
+        anchors = self._anchor_size()
+        return create_dense_model(self.spec.name, num_classes=len(self.class_names), pretrained=self.cfg.pretrained,
+                                  drop_path_rate=dense_drop_path(self.cfg), **self._sizes(),
+                                  **({"anchor_size": anchors} if anchors is not None else {}))
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
         cfg = self.cfg
@@ -227,22 +254,22 @@ class DetectionTask(DenseTask):
 
     # -- checkpoints
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"task": self.name, "task_model": f"{self.head}_{self.cfg.model}", "class_names": self.class_names,
+        return {"task": self.name, "task_model": self.spec.name, "class_names": self.class_names,
                 "cat_ids": self.cat_ids, "anchor_size": self._anchor_size(), **self._sizes()}
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
         self.class_names = list(extra["class_names"])
         self.cat_ids = [int(c) for c in extra.get("cat_ids", range(1, len(self.class_names) + 1))]
         # checkpoints written before the option existed used the paper's anchors
-        from ..dense.anchors import DEFAULT_ANCHOR_SIZE
-
-        self.anchor_size = int(extra.get("anchor_size", DEFAULT_ANCHOR_SIZE))
+        paper = self.spec.head.anchor_size
+        recorded = extra.get("anchor_size", paper)
+        self.anchor_size = None if recorded is None else int(recorded)
 
 
 class InstanceTask(DetectionTask):
-    """Mask R-CNN (see module docstring)."""
+    """Boxes and instance masks (see module docstring); Mask R-CNN when ``--model`` names only a backbone."""
 
     name = "instance"
     best_metric = "segm_mAP"
-    head = "maskrcnn"
+    head = "mask_rcnn"
     masks = True

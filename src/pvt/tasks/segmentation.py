@@ -40,6 +40,7 @@ class SegmentationTask(DenseTask):
 
     name = "segmentation"
     best_metric = "mIoU"
+    head = "semfpn"
     defaults = SEGMENTATION_DEFAULTS
     options = SEGMENTATION_OPTIONS
     shapes_preset = SHAPES_SEGMENTATION
@@ -71,7 +72,7 @@ class SegmentationTask(DenseTask):
 
         if not self.class_names:
             raise ValueError("segmentation task: class names unknown; build_datasets first")
-        return create_dense_model(f"semfpn_{self.cfg.model}", num_classes=len(self.class_names),
+        return create_dense_model(self.spec.name, num_classes=len(self.class_names),
                                  pretrained=self.cfg.pretrained, drop_path_rate=dense_drop_path(self.cfg))
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
@@ -131,7 +132,7 @@ class SegmentationTask(DenseTask):
         return "  ".join(f"{k} {metrics[k]:.2f}" for k in ("mIoU", "aAcc", "mAcc") if k in metrics)
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"task": self.name, "task_model": f"semfpn_{self.cfg.model}", "class_names": self.class_names,
+        return {"task": self.name, "task_model": self.spec.name, "class_names": self.class_names,
                 "img_size": self.cfg.img_size}
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
