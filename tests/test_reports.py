@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def test_model_rows_cover_every_variant_with_its_own_counts(rows):
     for name, r in rows.items():
         assert r["params"] == _meta_count(name), name
         assert r["params_without_head"] == _meta_count(name, num_classes=0), name  # counted, not a formula
-        assert r["paper"] == pvt.get_variant(name).paper.__dict__
+        assert r["paper"] == dataclasses.asdict(pvt.get_variant(name).paper)
         assert r["gflops"] == pytest.approx(r["gflops_modules_only"] + r["attention_gflops"], abs=2e-4)
 
 
@@ -40,7 +41,7 @@ def test_model_rows_match_table2_to_the_printed_digit(rows):
     for name, r in rows.items():
         assert round(r["gflops"], 1) == r["paper"]["gflops"], name
         counted = {round(r["params"] / 1e6, 1), round(r["params_without_head"] / 1e6, 1)}
-        if name == "pvt_v2_b1":  # Table 2 prints 13.1M: neither 14.0M nor 13.5M without the head
+        if name == "pvt_v2_b1":  # Table 2's B1 size matches neither count, with or without the head
             assert r["paper"]["params_m"] not in counted
         else:  # B0's 3.4M is the count without the head, every other row the whole model's
             assert r["paper"]["params_m"] in counted, name
