@@ -19,7 +19,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from pvt.benchmark import reference_model, time_interleaved
+from pvt.bench import reference_model, time_interleaved
 from pvt.registry import create_model
 from pvt.runtime import configure_allocator
 

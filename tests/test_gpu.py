@@ -156,7 +156,7 @@ def test_compile_has_no_graph_breaks_and_handles_new_sizes():
 
 
 def test_benchmark_times_cuda_and_checks_agreement():
-    from pvt.benchmark import Case, run_case
+    from pvt.bench import Case, run_case
 
     case = Case("pvt_v2_b0", batch_size=4, dtype="bfloat16", device="cuda", channels_last=True)
     results = run_case(case, ("pvt", "timm"), warmup=2, repeats=3)

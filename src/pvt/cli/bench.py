@@ -1,5 +1,6 @@
 """`pvt benchmark` (speed and memory, optionally beside timm / HF) and `pvt export` (ONNX, TorchScript,
-ExportedProgram with dynamic batch/height/width)."""
+ExportedProgram with dynamic batch/height/width): argument parsing and printing around :mod:`pvt.bench`
+and :mod:`pvt.export`, imported inside the commands so that ``pvt --help`` does not load them."""
 
 from __future__ import annotations
 
@@ -73,17 +74,16 @@ def register(sub) -> None:
 def _benchmark(args: argparse.Namespace) -> int:
     import torch
 
-    from ..benchmark import Case, format_results, parse_size, run_case, run_onnxruntime
-    from ..registry import create_model, list_models
+    from ..bench import Case, format_results, parse_size, run_case, run_onnxruntime
+    from ..registry import create_model
+    from ..variants import get_variant
 
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    known = list_models()
     for name in args.models:
-        if name not in known:
-            raise ValueError(f"unknown model {name!r}; choose from {', '.join(known)}")
+        get_variant(name)  # unknown names fail here, with close matches, before anything runs
     if min(args.batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     sizes = [parse_size(s) for s in args.img_size]
