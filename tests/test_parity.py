@@ -14,6 +14,7 @@ import torch
 
 import pvt
 from pvt.weights import keys as K
+from pvt.weights import pvt_to_hf_config
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -57,29 +58,11 @@ def report(name, source, size, dl, df):
     assert dl <= TOL and df <= TOL, (name, source, size, dl, df)
 
 
-def hf_v2_config(name: str, **kw):
-    c = pvt.get_variant(name).config
-    return transformers.PvtV2Config(
-        hidden_sizes=list(c.embed_dims),
-        depths=list(c.depths),
-        num_attention_heads=list(c.num_heads),
-        mlp_ratios=[int(r) for r in c.mlp_ratios],
-        sr_ratios=list(c.sr_ratios),
-        linear_attention=c.linear_sra,
-        **kw,
-    )
-
-
-def hf_v1_config(name: str, **kw):
-    c = pvt.get_variant(name).config
-    return transformers.PvtConfig(
-        hidden_sizes=list(c.embed_dims),
-        depths=list(c.depths),
-        num_attention_heads=list(c.num_heads),
-        mlp_ratios=[int(r) for r in c.mlp_ratios],
-        sequence_reduction_ratios=list(c.sr_ratios),
-        **kw,
-    )
+def hf_config(name: str, **kw):
+    """transformers' ``PvtV2Config`` / ``PvtConfig`` of variant ``name`` (from ``pvt_to_hf_config``)."""
+    fields = pvt_to_hf_config(pvt.get_variant(name).config)
+    kind = fields.pop("model_type")
+    return {"pvt_v2": transformers.PvtV2Config, "pvt": transformers.PvtConfig}[kind](**fields, **kw)
 
 
 @pytest.mark.parametrize("name", V2)
@@ -113,7 +96,7 @@ def test_v2_matches_timm(name, tmp_path):
 
 @pytest.mark.parametrize("name", V2)
 def test_v2_matches_hf(name, tmp_path):
-    ref = perturb(transformers.PvtV2ForImageClassification(hf_v2_config(name, num_labels=1000)))
+    ref = perturb(transformers.PvtV2ForImageClassification(hf_config(name, num_labels=1000)))
     ref.save_pretrained(tmp_path / "cls")
     ref.pvt_v2.save_pretrained(tmp_path / "bare")  # PvtV2Model: no head, no "pvt_v2." prefix
     x = torch.randn(1, 3, 224, 224)
@@ -143,7 +126,7 @@ def _hf_v1_maps(out, name: str, batch: int) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", V1)
 def test_v1_matches_hf(name, tmp_path):
-    ref = perturb(transformers.PvtForImageClassification(hf_v1_config(name, num_labels=1000)))
+    ref = perturb(transformers.PvtForImageClassification(hf_config(name, num_labels=1000)))
     ref.save_pretrained(tmp_path / "cls")
     ref.pvt.save_pretrained(tmp_path / "bare")
     sd = K.from_hf_v1(ref.state_dict())
@@ -165,7 +148,7 @@ def test_v1_matches_hf(name, tmp_path):
 def test_eps_matters_at_this_tolerance(tmp_path):
     """HF's 1e-6 in the patch-embedding/SR LayerNorms is carried over from config.json: loading the
     same weights with the official 1e-5 moves the outputs measurably."""
-    ref = perturb(transformers.PvtV2ForImageClassification(hf_v2_config("pvt_v2_b0", num_labels=1000)))
+    ref = perturb(transformers.PvtV2ForImageClassification(hf_config("pvt_v2_b0", num_labels=1000)))
     ref.save_pretrained(tmp_path / "cls")
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
