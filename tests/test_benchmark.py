@@ -62,7 +62,7 @@ def test_run_case_compare_infer_and_train():
 
 
 def test_cli_benchmark_json_and_errors(tmp_path, capsys, monkeypatch):
-    from pvt import runtime
+    from pvt.accel import runtime
 
     monkeypatch.delenv("PVT_ALLOCATOR", raising=False)
     out = tmp_path / "r.json"

@@ -71,6 +71,7 @@ def load_classifier(checkpoint: str | Path, *, device: str = "auto", model: str 
 
     ``model``: when given, the checkpoint must be of that variant.
     """
+    from .accel import accelerate
     from .config import PVTConfig
     from .engine.distributed import resolve_device
     from .checkpoint import read_own_format
@@ -97,6 +98,7 @@ def load_classifier(checkpoint: str | Path, *, device: str = "auto", model: str 
         net.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"checkpoint {str(path)!r} does not match its own config: {str(e).splitlines()[0]}") from None
+    accelerate(net)
     dev = resolve_device(device)
     net.to(dev).eval()
     return Classifier(

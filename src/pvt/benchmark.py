@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .model import PyramidVisionTransformer
 from .registry import create_model
-from .runtime import page_faults
+from .accel.runtime import page_faults
 
 __all__ = [
     "Case",

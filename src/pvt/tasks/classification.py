@@ -100,12 +100,14 @@ class ClassificationTask(Task):
     def auto_micro_batch(self, model: nn.Module, device: torch.device) -> int:
         """On CPU, as few even pieces as keep a piece's stage-1 hidden activation under the allocator's
         largest kept block (so a step touches no new memory pages); whole batches on GPUs."""
-        from ..runtime import MMAP_THRESHOLD
+        from ..accel.cpu import piece_size
+        from ..accel.runtime import MMAP_THRESHOLD
+        from ..model import PyramidVisionTransformer
 
-        if device.type != "cpu" or not hasattr(model, "piece_size"):
+        if device.type != "cpu" or not isinstance(model, PyramidVisionTransformer):
             return 0
         cfg = self.cfg
-        return model.piece_size(cfg.batch_size, cfg.img_size, cfg.img_size, MMAP_THRESHOLD) or 0
+        return piece_size(model, cfg.batch_size, cfg.img_size, cfg.img_size, MMAP_THRESHOLD) or 0
 
     # -- data ---------------------------------------------------------------------------------
     def resolve_root(self) -> Path:
