@@ -82,6 +82,7 @@ CASES = [
     ("pvt_v2_b0", dict(qkv_bias=False)),
     ("pvt_v1_tiny", dict(overlap_patch_embed=True)),
     ("pvt_v1_tiny", dict(conv_ffn=True)),  # class token beside the depth-wise convolution
+    ("pvt_v1_tiny", dict(linear_sra=True)),
     ("pvt_v2_b0", dict(pos_embed=True, cls_token=True)),
 ]
 

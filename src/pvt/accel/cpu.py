@@ -143,7 +143,7 @@ def _attention_add(blk: Block, x: Tensor, h: int, w: int, residual: Tensor) -> T
 def _mlp_add(mlp: Mlp, x: Tensor, h: int, w: int, residual: Tensor) -> Tensor:
     """``residual + mlp(x, h, w)`` for ``x (B, N, C)``."""
     if mlp.dwconv is None:
-        x = _linear(x, mlp.fc1, "gelu")
+        x = _linear(x, mlp.fc1, "gelu") if mlp.relu is None else F.gelu(_linear(x, mlp.fc1, "relu"))
     else:
         dwconv = mlp.dwconv
         x = _linear(x, mlp.fc1, "relu" if mlp.relu is not None else "none")
