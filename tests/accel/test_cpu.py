@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
+from torchvision.ops import StochasticDepth
 
 import pvt
 from pvt.accel import Acceleration, WeightCache, accelerate, cpu, plain
@@ -57,22 +58,15 @@ def test_the_cpu_path_is_taken_only_where_it_may_be():
             assert path(x) is None
         blk.train()
         assert path(x) == "cpu"  # no dropout: training mode alone does not matter
-        blk.drop_path = torchvision_stochastic_depth(0.1)
+        blk.drop_path = StochasticDepth(0.1, "row")
         assert path(x) is None  # drop path active
         blk.eval()
         assert path(x) == "cpu"
-        assert accelerate(tiny("pvt_v2_b0"), cpu=False).stages[0].blocks[0].forward  # builds
         off = accelerate(tiny("pvt_v2_b0"), cpu=False).stages[0].blocks[0]
         assert inference_path(off, x, cpu_path=True, gpu_path=True) is None
     assert path(x) is None  # autograd on
     with torch.inference_mode():
         assert path(x) == "cpu"
-
-
-def torchvision_stochastic_depth(p: float) -> nn.Module:
-    from torchvision.ops import StochasticDepth
-
-    return StochasticDepth(p, "row")
 
 
 CASES = [
