@@ -11,7 +11,7 @@ _TINY = ["-b", "1", "--img-size", "64", "--repeats", "1", "--warmup", "0"]
 
 
 def test_cli_benchmark_json_and_errors(tmp_path, capsys, monkeypatch):
-    from pvt import runtime
+    from pvt.accel import runtime
 
     monkeypatch.delenv("PVT_ALLOCATOR", raising=False)
     out = tmp_path / "r.json"

@@ -602,7 +602,7 @@ def test_official_dense_v1_backbone_without_class_token(tmp_path):
     and keep an unused class slot in ``pos_embed4``: the model is built without a class token and
     computes exactly what they compute (no final LayerNorm either)."""
     torch.manual_seed(0)
-    src = pvt.create_model("pvt_v1_tiny", num_classes=0).eval()
+    src = pvt.create_model("pvt_v1_tiny", num_classes=0, accelerate=False).eval()  # as create_pretrained: plain
     off = {k: v for k, v in K.to_official(src.state_dict()).items() if k not in ("cls_token", "norm.weight",
                                                                                  "norm.bias")}
     assert off["pos_embed4"].shape == (1, 50, 512)

@@ -1,8 +1,8 @@
 """Export a PVT model for deployment: ONNX, TorchScript or a ``torch.export`` ExportedProgram, with
 dynamic batch, height and width.
 
-Exports trace the plain PyTorch ops (:func:`pvt.layers.reference_path`), never the fused oneDNN
-inference kernels, so the files run on any backend. PVT v1's position embedding is resized inside
+Exports record the plain PyTorch ops, never the fused kernels of :mod:`pvt.accel` (an accelerated
+model takes its plain path while it is traced), so the files run on any backend. PVT v1's position embedding is resized inside
 the graph, so v1 exports accept every input size too.
 """
 
@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_pvt, read_metadata
-from .layers import reference_path
 from .model import PyramidVisionTransformer
 
 __all__ = ["FORMATS", "load_model", "export_model", "export_min_size", "default_suffix", "run_exported", "check_export"]
@@ -105,7 +104,7 @@ def export_model(
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
     model = model.eval().float().cpu()
     x = _example(model, example_size or model.config.img_size)
-    with reference_path(), torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "onnx":
             _export_onnx(model, x, out, opset)

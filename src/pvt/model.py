@@ -10,37 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PVTConfig
-from .layers import Block, PatchEmbed, apply_norm, as_map, fast_path_active, gpu_path_dtype
-from .runtime import MMAP_THRESHOLD, allocator_mode
+from .layers import Block, PatchEmbed, as_map
+from .tracing import is_tracing
 
-__all__ = ["PyramidVisionTransformer", "PVTStage", "CPU_CHUNK_BYTES"]
-
-CPU_CHUNK_BYTES: int | None = None
-"""CPU fast path: a batch runs in chunks whose stage-1 hidden activation (the largest tensor of a
-forward) stays under this many bytes; 0 turns chunking off. ``None`` (default): 32 MiB when
-:func:`pvt.runtime.tune_cpu_allocator` is in effect (the largest block glibc then keeps in its heap,
-so no call touches new pages), else 16 MiB (blocks that size are reused from the heap under glibc's own
-settings; larger ones are fresh pages on every call). Per-sample results are unchanged (no layer mixes
-samples). Measured on 2 cores (batch 8, 224 px): with the tuned allocator 32 MiB beat 16 MiB by 4-10 %
-(B0 at batch 16, B2, B2-Li); with glibc's defaults 16 MiB beat 0, 6, 12 and 24 MiB."""
-
-
-def cpu_chunk_bytes() -> int:
-    """The chunk budget in effect (see :data:`CPU_CHUNK_BYTES`)."""
-    if CPU_CHUNK_BYTES is not None:
-        return CPU_CHUNK_BYTES
-    return MMAP_THRESHOLD if allocator_mode() == "tuned" else 16 * 2**20
-
-
-def _tracing() -> bool:
-    """True while tracing, scripting, compiling or exporting, where shapes may be symbolic."""
-    return (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_exporting()
-    )
+__all__ = ["PyramidVisionTransformer", "PVTStage"]
 
 
 class PVTStage(nn.Module):
@@ -72,18 +45,18 @@ class PVTStage(nn.Module):
         self.blocks = nn.ModuleList(
             Block(
                 dim,
-                cfg.num_heads[index],
-                cfg.mlp_ratios[index],
-                cfg.sr_ratios[index],
-                cfg.linear_sra,
-                cfg.conv_ffn,
-                cfg.pool_size,
-                cfg.qkv_bias,
-                cfg.drop_rate,
-                cfg.attn_drop_rate,
-                drop_path[j],
-                cfg.layer_norm_eps,
-                cfg.embed_norm_eps,
+                num_heads=cfg.num_heads[index],
+                mlp_ratio=cfg.mlp_ratios[index],
+                sr_ratio=cfg.sr_ratios[index],
+                linear_sra=cfg.linear_sra,
+                conv_ffn=cfg.conv_ffn,
+                pool_size=cfg.pool_size,
+                qkv_bias=cfg.qkv_bias,
+                drop=cfg.drop_rate,
+                attn_drop=cfg.attn_drop_rate,
+                drop_path=drop_path[j],
+                eps=cfg.layer_norm_eps,
+                embed_eps=cfg.embed_norm_eps,
             )
             for j in range(cfg.depths[index])
         )
@@ -93,7 +66,7 @@ class PVTStage(nn.Module):
     def _pos_embed(self, h: int, w: int) -> Tensor:
         pos = self.pos_embed
         assert pos is not None
-        if not _tracing() and (h, w) == self.grid:
+        if not is_tracing() and (h, w) == self.grid:
             return pos  # (traced graphs always resize: exact at the native grid, shape-generic elsewhere)
         prefix, grid = pos[:, : self.num_prefix], pos[:, self.num_prefix :]
         gh, gw = self.grid
@@ -101,18 +74,21 @@ class PVTStage(nn.Module):
         grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
         return torch.cat([prefix, grid.flatten(2).transpose(1, 2)], dim=1)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        dt = gpu_path_dtype(x)
-        x, h, w = self.patch_embed(x, dt)
+    def forward_blocks(self, x: Tensor) -> tuple[Tensor, int, int]:
+        """The stage up to its closing LayerNorm: patch embedding, class token, position embedding,
+        blocks. ``(B, C_in, H, W) -> (B, h*w [+1], C), h, w``."""
+        x, h, w = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
             x = self.pos_drop(x + self._pos_embed(h, w))
         for blk in self.blocks:
             x = blk(x, h, w)
-        if self.norm is not None:
-            x = apply_norm(self.norm, x, dt, torch.float32)
         return x, h, w
+
+    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
+        x, h, w = self.forward_blocks(x)
+        return (x if self.norm is None else self.norm(x)), h, w
 
 
 class PyramidVisionTransformer(nn.Module):
@@ -231,31 +207,8 @@ class PyramidVisionTransformer(nn.Module):
             maps.append(x)
         return maps, tokens
 
-    def _chunk_size(self, x: Tensor) -> int | None:
-        """Images per chunk on the CPU fast path (None: the whole batch at once)."""
-        budget = cpu_chunk_bytes()
-        if budget <= 0 or not isinstance(x, Tensor) or x.ndim != 4 or x.shape[0] < 2:
-            return None
-        if not fast_path_active(x):
-            return None
-        return self.piece_size(x.shape[0], x.shape[-2], x.shape[-1], budget, x.element_size())
-
-    def piece_size(self, batch: int, height: int, width: int, budget: int, element_size: int = 4) -> int | None:
-        """Images per piece when a batch is split into as few even pieces as keep each piece's stage-1
-        hidden activation (the largest tensor of a forward) under ``budget`` bytes; None: no split.
-        Used by the CPU inference chunks and the trainer's automatic micro-batches."""
-        cfg = self.config
-        h, w = self.stages[0].patch_embed.output_size(height, width)
-        total = batch * h * w * int(cfg.embed_dims[0] * cfg.mlp_ratios[0]) * element_size
-        pieces = min(batch, -(-total // budget))
-        return -(-batch // pieces) if pieces > 1 else None
-
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """``(B, C_in, H, W)`` -> the four maps ``(B, C_i, H_i, W_i)`` at strides 4, 8, 16, 32."""
-        chunk = self._chunk_size(x)
-        if chunk is not None:
-            parts = [self.forward_tokens(c)[0] for c in x.split(chunk)]
-            return [torch.cat(maps) for maps in zip(*parts)]
         return self.forward_tokens(x)[0]
 
     def pool(self, tokens: Tensor) -> Tensor:
@@ -266,8 +219,5 @@ class PyramidVisionTransformer(nn.Module):
         return self.head(pooled)
 
     def forward(self, x: Tensor) -> Tensor:
-        chunk = self._chunk_size(x)
-        if chunk is not None:
-            return torch.cat([self.forward(c) for c in x.split(chunk)])
         _, tokens = self.forward_tokens(x)
         return self.forward_head(self.pool(tokens))

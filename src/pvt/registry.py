@@ -24,6 +24,7 @@ def create_model(
     pretrained: str | Path | None = None,
     in_chans: int = 3,
     drop_path_rate: float | None = None,
+    accelerate: bool = True,
     **config_overrides: Any,
 ) -> PyramidVisionTransformer:
     """Build a registered variant, optionally with weights.
@@ -38,6 +39,8 @@ def create_model(
         in_chans: input channels.
         drop_path_rate: stochastic depth; default 0 (the official training rate is in
             ``pvt.variants.VARIANTS[name].drop_path_rate``).
+        accelerate: give the model the faster inference paths of :func:`pvt.accel.accelerate` (same
+            parameters and results); ``False``: the plain model.
         **config_overrides: any :class:`~pvt.config.PVTConfig` field, e.g. ``linear_sra=True``.
     """
     variant = get_variant(name)
@@ -47,8 +50,13 @@ def create_model(
     if pretrained is not None:
         from .weights import create_pretrained
 
-        return create_pretrained(variant, pretrained, num_classes=num_classes, overrides=overrides)
-    overrides["num_classes"] = 1000 if num_classes is None else num_classes
-    model = PyramidVisionTransformer(variant.config.replace(**overrides))
-    model.variant_name = name
+        model = create_pretrained(variant, pretrained, num_classes=num_classes, overrides=overrides)
+    else:
+        overrides["num_classes"] = 1000 if num_classes is None else num_classes
+        model = PyramidVisionTransformer(variant.config.replace(**overrides))
+        model.variant_name = name
+    if accelerate:
+        from .accel import accelerate as accelerate_model
+
+        accelerate_model(model)
     return model

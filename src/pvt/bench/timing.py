@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..runtime import page_faults
+from ..accel.runtime import page_faults
 
 __all__ = ["sync", "time_interleaved", "median_and_iqr", "peak_memory"]
 

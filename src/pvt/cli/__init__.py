@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        from ..runtime import configure_allocator
+        from ..accel.runtime import configure_allocator
 
         configure_allocator(getattr(args, "allocator", None))
         return int(args.func(args) or 0)

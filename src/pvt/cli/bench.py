@@ -92,7 +92,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     if args.onnx is not None and not args.onnx.is_file():
         raise FileNotFoundError(f"ONNX file {args.onnx} does not exist")
     impls = ("pvt", "timm", "hf") if args.compare else ("pvt",)
-    from ..runtime import allocator_mode
+    from ..accel.runtime import allocator_mode
 
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"allocator {allocator_mode()}", flush=True)

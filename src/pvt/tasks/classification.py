@@ -14,6 +14,7 @@ from PIL import UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..accel import accelerate
 from ..checkpoint import build_pvt, read_metadata
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data import ImageFolderDataset, collate_skipping, digits_folder, eval_transform, load_rgb, train_transform
@@ -104,12 +105,14 @@ class ClassificationTask(Task):
     def auto_micro_batch(self, model: nn.Module, device: torch.device) -> int:
         """On CPU, as few even pieces as keep a piece's stage-1 hidden activation under the allocator's
         largest kept block (so a step touches no new memory pages); whole batches on GPUs."""
-        from ..runtime import MMAP_THRESHOLD
+        from ..accel.cpu import piece_size
+        from ..accel.runtime import MMAP_THRESHOLD
+        from ..model import PyramidVisionTransformer
 
-        if device.type != "cpu" or not hasattr(model, "piece_size"):
+        if device.type != "cpu" or not isinstance(model, PyramidVisionTransformer):
             return 0
         cfg = self.cfg
-        return model.piece_size(cfg.batch_size, cfg.img_size, cfg.img_size, MMAP_THRESHOLD) or 0
+        return piece_size(model, cfg.batch_size, cfg.img_size, cfg.img_size, MMAP_THRESHOLD) or 0
 
     # -- data ---------------------------------------------------------------------------------
     def resolve_root(self) -> Path:
@@ -242,8 +245,8 @@ class ClassificationTask(Task):
     # -- trained models -----------------------------------------------------------------------
     def load_model(self, state: dict[str, Tensor], meta: dict[str, Any], source: str | Path) -> nn.Module:
         """The network the checkpoint's own config describes (exact even when it was fine-tuned from weights
-        whose numerics differ from the variant's, e.g. HF's LayerNorm eps)."""
-        return build_pvt(meta, state, source)
+        whose numerics differ from the variant's, e.g. HF's LayerNorm eps), accelerated for inference."""
+        return accelerate(build_pvt(meta, state, source))
 
     def _eval_tf(self):
         e = {"img_size": self.cfg.img_size, "crop_pct": self.cfg.crop_pct, "interpolation": self.cfg.interpolation,

@@ -1,15 +1,15 @@
-"""pvt.runtime: the tuned C allocator stops a forward pass from touching new memory pages."""
+"""pvt.accel.runtime: the tuned C allocator stops a forward pass from touching new memory pages."""
 
 import subprocess
 import sys
 
 import pytest
 
-from pvt import runtime
+from pvt.accel import runtime
 
 _PROBE = """
 import sys, torch
-from pvt.runtime import allocator_mode, configure_allocator, page_faults
+from pvt.accel.runtime import allocator_mode, configure_allocator, page_faults
 mode = configure_allocator(sys.argv[1])
 import pvt
 torch.set_num_threads(1)
