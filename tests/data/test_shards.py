@@ -148,3 +148,33 @@ def test_training_from_shards_equals_the_folder_in_the_same_order(data, ordered,
     # with shuffling on the two runs read other orders, and differ
     mixed = pvt.train(data=str(ordered), output=str(tmp_path), name="mixed", **ARGS)
     assert not torch.equal(load_file(mixed.last_checkpoint)["head.weight"], b["head.weight"])
+
+
+class _Killed(Exception):
+    """Stands for a kill right after an epoch was saved."""
+
+
+def test_resume_from_shards_with_loader_workers_is_exact(ordered, tmp_path, monkeypatch):
+    """A run stopped after its first saved epoch and resumed ends as the uninterrupted run, with shuffled
+    shards and a loader worker: the epoch's order depends on the seed and the epoch only, and each epoch's
+    worker seeds come from the saved random state."""
+    from pvt.engine.trainer import Trainer
+
+    kw = dict(ARGS, data=str(ordered), output=str(tmp_path), epochs=3, workers=1)
+    straight = pvt.train(name="straight", **kw)
+    epoch = Trainer._epoch
+
+    def stop_after_first(self, run, e):
+        epoch(self, run, e)
+        if e == 0:
+            raise _Killed
+
+    monkeypatch.setattr(Trainer, "_epoch", stop_after_first)
+    with pytest.raises(_Killed):
+        pvt.train(name="stopped", **kw)
+    monkeypatch.setattr(Trainer, "_epoch", epoch)
+    resumed = pvt.train(resume=tmp_path / "stopped", quiet=True)
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
+    a, b = load_file(straight.last_checkpoint), load_file(resumed.last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["train_loss"] for r in resumed.metrics] == [r["train_loss"] for r in straight.metrics]

@@ -60,6 +60,15 @@ FORMAT = "pvt-shards"
 _VERSION = 1
 
 
+def _webdataset(what: str) -> Any:
+    try:
+        import webdataset
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(f"{what} needs the webdataset package: pip install "
+                                  "'pyramid-vision-transformer[data]' (or: pip install webdataset)") from None
+    return webdataset
+
+
 def _image_ext(path: str) -> str:
     ext = Path(path).suffix.lower().lstrip(".")
     return "jpg" if ext == "jpeg" else ext or "img"
@@ -88,7 +97,7 @@ def write_shards(folder: str | Path, out: str | Path, *, shard_size: int = 1000,
                          f"{', '.join(s + '/' for s in splits)}, each with one folder of images per class")
     if (out / INDEX_NAME).exists():
         raise ValueError(f"{str(out)!r} already holds shards ({INDEX_NAME}); choose another folder")
-    from webdataset import TarWriter
+    TarWriter = _webdataset("writing shards").TarWriter
 
     classes = find_classes(folder / splits[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -259,7 +268,7 @@ class ShardDataset(IterableDataset):
     def _read(self, order: list[int], first: int, count: int) -> Iterator[dict[str, Any]]:
         """``count`` raw samples of this process's stretch from its position ``first`` on, wrapping
         around at the stretch's end; each shard is opened once per run of consecutive reads."""
-        from webdataset.tariterators import tarfile_samples
+        tarfile_samples = _webdataset("reading shards").tariterators.tarfile_samples
 
         n = len(self)
         lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
