@@ -283,7 +283,7 @@ class Trainer:
         kw: dict[str, Any] = dict(num_workers=cfg.workers, collate_fn=task.collate_fn,
                                   pin_memory=self.device.type == "cuda")
         if isinstance(run.train_ds, IterableDataset):
-            if not hasattr(run.train_ds, "distribute") or not hasattr(run.val_ds, "distribute"):
+            if not hasattr(run.train_ds, "distribute"):
                 raise TypeError("a streaming data set needs distribute(rank, world_size, ...) and set_epoch(epoch) "
                                 "(see pvt.data.shards.ShardDataset)")
             run.train_ds.distribute(d.rank, d.world_size, samples=run.steps * cfg.batch_size, batch_size=cfg.batch_size,
@@ -306,7 +306,7 @@ class Trainer:
         val_kw: dict[str, Any] = dict(kw, persistent_workers=cfg.workers > 0,
                                       generator=torch.Generator().manual_seed(cfg.seed))
         if isinstance(run.val_ds, IterableDataset):
-            run.val_ds.distribute(rank, world)
+            run.val_ds.distribute(rank, world)  # every image of the process's stretch, once
             run.val_loader = DataLoader(run.val_ds, batch_size=cfg.batch_size, **val_kw)
         else:
             sampler = RankSlice(len(run.val_ds), world, rank) if world > 1 else SequentialSampler(run.val_ds)
