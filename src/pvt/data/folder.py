@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -23,8 +23,9 @@ log = logging.getLogger("pvt.data")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as 3-channel RGB (alpha dropped, palette and grayscale expanded)."""
+def load_rgb(path: str | Path | BinaryIO) -> Image.Image:
+    """Open an image file (a path or an open binary file) as 3-channel RGB (alpha dropped, palette and
+    grayscale expanded)."""
     with Image.open(path) as img:
         if img.mode in ("P", "PA", "LA"):
             img = img.convert("RGBA")
@@ -70,6 +71,8 @@ class ImageFolderDataset(Dataset):
         transform: PIL image -> tensor ``(3, H, W)``.
         class_names: the label order (the training split's), so val labels agree with train's.
         require_all: every class folder must hold at least one image (the training split).
+        raw: return each file's bytes as a 1-D uint8 tensor instead of a decoded, transformed image
+            (for decoding and augmenting on the training device).
 
     Attributes:
         samples: ``(path, label)`` of every readable file.
@@ -82,8 +85,10 @@ class ImageFolderDataset(Dataset):
         transform: Callable[[Image.Image], Tensor] | None = None,
         class_names: list[str] | None = None,
         require_all: bool = True,
+        raw: bool = False,
     ):
         self.root = Path(root)
+        self.raw = raw
         found = find_classes(self.root)
         self.class_names = list(class_names) if class_names is not None else found
         unknown = sorted(set(found) - set(self.class_names))
@@ -119,6 +124,12 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
         path, label = self.samples[index]
+        if self.raw:
+            try:
+                return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8), label
+            except OSError as e:
+                log.warning("skipped unreadable image %s (%s)", path, e)
+                return None
         try:
             img = load_rgb(path)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
@@ -136,12 +147,14 @@ def _header_ok(path: Path) -> bool:
         return False
 
 
-def collate_skipping(samples: list[Any]) -> tuple[Tensor, Tensor, int]:
-    """``[(image, label) | None, ...] -> (images (B, 3, H, W), labels (B,), number skipped)``."""
+def collate_skipping(samples: list[Any]) -> tuple[Tensor | list[Tensor], Tensor, int]:
+    """``[(image, label) | None, ...] -> (images (B, 3, H, W), labels (B,), number skipped)``; encoded
+    images (1-D uint8 tensors of a ``raw`` data set, of different lengths) stay a list."""
     good = [s for s in samples if s is not None]
     skipped = len(samples) - len(good)
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    images = torch.stack([s[0] for s in good])
+    encoded = good[0][0].ndim == 1
+    images = [s[0] for s in good] if encoded else torch.stack([s[0] for s in good])
     labels = torch.tensor([s[1] for s in good], dtype=torch.long)
     return images, labels, skipped

@@ -43,7 +43,8 @@ class TrainConfig:
     # what
     task: str = _f("classification", "task to train (see pvt.tasks.list_tasks())")
     model: str = _f("pvt_v2_b0", "model variant (pvt models)")
-    data: str | None = _f(None, "dataset folder with train/ and val/ (None: the task's built-in data)")
+    data: str | None = _f(None, "dataset folder with train/ and val/ (classification also: a shard folder written "
+                          "by pvt make-shards; None: the task's built-in data)")
     data_dir: str | None = _f(None, "cache folder for built-in data (default ~/.cache/pvt)")
     pretrained: str | None = _f(None, "weights to start from (any format create_model loads); new head")
     output: str = _f("runs", "parent folder of run folders")
@@ -82,6 +83,11 @@ class TrainConfig:
     interpolation: str = _f("bicubic", "resize interpolation", choices=("bicubic", "bilinear", "nearest"))
     img_size: int = _f(224, "training and evaluation crop size", min=16)
     crop_pct: float = _f(0.875, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
+    repeated_aug: bool = _f(True, "repeated augmentation (the official sampler): each image 3 times per epoch in "
+                            "different augmentations, spread over the processes, the epoch cut to the data's "
+                            "length")
+    device_augment: bool = _f(False, "decode JPEGs and run the training augmentation in batches on the training "
+                              "device (nvJPEG and tensor ops on a GPU); loader workers only read files")
     model_ema: bool = _f(False, "keep an exponential moving average of the weights")
     model_ema_decay: float = _f(0.99996, "EMA decay per step", min=0.0, max=1.0)
     # how
@@ -89,6 +95,10 @@ class TrainConfig:
     amp: str = _f("auto", "mixed precision (auto: bf16 on CUDA, off on CPU)", choices=("auto", "none", "bf16", "fp16"))
     channels_last: bool = _f(False, "channels-last memory format")
     workers: int = _f(2, "data-loading processes per training process", min=0)
+    shuffle: bool = _f(True, "shuffle the training data every epoch (off: the stored order, e.g. to compare "
+                       "folder and shard runs)")
+    shuffle_buffer: int = _f(1000, "shard data: encoded images each loader worker shuffles among, on top of the "
+                             "shard order (0: shard order only)", min=0)
     threads: int = _f(0, "CPU threads for torch ops (0: torch's default)", min=0)
     seed: int = _f(0, "random seed")
     task_options: dict[str, Any] = _f(None, "task-specific options (--opt KEY=VALUE)", factory=dict)

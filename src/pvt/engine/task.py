@@ -13,10 +13,11 @@ registered in :mod:`pvt.tasks`, which builds the task and hands it to the engine
     train_ds, val_ds = task.build_datasets()  # may raise ValueError (bad data) BEFORE the run dir exists
     model = task.build_model()              # after build_datasets (knows its classes); honours cfg.pretrained
     for each epoch:
-        for batch in DataLoader(train_ds, collate_fn=task.collate_fn, sampler=DistributedSampler(...)):
+        for batch in DataLoader(train_ds, collate_fn=task.collate_fn, sampler=RepeatedAugSampler(...)):
             with autocast:  loss, logs = task.train_step(model, batch, device)   # model may be DDP-wrapped
             (engine: backward, unscale, clip, step, schedule, EMA)
-        metrics = task.evaluate(model_or_ema, val_loader, device)   # rank 0 only, unwrapped model
+        metrics = task.evaluate(model_or_ema, val_loader, device)   # unwrapped model; on rank 0, or per
+                                                                    # process + merge_parts (distributed_eval)
         metrics |= task.end_epoch()                                 # e.g. {"skipped_images": 2}
     weights saved with ``pvt.checkpoint.save_model(model, path, variant=cfg.model, extra=task.checkpoint_extra() | ...)``
 
@@ -63,6 +64,10 @@ class Task:
     """Images per batch when evaluating a trained model (``pvt eval``'s default)."""
     defaults: ClassVar[dict[str, Any]] = {}
     ddp_find_unused_parameters: ClassVar[bool] = False
+    distributed_eval: ClassVar[bool] = False
+    """True when the task's scores add up over parts of the validation data (:meth:`evaluate_part`,
+    :meth:`merge_parts`): then every process scores its own slice and rank 0 merges the parts. False:
+    rank 0 scores all of it with :meth:`evaluate` (e.g. COCO mAP, which needs every detection at once)."""
 
     def __init__(self, cfg: "TrainConfig"):
         self.cfg = cfg
@@ -130,6 +135,16 @@ class Task:
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         """Score ``model`` (unwrapped, eval mode set by the engine) on ``loader``; must contain
         :attr:`best_metric`. Keys are written to ``metrics.jsonl`` with a ``val_`` prefix."""
+        raise NotImplementedError
+
+    def evaluate_part(self, model: nn.Module, loader: DataLoader, device: torch.device) -> Any:
+        """Scores of the images in ``loader`` in a form :meth:`merge_parts` can add up (e.g. counts and
+        sums, picklable). Required when :attr:`distributed_eval` is set."""
+        raise NotImplementedError
+
+    def merge_parts(self, parts: list[Any]) -> dict[str, float]:
+        """:meth:`evaluate`'s result for the union of the images scored by ``parts`` (one per process, in
+        rank order). Required when :attr:`distributed_eval` is set."""
         raise NotImplementedError
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any | None:

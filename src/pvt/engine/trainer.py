@@ -33,13 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, SequentialSampler
 
 from ..checkpoint import save_model
 from ..io import atomic_write, remove_temporaries
 from .config import TrainConfig
 from .curves import plot_curves
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
+from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
 from .state import load_state, rng_state, save_state, set_rng_state
 from .task import Task
 
@@ -260,22 +261,56 @@ class Trainer:
             run.model.to(memory_format=torch.channels_last)
 
     def _make_loaders(self, run: "_Run") -> None:
-        """Every process reads its share of each epoch (shuffled, the last partial batch dropped); rank 0
-        alone evaluates."""
-        cfg, d = self.cfg, self.dist
-        run.sampler = DistributedSampler(run.train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True,
-                                         seed=cfg.seed, drop_last=True)
-        kw: dict[str, Any] = dict(num_workers=cfg.workers, collate_fn=self.task.collate_fn,
-                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0)
-        run.train_loader = DataLoader(run.train_ds, batch_size=cfg.batch_size, sampler=run.sampler, drop_last=True,
-                                      **kw)
-        run.steps = len(run.train_loader)
+        """Training: every process reads its share of each epoch, in an order that is a function of the
+        seed and the epoch, the last partial batch dropped: the repeated-augmentation sampler (default,
+        as the official code) or the plain distributed one. A streaming data set (shards: an
+        IterableDataset with ``distribute``) splits itself over the processes and loader workers, reading
+        as many samples per process as the samplers would, so folder and shard runs take the same steps.
+
+        Evaluation: with a task whose scores merge (:attr:`Task.distributed_eval`), every process scores
+        an unpadded slice of the validation data (each image exactly once); otherwise rank 0 scores it all.
+
+        Training loader workers start afresh each epoch (not persistent) and the validation loader draws
+        its worker seeds from its own generator: the main process's random state, which ``state.pt``
+        saves, then alone decides every augmentation, so a resumed run augments as an uninterrupted one.
+        """
+        cfg, d, task = self.cfg, self.dist, self.task
+        per = samples_per_rank(len(run.train_ds), d.world_size, cfg.repeated_aug)
+        run.steps = per // cfg.batch_size
         if run.steps == 0:
-            per = len(run.train_ds) // d.world_size
             raise ValueError(f"config value batch_size={cfg.batch_size}: larger than the {per} training images per "
-                             f"process; accepted: 1..{max(1, per)}")
-        if d.is_main:
-            run.val_loader = DataLoader(run.val_ds, batch_size=cfg.batch_size, shuffle=False, **kw)
+                             f"process and epoch; accepted: 1..{max(1, per)}")
+        kw: dict[str, Any] = dict(num_workers=cfg.workers, collate_fn=task.collate_fn,
+                                  pin_memory=self.device.type == "cuda")
+        if isinstance(run.train_ds, IterableDataset):
+            if not hasattr(run.train_ds, "distribute"):
+                raise TypeError("a streaming data set needs distribute(rank, world_size, ...) and set_epoch(epoch) "
+                                "(see pvt.data.shards.ShardDataset)")
+            run.train_ds.distribute(d.rank, d.world_size, samples=run.steps * cfg.batch_size, batch_size=cfg.batch_size,
+                                    repeats=REPEATS if cfg.repeated_aug else 1, shuffle=cfg.shuffle, seed=cfg.seed,
+                                    buffer=cfg.shuffle_buffer)
+            run.sampler = run.train_ds  # set_epoch
+            run.train_loader = DataLoader(run.train_ds, batch_size=cfg.batch_size, drop_last=True, **kw)
+        else:
+            if cfg.repeated_aug:
+                run.sampler = RepeatedAugSampler(len(run.train_ds), d.world_size, d.rank, seed=cfg.seed,
+                                                 shuffle=cfg.shuffle)
+            else:
+                run.sampler = DistributedSampler(run.train_ds, num_replicas=d.world_size, rank=d.rank,
+                                                 shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True)
+            run.train_loader = DataLoader(run.train_ds, batch_size=cfg.batch_size, sampler=run.sampler,
+                                          drop_last=True, **kw)
+        if not (task.distributed_eval or d.is_main):
+            return
+        world, rank = (d.world_size, d.rank) if task.distributed_eval else (1, 0)
+        val_kw: dict[str, Any] = dict(kw, persistent_workers=cfg.workers > 0,
+                                      generator=torch.Generator().manual_seed(cfg.seed))
+        if isinstance(run.val_ds, IterableDataset):
+            run.val_ds.distribute(rank, world)  # every image of the process's stretch, once
+            run.val_loader = DataLoader(run.val_ds, batch_size=cfg.batch_size, **val_kw)
+        else:
+            sampler = RankSlice(len(run.val_ds), world, rank) if world > 1 else SequentialSampler(run.val_ds)
+            run.val_loader = DataLoader(run.val_ds, batch_size=cfg.batch_size, sampler=sampler, **val_kw)
 
     def _make_optimisation(self, run: "_Run") -> None:
         """AdamW on the parameter groups, the task's schedule (else warm-up + cosine per step), the fp16
@@ -365,7 +400,8 @@ class Trainer:
         }
 
     def _epoch(self, run: "_Run", epoch: int) -> None:
-        """Train one epoch, evaluate on rank 0, then save its metrics line, state and weights."""
+        """Train one epoch, evaluate (every process its slice, or rank 0), then save its metrics line,
+        state and weights."""
         d, task = self.dist, self.task
         run.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
@@ -373,11 +409,10 @@ class Trainer:
         train_time = time.perf_counter() - t0
         train_loss = all_reduce_mean(train_loss, d, self.device)
         extra = task.end_epoch()
-        metrics: dict[str, float] = {}
-        if d.is_main:
-            metrics = self._evaluate(run)
-            for k, v in task.end_epoch().items():  # evaluation's own counts add to training's
-                extra[k] = extra.get(k, 0.0) + v
+        metrics = self._evaluate(run)  # the scores on rank 0, {} elsewhere
+        for k, v in task.end_epoch().items():  # evaluation's own counts add to training's
+            extra[k] = extra.get(k, 0.0) + v
+        extra = self._sum_over_processes(extra)
         # RNG states after evaluation (which draws loader seeds): a resumed run continues exactly
         rngs = gather_objects(rng_state(), d)
         if d.is_main:
@@ -401,15 +436,30 @@ class Trainer:
         barrier(d)
 
     def _evaluate(self, run: "_Run") -> dict[str, float]:
-        """The task's scores of the model (and of its EMA, prefixed ``ema_``)."""
-        run.model.eval()
-        metrics = self.task.evaluate(run.model, run.val_loader, self.device)
+        """The task's scores of the model (and of its EMA, prefixed ``ema_``) on rank 0; {} on the others."""
+        metrics = self._score(run.model, run.val_loader)
         if run.ema is not None:
-            run.ema.module.eval()
-            metrics.update({f"ema_{k}": v for k, v in self.task.evaluate(run.ema.module, run.val_loader,
-                                                                          self.device).items()})
+            metrics.update({f"ema_{k}": v for k, v in self._score(run.ema.module, run.val_loader).items()})
         run.model.train()
         return metrics
+
+    def _score(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        """Every process scores its slice and rank 0 merges the parts (:attr:`Task.distributed_eval`), or
+        rank 0 scores everything. The result on rank 0, {} elsewhere."""
+        task, d = self.task, self.dist
+        model.eval()
+        if task.distributed_eval:
+            parts = gather_objects(task.evaluate_part(model, loader, self.device), d)
+            return task.merge_parts(parts) if d.is_main else {}
+        return task.evaluate(model, loader, self.device) if d.is_main else {}
+
+    def _sum_over_processes(self, counts: dict[str, float]) -> dict[str, float]:
+        """``counts`` (e.g. skipped images) added up over the processes, on rank 0."""
+        total: dict[str, float] = {}
+        for part in gather_objects(counts, self.dist):
+            for k, v in part.items():
+                total[k] = total.get(k, 0.0) + v
+        return total
 
     def _save_interrupted(self, run: "_Run") -> None:
         """Ctrl-C: save the state of the last finished epoch's count (an epoch in flight is repeated on resume)."""
@@ -430,7 +480,7 @@ class Trainer:
         from tqdm import tqdm
 
         bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
-                   dynamic_ncols=True, unit="batch")
+                   dynamic_ncols=True, unit="batch", total=run.steps)
         loss_sum, n_steps, images = 0.0, 0, 0
         t0 = time.perf_counter()
         for batch in bar:

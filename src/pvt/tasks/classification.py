@@ -4,6 +4,7 @@ a PVT with a head for the dataset's classes, DeiT's mixup/cutmix + label-smoothi
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ from ..accel import accelerate
 from ..checkpoint import build_pvt, read_metadata
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data import ImageFolderDataset, collate_skipping, digits_folder, eval_transform, load_rgb, train_transform
+from ..data.shards import ShardDataset, is_shard_folder
 from ..engine.task import Task
 from ..variants import get_variant
 
@@ -27,7 +29,9 @@ log = logging.getLogger("pvt.train")
 
 DIGITS_DEFAULTS: dict[str, Any] = {
     # The built-in digits are 1,437 small grayscale training images: train at their own size, without
-    # flips (a flipped digit is another symbol) and with milder crops; short schedule, higher lr.
+    # flips (a flipped digit is another symbol) and with milder crops; short schedule, higher lr. No
+    # repeated augmentation: in one process the 3 copies of an image land in the same batch, so every step
+    # sees a third as many different images; it lowered the held-out accuracy (docs/classification.md).
     "img_size": 32,
     "epochs": 12,
     "batch_size": 64,
@@ -38,6 +42,7 @@ DIGITS_DEFAULTS: dict[str, Any] = {
     "mixup": 0.0,
     "cutmix": 0.0,
     "reprob": 0.0,
+    "repeated_aug": False,
 }
 
 
@@ -77,6 +82,7 @@ class ClassificationTask(Task):
     name = "classification"
     best_metric = "top1"
     eval_batch_size: ClassVar[int] = 64
+    distributed_eval: ClassVar[bool] = True
     collate_fn = staticmethod(collate_skipping)
 
     def __init__(self, cfg):
@@ -87,6 +93,7 @@ class ClassificationTask(Task):
         self._mixup = None
         self._criterion: nn.Module | None = None
         self._eval_input: dict[str, Any] = {}  # a checkpoint's recorded evaluation input (restore_extra)
+        self._device_aug = None  # DeviceAugment when cfg.device_augment
 
     @classmethod
     def data_defaults(cls, data: str | None) -> dict[str, Any]:
@@ -123,22 +130,36 @@ class ClassificationTask(Task):
             raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
         if not root.is_dir():
             raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with train/ and val/")
+        if is_shard_folder(root):
+            return root
         missing = [s for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
             raise ValueError(
                 f"data folder {str(root)!r} has no {' or '.join(s + '/' for s in missing)}; expected train/ and "
-                "val/, each with one folder of images per class"
+                "val/, each with one folder of images per class (or a shard folder written by pvt make-shards)"
             )
         return root
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
+        """The training and validation splits of an ImageFolder tree or of a shard folder (detected by its
+        ``index.json``). With ``device_augment`` the training split yields encoded images, which
+        :meth:`train_step` decodes and augments on the device."""
         cfg = self.cfg
         self.data_root = root = self.resolve_root()
-        train = ImageFolderDataset(root / "train", train_transform(cfg))
-        val = ImageFolderDataset(
-            root / "val", eval_transform(cfg.img_size, cfg.crop_pct, cfg.interpolation),
-            class_names=train.class_names, require_all=False,
-        )
+        raw = cfg.device_augment
+        if raw:
+            from ..data.device import DeviceAugment
+
+            self._device_aug = DeviceAugment.from_config(cfg)
+        train_tf = None if raw else train_transform(cfg)
+        val_tf = eval_transform(cfg.img_size, cfg.crop_pct, cfg.interpolation)
+        train: ImageFolderDataset | ShardDataset
+        if is_shard_folder(root):
+            train = ShardDataset(root, "train", train_tf, raw=raw)
+            val = ShardDataset(root, "val", val_tf, class_names=train.class_names)
+        else:
+            train = ImageFolderDataset(root / "train", train_tf, raw=raw)
+            val = ImageFolderDataset(root / "val", val_tf, class_names=train.class_names, require_all=False)
         self.class_names = train.class_names
         if len(self.class_names) < 2:
             raise ValueError(f"data folder {str(root / 'train')!r} has {len(self.class_names)} class; need >= 2")
@@ -188,6 +209,10 @@ class ClassificationTask(Task):
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, targets, _ = batch
+        if isinstance(images, list):  # encoded images (device_augment): decode and augment on the device
+            images, keep = self._device_aug(images, device)
+            self._skipped += len(targets) - len(keep)
+            targets = targets[keep]
         if self._mixup is not None and len(targets) % 2:  # mixup pairs images: keep an even batch
             images, targets = images[:-1], targets[:-1]
         images, targets = self._to(images, device), targets.to(device, non_blocking=True)
@@ -207,18 +232,32 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-        n = loss_sum = top1 = top5 = 0
+        return self.merge_parts([self.evaluate_part(model, loader, device)])
+
+    @torch.no_grad()
+    def evaluate_part(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        """Counts and sums over the images of ``loader``: ``images``, ``top1`` / ``top5`` (correct, integers)
+        and ``loss_sum`` (float64), which add up exactly over any split of the data."""
+        n = top1 = top5 = 0
+        loss_sum = 0.0
         for images, targets, skipped in loader:
             self._skipped += skipped
             if len(targets) == 0:
                 continue
             images, targets = self._to(images, device), targets.to(device)
             logits = model(images).float()
-            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="none").double().sum())
             c1, c5 = topk_correct(logits, targets, (1, 5))
             top1, top5, n = top1 + c1, top5 + c5, n + len(targets)
+        return {"images": n, "top1": top1, "top5": top5, "loss_sum": loss_sum}
+
+    def merge_parts(self, parts: list[dict[str, float]]) -> dict[str, float]:
+        """Top-1 / top-5 (percent) and mean loss over every part's images."""
+        n = sum(int(p["images"]) for p in parts)
         if n == 0:
             raise ValueError("no readable validation images")
+        top1, top5 = sum(int(p["top1"]) for p in parts), sum(int(p["top5"]) for p in parts)
+        loss_sum = math.fsum(float(p["loss_sum"]) for p in parts)
         return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": float(n)}
 
     def end_epoch(self) -> dict[str, float]:
@@ -255,8 +294,8 @@ class ClassificationTask(Task):
                               tuple(e.get("mean", IMAGENET_MEAN)), tuple(e.get("std", IMAGENET_STD)))
 
     def eval_dataset(self, split: str = "val") -> Dataset:
-        """``<data>/<split>/<class>/`` images, or ``<data>/<class>/`` when ``data`` has no such split
-        (default data: the checkpoint's own); class folders must be among the trained classes."""
+        """``<data>/<split>/<class>/`` images, or ``<data>/<class>/`` when ``data`` has no such split, or the
+        split of a shard folder (default data: the checkpoint's own); classes must be among the trained ones."""
         if self.cfg.data is None:
             folder = digits_folder(self.cfg.data_dir) / split
         else:
@@ -265,6 +304,10 @@ class ClassificationTask(Task):
                 raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
             if not root.is_dir():
                 raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with {split}/ or class folders")
+            if is_shard_folder(root):
+                ds = ShardDataset(root, split, self._eval_tf(), class_names=self.class_names)
+                self._skipped += len(ds.unreadable)
+                return ds
             folder = root / split if (root / split).is_dir() else root
         ds = ImageFolderDataset(folder, self._eval_tf(), class_names=self.class_names, require_all=False)
         self._skipped += len(ds.unreadable)
