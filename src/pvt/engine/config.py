@@ -80,7 +80,7 @@ class TrainConfig:
     scale: list[float] = _f(None, "random-resized-crop area range", factory=lambda: [0.08, 1.0])
     ratio: list[float] = _f(None, "random-resized-crop aspect-ratio range", factory=lambda: [0.75, 4 / 3])
     interpolation: str = _f("bicubic", "resize interpolation", choices=("bicubic", "bilinear", "nearest"))
-    img_size: int = _f(224, "training and evaluation crop size", min=16)
+    img_size: int = _f(224, "training and evaluation crop size", min=16, max=8192)
     crop_pct: float = _f(0.875, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
     model_ema: bool = _f(False, "keep an exponential moving average of the weights")
     model_ema_decay: float = _f(0.99996, "EMA decay per step", min=0.0, max=1.0)

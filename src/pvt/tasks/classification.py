@@ -236,13 +236,30 @@ class ClassificationTask(Task):
         }
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
-        self.class_names = list(extra["class_names"])
-        self._eval_input = {k: extra[k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std") if k in extra}
+        """The class names and evaluation input a checkpoint records, each checked (a ValueError otherwise)."""
+        from ..engine.config import TrainConfig
+
+        names = extra.get("class_names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError("its class_names are not a list of names")
+        self.class_names = list(names)
+        e = {k: extra[k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std") if k in extra}
+        TrainConfig.from_dict({k: v for k, v in e.items() if k in ("img_size", "crop_pct", "interpolation")})
+        for k in ("mean", "std"):
+            v = e.get(k, IMAGENET_MEAN)
+            if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                             and 0 <= x <= 1e3 for x in v) and (k == "mean" or min(v) > 0)):
+                raise ValueError(f"its {k} {v!r} is not three numbers" + (" > 0" if k == "std" else ""))
+        self._eval_input = e
 
     # -- trained models -----------------------------------------------------------------------
     def load_model(self, state: dict[str, Tensor], meta: dict[str, Any], source: str | Path) -> nn.Module:
         """The network the checkpoint's own config describes (exact even when it was fine-tuned from weights
-        whose numerics differ from the variant's, e.g. HF's LayerNorm eps)."""
+        whose numerics differ from the variant's, e.g. HF's LayerNorm eps), with a head for its class names."""
+        head = state.get("head.weight")
+        if head is None or head.ndim != 2 or head.shape[0] != len(self.class_names):
+            raise ValueError(f"checkpoint {str(source)!r} names {len(self.class_names)} classes but its head has "
+                             f"{'no' if head is None else int(head.shape[0])} outputs")
         return build_pvt(meta, state, source)
 
     def _eval_tf(self):
