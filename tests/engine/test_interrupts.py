@@ -99,3 +99,25 @@ def test_sigterm_from_outside_exits_143_with_one_message(stripes, tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)") and "Traceback" not in err
     assert f"pvt train --resume {run}" in lines[0]
+
+
+def test_an_error_after_a_finished_epoch_keeps_the_folder(stripes, tmp_path, tiny, monkeypatch):
+    """Whatever stops a run later (here an evaluation that breaks in epoch 2), finished epochs stay."""
+    from pvt.tasks.classification import ClassificationTask
+
+    real, calls = ClassificationTask.evaluate, [0]
+
+    def evaluate(self, model, loader, device):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("broken evaluation")
+        return real(self, model, loader, device)
+
+    monkeypatch.setattr(ClassificationTask, "evaluate", evaluate)
+    with pytest.raises(RuntimeError, match="broken evaluation"):
+        pvt.train(data=str(stripes), output=str(tmp_path), name="kept", **tiny)
+    run = tmp_path / "kept"
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == sorted(
+        ["best.safetensors", "classes.json", "config.yaml", "last.safetensors", "learning_curves.png",
+         "metrics.jsonl", "state.pt", "train.log"])
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from PIL import UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -269,17 +268,23 @@ class ClassificationTask(Task):
                               tuple(e.get("mean", IMAGENET_MEAN)), tuple(e.get("std", IMAGENET_STD)))
 
     def eval_dataset(self, split: str = "val") -> Dataset:
-        """``<data>/<split>/<class>/`` images, or ``<data>/<class>/`` when ``data`` has no such split
-        (default data: the checkpoint's own); class folders must be among the trained classes."""
-        if self.cfg.data is None:
-            folder = digits_folder(self.cfg.data_dir) / split
+        """``<data>/<split>/<class>/`` images, or ``<data>/<class>/`` when ``data`` has no split folders at all
+        and ``split`` is the default (default data: the checkpoint's own); class folders must be among the
+        trained classes. A ``split`` that is not there is a ValueError naming the splits that are."""
+        root = digits_folder(self.cfg.data_dir) if self.cfg.data is None else Path(self.cfg.data).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+        if not root.is_dir():
+            raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with {split}/ or class folders")
+        splits = sorted(s for s in ("train", "val", "test") if (root / s).is_dir())
+        if (root / split).is_dir():
+            folder = root / split
+        elif split == "val" and not splits:
+            folder = root  # a folder of class folders
         else:
-            root = Path(self.cfg.data).expanduser()
-            if not root.exists():
-                raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
-            if not root.is_dir():
-                raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with {split}/ or class folders")
-            folder = root / split if (root / split).is_dir() else root
+            raise ValueError(f"split {split!r}: {str(root / split)!r} does not exist; "
+                             + (f"splits found: {', '.join(splits)}" if splits else
+                                "the folder holds class folders only: leave --split out"))
         ds = ImageFolderDataset(folder, self._eval_tf(), class_names=self.class_names, require_all=False)
         self._skipped += len(ds.unreadable)
         return ds
@@ -295,8 +300,9 @@ class ClassificationTask(Task):
         for p in images:
             try:
                 batch.append(tf(load_rgb(p)))
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                raise ValueError(f"image {str(p)!r} cannot be read: {e}") from None
+            except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; a bomb, MemoryError)
+                raise ValueError(f"image {str(p)!r} cannot be read: {' '.join(str(e).split()) or type(e).__name__}") \
+                    from None
         probs = model(torch.stack(batch).to(device)).float().softmax(-1).cpu()
         k = min(topk, probs.shape[1])
         out = []
