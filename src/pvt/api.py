@@ -90,7 +90,7 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
     Classification: the ``topk`` classes with probabilities (``"top"``). Detection / instance: the
     detections scoring at least ``score_thresh`` (``"detections"``). Segmentation: the share of pixels per
     class (``"class_fractions"``). With ``out_dir``, dense tasks also draw each prediction there
-    (``<stem>_pred.png``, named in ``"output"``).
+    (``<stem>_pred.png``, with folder names added where two images share a stem; named in ``"output"``).
     """
     from .tasks import load_trained
 

@@ -113,6 +113,10 @@ def load_trained(checkpoint: str | Path, *, device: str = "auto", data: str | No
     if model is not None and model != found:
         raise ValueError(f"checkpoint {str(path)!r} holds {found!r}, not the requested model {model!r}")
     net = task.load_model(own[0], meta, path)
+    bad = [k for k, t in net.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise ValueError(f"checkpoint {str(path)!r} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): it "
+                         "was saved from a diverged run and would predict NaN; use an earlier checkpoint")
     dev = resolve_device(device)
     net.to(dev).eval()
     return Trained(task, net, meta, path, dev)
