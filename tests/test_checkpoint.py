@@ -16,20 +16,10 @@ from safetensors.torch import load_file, save_file
 
 from pvt.checkpoint import check_file_config, read_own_format, save_model
 from pvt.config import PVTConfig
-from pvt.engine.config import TrainConfig
 from pvt.model import PyramidVisionTransformer
 
 SMALL = PVTConfig(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2), mlp_ratios=(2, 2, 2, 2),
                   num_classes=3, img_size=32)
-NAMES = ["diagonal", "horizontal", "vertical"]
-
-
-def _trained_like(path, data):
-    """A file as pvt train writes it (config, task, class names, evaluation input, training config)."""
-    extra = {"task": "classification", "class_names": NAMES, "img_size": 32, "crop_pct": 0.875,
-             "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-             "train_config": TrainConfig(model="pvt_v2_b0", img_size=32, data=str(data)).to_dict(), "epoch": 1}
-    return save_model(PyramidVisionTransformer(SMALL), path, variant="pvt_v2_b0", extra=extra)
 
 
 def _craft(src, dst, **changes):
@@ -65,10 +55,10 @@ CRAFTED = {
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, make_stripes):
+def files(tmp_path_factory, make_stripes, trained_checkpoint):
     root = tmp_path_factory.mktemp("crafted")
     data = make_stripes(root / "data", n_train=2, n_val=1)
-    good = _trained_like(root / "good.safetensors", data)
+    good = trained_checkpoint(root / "good.safetensors", data, config=SMALL)
     return root, data, good, {n: _craft(good, root / f"{n}.safetensors", **ch) for n, (ch, _) in CRAFTED.items()}
 
 

@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -75,9 +76,9 @@ def _atomic_path(path: str | Path) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if _disk_full(e) and not isinstance(e, DiskFullError):
-            full = DiskFullError(f"cannot write {str(path)!r}: no space left on device "
-                                 f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}); "
-                                 "its previous version is intact")
+            reason = " ".join(str(e).split())[:120] or type(e).__name__
+            full = DiskFullError(f"cannot write {str(path)!r}: out of space (disk full, quota or file-size limit: "
+                                 f"{reason}); its previous version is intact")
             full.errno = errno.ENOSPC
             raise full from None
         raise
@@ -113,7 +114,9 @@ def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = 
     if magic != b"PK" and magic[:1] != b"\x80":  # a torch zip archive / a legacy pickle
         raise ValueError(f"{path} is not a {kind}: neither a zip archive nor a pickle (it starts with bytes {magic!r})")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # its note on unusual pickle protocols is no concern of the user's
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch 2.14: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked";
         # earlier: "Unsupported global: GLOBAL x.y"
@@ -121,6 +124,11 @@ def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = 
             raise ValueError(
                 f"{path} was refused as unsafe: it holds Python objects besides tensors ({m[1]}), which "
                 f"torch.load(weights_only=True) refuses to build: nothing from a file is executed here{unsafe_hint}"
+            ) from None
+        if m := re.search(r"Unsupported operand (\d+)", str(e)):
+            raise ValueError(
+                f"{path} was refused as unsafe: its pickle uses an instruction (opcode {m[1]}) that "
+                f"torch.load(weights_only=True) does not run: nothing from a file is executed here{unsafe_hint}"
             ) from None
         raise ValueError(f"{path} is not a readable {kind} (corrupt or truncated?)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, TypeError,
