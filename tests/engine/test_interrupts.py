@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -121,3 +122,35 @@ def test_an_error_after_a_finished_epoch_keeps_the_folder(stripes, tmp_path, tin
         ["best.safetensors", "classes.json", "config.yaml", "last.safetensors", "learning_curves.png",
          "metrics.jsonl", "state.pt", "train.log"])
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+def test_sigterm_under_torchrun_stops_every_process_and_keeps_the_last_epoch(stripes, tmp_path):
+    """torchrun passes SIGTERM on to its workers: each stops, rank 0 alone says what the folder keeps."""
+    from pvt.checkpoint import read_metadata
+
+    out = tmp_path / "runs"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "pvt", "train", "--data", str(stripes),
+           "--output", str(out), "--name", "ddp", "--quiet", "--epochs=200", "--batch-size=2", "--workers=0",
+           "--threads=1", "--aa=none", "--img-size=32", "--model=pvt_v2_b0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    run, t0 = out / "ddp", time.time()
+    while not (run / "state.pt").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    ours = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(ours) == 1 and ours[0].startswith("interrupted (SIGTERM)"), err[-3000:]
+    assert "pvt/engine" not in err  # no traceback from the workers (torchrun may print its own)
+    done = int(__import__("torch").load(run / "state.pt", weights_only=True)["epoch"])
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == done >= 1
+    assert read_metadata(run / "last.safetensors")["epoch"] == done
+    assert f"keeps its {done} finished epoch" in ours[0]

@@ -319,8 +319,11 @@ class Trainer:
     def _after_failure(self, e: BaseException, created: bool) -> None:
         """A run that stops (error, Ctrl-C, SIGTERM): a folder this run created and no epoch finished in is
         removed (the same command starts it again); one with finished epochs is kept as it is. An
-        interruption is reported: which epoch was dropped, what the folder keeps, how to continue."""
+        interruption is reported: which epoch was dropped, what the folder keeps, how to continue (by rank 0,
+        for every process)."""
         if not self.dist.is_main:
+            if isinstance(e, KeyboardInterrupt):
+                e.reported = True  # type: ignore[attr-defined]
             return
         run_dir = self.run_dir
         removed = created and self._done == 0 and not (run_dir / "state.pt").exists()
