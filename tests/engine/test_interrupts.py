@@ -82,6 +82,17 @@ def test_the_handlers_are_restored_after_a_run(stripes, tmp_path, tiny):
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+def _term_after_first_epoch(proc: subprocess.Popen, run: Path) -> str:
+    """Send ``proc`` SIGTERM once ``run`` has a finished epoch; its stderr."""
+    t0 = time.time()
+    while not (run / "state.pt").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=120)[1]
+
+
 def test_sigterm_from_outside_exits_143_with_one_message(stripes, tmp_path):
     """The command as a scheduler stops it: SIGTERM from another process, exit status 128 + 15."""
     out = tmp_path / "runs"
@@ -89,13 +100,8 @@ def test_sigterm_from_outside_exits_143_with_one_message(stripes, tmp_path):
            "--quiet", "--epochs=200", "--batch-size=4", "--workers=0", "--threads=1", "--aa=none", "--img-size=32",
            "--model=pvt_v2_b0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run, t0 = out / "t", time.time()
-    while not (run / "state.pt").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < 300
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    run = out / "t"
+    err = _term_after_first_epoch(proc, run)
     assert proc.returncode == 143, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted (SIGTERM)") and "Traceback" not in err
@@ -139,13 +145,8 @@ def test_sigterm_under_torchrun_stops_every_process_and_keeps_the_last_epoch(str
            "--output", str(out), "--name", "ddp", "--quiet", "--epochs=200", "--batch-size=2", "--workers=0",
            "--threads=1", "--aa=none", "--img-size=32", "--model=pvt_v2_b0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    run, t0 = out / "ddp", time.time()
-    while not (run / "state.pt").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() - t0 < 300
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    run = out / "ddp"
+    err = _term_after_first_epoch(proc, run)
     assert proc.returncode != 0
     ours = [line for line in err.splitlines() if "interrupted" in line]
     assert len(ours) == 1 and ours[0].startswith("interrupted (SIGTERM)"), err[-3000:]
