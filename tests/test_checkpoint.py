@@ -130,3 +130,15 @@ def test_a_file_whose_tensors_do_not_fit_its_config_names_the_tensor(tmp_path):
                                          r"config\), e.g. stages\.0\.blocks\.0\.mlp\.fc1\.weight \[16, 8\] vs \[32, 8\]"):
         read_own_format(bad)
     assert read_own_format(path)[0].keys() == PyramidVisionTransformer(SMALL).state_dict().keys()
+
+
+def test_an_hf_folder_asking_for_huge_inputs_is_refused_before_its_position_embeddings_are_resized(tmp_path):
+    from pvt.weights import read_checkpoint
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "pvt", "hidden_sizes": [64, 128, 320, 512], "depths": [2, 2, 2, 2],
+        "num_attention_heads": [1, 2, 5, 8], "mlp_ratios": [8, 8, 4, 4], "sequence_reduction_ratios": [8, 4, 2, 1],
+        "strides": [4, 2, 2, 2], "patch_sizes": [4, 2, 2, 2], "image_size": 100_000}))
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="config.json': its config asks for img_size 100000, beyond the 8192"):
+        read_checkpoint(tmp_path)

@@ -23,8 +23,8 @@ from .config import PVTConfig
 from .io import atomic_via
 from .model import PyramidVisionTransformer
 
-__all__ = ["OWN_FORMAT", "FILE_LIMITS", "save_model", "is_safetensors", "read_metadata", "read_header", "read_own_format",
-           "check_file_config", "build_pvt", "load_pvt", "resolve_checkpoint"]
+__all__ = ["OWN_FORMAT", "FILE_LIMITS", "save_model", "is_safetensors", "read_metadata", "read_header",
+           "read_own_format", "check_file_limits", "check_file_config", "build_pvt", "load_pvt", "resolve_checkpoint"]
 
 OWN_FORMAT = "pvt"
 
@@ -112,18 +112,24 @@ def is_safetensors(path: str | Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def check_file_config(cfg: PVTConfig, shapes: dict[str, tuple[int, ...]], source: str | Path) -> None:
-    """A ValueError unless ``cfg`` (read from the file ``source``) is within :data:`FILE_LIMITS` and builds
-    exactly the tensors ``shapes`` lists. The stages and blocks are counted first, so the skeleton built
-    to compare every shape is no larger than the file."""
-    where = f"checkpoint {str(source)!r}"
+def check_file_limits(cfg: PVTConfig, source: str | Path) -> None:
+    """A ValueError unless ``cfg``, read from the file ``source``, is within :data:`FILE_LIMITS`."""
     sizes = {"num_stages": [cfg.num_stages], "img_size": [cfg.img_size], "in_chans": [cfg.in_chans],
              "num_classes": [cfg.num_classes], "pool_size": [cfg.pool_size]}
     for name, limit in FILE_LIMITS.items():
         values = sizes.get(name, getattr(cfg, name, ()))
         if any(v > limit for v in values):
-            raise ValueError(f"{where}: its config asks for {name} {list(values) if len(values) > 1 else values[0]}, "
-                             f"beyond the {limit} a pvt model may have; the file is not a model this library wrote")
+            raise ValueError(f"checkpoint {str(source)!r}: its config asks for {name} "
+                             f"{list(values) if len(values) > 1 else values[0]}, beyond the {limit} a pvt model may "
+                             "have; the file is not a model this library wrote")
+
+
+def check_file_config(cfg: PVTConfig, shapes: dict[str, tuple[int, ...]], source: str | Path) -> None:
+    """A ValueError unless ``cfg`` (read from the file ``source``) is within :data:`FILE_LIMITS` and builds
+    exactly the tensors ``shapes`` lists. The stages and blocks are counted first, so the skeleton built
+    to compare every shape is no larger than the file."""
+    where = f"checkpoint {str(source)!r}"
+    check_file_limits(cfg, source)
     stages = {int(m[1]) for k in shapes if (m := re.match(r"stages\.(\d+)\.", k))}
     blocks = [len({int(m[1]) for k in shapes if (m := re.match(rf"stages\.{i}\.blocks\.(\d+)\.", k))})
               for i in range(cfg.num_stages)]

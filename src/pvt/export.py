@@ -19,8 +19,8 @@ from .io import atomic_via, atomic_write
 from .layers import reference_path
 from .model import PyramidVisionTransformer
 
-__all__ = ["FORMATS", "ONNX_OPSETS", "check_onnx_export", "require_onnx", "load_model", "export_model", "export_min_size", "default_suffix", "run_exported",
-           "check_export"]
+__all__ = ["FORMATS", "ONNX_OPSETS", "check_onnx_export", "require_onnx", "load_model", "export_model",
+           "export_min_size", "default_suffix", "run_exported", "check_export"]
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
@@ -44,7 +44,8 @@ def require_onnx(*modules: str) -> None:
 def check_onnx_export(opset: int) -> None:
     """A one-line ValueError unless ``opset`` is in :data:`ONNX_OPSETS` and the exporter's packages are there."""
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in ONNX_OPSETS:
-        raise ValueError(f"ONNX opset {opset!r} is not supported; accepted: {ONNX_OPSETS.start}..{ONNX_OPSETS.stop - 1}")
+        raise ValueError(f"ONNX opset {opset!r} is not supported; accepted: {ONNX_OPSETS.start}.."
+                         f"{ONNX_OPSETS.stop - 1}")
     require_onnx("onnx", "onnxscript")
 
 

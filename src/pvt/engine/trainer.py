@@ -468,7 +468,8 @@ class Trainer:
         own = read_own_format(path)
         epoch = _saved_epoch(path)
         if own is None or epoch is None:
-            raise ValueError(f"cannot resume {str(self.run_dir)!r} from {path}: not a pvt train checkpoint recording its epoch")
+            raise ValueError(f"cannot resume {str(self.run_dir)!r} from {path}: not a pvt train checkpoint recording "
+                             "its epoch")
         try:
             run.model.load_state_dict(own[0])
         except RuntimeError as e:
@@ -580,8 +581,9 @@ class Trainer:
         train_time = time.perf_counter() - t0
         bad = _non_finite(run.model) + (_non_finite(run.ema.module, "ema.") if run.ema is not None else [])
         if bad:
-            raise self._diverged(run, epoch, f"{len(bad)} weight tensors became non-finite (e.g. {bad[0]}) although "
-                                             f"the training loss stayed finite ({train_loss:.4g})", self._lr_advice(run))
+            what = (f"{len(bad)} weight tensors became non-finite (e.g. {bad[0]}) although the training loss stayed "
+                    f"finite ({train_loss:.4g})")
+            raise self._diverged(run, epoch, what, self._lr_advice(run))
         train_loss = all_reduce_mean(train_loss, d, self.device)
         extra = task.end_epoch()
         metrics: dict[str, float] = {}

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..config import PVTConfig
-from ..checkpoint import is_safetensors, read_own_format
+from ..checkpoint import check_file_limits, is_safetensors, read_own_format
 from .hf_config import hf_config_to_pvt
 from .keys import FORMATS, StateDict, detect_key_format, split_backbone, strip_wrappers, to_pvt
 
@@ -207,6 +207,7 @@ def _read_folder(folder: Path) -> Checkpoint:
     source = str(folder)
     if "model_type" in cfg:  # HF transformers
         config = hf_config_to_pvt(cfg, str(cfg_path))
+        check_file_limits(config, cfg_path)  # e.g. its image_size sizes v1's resized position embeddings
         converted, fmt, _ = _from_state_dict(sd, source)
         want = "hf_v2" if cfg["model_type"] == "pvt_v2" else "hf_v1"
         if fmt != want:
