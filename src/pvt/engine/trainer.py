@@ -205,12 +205,16 @@ class Trainer:
         name = broadcast_object(name, self.dist)
         cfg.name = name  # config.yaml records the folder it describes
         run_dir = Path(cfg.output).expanduser() / name
-        if run_dir.exists() and (set(run_dir.iterdir()) - set(run_dir.glob(f".*{TMP_SUFFIX}"))):
-            raise ValueError(
-                f"run folder {str(run_dir)!r} already exists; choose another --name or continue it with --resume"
-            )
-        if self.dist.is_main and run_dir.is_dir():
-            remove_temporaries(run_dir)  # all a run killed before its config.yaml was written left
+        taken = None
+        if self.dist.is_main:  # (rank 0 decides, before it makes the folder that the others would see)
+            if run_dir.exists() and (set(run_dir.iterdir()) - set(run_dir.glob(f".*{TMP_SUFFIX}"))):
+                taken = (f"run folder {str(run_dir)!r} already exists; choose another --name or continue it with "
+                         "--resume")
+            elif run_dir.is_dir():
+                remove_temporaries(run_dir)  # all a run killed before its config.yaml was written left
+        taken = broadcast_object(taken, self.dist)
+        if taken:
+            raise ValueError(taken)
         return run_dir
 
     def _setup_logging(self, run_dir: Path) -> logging.Handler | None:
