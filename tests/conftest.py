@@ -35,3 +35,26 @@ def make_stripes():
     """``make_stripes(root, n_train=12, n_val=4, size=32, seed=0)``: write a 3-class ImageFolder tree of
     noisy stripe images (horizontal, vertical, diagonal) under ``root`` and return ``root``."""
     return _make_stripes
+
+
+def _trained_checkpoint(path, data, *, config=None, names=("diagonal", "horizontal", "vertical")):
+    """A classifier written as ``pvt train`` writes one (config, task, class names, evaluation input, training
+    config), of a narrow PVT v2 at 32 px with untrained weights: what eval / predict / convert / export read."""
+    from pvt.checkpoint import save_model
+    from pvt.config import PVTConfig
+    from pvt.engine.config import TrainConfig
+    from pvt.model import PyramidVisionTransformer
+
+    config = config or PVTConfig(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2),
+                                 mlp_ratios=(2, 2, 2, 2), num_classes=len(names), img_size=32)
+    extra = {"task": "classification", "class_names": list(names), "img_size": 32, "crop_pct": 0.875,
+             "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+             "train_config": TrainConfig(model="pvt_v2_b0", img_size=32, data=str(data)).to_dict(), "epoch": 1}
+    return save_model(PyramidVisionTransformer(config), path, variant="pvt_v2_b0", extra=extra)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint():
+    """``trained_checkpoint(path, data)``: write a small classifier as ``pvt train`` would (data: the folder its
+    training config names) and return its path."""
+    return _trained_checkpoint

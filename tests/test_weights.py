@@ -678,8 +678,8 @@ def test_bad_files_name_the_file(tmp_path, b0):
         "under one of ['state_dict', 'model', 'model_state_dict', 'module', 'model_state']",
         resnet: f"{resnet} is not a PVT checkpoint: none of its 2 tensor names (conv1.weight, fc.bias, ...) "
         "follows a known layout",
-        trap: f"{trap} holds Python objects besides tensors (getattr), which torch.load(weights_only=True) "
-        "refuses to build: nothing from a file is executed here",
+        trap: f"{trap} was refused as unsafe: it holds Python objects besides tensors (getattr), which "
+        "torch.load(weights_only=True) refuses to build: nothing from a file is executed here",
     }
     for path, expected in cases.items():
         with pytest.raises(ValueError) as e:

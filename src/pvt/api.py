@@ -18,13 +18,17 @@ from typing import Any, Sequence
 __all__ = ["train", "evaluate", "predict"]
 
 
-def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool = False, **overrides: Any):
+def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool = False,
+          fresh_optimizer: bool = False, **overrides: Any):
     """Train a model; returns a :class:`pvt.engine.trainer.TrainResult` (run folder, metrics, best epoch).
 
     Args:
         config: a :class:`~pvt.engine.config.TrainConfig`, a mapping of its keys, or a YAML file path.
-        resume: a run folder to continue (its ``config.yaml`` is used; ``overrides`` may extend ``epochs``).
+        resume: a run folder to continue (its ``config.yaml`` is used; ``overrides`` may extend ``epochs`` and
+            change the values in :data:`pvt.engine.trainer.RESUME_MAY_CHANGE`; any other change is refused).
         quiet: no progress bar or per-epoch lines on stdout (``train.log`` still gets them).
+        fresh_optimizer: with ``resume``, when the run's ``state.pt`` is unreadable: continue from the weights
+            of its ``last.safetensors`` with a fresh optimiser state.
         **overrides: TrainConfig keys, e.g. ``epochs=5, data="my_images/"``.
     """
     from .engine.config import TrainConfig
@@ -39,7 +43,7 @@ def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool =
         cfg = resolve_config(**{**config, **overrides})
     else:
         cfg = resolve_config(config, **overrides)
-    return Trainer(cfg, create_task(cfg), resume=resume, quiet=quiet).fit()
+    return Trainer(cfg, create_task(cfg), resume=resume, quiet=quiet, fresh_optimizer=fresh_optimizer).fit()
 
 
 def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: str = "val",
@@ -86,7 +90,7 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
     Classification: the ``topk`` classes with probabilities (``"top"``). Detection / instance: the
     detections scoring at least ``score_thresh`` (``"detections"``). Segmentation: the share of pixels per
     class (``"class_fractions"``). With ``out_dir``, dense tasks also draw each prediction there
-    (``<stem>_pred.png``, named in ``"output"``).
+    (``<stem>_pred.png``, with folder names added where two images share a stem; named in ``"output"``).
     """
     from .tasks import load_trained
 

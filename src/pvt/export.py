@@ -15,12 +15,37 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_pvt, read_metadata
+from .io import atomic_via, atomic_write
 from .model import PyramidVisionTransformer
 
-__all__ = ["FORMATS", "load_model", "export_model", "export_min_size", "default_suffix", "run_exported", "check_export"]
+__all__ = ["FORMATS", "ONNX_OPSETS", "check_onnx_export", "require_onnx", "load_model", "export_model",
+           "export_min_size", "default_suffix", "run_exported", "check_export"]
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+ONNX_OPSETS = range(18, 24)
+"""The ONNX opsets an export can target: torch's exporter writes 18 and newer itself; older ones only
+through a version converter that fails on these models (and then silently keeps 18)."""
+_EXTRA = "pip install 'pyramid-vision-transformer[export]'"
+
+
+def require_onnx(*modules: str) -> None:
+    """A one-line ValueError naming the install command when one of the optional ONNX ``modules`` (onnx,
+    onnxscript, onnxruntime) is not installed."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"ONNX needs the package{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which "
+                         f"{'are' if len(missing) > 1 else 'is'} not installed: {_EXTRA}")
+
+
+def check_onnx_export(opset: int) -> None:
+    """A one-line ValueError unless ``opset`` is in :data:`ONNX_OPSETS` and the exporter's packages are there."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in ONNX_OPSETS:
+        raise ValueError(f"ONNX opset {opset!r} is not supported; accepted: {ONNX_OPSETS.start}.."
+                         f"{ONNX_OPSETS.stop - 1}")
+    require_onnx("onnx", "onnxscript")
 
 
 def default_suffix(fmt: str) -> str:
@@ -97,6 +122,8 @@ def export_model(
     ``img_size``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        check_onnx_export(opset)
     out = Path(out)
     if fmt == "exported-program" and out.suffix != ".pt2":
         raise ValueError(f"{out}: ExportedProgram files must end in .pt2 (torch.export.load insists)")
@@ -109,12 +136,21 @@ def export_model(
         if fmt == "onnx":
             _export_onnx(model, x, out, opset)
         elif fmt == "torchscript":
-            traced = torch.jit.trace(model, x, check_trace=False)
-            torch.jit.save(traced, str(out))
+            _write(out, torch.jit.save, torch.jit.trace(model, x, check_trace=False))
         else:
-            ep = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(model))
-            torch.export.save(ep, str(out))
+            _write(out, torch.export.save, torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(model)))
     return out
+
+
+def _write(out: Path, save, obj) -> None:
+    """``save(obj, buffer)`` in memory, then the bytes atomically to ``out``: torch's archive writer aborts
+    the process (an exception thrown in a destructor) when the disk fills under it; our writer reports it."""
+    import io
+
+    buf = io.BytesIO()
+    save(obj, buf)
+    with atomic_write(out) as f:
+        f.write(buf.getbuffer())
 
 
 def _export_onnx(model: nn.Module, x: Tensor, out: Path, opset: int) -> None:
@@ -132,12 +168,13 @@ def _export_onnx(model: nn.Module, x: Tensor, out: Path, opset: int) -> None:
             opset_version=opset,
             external_data=False,
         )
-        program.save(str(out), external_data=False)
+        atomic_via(out, lambda tmp: program.save(tmp, external_data=False))
 
 
 def run_exported(fmt: str, path: str | Path, x: Tensor) -> Tensor:
     """Run an exported file on ``x`` (ONNX through onnxruntime on CPU)."""
     if fmt == "onnx":
+        require_onnx("onnxruntime")
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

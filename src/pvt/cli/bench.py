@@ -66,7 +66,7 @@ def register(sub) -> None:
     e.add_argument("--out", type=Path, help="output file (default: <name>.onnx / .pt / .pt2)")
     e.add_argument("--model", help="variant of a checkpoint that does not record one")
     e.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's or 1000)")
-    e.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset (18 and newer; see pvt.export.ONNX_OPSETS)")
     e.add_argument("--check", action="store_true", help="run the exported file at two sizes and compare")
     e.set_defaults(func=_export)
 
@@ -75,9 +75,13 @@ def _benchmark(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench import Case, format_results, parse_size, run_case, run_onnxruntime
+    from ..engine.distributed import resolve_device
     from ..registry import create_model
     from ..variants import get_variant
 
+    if args.device == "auto":
+        raise ValueError("--device auto: name the device to time, e.g. cpu or cuda")
+    resolve_device(args.device)  # a device this machine lacks fails here, on one line
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -89,6 +93,10 @@ def _benchmark(args: argparse.Namespace) -> int:
     sizes = [parse_size(s) for s in args.img_size]
     if args.backend == "onnxruntime" and args.onnx is None:
         raise ValueError("--backend onnxruntime needs --onnx FILE (make one with `pvt export`)")
+    if args.backend == "onnxruntime":
+        from ..export import require_onnx
+
+        require_onnx("onnxruntime")
     if args.onnx is not None and not args.onnx.is_file():
         raise FileNotFoundError(f"ONNX file {args.onnx} does not exist")
     impls = ("pvt", "timm", "hf") if args.compare else ("pvt",)
@@ -122,8 +130,12 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..export import default_suffix, export_min_size, export_model, load_model
+    from ..export import check_onnx_export, default_suffix, export_min_size, export_model, load_model, require_onnx
 
+    if args.fmt == "onnx":
+        check_onnx_export(args.opset)  # before the model is loaded
+        if args.check:
+            require_onnx("onnxruntime")
     model = load_model(args.source, num_classes=args.num_classes, model=args.model)
     out = args.out or Path(Path(args.source).stem + default_suffix(args.fmt))
     export_model(model, args.fmt, out, opset=args.opset)

@@ -55,8 +55,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config:
             raise ValueError("--config cannot be combined with --resume (the run's own config.yaml is used)")
-        result = train(resume=args.resume, quiet=args.quiet, **overrides)
+        result = train(resume=args.resume, quiet=args.quiet, fresh_optimizer=args.fresh_optimizer, **overrides)
     else:
+        if args.fresh_optimizer:
+            raise ValueError("--fresh-optimizer only applies with --resume RUN_DIR")
         result = train(args.config, quiet=args.quiet, **overrides)
     if args.quiet and result.best:
         print(json.dumps({"run_dir": str(result.run_dir), **result.best}))
@@ -140,7 +142,11 @@ def register(sub) -> None:
                        description="Train with the paper's recipe; every config value is a flag. Under "
                                    "`torchrun --nproc_per_node N` the same command trains with DDP.")
     p.add_argument("--config", metavar="YAML", help="a YAML file of config values (flags override it)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished epoch "
+                                                       "(only epochs, workers, threads, device, data-dir may change)")
+    p.add_argument("--fresh-optimizer", action="store_true",
+                   help="with --resume, when the run's state.pt is unreadable: continue from its last.safetensors "
+                        "with a fresh optimiser state")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="task-specific option (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     _config_flags(p)

@@ -1,8 +1,9 @@
 """An ImageFolder-style dataset (``root/<class>/<image>``) that never stops an epoch on a bad file.
 
-Grayscale, palette, CMYK and RGBA images are converted to RGB. Files whose header cannot be read are
-dropped when the folder is scanned; files that fail later (e.g. truncated data) make ``__getitem__``
-return ``None``, which :func:`collate_skipping` removes from the batch and counts.
+Grayscale, 16-bit grayscale, palette, CMYK and RGBA images are converted to RGB. Files whose header cannot
+be read are dropped when the folder is scanned; files that fail later, whatever they raise (truncated
+data, a decompression bomb, an image so elongated that resizing it would need gigabytes), make
+``__getitem__`` return ``None``, which :func:`collate_skipping` removes from the batch and counts.
 """
 
 from __future__ import annotations
@@ -11,39 +12,66 @@ import logging
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "collate_skipping", "load_rgb", "read_image", "find_classes"]
+__all__ = ["IMG_EXTENSIONS", "MAX_ASPECT", "ImageFolderDataset", "collate_skipping", "load_rgb", "read_image",
+           "find_classes"]
 
 log = logging.getLogger("pvt.data")
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
+MAX_ASPECT = 100
+"""The most elongated image accepted (long side / short side): resized to the evaluation size on its short
+side, a longer one would need gigabytes (a valid 2,000,000 x 1 PNG is 321 bytes)."""
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) grayscale image as 8-bit ``L``, scaled
+    rather than clipped: 16-bit data by 255/65535; ``I`` and ``F`` by the range their values fit (0-1 for
+    floats, 0-255, 0-65535, else their maximum)."""
+    a = np.asarray(img).astype(np.float64)
+    top = float(a.max()) if a.size else 0.0
+    if img.mode.startswith("I;16"):
+        full = 65535.0
+    elif img.mode == "F" and top <= 1.0:
+        full = 1.0
+    else:
+        full = next((r for r in (255.0, 65535.0) if top <= r), top)
+    return Image.fromarray(np.clip(np.round(a * (255.0 / full)), 0, 255).astype(np.uint8), "L")
+
 
 def load_rgb(path: str | Path | BinaryIO) -> Image.Image:
     """Open an image file (a path or an open binary file) as 3-channel RGB (alpha dropped, palette and
-    grayscale expanded)."""
+    grayscale expanded, 16-bit and float grayscale scaled to 8 bits). A ValueError for an image more
+    elongated than :data:`MAX_ASPECT`."""
     with Image.open(path) as img:
+        w, h = img.size
+        if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+            raise ValueError(f"{w}x{h} pixels is more elongated than {MAX_ASPECT}:1 (resizing it would need "
+                             "gigabytes)")
         if img.mode in ("P", "PA", "LA"):
             img = img.convert("RGBA")
+        elif img.mode.startswith("I") or img.mode == "F":
+            img = _to_8bit(img)
         return img.convert("RGB")
 
 
 def read_image(path: str | Path) -> Tensor:
     """An image file as a ``(3, H, W)`` float tensor in [0, 1] (RGB); FileNotFoundError / ValueError
-    naming the file when it is missing or unreadable."""
-    import numpy as np
-
+    naming the file when it is missing or unreadable (whatever the decoder raises: a decompression bomb,
+    truncated data, memory)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image {str(p)!r} does not exist")
     try:
         img = load_rgb(p)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"image {str(p)!r} cannot be read: {e}") from None
+    except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; MemoryError is one)
+        raise ValueError(f"image {str(p)!r} cannot be read: {' '.join(str(e).split()) or type(e).__name__}") from None
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 
 
@@ -123,6 +151,7 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
+        """``(image, label)``, or None when the file cannot be read or transformed, whatever it raises."""
         path, label = self.samples[index]
         if self.raw:
             try:
@@ -132,10 +161,10 @@ class ImageFolderDataset(Dataset):
                 return None
         try:
             img = load_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            log.warning("skipped unreadable image %s (%s)", path, e)
+            return (self.transform(img) if self.transform else img), label
+        except Exception as e:  # noqa: BLE001  (one file never stops an epoch: MemoryError, OverflowError too)
+            log.warning("skipped unreadable image %s (%s: %s)", path, type(e).__name__, e)
             return None
-        return (self.transform(img) if self.transform else img), label
 
 
 def _header_ok(path: Path) -> bool:

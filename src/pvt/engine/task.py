@@ -178,12 +178,31 @@ class Task:
             raise ValueError("the checkpoint records no training config (it was not written by pvt train)")
         cfg = TrainConfig.from_dict({**recorded, "pretrained": None, "device": "cpu", **overrides})
         task = cls(cfg)
-        task.restore_extra(meta)
+        names = meta.get("class_names")
+        if "class_names" in meta and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError("its class_names are not a list of names")
+        try:
+            task.restore_extra(meta)
+        except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as e:
+            raise ValueError(f"its metadata is malformed ({type(e).__name__}: {e})") from None
         return task
 
     def load_model(self, state: dict[str, Tensor], meta: dict[str, Any], source: str | Path) -> nn.Module:
         """The trained model of a checkpoint: :meth:`build_model`, then its tensors (a ValueError naming
-        ``source`` when they do not fit)."""
+        ``source`` when they do not fit). The model is first built on the meta device (no tensor memory) and
+        its shapes compared with the file's, so recorded values that do not fit the tensors (e.g. a million
+        class names) never allocate a model larger than the file."""
+        with torch.device("meta"):
+            skeleton = self.build_model()
+        want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        del skeleton
+        wrong = [k for k, v in want.items() if k in state and tuple(state[k].shape) != v]
+        missing = [k for k in want if k not in state]
+        if wrong or missing:
+            k = (wrong or missing)[0]
+            raise ValueError(f"checkpoint {str(source)!r} does not match its own config: {len(wrong)} tensors of "
+                             f"another shape and {len(missing)} missing, e.g. {k} "
+                             + (f"{list(state[k].shape)} vs {list(want[k])}" if wrong else "(missing)"))
         model = self.build_model()
         try:
             model.load_state_dict(state)

@@ -99,16 +99,24 @@ def load_trained(checkpoint: str | Path, *, device: str = "auto", data: str | No
     path = resolve_checkpoint(checkpoint)
     own = read_own_format(path)
     meta = own[1] if own is not None else {}
-    if own is None or meta.get("task") not in TASKS or not isinstance(meta.get("train_config"), dict):
+    if own is None or not isinstance(meta.get("task"), str) or meta["task"] not in TASKS \
+            or not isinstance(meta.get("train_config"), dict):
         raise ValueError(
             f"checkpoint {str(path)!r} is not a model written by pvt train (expected a .safetensors file with "
             f"format=pvt metadata naming its task, one of {', '.join(sorted(TASKS))}, and its training config)"
         )
-    task = get_task(meta["task"]).from_checkpoint(meta, **({"data": data} if data is not None else {}))
+    try:
+        task = get_task(meta["task"]).from_checkpoint(meta, **({"data": data} if data is not None else {}))
+    except ValueError as e:
+        raise ValueError(f"checkpoint {str(path)!r}: {e}") from None
     found = str(meta.get("variant") or task.cfg.model)
     if model is not None and model != found:
         raise ValueError(f"checkpoint {str(path)!r} holds {found!r}, not the requested model {model!r}")
     net = task.load_model(own[0], meta, path)
+    bad = [k for k, t in net.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise ValueError(f"checkpoint {str(path)!r} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): it "
+                         "was saved from a diverged run and would predict NaN; use an earlier checkpoint")
     dev = resolve_device(device)
     net.to(dev).eval()
     return Trained(task, net, meta, path, dev)

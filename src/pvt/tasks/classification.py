@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from PIL import UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -278,13 +277,30 @@ class ClassificationTask(Task):
         }
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
-        self.class_names = list(extra["class_names"])
-        self._eval_input = {k: extra[k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std") if k in extra}
+        """The class names and evaluation input a checkpoint records, each checked (a ValueError otherwise)."""
+        from ..engine.config import TrainConfig
+
+        names = extra.get("class_names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError("its class_names are not a list of names")
+        self.class_names = list(names)
+        e = {k: extra[k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std") if k in extra}
+        TrainConfig.from_dict({k: v for k, v in e.items() if k in ("img_size", "crop_pct", "interpolation")})
+        for k in ("mean", "std"):
+            v = e.get(k, IMAGENET_MEAN)
+            if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                             and 0 <= x <= 1e3 for x in v) and (k == "mean" or min(v) > 0)):
+                raise ValueError(f"its {k} {v!r} is not three numbers" + (" > 0" if k == "std" else ""))
+        self._eval_input = e
 
     # -- trained models -----------------------------------------------------------------------
     def load_model(self, state: dict[str, Tensor], meta: dict[str, Any], source: str | Path) -> nn.Module:
         """The network the checkpoint's own config describes (exact even when it was fine-tuned from weights
-        whose numerics differ from the variant's, e.g. HF's LayerNorm eps), accelerated for inference."""
+        whose numerics differ from the variant's, e.g. HF's LayerNorm eps), with a head for its class names, accelerated for inference."""
+        head = state.get("head.weight")
+        if head is None or head.ndim != 2 or head.shape[0] != len(self.class_names):
+            raise ValueError(f"checkpoint {str(source)!r} names {len(self.class_names)} classes but its head has "
+                             f"{'no' if head is None else int(head.shape[0])} outputs")
         return accelerate(build_pvt(meta, state, source))
 
     def _eval_tf(self):
@@ -294,21 +310,28 @@ class ClassificationTask(Task):
                               tuple(e.get("mean", IMAGENET_MEAN)), tuple(e.get("std", IMAGENET_STD)))
 
     def eval_dataset(self, split: str = "val") -> Dataset:
-        """``<data>/<split>/<class>/`` images, or ``<data>/<class>/`` when ``data`` has no such split, or the
-        split of a shard folder (default data: the checkpoint's own); classes must be among the trained ones."""
-        if self.cfg.data is None:
-            folder = digits_folder(self.cfg.data_dir) / split
+        """``<data>/<split>/<class>/`` images, or ``<data>/<class>/`` when ``data`` has no split folders at all
+        and ``split`` is the default, or the split of a shard folder (default data: the checkpoint's own);
+        classes must be among the trained ones. A ``split`` that is not there is a ValueError naming the
+        splits that are."""
+        root = digits_folder(self.cfg.data_dir) if self.cfg.data is None else Path(self.cfg.data).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+        if not root.is_dir():
+            raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with {split}/ or class folders")
+        if is_shard_folder(root):
+            ds = ShardDataset(root, split, self._eval_tf(), class_names=self.class_names)
+            self._skipped += len(ds.unreadable)
+            return ds
+        splits = sorted(s for s in ("train", "val", "test") if (root / s).is_dir())
+        if (root / split).is_dir():
+            folder = root / split
+        elif split == "val" and not splits:
+            folder = root  # a folder of class folders
         else:
-            root = Path(self.cfg.data).expanduser()
-            if not root.exists():
-                raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
-            if not root.is_dir():
-                raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with {split}/ or class folders")
-            if is_shard_folder(root):
-                ds = ShardDataset(root, split, self._eval_tf(), class_names=self.class_names)
-                self._skipped += len(ds.unreadable)
-                return ds
-            folder = root / split if (root / split).is_dir() else root
+            raise ValueError(f"split {split!r}: {str(root / split)!r} does not exist; "
+                             + (f"splits found: {', '.join(splits)}" if splits else
+                                "the folder holds class folders only: leave --split out"))
         ds = ImageFolderDataset(folder, self._eval_tf(), class_names=self.class_names, require_all=False)
         self._skipped += len(ds.unreadable)
         return ds
@@ -324,8 +347,9 @@ class ClassificationTask(Task):
         for p in images:
             try:
                 batch.append(tf(load_rgb(p)))
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                raise ValueError(f"image {str(p)!r} cannot be read: {e}") from None
+            except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; a bomb, MemoryError)
+                raise ValueError(f"image {str(p)!r} cannot be read: {' '.join(str(e).split()) or type(e).__name__}") \
+                    from None
         probs = model(torch.stack(batch).to(device)).float().softmax(-1).cpu()
         k = min(topk, probs.shape[1])
         out = []

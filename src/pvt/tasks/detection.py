@@ -31,7 +31,7 @@ from ..data.coco import CocoDataset, detection_collate
 from .common import DENSE_COMMON, DenseTask, dense_drop_path, shapes_root
 from .metrics import coco_map, detections_to_coco
 from .schedules import MultiStepLR
-from .visualize import draw_detections, save_drawing
+from .visualize import draw_detections, drawing_names, save_drawing
 
 __all__ = ["DetectionTask", "InstanceTask", "DETECTION_DEFAULTS", "SHAPES_DETECTION", "SHAPES_ANCHOR_SIZE"]
 
@@ -211,7 +211,7 @@ class DetectionTask(DenseTask):
         if not 0 <= score_thresh <= 1:
             raise ValueError(f"score_thresh={score_thresh!r}: expected a number in [0, 1]")
         records = []
-        for p in images:
+        for p, name in zip(images, drawing_names(images)):
             img = read_image(p)
             det = self.predict_batch(model, [img], device)[0]
             keep = det["scores"] >= score_thresh
@@ -226,7 +226,7 @@ class DetectionTask(DenseTask):
             rec: dict[str, Any] = {"image": str(p), "detections": found}
             if out_dir is not None:
                 rec["output"] = save_drawing(
-                    draw_detections(img, boxes, labels, scores, self.class_names, masks), out_dir, p)
+                    draw_detections(img, boxes, labels, scores, self.class_names, masks), out_dir, name)
             records.append(rec)
         return records
 
