@@ -30,7 +30,7 @@ import pvt, pvt.tasks.classification
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))  # 1 GiB more than now
 r = pvt.train(data=sys.argv[1], output=sys.argv[2], name="run", epochs=2, batch_size=4, workers=int(sys.argv[3]),
-              threads=1, aa="none", img_size=32, model="pvt_v2_b0", quiet=True)
+              threads=1, aa="none", img_size=32, model="pvt_v2_b0", repeated_aug=False, quiet=True)
 print(json.dumps(r.metrics))
 """
 
