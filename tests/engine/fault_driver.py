@@ -34,11 +34,27 @@ torch.set_num_threads(1)  # before any op: forking is then safe (no thread pool 
 
 import pvt  # noqa: E402
 import pvt.io  # noqa: E402
+from pvt.engine.trainer import Trainer  # noqa: E402
 from pvt.variants import VARIANTS  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from tiny_run import ARGS, TINY, TINY_VARIANT  # noqa: E402  (this script's folder is on sys.path)
 
 VARIANTS[TINY] = TINY_VARIANT  # registered in this process (and its children) only
+
+# Scripted validation top-1 per epoch, so that on any machine epoch 1 is best, epoch 2 ties it and epoch 3
+# beats it: best.safetensors is written at epoch 1 and replaced once, at epoch 3.
+SCRIPTED_TOP1 = {1: 50.0, 2: 50.0, 3: 66.7}
+_real_evaluate = Trainer._evaluate
+
+
+def _scripted_evaluate(self, run):
+    metrics = _real_evaluate(self, run)
+    if metrics:  # rank 0
+        metrics["top1"] = SCRIPTED_TOP1[len(run.records) + 1]
+    return metrics
+
+
+Trainer._evaluate = _scripted_evaluate
 
 
 def digest(path: Path) -> str | None:

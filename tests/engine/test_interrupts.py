@@ -112,15 +112,15 @@ def test_an_error_after_a_finished_epoch_keeps_the_folder(stripes, tmp_path, tin
     """Whatever stops a run later (here an evaluation that breaks in epoch 2), finished epochs stay."""
     from pvt.tasks.classification import ClassificationTask
 
-    real, calls = ClassificationTask.evaluate, [0]
+    real, calls = ClassificationTask.evaluate_part, [0]
 
-    def evaluate(self, model, loader, device):
+    def evaluate_part(self, model, loader, device):
         calls[0] += 1
         if calls[0] == 2:
             raise RuntimeError("broken evaluation")
         return real(self, model, loader, device)
 
-    monkeypatch.setattr(ClassificationTask, "evaluate", evaluate)
+    monkeypatch.setattr(ClassificationTask, "evaluate_part", evaluate_part)
     with pytest.raises(RuntimeError, match="broken evaluation"):
         pvt.train(data=str(stripes), output=str(tmp_path), name="kept", **tiny)
     run = tmp_path / "kept"

@@ -13,4 +13,4 @@ TINY_VARIANT = Variant(TINY, PVTConfig(embed_dims=(8, 16, 24, 32), depths=(1, 1,
 # on make_stripes(n_train=4, n_val=2) this seed makes epoch 1 the best, epoch 2 tie it (so it is not best)
 # and epoch 3 beat it: best.safetensors is written twice
 ARGS = dict(epochs=3, batch_size=4, workers=0, threads=1, aa="none", img_size=32, model=TINY,
-            warmup_epochs=1.0, lr=5e-3, seed=4, quiet=True)
+            warmup_epochs=1.0, lr=5e-3, seed=4, repeated_aug=False, quiet=True)
