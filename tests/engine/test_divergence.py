@@ -75,9 +75,16 @@ def test_a_non_finite_loss_from_the_data_names_the_data(stripes, tmp_path, tiny,
     assert not (tmp_path / "inf").exists()  # no epoch had finished: nothing kept
 
 
+def _flag(key: str, value) -> str:
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name}={value}"
+
+
 def test_the_cli_reports_a_divergence_on_one_line(stripes, tmp_path, tiny, monkeypatch, capsys):
     _poison_after_step(monkeypatch, 6)
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in tiny.items() if k != "quiet"]
+    flags = [_flag(k, v) for k, v in tiny.items() if k != "quiet"]
     assert main(["train", "--data", str(stripes), "--output", str(tmp_path), "--name", "c", "--quiet", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pvt train: error: training diverged in epoch 2")
