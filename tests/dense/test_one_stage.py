@@ -207,7 +207,8 @@ def test_distribution_focal_loss_and_expectation_hand_computed():
 
 # ---------------------------------------------------------------- the detection contract
 def _targets():
-    return [{"boxes": torch.tensor([[10.0, 12.0, 40.0, 50.0], [60.0, 5.0, 95.0, 30.0]]), "labels": torch.tensor([0, 2])},
+    return [{"boxes": torch.tensor([[10.0, 12.0, 40.0, 50.0], [60.0, 5.0, 95.0, 30.0]]),
+             "labels": torch.tensor([0, 2])},
             {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
 
 

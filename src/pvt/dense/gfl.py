@@ -76,7 +76,8 @@ class GFL(OneStageDetector):
         else:  # no positive in the batch (e.g. images without objects): zero, with gradients
             loss_bbox = loss_dfl = box.sum() * 0 + 0.0  # (+ 0.0: no "-0.0" in the logs)
 
-        loss_cls = quality_focal_loss(cls[valid].float(), gt_labels[valid], quality[valid], self.qfl_beta).sum() / num_pos
+        qfl = quality_focal_loss(cls[valid].float(), gt_labels[valid], quality[valid], self.qfl_beta)
+        loss_cls = qfl.sum() / num_pos
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_dfl": loss_dfl}
 
     def level_scores(self, cls: Tensor, ctr: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -17,7 +17,7 @@ and the torchvision detection contract around them.
   class-wise NMS at IoU 0.6, the best 100 returned (mmdet's ``test_cfg`` of both configs).
 
 Contract (as torchvision's detectors): ``images`` is a list of ``(3, H, W)`` floats in [0, 1] of any
-sizes; they are resized (shorter side ``min_size``, or one drawn from a tuple in training, longer at
+sizes; they are resized (shorter side ``min_size``, or one drawn per image from a tuple in training, longer at
 most ``max_size``), normalised with ImageNet statistics and padded to multiples of 32. Training:
 ``model(images, targets)`` with ``targets[i] = {"boxes": (N_i, 4) x1, y1, x2, y2 pixels, "labels":
 (N_i,) int64 in 0 .. num_classes - 1}`` (``N_i`` may be 0) returns a dict of scalar losses. Eval:
@@ -166,7 +166,7 @@ class OneStageDetector(nn.Module):
 
     Subclasses build the head and implement :meth:`head_losses`, :meth:`level_scores` and :meth:`decode_boxes`.
 
-    Keyword arguments: ``min_size`` (the shorter side; a tuple: one drawn per training batch),
+    Keyword arguments: ``min_size`` (the shorter side; a tuple: one drawn per image in training, the last in eval),
     ``max_size`` (the longer side's cap), ``anchor_size`` (the anchor side on P3: the paper's 64 = octave
     scale 8 x stride 8, doubling per level; small objects need smaller ones, e.g. 16 on the built-in
     shapes; it changes no parameter), ``score_thresh``, ``nms_thresh``, ``detections_per_img``,
@@ -179,9 +179,9 @@ class OneStageDetector(nn.Module):
     task = "detection"
 
     def __init__(self, backbone: PVTWithFPN, head: OneStageHead, num_classes: int, *,
-                 min_size: int | tuple[int, ...] = 800, max_size: int = 1333, anchor_size: int = ONE_ANCHOR_SIZE, score_thresh: float = 0.05,
-                 nms_thresh: float = 0.6, detections_per_img: int = 100, topk_candidates: int = 1000,
-                 assign_topk: int = 9):
+                 min_size: int | tuple[int, ...] = 800, max_size: int = 1333, anchor_size: int = ONE_ANCHOR_SIZE,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.6, detections_per_img: int = 100,
+                 topk_candidates: int = 1000, assign_topk: int = 9):
         super().__init__()
         self.backbone = backbone
         self.head = head
