@@ -64,6 +64,12 @@ def test_zoo_rows():
 
     cfg = resolve_config(model="gfl_pvt_v2_b2", data="/some/coco")  # the name implies the task and recipe
     assert (cfg.task, cfg.epochs, cfg.lr, cfg.weight_decay) == ("detection", 36, 1e-4, 0.05)
+    from pvt.tasks.detection import DetectionTask
+
+    task = DetectionTask(cfg)
+    assert task._sizes() == {"min_size": tuple(range(480, 801, 32)), "max_size": 1333}  # multi-scale 480-800
+    assert task._anchor_size() == 64
+    assert DetectionTask(resolve_config(model="atss_pvt_v2_b0"))._anchor_size() == 16  # the built-in shapes
 
 
 # ---------------------------------------------------------------- structure and initialisation
