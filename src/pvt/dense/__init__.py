@@ -2,6 +2,9 @@
 
 * :mod:`.backbone`: the PVT stage maps as an ordered dict, the FPN necks, P6/P7 levels.
 * :mod:`.retinanet`, :mod:`.mask_rcnn`: torchvision's detectors over a PVT + FPN; :mod:`.anchors`.
+* :mod:`.atss`, :mod:`.gfl`: the one-stage detectors of Table 4, on what :mod:`.one_stage` shares (neck,
+  GroupNorm head, one anchor per location, the contract); :mod:`.assigners` (ATSS assignment) and
+  :mod:`.losses` (Quality / Distribution Focal Loss, centerness) are theirs.
 * :mod:`.semantic_fpn`: Semantic FPN for segmentation.
 * :mod:`.zoo`: every (head, backbone) pair as a named model; :mod:`.paper`: the paper's figures for them.
 

@@ -64,6 +64,10 @@ HEADS: dict[str, Head] = {h.name: h for h in [
          "RetinaNet (Table 3)"),
     Head("mask_rcnn", "instance", "pvt.dense.mask_rcnn:mask_rcnn", 80, (800, 1280), "forward_dummy", 32,
          "Mask R-CNN (Table 3)"),
+    Head("atss", "detection", "pvt.dense.atss:atss", 80, (800, 1280), "forward_dummy", 64,
+         "ATSS (Table 4)", recipe=(("epochs", 36), ("weight_decay", 0.05)), multiscale=(480, 800)),
+    Head("gfl", "detection", "pvt.dense.gfl:gfl", 80, (800, 1280), "forward_dummy", 64,
+         "GFL (Table 4)", recipe=(("epochs", 36), ("weight_decay", 0.05)), multiscale=(480, 800)),
     Head("semfpn", "segmentation", "pvt.dense.semantic_fpn:semantic_fpn", 150, (512, 512), None, None,
          "Semantic FPN (Table 5)"),
 ]}
