@@ -610,6 +610,27 @@ def test_task_model_takes_a_dense_checkpoint_as_backbone(tmp_path):
     assert same_tensors(seg.backbone.body.body.state_dict(), src.state_dict())
 
 
+def test_own_format_task_model_gives_its_backbone(tmp_path):
+    """A detector saved as ``pvt train`` saves it (own format, task metadata, no PVT config) reads as its
+    backbone, with the note naming what was dropped; a backbone-only file notes no dropped tensors."""
+    from pvt.dense import create_dense_model
+
+    torch.manual_seed(0)
+    det = create_dense_model("retinanet_pvt_v2_b0", num_classes=3)
+    save_model(det, tmp_path / "best.safetensors", variant="pvt_v2_b0", extra={"task": "detection"})
+    ck = read_checkpoint(tmp_path / "best.safetensors")
+    assert (ck.format, ck.variant, ck.extra["task"]) == ("pvt", "pvt_v2_b0", "detection")
+    assert ck.notes == [f"checkpoint {tmp_path / 'best.safetensors'} is a dense-prediction checkpoint: took the 176 "
+                        "backbone tensors under 'backbone.body.body.' and dropped the other 36 (head.* (20), "
+                        "backbone.fpn.* (16))"]
+    assert same_tensors(ck.state_dict, det.backbone.body.body.state_dict())
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in K.to_official(ck.state_dict).items()}},
+               tmp_path / "bb.pth")
+    assert read_checkpoint(tmp_path / "bb.pth").notes == [
+        f"checkpoint {tmp_path / 'bb.pth'} is a dense-prediction checkpoint: took the 176 backbone tensors under "
+        "'backbone.'"]
+
+
 def test_official_dense_v1_backbone_without_class_token(tmp_path):
     """The official detection / segmentation v1 backbones have no class token and no final LayerNorm
     and keep an unused class slot in ``pos_embed4``: the model is built without a class token and
