@@ -867,8 +867,10 @@ def test_convert_help(capsys):
         cli_main(["convert", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: pvt convert [-h] [--model NAME] [--num-classes N] [--force] SRC DST" in " ".join(out.split())
-    assert "timm pvt_v2_* state dict" in out and "hf-hub:<repo id>" in out
+    flat = " ".join(out.split())
+    assert "usage: pvt convert [-h] [--to FORMAT] [--model NAME] [--num-classes N] [--force] SRC DST" in flat
+    assert "timm pvt_v2_* state dict" in flat and "hf-hub:<repo id>" in flat and "OpenMMLab PVT v1 backbone" in flat
+    assert "layout to write: pvt, hf, timm, official, mmdet, mmseg (default: pvt)" in flat
 
 
 def test_convert_every_source_format(tmp_path, b0, capsys):
@@ -905,7 +907,8 @@ def test_convert_errors_exit_2_with_one_line(tmp_path, b0, capsys):
         (["convert", str(tmp_path / "nope.pth"), str(tmp_path / "o.safetensors")],
          f"pvt convert: error: checkpoint not found: {tmp_path / 'nope.pth'}"),
         (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "o.pth")],
-         f"pvt convert: error: DST {tmp_path / 'o.pth'} must end in .safetensors"),
+         f"pvt convert: error: the pvt format is one .safetensors file; DST {tmp_path / 'o.pth'} does not end in "
+         ".safetensors"),
         (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "exists.safetensors")],
          f"pvt convert: error: {tmp_path / 'exists.safetensors'} exists; pass --force to overwrite it"),
         (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "o.safetensors"), "--model", "pvt_v2_b1"],

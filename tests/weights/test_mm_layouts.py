@@ -19,6 +19,7 @@ from torch import nn
 import pvt
 from pvt.weights import keys as K
 from pvt.weights import create_pretrained
+from pvt.weights.writing import export_weights
 
 EPS = 1e-6
 
@@ -119,24 +120,15 @@ class MMBackbone(nn.Module):
         return outs
 
 
-def perturbed(module: nn.Module, seed: int = 1) -> nn.Module:
-    """Every tensor moved away from its initial value (LayerNorm ones, zero biases, zero embeddings)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return module.eval()
-
-
 CASES = [("pvt_v2_b0", {}, "mm_v2"), ("pvt_v1_tiny", {"cls_token": False, "stage_norms": False, "final_norm": False},
                                        "mm_v1")]
 
 
 @pytest.mark.parametrize("name,backbone,layout", CASES)
-def test_our_backbone_in_mm_names_runs_in_their_module(name, backbone, layout):
+def test_our_backbone_in_mm_names_runs_in_their_module(name, backbone, layout, perturb):
     """ours -> mm: their module takes the state dict strictly (every name and shape) and computes our maps."""
     torch.manual_seed(0)
-    ours = perturbed(pvt.create_model(name, num_classes=0, accelerate=False, layer_norm_eps=EPS,
+    ours = perturb(pvt.create_model(name, num_classes=0, accelerate=False, layer_norm_eps=EPS,
                                       embed_norm_eps=EPS, **backbone))
     theirs = MMBackbone(ours.config).eval()
     sd = K.from_pvt(ours.state_dict(), layout)
@@ -153,12 +145,12 @@ def test_our_backbone_in_mm_names_runs_in_their_module(name, backbone, layout):
 
 
 @pytest.mark.parametrize("name,backbone,layout", CASES)
-def test_their_checkpoint_loads_as_a_backbone(name, backbone, layout, tmp_path):
+def test_their_checkpoint_loads_as_a_backbone(name, backbone, layout, tmp_path, perturb):
     """mm -> ours: an mmdetection-style checkpoint (``{"state_dict": backbone.* + neck/head, "meta"}``) gives
     the backbone, built with their LayerNorm eps (1e-6 everywhere), and the same maps as their module."""
     torch.manual_seed(0)
     cfg = pvt.get_variant(name).config.replace(num_classes=0, **backbone)
-    theirs = perturbed(MMBackbone(cfg))
+    theirs = perturb(MMBackbone(cfg))
     full = {f"backbone.{k}": v for k, v in theirs.state_dict().items()}
     full["neck.lateral_convs.0.conv.weight"] = torch.zeros(256, 64, 1, 1)
     full["bbox_head.retina_cls.weight"] = torch.zeros(9, 256, 3, 3)
@@ -196,3 +188,36 @@ def test_mm_names_exactly():
     assert tuple(v1["layers.3.1.0.pos_embed"].shape) == (1, 49, 512)
     assert "layers.0.1.2.ffn.layers.3.weight" in v1 and "layers.0.1.3.norm1.weight" not in v1  # 2 blocks: 1, 2
     assert not any(k.startswith("layers.0.2") for k in v1)
+
+
+def test_export_to_mm_and_back(tmp_path, perturb):
+    """``export_weights(..., "mmdet")``: v2 keeps every backbone tensor; v1 loses what their backbone lacks
+    (head, class token and its position slot, final LayerNorm), with a note; B2-Li and ablations are refused."""
+    torch.manual_seed(0)
+    b0 = perturb(pvt.create_model("pvt_v2_b0", num_classes=4, accelerate=False))
+    done = export_weights(b0, "mmseg", tmp_path / "b0.pth")
+    assert done.notes[0].startswith("OpenMMLab's PVT v2 backbone has no classifier head: dropped 2 tensors")
+    assert "LayerNorm eps: OpenMMLab's backbone uses 1e-06 everywhere" in done.notes[1]
+    raw = torch.load(tmp_path / "b0.pth", weights_only=True)
+    assert set(raw) == {"state_dict", "meta"} and all(k.startswith("backbone.layers.") for k in raw["state_dict"])
+    assert raw["meta"]["pvt"]["variant"] == "pvt_v2_b0"
+    back = create_pretrained(None, tmp_path / "b0.pth", num_classes=0)
+    sd = {k: v for k, v in b0.state_dict().items() if not k.startswith("head.")}
+    assert set(back.state_dict()) == set(sd) and all(torch.equal(back.state_dict()[k], v) for k, v in sd.items())
+
+    v1 = perturb(pvt.create_model("pvt_v1_tiny", num_classes=4, accelerate=False))
+    done = export_weights(v1, "mmdet", tmp_path / "v1.pth")
+    assert done.notes[0] == (
+        "OpenMMLab's PVT v1 backbone has no classifier head, class token, LayerNorm after its stages: dropped 5 "
+        "tensors (head.weight, head.bias, stages.3.cls_token, stages.3.norm.weight, stages.3.norm.bias) and the "
+        "class slot of the last position embedding")
+    with pytest.warns(UserWarning, match="without a class token"):
+        back = create_pretrained(None, tmp_path / "v1.pth", num_classes=0)
+    assert torch.equal(back.stages[3].pos_embed, v1.stages[3].pos_embed[:, 1:])
+    assert torch.equal(back.stages[2].blocks[1].attn.kv.weight, v1.stages[2].blocks[1].attn.kv.weight)
+    for name, match in (("pvt_v2_b2_li", "no linear spatial-reduction attention"), ("pvt_v1_tiny", "not a mix")):
+        with torch.device("meta"):
+            m = pvt.create_model(name, accelerate=False, **({"conv_ffn": True} if name == "pvt_v1_tiny" else {}))
+        with pytest.raises(ValueError, match=match):
+            export_weights(m, "mmdet", tmp_path / "x.pth")
+    assert not (tmp_path / "x.pth").exists()
