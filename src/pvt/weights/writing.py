@@ -141,13 +141,15 @@ def _with_eps(model: PyramidVisionTransformer, layer_eps: float, embed_eps: floa
     return other.eval()
 
 
-def eps_drift(model: PyramidVisionTransformer, layer_eps: float, embed_eps: float) -> tuple[float, float]:
+def eps_drift(model: PyramidVisionTransformer, layer_eps: float, embed_eps: float,
+              size: int | None = None) -> tuple[float, float]:
     """``(max |difference|, max |value|)`` of the model's outputs (logits, or the four maps of a
     headless model) when its LayerNorms use ``layer_eps`` (block and stage norms) and ``embed_eps``
-    (patch-embedding and spatial-reduction norms) instead of its own; two seeded random images at the
-    config's ``img_size``."""
+    (patch-embedding and spatial-reduction norms) instead of its own; two seeded random images of side
+    ``size`` (default: the config's ``img_size``)."""
     cfg = model.config
-    x = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
+    size = size or cfg.img_size
+    x = torch.randn(2, cfg.in_chans, size, size, generator=torch.Generator().manual_seed(0))
 
     def outputs(m: PyramidVisionTransformer) -> list[Tensor]:
         with torch.no_grad():
@@ -164,12 +166,12 @@ def eps_drift(model: PyramidVisionTransformer, layer_eps: float, embed_eps: floa
     return diff, max(float(a.abs().max()) for a in ours)
 
 
-def _eps_note(model: PyramidVisionTransformer, fmt: str, who: str) -> list[str]:
+def _eps_note(model: PyramidVisionTransformer, fmt: str, who: str, size: int) -> list[str]:
     target = _FORMAT_EPS[fmt]
     cfg = model.config
     if target is None or target == (cfg.layer_norm_eps, cfg.embed_norm_eps):
         return []
-    diff, scale = eps_drift(model, *target)
+    diff, scale = eps_drift(model, *target, size=size)
     where = ("block and stage norms", "patch-embedding and spatial-reduction norms")
     theirs = (f"{target[0]:g} everywhere" if target[0] == target[1]
               else f"{target[0]:g} in the {where[0]} and {target[1]:g} in the {where[1]}")
@@ -177,8 +179,8 @@ def _eps_note(model: PyramidVisionTransformer, fmt: str, who: str) -> list[str]:
     what = "logits" if cfg.num_classes else "feature maps"
     return [
         f"LayerNorm eps: {who} uses {theirs}, this model {' and '.join(ours)}: the exported model's {what} "
-        f"differ from this model's by up to {diff:.2e} (largest |value| {scale:.3g}; two random "
-        f"{cfg.img_size}x{cfg.img_size} images)"
+        f"differ from this model's by up to {diff:.2e} (largest |value| {scale:.3g}; two random {size}x{size} "
+        "images)"
     ]
 
 
@@ -425,7 +427,8 @@ def export_weights(
     elif fmt == "timm":
         timm_architecture(model)
     notes = _eps_note(model, fmt, {"hf": "HF transformers", "timm": "timm", "official": "the official code",
-                                   "mmdet": "OpenMMLab's backbone", "mmseg": "OpenMMLab's backbone"}.get(fmt, ""))
+                                   "mmdet": "OpenMMLab's backbone", "mmseg": "OpenMMLab's backbone"}.get(fmt, ""),
+                       pre.img_size)
     if fmt == "pvt":
         files = [save_model(model, dst, extra={**(extra or {}), **({"class_names": labels} if labels else {})})]
     elif fmt == "hf":
