@@ -209,7 +209,7 @@ def test_dense_run_exports_its_backbone(tmp_path, capsys):
     save_model(det, tmp_path / "best.safetensors", variant="pvt_v2_b0",
                extra={"task": "segmentation", "class_names": ["a", "b", "c"]})
     body = det.backbone.body.body.state_dict()
-    for fmt in ("hf", "timm", "official", "mmdet"):
+    for fmt in ("pvt", "hf", "timm", "official", "mmdet"):
         dst = tmp_path / f"{fmt}_{DST[fmt]}"
         with pytest.warns(UserWarning, match="dense-prediction checkpoint"):
             assert cli_main(["convert", str(tmp_path / "best.safetensors"), str(dst), "--to", fmt]) == 0
@@ -218,3 +218,5 @@ def test_dense_run_exports_its_backbone(tmp_path, capsys):
             got = create_pretrained(None, dst, num_classes=0).state_dict()
         assert set(got) == set(body) and all(torch.equal(got[k], v) for k, v in body.items()), fmt
     assert json.loads((tmp_path / "hf_hf" / "config.json").read_text())["architectures"] == ["PvtV2Model"]
+    # the own-format copy is a backbone, not the segmentation run any more (pvt eval would not take it as one)
+    assert "task" not in read_checkpoint(tmp_path / "pvt_w.safetensors").extra

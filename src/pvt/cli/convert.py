@@ -66,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
     labels = source_labels(ckpt.extra, ckpt.source)
     if labels is not None and len(labels) != model.num_classes:
         labels = None  # the head was dropped or resized
+    extra = dict(ckpt.extra)
+    if extra.get("task") not in (None, "classification"):  # a detector's or segmenter's backbone: no longer that run
+        extra = {k: v for k, v in extra.items() if k not in ("task", "task_model", "train_config", "class_names")}
     done = export_weights(model, args.to, args.dst, class_names=labels, force=args.force,
-                          preprocessing=Preprocessing.of(model.config, ckpt.extra), extra=ckpt.extra or None)
+                          preprocessing=Preprocessing.of(model.config, ckpt.extra), extra=extra or None)
     n = sum(p.numel() for p in model.parameters())
     print(
         f"wrote {done.path}: {model.variant_name}, {n:,} parameters, {model.num_classes} classes "
