@@ -86,7 +86,7 @@ class TrainConfig:
     model_ema_decay: float = _f(0.99996, "EMA decay per step", min=0.0, max=1.0)
     # the backbone (any task)
     grad_checkpointing: bool = _f(False, "recompute each backbone block in the backward pass: far less activation "
-                                  "memory, the same gradients, about a third more compute")
+                                  "memory, the same gradients, for a second forward pass of the blocks")
     frozen_stages: int = _f(-1, "freeze the backbone's first patch embedding (0) or first N stages (no gradients, "
                             "eval mode), as mmdetection; -1: none", min=-1, max=4)
     norm_eval: bool = _f(False, "keep the backbone's BatchNorm layers in eval mode while training, as mmdetection "

@@ -49,7 +49,7 @@ __all__ = ["EXPORT_FORMATS", "Export", "Preprocessing", "export_weights", "eps_d
 EXPORT_FORMATS: dict[str, str] = {
     "pvt": "this library's own format: one .safetensors file with the config in its metadata",
     "hf": "HF transformers folder: config.json, model.safetensors, preprocessor_config.json",
-    "timm": "timm: model.safetensors (timm's pvt_v2_* names) and timm's config.json beside it",
+    "timm": "model.safetensors in timm's pvt_v2_* names and timm's config.json beside it",
     "official": "whai362/PVT checkpoint: {'model': state_dict} (.pth)",
     "mmdet": "OpenMMLab PVT backbone: {'state_dict': backbone.*, 'meta'} (.pth)",
     "mmseg": "OpenMMLab PVT backbone, as mmdet (mmsegmentation configs use mmdet's PVT backbones)",
