@@ -1,5 +1,5 @@
-"""Shared test set-up: two torch threads, a fixed seed per test, and the small image folders the
-classification tests train on."""
+"""Shared test set-up: two torch threads, a fixed seed per test, the small image folders the
+classification tests train on, and random weights with no tensor at its default (``perturb``)."""
 
 import os
 
@@ -58,3 +58,21 @@ def trained_checkpoint():
     """``trained_checkpoint(path, data)``: write a small classifier as ``pvt train`` would (data: the folder its
     training config names) and return its path."""
     return _trained_checkpoint
+
+
+def _perturb(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Add N(0, 0.05^2) noise to every 1-D or constant parameter (biases, LayerNorms, class tokens, zero
+    position embeddings); the matrices are already random. Returns the module in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim <= 1 or bool((p == p.flatten()[0]).all()):
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return module.eval()
+
+
+@pytest.fixture(scope="session")
+def perturb():
+    """``perturb(module, seed=1)``: random weights as the parity tests use them, so that a swapped,
+    dropped or mis-shaped tensor changes the outputs (see :func:`_perturb`)."""
+    return _perturb

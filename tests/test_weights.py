@@ -129,7 +129,8 @@ def test_detect_and_strip_wrappers():
     sd = {"module._orig_mod.stages.0.patch_embed.proj.weight": torch.zeros(1)}
     assert list(K.strip_wrappers(sd)) == ["stages.0.patch_embed.proj.weight"]
     assert K.detect_key_format({"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)}) is None
-    with pytest.raises(ValueError, match="unknown weight format 'keras'; accepted: pvt, official, timm, hf_v2, hf_v1"):
+    with pytest.raises(ValueError, match="unknown weight format 'keras'; accepted: pvt, official, timm, hf_v2, hf_v1, "
+                                         "mm_v1, mm_v2"):
         K.to_pvt({}, "keras")
 
 
@@ -149,6 +150,13 @@ def exactly(a: dict, b: dict) -> bool:
     return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def back_exactly(back: dict, sd: dict, fmt: str) -> bool:
+    """:func:`exactly`, but in any order for a layout that fuses several of our tensors into one
+    (OpenMMLab's ``q`` + ``kv``: they come back side by side, the biases after the weights)."""
+    fused = any(len(getattr(step, "ours", ())) > 1 for step in K.LAYOUTS[fmt].tensor_steps if isinstance(step, K.Fuse))
+    return same_tensors(back, sd) if fused else exactly(back, sd)
+
+
 FORMATS = [f for f in K.FORMATS if f != "pvt"]
 
 
@@ -160,7 +168,7 @@ def test_every_variant_round_trips_exactly_through_every_format(name, fmt):
     for kw in ({}, {"num_classes": 0}):
         sd = numbered(meta_sd(name, **kw))
         theirs = K.from_pvt(sd, fmt)
-        assert exactly(K.to_pvt(theirs, fmt), sd)
+        assert back_exactly(K.to_pvt(theirs, fmt), sd, fmt)
         if K.LAYOUTS[fmt].prefix:
             bare = K.from_pvt(sd, fmt, prefix="")
             assert not any(k.startswith(K.LAYOUTS[fmt].prefix) for k in bare)
@@ -211,9 +219,13 @@ def _rule_groups(layout: K.Layout) -> list[dict[str, torch.Tensor]]:
         heads = {rule.ours.format(s=s, b=b, last=3) for s in range(4) for b in range(2)}
         rests = [r.ours + "weight" for r in rule.inner] + ["weight"] if rule.ours.endswith(".") else [""]
         groups.append(anchors + sorted(h + r for h in heads for r in rests))
+    rows = {}  # a fused tensor's parts: rows in the proportions of its shares
     for step in layout.tensor_steps:
-        groups.append(anchors + [f"stages.{s}.blocks.0{part}weight" for s in range(4) for part in step.ours])
-    return [numbered({k: torch.empty(12, 2) for k in dict.fromkeys(g)}) for g in groups]
+        parts = [f"stages.{s}.blocks.0{part}weight" for s in range(4) for part in step.ours]
+        shares = getattr(step, "shares", ()) if len(step.ours) > 1 else ()
+        rows.update({k: 12 * shares[i % len(shares)] for i, k in enumerate(parts)} if shares else {})
+        groups.append(anchors + parts)
+    return [numbered({k: torch.empty(rows.get(k, 12), 2) for k in dict.fromkeys(g)}) for g in groups]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -227,7 +239,7 @@ def test_each_table_is_inverted_by_itself(fmt):
         for prefix in {None, ""} if layout.prefix else {None}:
             theirs = layout.from_pvt(sd, prefix)
             assert not set(theirs) & set(sd), sorted(set(theirs) & set(sd))
-            assert exactly(layout.to_pvt(theirs), sd)
+            assert back_exactly(layout.to_pvt(theirs), sd, fmt)
 
 
 def test_last_stage_rules_apply_only_to_a_sole_last_stage():
@@ -254,11 +266,12 @@ def test_unknown_keys_pass_through_both_ways(fmt):
     theirs = K.from_pvt(sd, fmt)
     assert all(theirs[k] is v for k, v in extra.items())
     back = K.to_pvt(theirs, fmt)
-    assert all(back[k] is v for k, v in extra.items()) and exactly(back, sd)
+    assert all(back[k] is v for k, v in extra.items()) and back_exactly(back, sd, fmt)
 
 
 def test_engine_errors():
-    with pytest.raises(ValueError, match=r"unknown weight format 'keras'; accepted: pvt, official, timm, hf_v2, hf_v1"):
+    with pytest.raises(ValueError, match=r"unknown weight format 'keras'; accepted: pvt, official, timm, hf_v2, hf_v1, "
+                                         r"mm_v1, mm_v2"):
         K.from_pvt({}, "keras")
     with pytest.raises(ValueError, match=r"the timm pvt_v2_\* state dict layout has no prefix"):
         K.from_pvt({}, "timm", prefix="model.")
@@ -597,6 +610,27 @@ def test_task_model_takes_a_dense_checkpoint_as_backbone(tmp_path):
     assert same_tensors(seg.backbone.body.body.state_dict(), src.state_dict())
 
 
+def test_own_format_task_model_gives_its_backbone(tmp_path):
+    """A detector saved as ``pvt train`` saves it (own format, task metadata, no PVT config) reads as its
+    backbone, with the note naming what was dropped; a backbone-only file notes no dropped tensors."""
+    from pvt.dense import create_dense_model
+
+    torch.manual_seed(0)
+    det = create_dense_model("retinanet_pvt_v2_b0", num_classes=3)
+    save_model(det, tmp_path / "best.safetensors", variant="pvt_v2_b0", extra={"task": "detection"})
+    ck = read_checkpoint(tmp_path / "best.safetensors")
+    assert (ck.format, ck.variant, ck.extra["task"]) == ("pvt", "pvt_v2_b0", "detection")
+    assert ck.notes == [f"checkpoint {tmp_path / 'best.safetensors'} is a dense-prediction checkpoint: took the 176 "
+                        "backbone tensors under 'backbone.body.body.' and dropped the other 36 (head.* (20), "
+                        "backbone.fpn.* (16))"]
+    assert same_tensors(ck.state_dict, det.backbone.body.body.state_dict())
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in K.to_official(ck.state_dict).items()}},
+               tmp_path / "bb.pth")
+    assert read_checkpoint(tmp_path / "bb.pth").notes == [
+        f"checkpoint {tmp_path / 'bb.pth'} is a dense-prediction checkpoint: took the 176 backbone tensors under "
+        "'backbone.'"]
+
+
 def test_official_dense_v1_backbone_without_class_token(tmp_path):
     """The official detection / segmentation v1 backbones have no class token and no final LayerNorm
     and keep an unused class slot in ``pos_embed4``: the model is built without a class token and
@@ -833,8 +867,10 @@ def test_convert_help(capsys):
         cli_main(["convert", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: pvt convert [-h] [--model NAME] [--num-classes N] [--force] SRC DST" in " ".join(out.split())
-    assert "timm pvt_v2_* state dict" in out and "hf-hub:<repo id>" in out
+    flat = " ".join(out.split())
+    assert "usage: pvt convert [-h] [--to FORMAT] [--model NAME] [--num-classes N] [--force] SRC DST" in flat
+    assert "timm pvt_v2_* state dict" in flat and "hf-hub:<repo id>" in flat and "OpenMMLab PVT v1 backbone" in flat
+    assert "layout to write: pvt, hf, timm, official, mmdet, mmseg (default: pvt)" in flat
 
 
 def test_convert_every_source_format(tmp_path, b0, capsys):
@@ -871,7 +907,8 @@ def test_convert_errors_exit_2_with_one_line(tmp_path, b0, capsys):
         (["convert", str(tmp_path / "nope.pth"), str(tmp_path / "o.safetensors")],
          f"pvt convert: error: checkpoint not found: {tmp_path / 'nope.pth'}"),
         (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "o.pth")],
-         f"pvt convert: error: DST {tmp_path / 'o.pth'} must end in .safetensors"),
+         f"pvt convert: error: the pvt format is one .safetensors file; DST {tmp_path / 'o.pth'} does not end in "
+         ".safetensors"),
         (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "exists.safetensors")],
          f"pvt convert: error: {tmp_path / 'exists.safetensors'} exists; pass --force to overwrite it"),
         (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "o.safetensors"), "--model", "pvt_v2_b1"],

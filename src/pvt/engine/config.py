@@ -90,6 +90,15 @@ class TrainConfig:
                               "device (nvJPEG and tensor ops on a GPU); loader workers only read files")
     model_ema: bool = _f(False, "keep an exponential moving average of the weights")
     model_ema_decay: float = _f(0.99996, "EMA decay per step", min=0.0, max=1.0)
+    # the backbone (any task)
+    grad_checkpointing: bool = _f(False, "recompute each backbone block in the backward pass: far less activation "
+                                  "memory, the same gradients, for a second forward pass of the blocks")
+    frozen_stages: int = _f(-1, "freeze the backbone's first patch embedding (0) or first N stages (no gradients, "
+                            "eval mode), as mmdetection; -1: none", min=-1, max=4)
+    norm_eval: bool = _f(False, "keep the backbone's BatchNorm layers in eval mode while training, as mmdetection "
+                         "(PVT's own norms are LayerNorms, which this leaves alone)")
+    freeze_backbone: bool = _f(False, "train only what is not the backbone (classification: linear probing of the "
+                               "head); the backbone frozen, in eval mode")
     # how
     device: str = _f("auto", "device: auto, cpu, cuda, cuda:N, mps")
     amp: str = _f("auto", "mixed precision (auto: bf16 on CUDA, off on CPU)", choices=("auto", "none", "bf16", "fp16"))

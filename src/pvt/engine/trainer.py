@@ -587,8 +587,10 @@ class Trainer:
     def _announce(self, run: "_Run") -> None:
         cfg, d = self.cfg, self.dist
         n_params = sum(p.numel() for p in run.model.parameters())
+        frozen = sum(p.numel() for p in run.model.parameters() if not p.requires_grad)
         self._say(
-            f"training {cfg.model} ({n_params / 1e6:.2f}M params) for {cfg.task} on {self.device}"
+            f"training {cfg.model} ({n_params / 1e6:.2f}M params{f', {frozen / 1e6:.2f}M frozen' if frozen else ''}) "
+            f"for {cfg.task} on {self.device}"
             f"{f' x{d.world_size} processes' if d.enabled else ''}: {len(run.train_ds)} train / {len(run.val_ds)} "
             f"val images, {cfg.epochs} epochs x {run.steps} steps, global batch {cfg.batch_size * d.world_size}, "
             f"lr {run.lr:.3g}, amp {self.amp and str(self.amp).removeprefix('torch.') or 'off'}"

@@ -21,6 +21,7 @@ from ..data import ImageFolderDataset, collate_skipping, digits_folder, eval_tra
 from ..data.shards import ShardDataset, is_shard_folder
 from ..engine.task import Task
 from ..variants import get_variant
+from .backbone import apply_backbone_options
 
 __all__ = ["ClassificationTask", "DIGITS_DEFAULTS", "build_classifier", "topk_correct"]
 
@@ -173,7 +174,7 @@ class ClassificationTask(Task):
         model = build_classifier(cfg.model, len(self.class_names), img_size=cfg.img_size, drop_path=drop_path,
                                  drop=cfg.drop, pretrained=cfg.pretrained)
         self._build_losses()
-        return model
+        return apply_backbone_options(model, cfg)
 
     def _build_losses(self) -> None:
         from timm.data import Mixup

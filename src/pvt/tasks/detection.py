@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import read_image
 from ..data.coco import CocoDataset, detection_collate
+from .backbone import apply_backbone_options
 from .common import DENSE_COMMON, DenseTask, dense_drop_path, shapes_root
 from .metrics import coco_map, detections_to_coco
 from .schedules import MultiStepLR
@@ -170,9 +171,10 @@ class DetectionTask(DenseTask):
         if not self.class_names:
             raise ValueError(f"{self.name} task: class names unknown; build_datasets first")
         anchors = self._anchor_size()
-        return create_dense_model(self.spec.name, num_classes=len(self.class_names), pretrained=self.cfg.pretrained,
-                                  drop_path_rate=dense_drop_path(self.cfg), **self._sizes(),
-                                  **({"anchor_size": anchors} if anchors is not None else {}))
+        model = create_dense_model(self.spec.name, num_classes=len(self.class_names), pretrained=self.cfg.pretrained,
+                                   drop_path_rate=dense_drop_path(self.cfg), **self._sizes(),
+                                   **({"anchor_size": anchors} if anchors is not None else {}))
+        return apply_backbone_options(model, self.cfg)
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
         cfg = self.cfg

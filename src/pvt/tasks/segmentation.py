@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import read_image
 from ..data.ade import IGNORE_INDEX, ADE20KDataset, segmentation_collate
+from .backbone import apply_backbone_options
 from .common import DENSE_COMMON, DenseTask, dense_drop_path, shapes_root
 from .metrics import ConfusionMatrix
 from .schedules import PolyLR
@@ -72,8 +73,9 @@ class SegmentationTask(DenseTask):
 
         if not self.class_names:
             raise ValueError("segmentation task: class names unknown; build_datasets first")
-        return create_dense_model(self.spec.name, num_classes=len(self.class_names),
-                                 pretrained=self.cfg.pretrained, drop_path_rate=dense_drop_path(self.cfg))
+        model = create_dense_model(self.spec.name, num_classes=len(self.class_names),
+                                   pretrained=self.cfg.pretrained, drop_path_rate=dense_drop_path(self.cfg))
+        return apply_backbone_options(model, self.cfg)
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
         cfg = self.cfg

@@ -133,7 +133,7 @@ def _from_state_dict(sd: StateDict, source: str) -> tuple[StateDict, str, list[s
         groups = ", ".join(f"{g}.* ({n})" for g, n in sorted(dropped.items(), key=lambda gn: (-gn[1], gn[0])))
         notes.append(
             f"checkpoint {source} is a dense-prediction checkpoint: took the {len(inner)} backbone tensors under "
-            f"'{prefix}' and dropped the other {sum(dropped.values())}" + (f" ({groups})" if groups else "")
+            f"'{prefix}'" + (f" and dropped the other {sum(dropped.values())} ({groups})" if groups else "")
         )
         sd = inner
     if fmt is None:
@@ -156,7 +156,10 @@ def _read_file(path: Path) -> Checkpoint:
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{path}: its metadata holds an invalid PVT config: {e}") from None
         extra = {k: v for k, v in meta.items() if k not in ("format", "config", "variant")}
-        return Checkpoint(sd, "pvt", str(path), config, meta.get("variant"), extra)
+        notes: list[str] = []
+        if detect_key_format(sd) is None:  # a detector or segmenter written by pvt train: its backbone
+            sd, _, notes = _from_state_dict(sd, str(path))
+        return Checkpoint(sd, "pvt", str(path), config, meta.get("variant"), extra, notes)
     converted, fmt, notes = _from_state_dict(sd, str(path))
     return Checkpoint(converted, fmt, str(path), notes=notes)
 

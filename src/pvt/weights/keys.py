@@ -22,9 +22,17 @@ Formats (``detect_key_format``):
   ``stages.{i}.norm``, ``head``.
 * ``hf_v2``: transformers ``PvtV2Model`` / ``PvtV2ForImageClassification`` (prefix ``pvt_v2.``).
 * ``hf_v1``: transformers ``PvtModel`` / ``PvtForImageClassification`` (prefix ``pvt.``).
+* ``mm_v2`` / ``mm_v1``: OpenMMLab's PVT backbones (mmdetection's ``PyramidVisionTransformerV2`` /
+  ``PyramidVisionTransformer``, which mmsegmentation configs use too): ``layers.{i}.0`` (patch
+  embedding, ``projection``), ``layers.{i}.1.{j}`` (blocks; in v1 ``layers.{i}.1.0`` is the position
+  embedding and block ``j`` is ``layers.{i}.1.{j+1}``), ``layers.{i}.2`` (v2's stage norm; v1 has none,
+  and no class token or head). Their checkpoints keep the backbone under ``backbone.``
+  (:func:`split_backbone`).
 
-In the HF formats attention keeps ``key`` and ``value`` apart; the other formats hold one ``kv``
-linear layer whose first ``C`` output rows are the keys and the last ``C`` the values.
+In the HF formats attention keeps ``key`` and ``value`` apart; OpenMMLab's ``nn.MultiheadAttention``
+holds queries, keys and values as one input projection (``attn.attn.in_proj_weight``: ``q`` rows, then
+``kv``'s) and its MLP's linear layers as 1x1 convolutions ``(C_out, C_in, 1, 1)``; the other formats hold
+one ``kv`` linear layer whose first ``C`` output rows are the keys and the last ``C`` the values.
 
 How a table reads
 -----------------
@@ -63,6 +71,7 @@ __all__ = [
     "LAYOUTS",
     "Fuse",
     "Layout",
+    "PointwiseConv",
     "Rule",
     "StateDict",
     "TensorStep",
@@ -296,6 +305,27 @@ class Fuse:
 
 
 @dataclass(frozen=True)
+class PointwiseConv:
+    """Linear weights ``(C_out, C_in)`` that the format stores as 1x1 convolutions ``(C_out, C_in, 1, 1)``
+    (OpenMMLab's MLP): the ``weight`` of every key with one of the infixes ``ours`` (our-frame names, as
+    in :class:`Fuse`) gains or loses the two unit dimensions (a view, never a copy). A tensor of another
+    shape is kept as it is, for the loader to report."""
+
+    ours: tuple[str, ...]
+
+    def apply(self, sd: StateDict, forward: bool) -> StateDict:
+        out: StateDict = {}
+        for k, v in sd.items():
+            if any(k.endswith(infix + "weight") for infix in self.ours):
+                if forward and v.ndim == 2:
+                    v = v[:, :, None, None]
+                elif not forward and v.ndim == 4 and v.shape[2:] == (1, 1):
+                    v = v[:, :, 0, 0]
+            out[k] = v
+        return out
+
+
+@dataclass(frozen=True)
 class _Context:
     """What a conversion knows about the whole state dict before renaming its keys."""
 
@@ -362,6 +392,10 @@ class Layout:
     rules: tuple[Rule, ...] = ()
     tensor_steps: tuple[TensorStep, ...] = ()
     prefix: str = ""
+    norm_eps: float | None = None
+    """The one LayerNorm eps the format's own models use everywhere (HF, OpenMMLab: 1e-6), where they
+    differ from the official code's (1e-5 in the patch-embedding and spatial-reduction norms, 1e-6
+    elsewhere); None: the official values. A file records no eps, so its format tells it."""
 
     def from_pvt(self, sd: StateDict, prefix: str | None = None) -> StateDict:
         """This library's names -> this layout's (``prefix``: instead of the layout's own)."""
@@ -393,6 +427,18 @@ _HF_BLOCK = (
 )
 # the official code and HF nest the depthwise convolution of the v2 MLP one module deeper
 _NESTED_DWCONV = Rule("mlp.dwconv.", "mlp.dwconv.dwconv.")
+# OpenMMLab: one nn.MultiheadAttention (its out_proj is our proj), the MLP as a Sequential of 1x1
+# convolutions: fc1 at 0, v2's depthwise convolution at 1, fc2 after the activation and dropout
+_MM_BLOCK = (
+    Rule("attn.proj.", "attn.attn.out_proj."),
+    Rule("mlp.fc1.", "ffn.layers.0."),
+    Rule("mlp.dwconv.", "ffn.layers.1."),
+)
+_MM_STEPS = (
+    Fuse((".attn.q.", ".attn.kv."), ".attn.attn.in_proj_", shares=(1, 2)),
+    PointwiseConv((".mlp.fc1.", ".mlp.fc2.")),
+)
+_MM_ATTN = r"layers\.\d+\.1\.\d+\.attn\.attn\.in_proj_weight"
 
 LAYOUTS: dict[str, Layout] = {
     "pvt": Layout("this library's own names", signature=(r"stages\.0\.patch_embed\.",)),
@@ -439,6 +485,7 @@ LAYOUTS: dict[str, Layout] = {
             Rule("head.", "classifier."),
         ),
         tensor_steps=(Fuse(".attn.kv.", (".attention.key.", ".attention.value.")),),
+        norm_eps=1e-6,
     ),
     "hf_v1": Layout(
         "HF transformers PvtModel / PvtForImageClassification",
@@ -464,6 +511,32 @@ LAYOUTS: dict[str, Layout] = {
             Rule("head.", "classifier."),
         ),
         tensor_steps=(Fuse(".attn.kv.", (".attention.self.key.", ".attention.self.value.")),),
+        norm_eps=1e-6,
+    ),
+    # v1 before v2: a v1 state dict shows v2's signature too
+    "mm_v1": Layout(
+        "OpenMMLab PVT v1 backbone (mmdet PyramidVisionTransformer)",
+        signature=(r"layers\.\d+\.1\.0\.pos_embed$", _MM_ATTN),
+        rules=(
+            Rule("stages.{s}.patch_embed.proj.", "layers.{s}.0.projection."),
+            Rule("stages.{s}.patch_embed.norm.", "layers.{s}.0.norm."),
+            Rule("stages.{s}.pos_embed", "layers.{s}.1.0.pos_embed"),
+            Rule("stages.{s}.blocks.{b}.", "layers.{s}.1.{b+1}.", inner=_MM_BLOCK + (Rule("mlp.fc2.", "ffn.layers.3."),)),
+        ),
+        tensor_steps=_MM_STEPS,
+        norm_eps=1e-6,
+    ),
+    "mm_v2": Layout(
+        "OpenMMLab PVT v2 backbone (mmdet PyramidVisionTransformerV2)",
+        signature=(r"layers\.\d+\.0\.projection\.", _MM_ATTN),
+        rules=(
+            Rule("stages.{s}.patch_embed.proj.", "layers.{s}.0.projection."),
+            Rule("stages.{s}.patch_embed.norm.", "layers.{s}.0.norm."),
+            Rule("stages.{s}.blocks.{b}.", "layers.{s}.1.{b}.", inner=_MM_BLOCK + (Rule("mlp.fc2.", "ffn.layers.4."),)),
+            Rule("stages.{s}.norm.", "layers.{s}.2."),
+        ),
+        tensor_steps=_MM_STEPS,
+        norm_eps=1e-6,
     ),
 }
 """Every format's layout, in the order formats are listed (``pvt``: no rule, the identity)."""
