@@ -54,7 +54,9 @@ def test_the_cpu_path_is_taken_only_where_it_may_be():
     with torch.no_grad():
         assert path(x) == "cpu"
         assert path(x.double()) is None and path(x.bfloat16()) is None and path(nn.Parameter(x)) is None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 CPU path (tests/accel/test_bf16.py)
+            assert path(x) == "cpu" and path(x.bfloat16()) == "cpu"
+        with torch.autocast("cpu", dtype=torch.float16):
             assert path(x) is None
         blk.train()
         assert path(x) == "cpu"  # no dropout: training mode alone does not matter
