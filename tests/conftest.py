@@ -35,3 +35,22 @@ def make_stripes():
     """``make_stripes(root, n_train=12, n_val=4, size=32, seed=0)``: write a 3-class ImageFolder tree of
     noisy stripe images (horizontal, vertical, diagonal) under ``root`` and return ``root``."""
     return _make_stripes
+
+
+@pytest.fixture(scope="session")
+def stripes_run(tmp_path_factory, make_stripes):
+    """``(data, run_dir, stdout)``: one epoch of PVTv2-B0 at 32 px trained by ``pvt train --quiet`` on a
+    stripes folder, with what the command printed (shared by the command tests that only read it)."""
+    import contextlib
+    import io
+
+    from pvt.cli import main
+
+    data = make_stripes(tmp_path_factory.mktemp("stripes"))
+    out = tmp_path_factory.mktemp("runs")
+    argv = ["train", "--data", str(data), "--output", str(out), "--name", "r", "--epochs", "1", "--batch-size", "8",
+            "--workers", "0", "--threads", "1", "--quiet", "--aa", "none", "--model", "pvt_v2_b0", "--img-size", "32"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return data, out / "r", printed.getvalue()

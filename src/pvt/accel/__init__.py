@@ -17,6 +17,10 @@ The process-wide CPU allocator setting that the pieces are sized for is in :mod:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import Any
+
+import torch
 from torch import nn
 
 from ..layers import Block, PatchEmbed
@@ -30,7 +34,7 @@ from .modules import (
     Acceleration,
 )
 
-__all__ = ["accelerate", "plain", "quantize", "Acceleration", "WeightCache"]
+__all__ = ["accelerate", "plain", "quantize", "set_precision", "inference_autocast", "Acceleration", "WeightCache"]
 
 _ACCELERATED: dict[type[nn.Module], type[nn.Module]] = {
     PatchEmbed: AcceleratedPatchEmbed,
@@ -117,3 +121,44 @@ def quantize(model, calibration=None, **kwargs):
     from .quant import quantize as _quantize
 
     return _quantize(model, calibration, **kwargs)
+
+
+def set_precision(
+    model: nn.Module, precision: str, *, device: str | torch.device = "cpu", calibration: Any = None
+) -> tuple[str, str]:
+    """Give every PVT in ``model`` (the model itself, or e.g. a detector's backbone) the inference
+    ``precision`` (``float32``, ``bfloat16``, ``int8``, ``auto``: :func:`pvt.accel.capability.resolve_precision`)
+    for ``device``; returns ``(precision, reason)``: what was picked and why.
+
+    On the CPU the precision is the accelerated model's (plain PVTs are accelerated; acceleration
+    settings kept); int8 is :func:`pvt.accel.quant.quantize` with ``calibration`` (None: dynamic). On
+    a GPU the model is left as it is: run it under :func:`inference_autocast`.
+    """
+    from .capability import resolve_precision
+    from .quant import quantize
+
+    device = torch.device(device)
+    picked, reason = resolve_precision(precision, device.type)
+    if calibration is not None and picked != "int8":
+        raise ValueError(f"calibration images are for int8; the precision is {picked}")
+    if device.type != "cpu":
+        return picked, reason
+    bodies = [m for m in model.modules() if isinstance(m, PyramidVisionTransformer)]
+    if not bodies and picked != "float32":
+        raise ValueError(f"precision {picked}: {type(model).__name__} holds no Pyramid Vision Transformer")
+    for body in bodies:
+        record = body.acceleration if isinstance(body, AcceleratedPyramidVisionTransformer) else Acceleration()
+        if picked == "int8":
+            quantize(body, calibration)
+        elif record.precision != picked or not isinstance(body, AcceleratedPyramidVisionTransformer):
+            accelerate(body, cpu=record.cpu, gpu=record.gpu, chunk_bytes=record.chunk_bytes, precision=picked)
+    return picked, reason
+
+
+def inference_autocast(device: str | torch.device, precision: str):
+    """The context a model of ``precision`` runs in on ``device``: CUDA autocast for bfloat16 on a
+    GPU (the CPU's precisions live in the model: :func:`set_precision`), else nothing."""
+    device = torch.device(device)
+    if device.type == "cuda" and precision == "bfloat16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
