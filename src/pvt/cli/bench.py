@@ -68,6 +68,11 @@ def register(sub) -> None:
     e.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's or 1000)")
     e.add_argument("--opset", type=int, default=18, help="ONNX opset")
     e.add_argument("--check", action="store_true", help="run the exported file at two sizes and compare")
+    e.add_argument("--quantize", choices=["int8"], default=None,
+                   help="ONNX: write an int8 file (every linear layer; ONNX Runtime's quantiser): dynamic ranges, or "
+                        "static QDQ with --calibration; runs in ONNX Runtime and OpenVINO")
+    e.add_argument("--calibration", metavar="DIR",
+                   help="with --quantize int8: a folder of images (searched recursively, up to 64) for static ranges")
     e.set_defaults(func=_export)
 
 
@@ -122,12 +127,30 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..export import default_suffix, export_min_size, export_model, load_model
+    import tempfile
 
+    from ..export import default_suffix, export_min_size, export_model, load_model, quantize_onnx
+
+    if args.quantize and args.fmt != "onnx":
+        raise ValueError("--quantize int8 writes ONNX files (--format onnx)")
+    if args.calibration and not args.quantize:
+        raise ValueError("--calibration goes with --quantize int8")
     model = load_model(args.source, num_classes=args.num_classes, model=args.model)
-    out = args.out or Path(Path(args.source).stem + default_suffix(args.fmt))
-    export_model(model, args.fmt, out, opset=args.opset)
-    print(f"wrote {out} ({args.fmt}; input (batch, {model.config.in_chans}, H, W) float32 with H, W >= "
+    out = args.out or Path(Path(args.source).stem + ("_int8" if args.quantize else "") + default_suffix(args.fmt))
+    if args.quantize:
+        images = None
+        if args.calibration:
+            from ..api import _folder_images
+
+            images = _folder_images(Path(args.calibration), model.config.img_size, 64)
+        with tempfile.TemporaryDirectory() as tmp:
+            float_file = export_model(model, "onnx", Path(tmp) / "float32.onnx", opset=args.opset)
+            quantize_onnx(float_file, out, images)
+        kind = f"int8 ({'static QDQ, ' + str(len(images)) + ' calibration images' if images is not None else 'dynamic'})"
+    else:
+        export_model(model, args.fmt, out, opset=args.opset)
+        kind = args.fmt
+    print(f"wrote {out} ({kind}; input (batch, {model.config.in_chans}, H, W) float32 with H, W >= "
           f"{export_min_size(model)}; output logits (batch, {model.num_classes or model.num_features}))")
     if args.check:
         from ..export import check_export
