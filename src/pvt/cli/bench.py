@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+_RUNTIMES = ("pvt", "timm", "hf", "onnxruntime", "openvino")
+
 
 def register(sub) -> None:
     """Add ``benchmark`` and ``export`` to the pvt parser."""
@@ -31,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--mode", nargs="+", default=["infer"], choices=["infer", "train"],
                    help="train: forward, cross-entropy, backward and one AdamW step")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="CPU threads (default: torch's); several values only with the runtime runners")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compare", action="store_true",
@@ -43,8 +46,23 @@ def register(sub) -> None:
                    help="torch.compile mode for --compile (reduce-overhead: CUDA graphs)")
     p.add_argument("--channels-last", action="store_true", help="channels-last input and model")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-    p.add_argument("--onnx", type=Path, help="ONNX file for --backend onnxruntime")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                   help="onnxruntime / openvino: that runtime on our exported ONNX, beside ours, each in its own "
+                        "process (with --onnx FILE: onnxruntime on that file in this process)")
+    p.add_argument("--onnx", type=Path, help="ONNX file for --backend onnxruntime (timed in this process)")
+    g = p.add_argument_group(
+        "runtime runners (each runtime and precision in its own fresh process, alternating rounds, medians; "
+        "CPU inference; switched on by any of these options or by --backend without --onnx)")
+    g.add_argument("--precision", nargs="+", choices=["float32", "bfloat16", "int8", "auto"],
+                   help="precisions to run (auto: bfloat16 where the CPU multiplies it natively, else float32); "
+                        "with --compare every runtime that offers the precision runs it")
+    g.add_argument("--runtimes", nargs="+", choices=list(_RUNTIMES),
+                   help="runtimes to run (default: pvt, and with --compare all of them)")
+    g.add_argument("--rounds", type=int, default=None, help="processes per runner, alternating (default 2)")
+    g.add_argument("--busy-cores", type=int, default=None,
+                   help="keep N cores busy with spinning processes during the run (a shared machine)")
+    g.add_argument("--wait-policy", choices=["default", "passive", "active"], default=None,
+                   help="OMP_WAIT_POLICY of the runners (passive: idle OpenMP threads sleep at once)")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument("--allocator", choices=["tuned", "default"], default=None,
                    help="tuned: glibc keeps freed memory, so calls touch no new pages (every implementation in "
@@ -76,6 +94,12 @@ def register(sub) -> None:
     e.set_defaults(func=_export)
 
 
+def _isolated(args: argparse.Namespace) -> bool:
+    """Whether the options ask for the runtime runners (each runtime in its own process)."""
+    return bool(args.precision or args.runtimes or args.rounds or args.busy_cores or args.wait_policy
+                or (args.backend != "torch" and args.onnx is None))
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     import torch
 
@@ -83,19 +107,24 @@ def _benchmark(args: argparse.Namespace) -> int:
     from ..registry import create_model
     from ..variants import get_variant
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    threads = args.threads or []
+    if any(t < 1 for t in threads):
+        raise ValueError(f"--threads must be >= 1, got {' '.join(map(str, threads))}")
     for name in args.models:
         get_variant(name)  # unknown names fail here, with close matches, before anything runs
     if min(args.batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     sizes = [parse_size(s) for s in args.img_size]
-    if args.backend == "onnxruntime" and args.onnx is None:
-        raise ValueError("--backend onnxruntime needs --onnx FILE (make one with `pvt export`)")
+    if args.onnx is not None and args.backend != "onnxruntime":
+        raise ValueError("--onnx FILE goes with --backend onnxruntime")
     if args.onnx is not None and not args.onnx.is_file():
         raise FileNotFoundError(f"ONNX file {args.onnx} does not exist")
+    if _isolated(args):
+        return _benchmark_runtimes(args, sizes)
+    if len(threads) > 1:
+        raise ValueError("several --threads values need the runtime runners (e.g. --precision float32)")
+    if threads:
+        torch.set_num_threads(threads[0])
     impls = ("pvt", "timm", "hf") if args.compare else ("pvt",)
     from ..accel.runtime import allocator_mode
 
@@ -111,7 +140,8 @@ def _benchmark(args: argparse.Namespace) -> int:
                         if args.backend == "onnxruntime":
                             ours = create_model(name) if args.compare else None
                             results += run_onnxruntime(str(args.onnx), case, warmup=args.warmup,
-                                                       repeats=args.repeats, threads=args.threads, model=ours)
+                                                       repeats=args.repeats, threads=threads[0] if threads else None,
+                                                       model=ours)
                             continue
                         done = run_case(case, impls, warmup=args.warmup, repeats=args.repeats,
                                         memory=not args.no_memory, compile=args.compile,
@@ -121,6 +151,48 @@ def _benchmark(args: argparse.Namespace) -> int:
                         print(format_results(done), file=sys.stderr, flush=True)
                         results += done
     print(format_results(results))
+    if args.json:
+        args.json.write_text(json.dumps([r.as_dict() for r in results], indent=1))
+    return 0
+
+
+def _benchmark_runtimes(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> int:
+    """The runtime runners: every (runtime, precision, threads) in its own process (pvt.bench.runtimes)."""
+    import os
+
+    from ..accel.capability import cpu_flags, cpu_model, resolve_precision
+    from ..accel.runtime import allocator_mode
+    from ..bench.runtimes import benchmark_runtimes, format_runtime_results, runners_for
+
+    if args.device != "cpu" or args.mode != ["infer"] or args.compile or args.channels_last:
+        raise ValueError("the runtime runners time CPU inference (no --device, --mode train, --compile, --channels-last)")
+    runtimes = list(args.runtimes or (_RUNTIMES if args.compare else ("pvt",)))
+    if args.backend != "torch" and args.backend not in runtimes:
+        runtimes.append(args.backend)
+    precisions = []
+    for requested in args.precision or ["float32"]:
+        picked, reason = resolve_precision(requested, "cpu")
+        if requested == "auto":
+            print(f"# precision auto -> {picked} ({reason})")
+        if picked not in precisions:
+            precisions.append(picked)
+    threads = args.threads or [min(2, os.cpu_count() or 1)]
+    runners = runners_for(runtimes, precisions, threads)
+    busy = args.busy_cores or 0
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni", "avx2")))
+    print(f"# {cpu_model()}, {os.cpu_count()} CPUs; flags: {' '.join(flags)}")
+    print(f"# each runner in its own process: {args.rounds or 2} rounds x {args.repeats} calls after {args.warmup} "
+          f"warm-up; busy cores {busy}; OMP_WAIT_POLICY {args.wait_policy or 'default'}; allocator {allocator_mode()}",
+          flush=True)
+    results = []
+    for size in sizes:
+        for bs in args.batch_size:
+            results += benchmark_runtimes(
+                args.models, runners, batch_size=bs, size=size, warmup=args.warmup, repeats=args.repeats,
+                rounds=args.rounds or 2, busy=busy, wait_policy=args.wait_policy or "default",
+                allocator=allocator_mode(), log=lambda s: print(f"# {s}", file=sys.stderr, flush=True),
+            )
+    print(format_runtime_results(results))
     if args.json:
         args.json.write_text(json.dumps([r.as_dict() for r in results], indent=1))
     return 0
