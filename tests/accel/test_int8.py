@@ -28,7 +28,7 @@ NO_VNNI = frozenset({"avx2"})
 
 def tiny(name: str, **kw) -> PyramidVisionTransformer:
     torch.manual_seed(0)
-    return PyramidVisionTransformer(get_variant(name).config.replace(**TINY, **kw)).eval()
+    return PyramidVisionTransformer(get_variant(name).config.replace(**{**TINY, **kw})).eval()
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,7 +54,7 @@ CASES = [("pvt_v2_b0", {}), ("pvt_v2_b2_li", {}), ("pvt_v1_tiny", {}), ("pvt_v1_
 def test_int8_is_close_to_float32_at_odd_sizes(name, switches, calibrated):
     ref = tiny(name, **switches)
     calibration = torch.randn(6, 3, 80, 72) if calibrated else None
-    model = quant.quantize(copy.deepcopy(ref), calibration, batch_size=4)
+    model = quant.quantize(copy.deepcopy(ref), calibration, batch_size=4, min_width=0)
     acc = model.acceleration
     assert acc.precision == "int8" and acc.int8 == ("static" if calibrated else "dynamic")
     assert acc.compute == ("bfloat16" if has_bf16() else "float32")
@@ -76,8 +76,8 @@ def test_int8_is_close_to_float32_at_odd_sizes(name, switches, calibrated):
 def test_compute_dtype_and_seven_bit_activations(compute):
     ref = tiny("pvt_v2_b0")
     x = torch.randn(2, 3, 64, 64)
-    eight = quant.quantize(copy.deepcopy(ref), compute=compute)
-    seven = quant.quantize(copy.deepcopy(ref), compute=compute, flags=NO_VNNI)
+    eight = quant.quantize(copy.deepcopy(ref), compute=compute, min_width=0)
+    seven = quant.quantize(copy.deepcopy(ref), compute=compute, flags=NO_VNNI, min_width=0)
     assert seven.acceleration.reduce_range and "7-bit" in repr(seven.acceleration)
     assert not eight.acceleration.reduce_range or not quant.has_vnni()
     with torch.inference_mode():
@@ -91,7 +91,7 @@ def test_quantize_is_recorded_and_reversible():
     ref = tiny("pvt_v2_b0")
     model = copy.deepcopy(ref)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
-    quant.quantize(model, torch.randn(4, 3, 64, 64))
+    quant.quantize(model, torch.randn(4, 3, 64, 64), min_width=0)
     assert quant.is_quantized(model)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # parameters untouched
     copied = copy.deepcopy(model)  # ranges travel with copies; caches are rebuilt
@@ -112,7 +112,7 @@ def test_quantize_is_recorded_and_reversible():
 def test_calibration_inputs_and_errors():
     ref = tiny("pvt_v2_b0")
     loader = [(torch.randn(2, 3, 64, 64), torch.tensor([0, 1])), (torch.randn(3, 64, 64), 0)]
-    model = quant.quantize(copy.deepcopy(ref), loader)
+    model = quant.quantize(copy.deepcopy(ref), loader, min_width=0)
     assert model.acceleration.int8 == "static"
     with pytest.raises(ValueError, match="no images"):
         quant.quantize(copy.deepcopy(ref), [])
@@ -141,3 +141,26 @@ def test_static_ranges_cover_the_calibration_set():
     assert scale == pytest.approx((hi - lo) / 255) and 0 <= zero <= 255
     assert cpu.qparams(-1.0, 3.0) == (pytest.approx(4 / 255), 64)
     assert cpu.qparams(0.5, 2.0, reduce_range=True) == (pytest.approx(2 / 127), 0)  # range widened to hold 0
+
+
+def test_int8_where_it_pays():
+    """Beside bf16 GEMMs only layers at least INT8_MIN_WIDTH[bf16] wide go int8; beside float32, all."""
+    ref = tiny("pvt_v2_b0", embed_dims=(16, 32, 40, 160))  # stage 4: q/kv stacked 480 wide, fc1 1280, fc2 160
+    x = torch.randn(2, 3, 64, 64)
+    wide = quant.quantize(copy.deepcopy(ref), compute="bfloat16")
+    assert wide.acceleration.int8_min_width == cpu.INT8_MIN_WIDTH[torch.bfloat16] == 160
+    assert "layers >= 160 wide" in repr(wide.acceleration)
+    every = quant.quantize(copy.deepcopy(ref), compute="float32")
+    assert every.acceleration.int8_min_width == 0
+    widths = []  # the output widths of every int8 candidate per forward (q and kv stacked without reduction)
+    for blk in (b for stage in ref.stages for b in stage.blocks):
+        a, m = blk.attn, blk.mlp
+        widths += ([3 * a.q.out_features] if a.sr is None else [a.q.out_features, a.kv.out_features])
+        widths += [a.proj.out_features, m.fc1.out_features, m.fc2.out_features]
+    assert len(widths) == linears_per_forward(ref)
+    with torch.inference_mode():
+        assert qlinear_calls(lambda: wide(x)) == sum(w >= 160 for w in widths) == 7  # 3 fc1 + stage 4's four
+        assert qlinear_calls(lambda: every(x)) == len(widths)
+        assert cosine(wide(x), ref(x)) >= 0.99
+    with pytest.raises(ValueError, match="min_width"):
+        quant.quantize(copy.deepcopy(ref), min_width=-1)

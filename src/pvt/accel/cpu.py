@@ -87,19 +87,32 @@ class Plan:
     static: bool = False
     reduce_range: bool = False
     observe: bool = False
+    min_width: int = 0
+    """int8: only layers with at least this many outputs run int8 (the others in ``dtype``)."""
 
 
 _PLANS: dict[tuple, Plan] = {}
 
 
 def plan(precision: str, dtype: torch.dtype, static: bool = False, reduce_range: bool = False,
-         observe: bool = False) -> Plan:
+         observe: bool = False, min_width: int = 0) -> Plan:
     """The (shared, immutable) :class:`Plan` of these settings."""
-    key = (precision, dtype, static, reduce_range, observe)
+    key = (precision, dtype, static, reduce_range, observe, min_width)
     found = _PLANS.get(key)
     if found is None:
-        found = _PLANS[key] = Plan(precision, dtype, static, reduce_range, observe)
+        found = _PLANS[key] = Plan(precision, dtype, static, reduce_range, observe, min_width)
     return found
+
+
+INT8_MIN_WIDTH = {torch.bfloat16: 160, torch.float32: 0}
+"""Which linear layers pay in int8, by compute dtype: those with at least this many outputs.
+
+An int8 product needs its input quantised first: one pass over the ``M x K`` input (two from bf16,
+which ATen's quantizer reads only after a conversion to float32), while the product itself saves
+time in proportion to ``M x K x N``. So the output width ``N`` alone decides whether int8 pays. Beside
+float32 GEMMs it pays for every PVT layer; beside bf16 GEMMs (CPUs with native bf16) the narrow
+layers of the first stages (``fc2`` / ``q`` / ``proj`` of 32-128 channels on tens of thousands of
+tokens) run faster in bf16 (measurements: docs/speed.md)."""
 
 
 F32 = plan("float32", torch.float32)
@@ -205,6 +218,13 @@ def _observe(module: nn.Module, key: str, x: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------------- kernels
+def _width(layer: nn.Linear | None, weights: tuple | None) -> int:
+    """Outputs of ``layer``, or of the derived weights (the weight sources stacked: q and kv)."""
+    if layer is not None:
+        return layer.out_features
+    return sum(t.shape[0] for t in weights[0] if t is not None and t.ndim == 2)
+
+
 def _linear(
     module: nn.Module,
     key: str,
@@ -220,7 +240,7 @@ def _linear(
     ``key``."""
     if p.observe:
         _observe(module, key, x)
-    if p.precision == "int8" and not p.observe:
+    if p.precision == "int8" and not p.observe and _width(layer, weights) >= p.min_width:
         sources, make = weights or _layer_weights(layer)
         packed, w_scale, w_zero, bias = module.weight_cache.get((key, "int8"), sources, lambda: _int8_weights(*make()))
         scale, zero = _activation_qparams(module, key, x, p)

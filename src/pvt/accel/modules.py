@@ -70,6 +70,9 @@ class Acceleration:
     ``"observe"`` while :func:`pvt.accel.quant.calibrate` records ranges."""
     reduce_range: bool = False
     """int8: activations quantised to 7 bits (CPUs without VNNI, where 8-bit products can saturate)."""
+    int8_min_width: int = 0
+    """int8: the linear layers with at least this many outputs run int8, the others in ``compute``
+    (:data:`pvt.accel.cpu.INT8_MIN_WIDTH`)."""
 
     def piece_budget(self) -> int:
         """The piece budget in effect now (:func:`pvt.accel.cpu.piece_budget`)."""
@@ -79,7 +82,8 @@ class Acceleration:
         """The :class:`~pvt.accel.cpu.Plan` of a CPU-path call (``autocast_bf16``: under CPU bf16 autocast)."""
         if self.precision == "int8":
             dtype = torch.bfloat16 if autocast_bf16 or self.compute == "bfloat16" else torch.float32
-            return cpu.plan("int8", dtype, self.int8 == "static", self.reduce_range, observe=self.int8 == "observe")
+            return cpu.plan("int8", dtype, self.int8 == "static", self.reduce_range, observe=self.int8 == "observe",
+                            min_width=self.int8_min_width)
         if autocast_bf16 or self.precision == "bfloat16":
             return cpu.plan("bfloat16", torch.bfloat16)
         return cpu.F32
@@ -95,7 +99,8 @@ class Acceleration:
         if self.precision == "bfloat16":
             precision = ", precision=bfloat16"
         elif self.precision == "int8":
-            precision = f", precision=int8 ({self.int8}, {self.compute} around it{', 7-bit' if self.reduce_range else ''})"
+            width = f", layers >= {self.int8_min_width} wide" if self.int8_min_width else ""
+            precision = f", precision=int8 ({self.int8}, {self.compute} around it{width}{', 7-bit' if self.reduce_range else ''})"
         return f"Acceleration(cpu={self.cpu}, gpu={self.gpu}, cpu_pieces={pieces}{precision})"
 
 

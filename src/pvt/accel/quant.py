@@ -6,13 +6,15 @@ and untouched: :func:`dequantize` or :func:`pvt.accel.accelerate` goes back); th
 u8 x s8 products with their bias, ReLU / GELU and residual add fused, from int8 weights made once and
 cached:
 
+* layers: every linear layer at least ``min_width`` outputs wide (default: where int8 pays);
 * weights: symmetric int8 per output channel (``scale = max|w_row| / 127``);
 * activations: asymmetric uint8 per tensor. With ``calibration`` images (static) the ranges are the
   min / max each product's input reached over them; without (dynamic) every call measures its own,
   one extra pass over each input, and a sample's result then depends a little on its batch.
 
-The convolutions (patch embeddings, spatial reduction, the depth-wise convolution), LayerNorm and
-attention stay in the compute dtype: bfloat16 on CPUs with native bf16 arithmetic (halving their
+Where int8 does not pay (narrow layers beside native bf16 GEMMs: :data:`pvt.accel.cpu.INT8_MIN_WIDTH`)
+a linear layer stays in the compute dtype. The convolutions (patch embeddings, spatial reduction, the
+depth-wise convolution), LayerNorm and attention stay in the compute dtype: bfloat16 on CPUs with native bf16 arithmetic (halving their
 memory traffic), else float32. On CPUs without VNNI activations use 7 bits (:mod:`.capability`).
 The classifier head stays float32. Training, autograd and exports take the plain float32 model.
 """
@@ -64,6 +66,7 @@ def quantize(
     calibration: Any = None,
     *,
     compute: str = "auto",
+    min_width: int | None = None,
     batch_size: int = 16,
     flags: frozenset[str] | None = None,
 ) -> PyramidVisionTransformer:
@@ -75,11 +78,14 @@ def quantize(
             targets)``). None: dynamic ranges, measured on every call.
         compute: dtype of the non-int8 work: ``auto`` (bfloat16 where the CPU has native bf16, else
             float32), ``bfloat16`` or ``float32``.
+        min_width: run int8 only the linear layers with at least this many outputs, the others in
+            ``compute`` (None: where int8 pays beside ``compute``, :data:`pvt.accel.cpu.INT8_MIN_WIDTH`;
+            0: every linear layer).
         batch_size: images per calibration forward when ``calibration`` is one tensor.
         flags: CPU feature flags to decide by (default: this CPU's, :func:`~.capability.cpu_flags`).
 
     ``model.acceleration`` records the result (``precision="int8"``, ``int8="static"|"dynamic"``,
-    ``compute``, ``reduce_range``).
+    ``compute``, ``reduce_range``, ``int8_min_width``).
     """
     if not isinstance(model, PyramidVisionTransformer):
         raise TypeError(f"quantize() takes a PyramidVisionTransformer, got {type(model).__name__}")
@@ -92,8 +98,12 @@ def quantize(
     from . import _apply
 
     base = _record(model)
+    if min_width is None:
+        min_width = cpu.INT8_MIN_WIDTH[torch.bfloat16 if compute == "bfloat16" else torch.float32]
+    if min_width < 0:
+        raise ValueError(f"quantize(min_width={min_width}): expected >= 0")
     record = dataclasses.replace(base, precision="int8", compute=compute, reduce_range=not has_vnni(flags),
-                                 int8="dynamic" if calibration is None else "observe")
+                                 int8="dynamic" if calibration is None else "observe", int8_min_width=min_width)
     _apply(model, record)
     if calibration is not None:
         calibrate(model, calibration, batch_size=batch_size)
