@@ -75,11 +75,12 @@ def random_weights(variants: list[str], size: int, batch: int) -> None:
     for name in variants:
         torch.manual_seed(0)
         model = pvt.create_model(name).eval()
+        variants = {p: _variant(model, p, cal) for p in PRECISIONS}
         with torch.inference_mode():
             ref = model(x)
             cells = []
             for p in PRECISIONS:
-                out = _variant(model, p, cal)(x)
+                out = variants[p](x)
                 cos = F.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()
                 cells.append(f"{cos:>18.6f} {(out - ref).abs().max().item():>9.2e}")
         print(f"{name:<16} " + " ".join(cells), flush=True)
