@@ -38,7 +38,12 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compare", action="store_true",
-                   help="also time timm's and HF's implementations (with --backend onnxruntime: our PyTorch model)")
+                   help="also time the peers: for CPU inference timm, HF, ONNX Runtime and OpenVINO, each in its own "
+                        "process (the runtime runners below); with --in-process, --mode train, --device cuda or "
+                        "--compile: timm's and HF's in this process, interleaved (with --backend onnxruntime --onnx: "
+                        "our PyTorch model)")
+    p.add_argument("--in-process", action="store_true",
+                   help="time every implementation in this one process, interleaved (peak memory, page faults)")
     p.add_argument("--compile", action="store_true",
                    help="also time our model and timm's (with --compare) under torch.compile")
     p.add_argument("--compile-mode", default=None,
@@ -95,9 +100,14 @@ def register(sub) -> None:
 
 
 def _isolated(args: argparse.Namespace) -> bool:
-    """Whether the options ask for the runtime runners (each runtime in its own process)."""
+    """Whether the options ask for the runtime runners (each runtime in its own process): any runner
+    option, --backend without --onnx, or --compare for CPU inference (unless --in-process)."""
+    if args.in_process or args.onnx is not None:
+        return False
+    cpu_inference = (args.device == "cpu" and args.mode == ["infer"] and not args.compile
+                     and not args.channels_last)
     return bool(args.precision or args.runtimes or args.rounds or args.busy_cores or args.wait_policy
-                or (args.backend != "torch" and args.onnx is None))
+                or args.backend != "torch" or (args.compare and cpu_inference))
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -165,12 +175,13 @@ def _benchmark_runtimes(args: argparse.Namespace, sizes: list[tuple[int, int]]) 
     from ..bench.runtimes import benchmark_runtimes, format_runtime_results, runners_for
 
     if args.device != "cpu" or args.mode != ["infer"] or args.compile or args.channels_last:
-        raise ValueError("the runtime runners time CPU inference (no --device, --mode train, --compile, --channels-last)")
+        raise ValueError("the runtime runners time CPU inference (no --device, --mode train, --compile, "
+                         "--channels-last; --in-process for those)")
     runtimes = list(args.runtimes or (_RUNTIMES if args.compare else ("pvt",)))
     if args.backend != "torch" and args.backend not in runtimes:
         runtimes.append(args.backend)
     precisions = []
-    for requested in args.precision or ["float32"]:
+    for requested in args.precision or args.dtype:
         picked, reason = resolve_precision(requested, "cpu")
         if requested == "auto":
             print(f"# precision auto -> {picked} ({reason})")
