@@ -35,6 +35,8 @@ done
 # 3. The cost of passive waiting on an idle machine (compare with batch8.txt).
 bench idle-passive $MODELS --runtimes pvt timm --precision float32 bfloat16 int8 --threads 2 -b 8 --repeats 10 \
   --wait-policy passive
+# 3b. Wait policy and threads against a spinning process, every variant interleaved in one run.
+$PY benchmarks/wait_policy.py pvt_v2_b0 --rounds "$ROUNDS" --busy-cores 1 | tee "$OUT/wait-policy-busy1.txt"
 # 4. Accuracy: logits on random weights for every variant (trained checkpoints: see docs/speed.md).
 $PY benchmarks/accuracy.py --variants all --random-batch 2 | tee "$OUT/accuracy-random.txt"
 uptime | tee "$OUT/uptime-end.txt"
