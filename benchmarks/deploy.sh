@@ -36,7 +36,11 @@ done
 bench idle-passive $MODELS --runtimes pvt timm --precision float32 bfloat16 int8 --threads 2 -b 8 --repeats 10 \
   --wait-policy passive
 # 3b. Wait policy and threads against a spinning process, every variant interleaved in one run.
-$PY benchmarks/wait_policy.py pvt_v2_b0 --rounds "$ROUNDS" --busy-cores 1 | tee "$OUT/wait-policy-busy1.txt"
+#     spin=N: GNU OpenMP spins N times at a barrier before sleeping (default 300000): the middle ground.
+$PY benchmarks/wait_policy.py pvt_v2_b0 --rounds "$ROUNDS" --busy-cores 1 --policies default passive spin=10000 spin=100000 \
+  | tee "$OUT/wait-policy-busy1.txt"
+$PY benchmarks/wait_policy.py pvt_v2_b0 --rounds "$ROUNDS" --busy-cores 0 --threads 2 --peers \
+  --policies default passive spin=10000 spin=100000 | tee "$OUT/wait-policy-idle.txt"
 # 4. Accuracy: logits on random weights for every variant (trained checkpoints: see docs/speed.md).
 $PY benchmarks/accuracy.py --variants all --random-batch 2 | tee "$OUT/accuracy-random.txt"
 uptime | tee "$OUT/uptime-end.txt"

@@ -24,7 +24,8 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--precisions", nargs="+", default=["float32", "int8"])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    ap.add_argument("--policies", nargs="+", default=["default", "passive"])
+    ap.add_argument("--policies", nargs="+", default=["default", "passive"],
+                    help="default, passive, active, spin=N (GOMP_SPINCOUNT)")
     ap.add_argument("--peers", nargs="*", default=["onnxruntime"], help="other runtimes, in their int8")
     ap.add_argument("-b", "--batch-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)

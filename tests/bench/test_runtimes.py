@@ -51,8 +51,12 @@ def test_every_runtime_in_its_own_process():
 def test_a_failing_runner_reports_its_error(tmp_path):
     with pytest.raises(RuntimeError, match="pvt/float32/1t failed"):
         runtimes.run_runner(Runner("pvt", "float32", 1), "pvt_v2_b0", {"input": str(tmp_path / "missing.npy")})
-    with pytest.raises(ValueError, match="wait policy"):
-        runtimes.run_runner(Runner("pvt", "float32", 1), "pvt_v2_b0", {}, wait_policy="lazy")
+    for bad in ("lazy", "spin=", "spin=many"):
+        with pytest.raises(ValueError, match="wait policy"):
+            runtimes.run_runner(Runner("pvt", "float32", 1), "pvt_v2_b0", {}, wait_policy=bad)
+    assert runtimes.wait_policy_env("spin=20000") == {"GOMP_SPINCOUNT": "20000"}
+    assert runtimes.wait_policy_env("passive") == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert runtimes.wait_policy_env("default") == {}
 
 
 def test_busy_cores_start_and_stop():

@@ -14,8 +14,9 @@ once per model), and each writes its logits on the timed input, so every row als
 from our float32 output (``cosine``, ``max|diff|``).
 
 Busy machines: ``busy_cores`` starts that many processes spinning on a core each for the whole run,
-and ``wait_policy`` sets ``OMP_WAIT_POLICY`` in the runners' environment (it must be set before
-OpenMP starts, so only a fresh process can change it).
+and ``wait_policy`` sets ``OMP_WAIT_POLICY`` in the runners' environment (``passive`` / ``active``), or
+``spin=N`` sets ``GOMP_SPINCOUNT=N`` (GNU OpenMP, PyTorch's: spin N times at a barrier, then sleep; its
+default is 300 000). Both must be set before OpenMP starts, so only a fresh process can change them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "run_runner",
     "benchmark_runtimes",
     "busy_cores",
+    "wait_policy_env",
     "format_runtime_results",
 ]
 
@@ -56,7 +58,19 @@ RUNTIMES: dict[str, tuple[str, ...]] = {
 """Runtime -> the precisions its runner offers."""
 
 _MODULES = {"pvt": "torch", "timm": "timm", "hf": "transformers", "onnxruntime": "onnxruntime", "openvino": "openvino"}
-WAIT_POLICIES = ("default", "passive", "active")
+WAIT_POLICIES = ("default", "passive", "active", "spin=N")
+
+
+def wait_policy_env(policy: str) -> dict[str, str]:
+    """The environment variables of a wait policy (:data:`WAIT_POLICIES`; ``spin=N`` with an integer N)."""
+    if policy == "default":
+        return {}
+    if policy in ("passive", "active"):
+        return {"OMP_WAIT_POLICY": policy.upper()}
+    name, _, count = policy.partition("=")
+    if name == "spin" and count.isdigit():
+        return {"GOMP_SPINCOUNT": count}
+    raise ValueError(f"unknown wait policy {policy!r}; choose from {', '.join(WAIT_POLICIES)}")
 
 
 @dataclass(frozen=True)
@@ -233,8 +247,7 @@ def run_runner(runner: Runner, model_name: str, files: dict[str, str], *, warmup
                wait_policy: str = "default", allocator: str | None = None, logits: str | Path | None = None,
                timeout: float = 1800) -> dict[str, Any]:
     """Run ``runner`` in a fresh process; returns ``{"seconds": [...], "faults": ..., ...}``."""
-    if wait_policy not in WAIT_POLICIES:
-        raise ValueError(f"unknown wait policy {wait_policy!r}; choose from {', '.join(WAIT_POLICIES)}")
+    policy_env = wait_policy_env(wait_policy)
     with tempfile.TemporaryDirectory() as tmp:
         spec = {"runtime": runner.runtime, "precision": runner.precision, "threads": runner.threads,
                 "model": model_name, "files": files, "warmup": warmup, "repeats": repeats,
@@ -242,8 +255,8 @@ def run_runner(runner: Runner, model_name: str, files: dict[str, str], *, warmup
                 "logits": str(logits or Path(tmp) / "logits.npy")}
         env = dict(os.environ)
         env.pop("OMP_WAIT_POLICY", None)
-        if wait_policy != "default":
-            env["OMP_WAIT_POLICY"] = wait_policy.upper()
+        env.pop("GOMP_SPINCOUNT", None)
+        env.update(policy_env)
         env["OMP_NUM_THREADS"] = str(runner.threads)
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])

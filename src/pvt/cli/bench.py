@@ -66,8 +66,9 @@ def register(sub) -> None:
     g.add_argument("--rounds", type=int, default=None, help="processes per runner, alternating (default 2)")
     g.add_argument("--busy-cores", type=int, default=None,
                    help="keep N cores busy with spinning processes during the run (a shared machine)")
-    g.add_argument("--wait-policy", choices=["default", "passive", "active"], default=None,
-                   help="OMP_WAIT_POLICY of the runners (passive: idle OpenMP threads sleep at once)")
+    g.add_argument("--wait-policy", default=None, metavar="{default,passive,active,spin=N}",
+                   help="OpenMP waiting of the runners: OMP_WAIT_POLICY passive (idle threads sleep at once) / "
+                        "active, or spin=N: GOMP_SPINCOUNT=N (spin N times, then sleep)")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument("--allocator", choices=["tuned", "default"], default=None,
                    help="tuned: glibc keeps freed memory, so calls touch no new pages (every implementation in "
@@ -193,7 +194,7 @@ def _benchmark_runtimes(args: argparse.Namespace, sizes: list[tuple[int, int]]) 
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni", "avx2")))
     print(f"# {cpu_model()}, {os.cpu_count()} CPUs; flags: {' '.join(flags)}")
     print(f"# each runner in its own process: {args.rounds or 2} rounds x {args.repeats} calls after {args.warmup} "
-          f"warm-up; busy cores {busy}; OMP_WAIT_POLICY {args.wait_policy or 'default'}; allocator {allocator_mode()}",
+          f"warm-up; busy cores {busy}; OpenMP wait policy {args.wait_policy or 'default'}; allocator {allocator_mode()}",
           flush=True)
     results = []
     for size in sizes:
