@@ -38,6 +38,8 @@ def test_a_dense_models_backbone_takes_the_precision(monkeypatch):
 
 def test_plain_models_gpus_and_errors():
     model = pvt.create_model("pvt_v2_b0", accelerate=False)
+    assert set_precision(model, "float32")[0] == "float32"
+    assert type(model) is pvt.PyramidVisionTransformer  # float32 leaves a plain model plain
     assert set_precision(model, "bfloat16")[0] == "bfloat16"
     assert model.acceleration.precision == "bfloat16"  # accelerated on the way
     cuda = pvt.create_model("pvt_v2_b0")

@@ -130,8 +130,8 @@ def set_precision(
     ``precision`` (``float32``, ``bfloat16``, ``int8``, ``auto``: :func:`pvt.accel.capability.resolve_precision`)
     for ``device``; returns ``(precision, reason)``: what was picked and why.
 
-    On the CPU the precision is the accelerated model's (plain PVTs are accelerated; acceleration
-    settings kept); int8 is :func:`pvt.accel.quant.quantize` with ``calibration`` (None: dynamic). On
+    On the CPU the precision is the accelerated model's (plain PVTs are accelerated for bfloat16 and
+    int8, left plain for float32; acceleration settings kept); int8 is :func:`pvt.accel.quant.quantize` with ``calibration`` (None: dynamic). On
     a GPU the model is left as it is: run it under :func:`inference_autocast`.
     """
     from .capability import resolve_precision
@@ -147,10 +147,11 @@ def set_precision(
     if not bodies and picked != "float32":
         raise ValueError(f"precision {picked}: {type(model).__name__} holds no Pyramid Vision Transformer")
     for body in bodies:
-        record = body.acceleration if isinstance(body, AcceleratedPyramidVisionTransformer) else Acceleration()
+        accelerated = isinstance(body, AcceleratedPyramidVisionTransformer)
+        record = body.acceleration if accelerated else Acceleration()
         if picked == "int8":
             quantize(body, calibration)
-        elif record.precision != picked or not isinstance(body, AcceleratedPyramidVisionTransformer):
+        elif (accelerated and record.precision != picked) or (not accelerated and picked != "float32"):
             accelerate(body, cpu=record.cpu, gpu=record.gpu, chunk_bytes=record.chunk_bytes, precision=picked)
     return picked, reason
 
