@@ -2,7 +2,7 @@
 
 Trained checkpoints (``--checkpoint``, any number; classification runs written by ``pvt train``): for
 each precision (bfloat16, int8 with dynamic ranges, int8 calibrated on ``--calibration`` images, by
-default the checkpoint's own training split), the share of held-out images whose top-1 class equals
+default the checkpoint's own training split, and the same with every linear layer int8), the share of held-out images whose top-1 class equals
 float32's (agreement) and the held-out top-1 accuracy beside float32's.
 
 Random weights (``--variants``, default every registered variant): logits cosine similarity and max
@@ -25,14 +25,17 @@ from torch.utils.data import DataLoader
 from pvt.accel import accelerate
 from pvt.accel.quant import quantize
 
-PRECISIONS = ("bfloat16", "int8-dynamic", "int8-static")
+PRECISIONS = ("bfloat16", "int8-dynamic", "int8-static", "int8-static-all")
+"""int8-static-all: every linear layer int8 (min_width=0), as on CPUs without native bf16; the others
+take the library's default for this CPU."""
 
 
 def _variant(model: torch.nn.Module, precision: str, calibration: torch.Tensor) -> torch.nn.Module:
     m = copy.deepcopy(model)
     if precision == "bfloat16":
         return accelerate(m, precision="bfloat16")
-    return quantize(m, calibration if precision == "int8-static" else None)
+    calibrated = precision.startswith("int8-static")
+    return quantize(m, calibration if calibrated else None, min_width=0 if precision.endswith("-all") else None)
 
 
 def trained(checkpoint: str, calibration: str | None, images: int, batch_size: int) -> None:
