@@ -164,3 +164,11 @@ def test_int8_where_it_pays():
         assert cosine(wide(x), ref(x)) >= 0.99
     with pytest.raises(ValueError, match="min_width"):
         quant.quantize(copy.deepcopy(ref), min_width=-1)
+
+
+def test_quantize_turns_the_cpu_path_on():
+    ref = tiny("pvt_v2_b0")
+    model = quant.quantize(accelerate(copy.deepcopy(ref), cpu=False), min_width=0)
+    assert model.acceleration.cpu and model.acceleration.precision == "int8"
+    with torch.inference_mode():
+        assert qlinear_calls(lambda: model(torch.randn(1, 3, 64, 64))) == linears_per_forward(model)

@@ -131,8 +131,9 @@ def set_precision(
     for ``device``; returns ``(precision, reason)``: what was picked and why.
 
     On the CPU the precision is the accelerated model's (plain PVTs are accelerated for bfloat16 and
-    int8, left plain for float32; acceleration settings kept); int8 is :func:`pvt.accel.quant.quantize` with ``calibration`` (None: dynamic). On
-    a GPU the model is left as it is: run it under :func:`inference_autocast`.
+    int8, left plain for float32; acceleration settings kept); int8 is :func:`pvt.accel.quant.quantize`
+    with ``calibration`` (None: dynamic). On a GPU the model is left as it is: run it under
+    :func:`inference_autocast`.
     """
     from .capability import resolve_precision
     from .quant import quantize

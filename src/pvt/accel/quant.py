@@ -14,8 +14,8 @@ cached:
 
 Where int8 does not pay (narrow layers beside native bf16 GEMMs: :data:`pvt.accel.cpu.INT8_MIN_WIDTH`)
 a linear layer stays in the compute dtype. The convolutions (patch embeddings, spatial reduction, the
-depth-wise convolution), LayerNorm and attention stay in the compute dtype: bfloat16 on CPUs with native bf16 arithmetic (halving their
-memory traffic), else float32. On CPUs without VNNI activations use 7 bits (:mod:`.capability`).
+depth-wise convolution), LayerNorm and attention stay in the compute dtype: bfloat16 on CPUs with
+native bf16 arithmetic (halving their memory traffic), else float32. On CPUs without VNNI activations use 7 bits (:mod:`.capability`).
 The classifier head stays float32. Training, autograd and exports take the plain float32 model.
 """
 
@@ -102,7 +102,7 @@ def quantize(
         min_width = cpu.INT8_MIN_WIDTH[torch.bfloat16 if compute == "bfloat16" else torch.float32]
     if min_width < 0:
         raise ValueError(f"quantize(min_width={min_width}): expected >= 0")
-    record = dataclasses.replace(base, precision="int8", compute=compute, reduce_range=not has_vnni(flags),
+    record = dataclasses.replace(base, cpu=True, precision="int8", compute=compute, reduce_range=not has_vnni(flags),
                                  int8="dynamic" if calibration is None else "observe", int8_min_width=min_width)
     _apply(model, record)
     if calibration is not None:
