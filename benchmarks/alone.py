@@ -3,7 +3,7 @@
 
     python benchmarks/alone.py --models pvt_v2_b0 --threads 2 --repeats 15 --rounds 2
 
-``pvt benchmark --compare`` times every implementation in one process, where one model's heap is the
+``pvt benchmark --compare --in-process`` times every implementation in one process, where one model's heap is the
 next one's; here nothing is shared. Prints img/s and page faults per call (median over ``--repeats``
 calls after 2 warm-up calls) for every (round, allocator, implementation).
 """

@@ -76,3 +76,22 @@ def perturb():
     """``perturb(module, seed=1)``: random weights as the parity tests use them, so that a swapped,
     dropped or mis-shaped tensor changes the outputs (see :func:`_perturb`)."""
     return _perturb
+
+
+@pytest.fixture(scope="session")
+def stripes_run(tmp_path_factory, make_stripes):
+    """``(data, run_dir, stdout)``: one epoch of PVTv2-B0 at 32 px trained by ``pvt train --quiet`` on a
+    stripes folder, with what the command printed (shared by the command tests that only read it)."""
+    import contextlib
+    import io
+
+    from pvt.cli import main
+
+    data = make_stripes(tmp_path_factory.mktemp("stripes"))
+    out = tmp_path_factory.mktemp("runs")
+    argv = ["train", "--data", str(data), "--output", str(out), "--name", "r", "--epochs", "1", "--batch-size", "8",
+            "--workers", "0", "--threads", "1", "--quiet", "--aa", "none", "--model", "pvt_v2_b0", "--img-size", "32"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return data, out / "r", printed.getvalue()

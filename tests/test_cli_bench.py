@@ -31,7 +31,10 @@ def test_cli_benchmark_json_and_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("PVT_ALLOCATOR")
     for bad, message in [
         (["pvt_v9"], "unknown model 'pvt_v9'"),
-        (["--backend", "onnxruntime"], "needs --onnx"),
+        (["--onnx", str(tmp_path / "none.onnx")], "goes with --backend onnxruntime"),
+        (["--precision", "int8", "--mode", "train"], "CPU inference"),
+        (["--busy-cores", "1", "--compile"], "--in-process for those"),
+        (["--threads", "1", "2"], "several --threads"),
         (["--threads", "0"], "--threads must be >= 1"),
         (["-b", "0"], "--batch-size must be >= 1"),
         (["--img-size", "big"], "is not N or HxW"),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import contextlib
-import io
 
 import pytest
 
@@ -16,13 +14,8 @@ FAST = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--threads", "1"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, make_stripes):
-    data = make_stripes(tmp_path_factory.mktemp("stripes"))
-    out = tmp_path_factory.mktemp("runs")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["train", "--data", str(data), "--output", str(out), "--name", "r", *FAST]) == 0
-    return data, out / "r", printed.getvalue()
+def trained(stripes_run):
+    return stripes_run
 
 
 def test_train_writes_a_run_and_prints_json_when_quiet(trained):

@@ -19,6 +19,7 @@ __all__ = [
     "count_flops",
     "tune_cpu_allocator",
     "accelerate",
+    "quantize",
 ]
 
 
@@ -40,7 +41,7 @@ def __getattr__(name: str):
         from .accel import accelerate
 
         return accelerate
-    if name in ("train", "evaluate", "predict"):
+    if name in ("train", "evaluate", "predict", "quantize"):
         from . import api
 
         return getattr(api, name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["train", "evaluate", "predict"]
+__all__ = ["train", "evaluate", "predict", "quantize"]
 
 
 def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool = False,
@@ -48,14 +48,17 @@ def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool =
 
 def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: str = "val",
              batch_size: int | None = None, device: str = "auto", workers: int = 0,
-             model: str | None = None) -> dict[str, Any]:
+             model: str | None = None, precision: str = "float32",
+             calibration: str | Path | None = None) -> dict[str, Any]:
     """Score a model trained by ``pvt train`` (any task) on ``data``.
 
     ``checkpoint``: a ``.safetensors`` it wrote, or its run folder (best, else last). ``data``: default, the
     data it was trained on (its held-out split); classification also takes a folder of ``<split>/<class>/``
-    or ``<class>/`` images. Returns the task's scores (classification: ``top1``, ``top5``, ``loss``; detection:
-    ``bbox_mAP`` ...; segmentation: ``mIoU`` ..., ``per_class_iou``) plus ``task``, ``model``, ``checkpoint``,
-    ``data``, ``images`` and ``skipped_images``.
+    or ``<class>/`` images. ``precision``: float32, bfloat16, int8 or auto (bfloat16 where the CPU has it);
+    ``calibration``: a folder of images for static int8 ranges (default: dynamic). Returns the task's scores
+    (classification: ``top1``, ``top5``, ``loss``; detection: ``bbox_mAP`` ...; segmentation: ``mIoU`` ...,
+    ``per_class_iou``) plus ``task``, ``model``, ``checkpoint``, ``data``, ``images``, ``skipped_images``,
+    ``precision`` and ``precision_reason``.
     """
     from torch.utils.data import DataLoader
 
@@ -63,12 +66,14 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
 
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
-    trained = load_trained(checkpoint, device=device, data=None if data is None else str(data), model=model)
+    trained = load_trained(checkpoint, device=device, data=None if data is None else str(data), model=model,
+                           precision=precision, calibration=calibration)
     task = trained.task
     ds = task.eval_dataset(split)
     loader = DataLoader(ds, batch_size=batch_size or task.eval_batch_size, shuffle=False, num_workers=workers,
                         collate_fn=task.collate_fn)
-    metrics: dict[str, Any] = dict(task.evaluate(trained.model, loader, trained.device))
+    with trained.autocast():
+        metrics: dict[str, Any] = dict(task.evaluate(trained.model, loader, trained.device))
     skipped = task.end_epoch().get("skipped_images", 0.0)
     metrics.update(task.evaluation_details())
     return {
@@ -80,17 +85,21 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
         "checkpoint": str(checkpoint),
         "data": str(getattr(ds, "root", None) or task.cfg.data or "built-in"),
         "img_size": task.cfg.img_size,
+        "precision": trained.precision,
+        "precision_reason": trained.precision_reason,
     }
 
 
 def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *, topk: int = 5,
-            score_thresh: float = 0.3, out_dir: str | Path | None = None, device: str = "auto") -> list[dict[str, Any]]:
+            score_thresh: float = 0.3, out_dir: str | Path | None = None, device: str = "auto",
+            precision: str = "float32", calibration: str | Path | None = None) -> list[dict[str, Any]]:
     """Predict each image with a model trained by ``pvt train`` (any task): one JSON-able record per image.
 
     Classification: the ``topk`` classes with probabilities (``"top"``). Detection / instance: the
     detections scoring at least ``score_thresh`` (``"detections"``). Segmentation: the share of pixels per
     class (``"class_fractions"``). With ``out_dir``, dense tasks also draw each prediction there
     (``<stem>_pred.png``, with folder names added where two images share a stem; named in ``"output"``).
+    ``precision`` and ``calibration``: as for :func:`evaluate`.
     """
     from .tasks import load_trained
 
@@ -101,6 +110,25 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
     for p in images:
         if not Path(p).is_file():
             raise FileNotFoundError(f"image {str(p)!r} does not exist")
-    trained = load_trained(checkpoint, device=device)
-    return trained.task.predict(trained.model, list(images), trained.device, topk=topk, score_thresh=score_thresh,
-                                out_dir=out_dir)
+    trained = load_trained(checkpoint, device=device, precision=precision, calibration=calibration)
+    with trained.autocast():
+        return trained.task.predict(trained.model, list(images), trained.device, topk=topk,
+                                    score_thresh=score_thresh, out_dir=out_dir)
+
+
+def quantize(model: Any, calibration: Any = None, *, images: int = 64, **kwargs: Any) -> Any:
+    """int8 CPU inference for a PVT, in place (:func:`pvt.accel.quant.quantize`): ``calibration`` may also
+    be a folder of images (searched recursively, up to ``images`` of them, resized and normalised as
+    ImageNet evaluation input at the model's ``img_size``) for static activation ranges; None: dynamic."""
+    from .accel.quant import quantize as quantize_model
+
+    if isinstance(calibration, (str, Path)):
+        calibration = _folder_images(Path(calibration), model.config.img_size, images)
+    return quantize_model(model, calibration, **kwargs)
+
+
+def _folder_images(root: Path, img_size: int, limit: int):
+    from .data import eval_transform
+    from .tasks import calibration_batch
+
+    return calibration_batch(root, eval_transform(img_size), limit)

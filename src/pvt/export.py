@@ -9,6 +9,8 @@ the graph, so v1 exports accept every input size too.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ from .io import atomic_via, atomic_write
 from .model import PyramidVisionTransformer
 
 __all__ = ["FORMATS", "ONNX_OPSETS", "check_onnx_export", "require_onnx", "load_model", "export_model",
-           "export_min_size", "default_suffix", "run_exported", "check_export"]
+           "quantize_onnx", "export_min_size", "default_suffix", "run_exported", "check_export"]
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
@@ -169,6 +171,61 @@ def _export_onnx(model: nn.Module, x: Tensor, out: Path, opset: int) -> None:
             external_data=False,
         )
         atomic_via(out, lambda tmp: program.save(tmp, external_data=False))
+
+
+QUANTIZED_OPS = ("MatMul", "Gemm")
+"""The ONNX operators :func:`quantize_onnx` makes int8: every linear layer (the convolutions stay float32)."""
+
+
+def quantize_onnx(src: str | Path, out: str | Path, calibration: Tensor | None = None) -> Path:
+    """Write an int8 copy of the float32 ONNX file ``src`` to ``out`` (ONNX Runtime's quantisation tool)
+    and return ``out``: int8 weights for every linear layer (:data:`QUANTIZED_OPS`).
+
+    Without ``calibration``: dynamic quantisation (``DynamicQuantizeLinear`` + ``MatInteger``: each call
+    measures its activations' range), per-tensor weights. With ``calibration`` images (a float32
+    ``(N, C, H, W)`` tensor prepared as the model's input): static QDQ (``QuantizeLinear`` /
+    ``DequantizeLinear`` pairs around each product, uint8 activations from the calibrated min / max,
+    int8 weights per output channel), the form OpenVINO and ONNX Runtime fuse into int8 kernels.
+    The file keeps the input ``input``, the output ``logits`` and the dynamic batch / height / width."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    except ImportError as e:  # pragma: no cover - in the test extra
+        raise ValueError("int8 ONNX export needs the onnxruntime package (pip install onnxruntime)") from e
+    src, out = Path(src), Path(out)
+    if calibration is None:
+        with _quiet_root_logger():  # the tool logs a pre-processing suggestion on every call
+            atomic_via(out, lambda tmp: quantize_dynamic(src, tmp, op_types_to_quantize=list(QUANTIZED_OPS),
+                                                         weight_type=QuantType.QInt8))
+        return out
+    if calibration.ndim != 4 or calibration.shape[0] < 1:
+        raise ValueError(f"calibration images must be a non-empty (N, C, H, W) tensor, got {tuple(calibration.shape)}")
+
+    class _Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(calibration.float().numpy()[i : i + 1] for i in range(calibration.shape[0]))
+
+        def get_next(self) -> dict | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {"input": batch}
+
+    with _quiet_root_logger():
+        atomic_via(out, lambda tmp: quantize_static(
+            src, tmp, _Images(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8))
+    return out
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def run_exported(fmt: str, path: str | Path, x: Tensor) -> Tensor:

@@ -54,7 +54,9 @@ def test_the_cpu_path_is_taken_only_where_it_may_be():
     with torch.no_grad():
         assert path(x) == "cpu"
         assert path(x.double()) is None and path(x.bfloat16()) is None and path(nn.Parameter(x)) is None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 CPU path (tests/accel/test_bf16.py)
+            assert path(x) == "cpu" and path(x.bfloat16()) == "cpu"
+        with torch.autocast("cpu", dtype=torch.float16):
             assert path(x) is None
         blk.train()
         assert path(x) == "cpu"  # no dropout: training mode alone does not matter
@@ -368,3 +370,15 @@ def test_tracing_and_compiling_take_the_plain_path():
         torch.testing.assert_close(program.module()(x), ref(x), rtol=0, atol=1e-5)
         explained = dynamo.explain(fast)(x)
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_a_model_copied_under_inference_mode_runs():
+    """Parameters made under inference_mode are inference tensors without a version counter: the weight
+    cache keys them by storage alone."""
+    ref = tiny("pvt_v2_b0")
+    fast = accelerate(copy.deepcopy(ref))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        copied = copy.deepcopy(fast)
+        assert next(copied.parameters()).is_inference()
+        torch.testing.assert_close(copied(x), ref(x), rtol=0, atol=1e-5)

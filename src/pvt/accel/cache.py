@@ -13,8 +13,13 @@ T = TypeVar("T")
 
 
 def _fingerprint(sources: Sequence[Tensor | None]) -> tuple:
-    """Changes whenever a source tensor is replaced (new storage) or updated in place (version counter)."""
-    return tuple(None if p is None else (p.data_ptr(), p._version, p.dtype, p.device) for p in sources)
+    """Changes whenever a source tensor is replaced (new storage) or updated in place (version counter;
+    inference tensors, e.g. parameters of a model copied under ``torch.inference_mode()``, have none:
+    for them only replacement counts)."""
+    return tuple(
+        None if p is None else (p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype, p.device)
+        for p in sources
+    )
 
 
 class WeightCache:

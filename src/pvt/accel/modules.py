@@ -8,10 +8,14 @@ they were. Every accelerated module carries two attributes of its own: ``acceler
 
 Which path a call takes (:func:`inference_path`):
 
-* the CPU path (:mod:`pvt.accel.cpu`) for a plain CPU float32 tensor without autograd or CPU autocast;
+* the CPU path (:mod:`pvt.accel.cpu`) for a plain CPU float32 tensor without autograd or CPU autocast,
+  in the model's precision (:attr:`Acceleration.precision`: float32, bfloat16 or int8); under
+  ``torch.autocast("cpu", dtype=torch.bfloat16)`` in bfloat16 (int8 models: int8 with bfloat16
+  around it); a bfloat16 tensor (what one accelerated module hands the next) where the precision in
+  effect is not float32;
 * the GPU path (:mod:`pvt.accel.gpu`) for a CUDA tensor under ``torch.autocast("cuda")`` without
   autograd;
-* otherwise the plain forward: training, CPU autocast, other dtypes and devices, and whenever
+* otherwise the plain forward: training, float16 CPU autocast, other dtypes and devices, and whenever
   :func:`pvt.tracing.is_tracing` (TorchScript, ``torch.compile``, ``torch.export``, ONNX); also in
   training mode with dropout or stochastic depth active, and whenever a forward hook or forward
   pre-hook is registered globally, on the module or on a submodule that is not accelerated itself
@@ -22,6 +26,7 @@ Which path a call takes (:func:`inference_path`):
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +43,8 @@ from .cache import WeightCache
 __all__ = [
     "Acceleration",
     "Accelerated",
+    "AcceleratedInt8",
+    "cpu_plan",
     "AcceleratedPatchEmbed",
     "AcceleratedBlock",
     "AcceleratedPVTStage",
@@ -54,10 +61,32 @@ class Acceleration:
     cpu: bool = True
     gpu: bool = True
     chunk_bytes: int | None = None
+    precision: str = "float32"
+    """The CPU path's precision for float32 input: float32, bfloat16, or int8 (:mod:`pvt.accel.quant`)."""
+    compute: str = "float32"
+    """int8: the dtype of everything but the int8 products (bfloat16 on CPUs with native bf16)."""
+    int8: str | None = None
+    """int8: ``"static"`` (calibrated activation ranges) or ``"dynamic"`` (each call's own ranges);
+    ``"observe"`` while :func:`pvt.accel.quant.calibrate` records ranges."""
+    reduce_range: bool = False
+    """int8: activations quantised to 7 bits (CPUs without VNNI, where 8-bit products can saturate)."""
+    int8_min_width: int = 0
+    """int8: the linear layers with at least this many outputs run int8, the others in ``compute``
+    (:data:`pvt.accel.cpu.INT8_MIN_WIDTH`)."""
 
     def piece_budget(self) -> int:
         """The piece budget in effect now (:func:`pvt.accel.cpu.piece_budget`)."""
         return cpu.piece_budget(self.chunk_bytes)
+
+    def cpu_plan(self, autocast_bf16: bool = False) -> cpu.Plan:
+        """The :class:`~pvt.accel.cpu.Plan` of a CPU-path call (``autocast_bf16``: under CPU bf16 autocast)."""
+        if self.precision == "int8":
+            dtype = torch.bfloat16 if autocast_bf16 or self.compute == "bfloat16" else torch.float32
+            return cpu.plan("int8", dtype, self.int8 == "static", self.reduce_range, observe=self.int8 == "observe",
+                            min_width=self.int8_min_width)
+        if autocast_bf16 or self.precision == "bfloat16":
+            return cpu.plan("bfloat16", torch.bfloat16)
+        return cpu.F32
 
     def __repr__(self) -> str:
         if not self.cpu:
@@ -66,7 +95,13 @@ class Acceleration:
             pieces = f"auto (now {_mib(self.piece_budget())})"
         else:
             pieces = _mib(self.chunk_bytes) if self.chunk_bytes > 0 else "whole batches"
-        return f"Acceleration(cpu={self.cpu}, gpu={self.gpu}, cpu_pieces={pieces})"
+        precision = ""
+        if self.precision == "bfloat16":
+            precision = ", precision=bfloat16"
+        elif self.precision == "int8":
+            width = f", layers >= {self.int8_min_width} wide" if self.int8_min_width else ""
+            precision = f", precision=int8 ({self.int8}, {self.compute} around it{width}{', 7-bit' if self.reduce_range else ''})"
+        return f"Acceleration(cpu={self.cpu}, gpu={self.gpu}, cpu_pieces={pieces}{precision})"
 
 
 def _mib(n: int) -> str:
@@ -80,14 +115,32 @@ def _drops(m: nn.Module) -> bool:
     return isinstance(m, SpatialReductionAttention) and m.attn_drop > 0
 
 
+def _autocast_bf16() -> bool | None:
+    """Under CPU autocast: whether to bfloat16 (None: not under CPU autocast)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return None
+    return torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def cpu_plan(module: nn.Module) -> cpu.Plan:
+    """The CPU path's plan for a call of the accelerated ``module`` now (autocast state included)."""
+    return module.acceleration.cpu_plan(bool(_autocast_bf16()))
+
+
 def _input_path(module: nn.Module, x: object, cpu_path: bool, gpu_path: bool) -> str | None:
     """The path that input ``x`` and the autograd / autocast / tracing state allow (cheap checks only)."""
     if type(x) is not Tensor or torch.is_grad_enabled():
         return None
     acc: Acceleration = module.acceleration
     if x.device.type == "cpu":
-        ok = cpu_path and acc.cpu and cpu.FUSED_OPS and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-        path = "cpu" if ok else None
+        path = None
+        if cpu_path and acc.cpu and cpu.FUSED_OPS:
+            autocast = _autocast_bf16()
+            if autocast is None:
+                ok = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and acc.precision != "float32")
+            else:
+                ok = autocast and x.dtype in (torch.float32, torch.bfloat16)
+            path = "cpu" if ok else None
     elif x.is_cuda and gpu_path and acc.gpu and torch.is_autocast_enabled("cuda"):
         path = "gpu"
     else:
@@ -122,6 +175,19 @@ def inference_path(module: nn.Module, x: object, *, cpu_path: bool, gpu_path: bo
     return None if path is None or _needs_plain(module, everything=False) else path
 
 
+def _plain_input(x: object) -> object:
+    """What the plain forward gets: a bfloat16 CPU tensor that a lower-precision neighbour handed over
+    (outside autocast) goes back to float32, the dtype of the plain modules' parameters."""
+    if type(x) is Tensor and x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+        return x.float()
+    return x
+
+
+def _no_cpu_autocast():
+    """The CPU path picks its own dtypes: CPU autocast off inside it (a no-op context when it is off)."""
+    return torch.autocast("cpu", enabled=False) if torch.is_autocast_enabled("cpu") else nullcontext()
+
+
 class Accelerated:
     """Base of the accelerated classes: the attributes :func:`pvt.accel.accelerate` gives each module."""
 
@@ -131,28 +197,39 @@ class Accelerated:
     """Tensors this module's paths derive from its parameters; emptied by copies and pickles."""
 
 
+class AcceleratedInt8:
+    """The attributes an accelerated :class:`~pvt.layers.Block` has for the int8 path."""
+
+    activation_ranges: dict[str, tuple[float, float]]
+    """Calibrated ``(min, max)`` of the input of each int8 product (static int8; empty otherwise)."""
+    activation_qparams: dict[str, tuple[float, int]]
+    """The uint8 scale and zero point made from :attr:`activation_ranges`."""
+
+
 class AcceleratedPatchEmbed(Accelerated, PatchEmbed):
     """:class:`~pvt.layers.PatchEmbed` with the CPU and GPU paths (cached weight layouts / casts)."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
         path = inference_path(self, x, cpu_path=True, gpu_path=True)
         if path == "cpu":
-            return cpu.patch_embed(self, x)
+            with _no_cpu_autocast():
+                return cpu.patch_embed(self, x, cpu_plan(self))
         if path == "gpu":
             return gpu.patch_embed(self, x, torch.get_autocast_dtype("cuda"))
-        return super().forward(x)
+        return super().forward(_plain_input(x))
 
 
-class AcceleratedBlock(Accelerated, Block):
+class AcceleratedBlock(Accelerated, AcceleratedInt8, Block):
     """:class:`~pvt.layers.Block` with the CPU path (fused oneDNN kernels) and the GPU path."""
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         path = inference_path(self, x, cpu_path=True, gpu_path=True)
         if path == "cpu":
-            return cpu.block(self, x, h, w)
+            with _no_cpu_autocast():
+                return cpu.block(self, x, h, w, cpu_plan(self))
         if path == "gpu":
             return gpu.block(self, x, h, w, torch.get_autocast_dtype("cuda"))
-        return super().forward(x, h, w)
+        return super().forward(_plain_input(x), h, w)
 
 
 class AcceleratedPVTStage(Accelerated, PVTStage):
@@ -169,25 +246,43 @@ class AcceleratedPyramidVisionTransformer(Accelerated, PyramidVisionTransformer)
     """:class:`~pvt.model.PyramidVisionTransformer` that runs CPU batches in pieces
     (:func:`pvt.accel.cpu.piece_size`); its stages, patch embeddings and blocks are accelerated."""
 
+    def _cpu_call(self, x: Tensor) -> tuple[cpu.Plan | None, int | None]:
+        """The plan of a CPU-path call on ``x`` (None: not the CPU path) and its images per piece (None:
+        the whole batch at once)."""
+        if _input_path(self, x, cpu_path=True, gpu_path=False) != "cpu" or x.ndim != 4:
+            return None, None
+        p = cpu_plan(self)
+        size = cpu.piece_size(self, x.shape[0], x.shape[-2], x.shape[-1], self.acceleration.piece_budget(),
+                              p.dtype.itemsize)
+        if size is not None and _needs_plain(self, everything=True):  # pieces would change what every hook sees
+            size = None
+        if size is not None:
+            self._check_input(x)  # errors name the whole batch, not a piece
+        return p, size
+
     def _piece_size(self, x: Tensor) -> int | None:
         """Images per piece for ``x`` on the CPU path; None: the whole batch at once."""
-        if _input_path(self, x, cpu_path=True, gpu_path=False) != "cpu" or x.ndim != 4:
-            return None
-        size = cpu.piece_size(self, x.shape[0], x.shape[-2], x.shape[-1], self.acceleration.piece_budget())
-        if size is None or _needs_plain(self, everything=True):  # pieces would change what every hook sees
-            return None
-        self._check_input(x)  # errors name the whole batch, not a piece
-        return size
+        return self._cpu_call(x)[1]
+
+    def _logits(self, x: Tensor, p: cpu.Plan | None) -> Tensor:
+        if p is None or p.dtype == torch.float32:
+            return PyramidVisionTransformer.forward(self, x)
+        _, tokens = self.forward_tokens(x)  # lower-precision tokens: the head gets float32 (or autocast's)
+        return self.forward_head(self.pool(tokens.float()))
+
+    def _maps(self, x: Tensor, p: cpu.Plan | None) -> list[Tensor]:
+        maps = PyramidVisionTransformer.forward_features(self, x)
+        return maps if p is None or p.dtype == torch.float32 else [m.float() for m in maps]
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        size = self._piece_size(x)
+        p, size = self._cpu_call(x)
         if size is None:
-            return super().forward_features(x)
-        parts = [PyramidVisionTransformer.forward_features(self, piece) for piece in x.split(size)]
+            return self._maps(x, p)
+        parts = [self._maps(piece, p) for piece in x.split(size)]
         return [torch.cat(maps) for maps in zip(*parts)]
 
     def forward(self, x: Tensor) -> Tensor:
-        size = self._piece_size(x)
+        p, size = self._cpu_call(x)
         if size is None:
-            return super().forward(x)
-        return torch.cat([PyramidVisionTransformer.forward(self, piece) for piece in x.split(size)])
+            return self._logits(x, p)
+        return torch.cat([self._logits(piece, p) for piece in x.split(size)])

@@ -4,7 +4,9 @@ transformers' implementations holding the same weights, and beside an exported O
 * :mod:`.timing`: interleaved timing rounds, per-call page faults, peak memory of one call.
 * :mod:`.peers`: timm's and HF's PVT v2 built with our weights.
 * :mod:`.cases`: :class:`Case`, :class:`Result`, the timed step, :func:`run_case`, the results table.
-* :mod:`.onnx`: :func:`run_onnxruntime`.
+* :mod:`.onnx`: :func:`run_onnxruntime` (in this process, beside our model).
+* :mod:`.runtimes`: ours, timm, HF, ONNX Runtime and OpenVINO in float32 / bfloat16 / int8, each in its
+  own process, alternating, optionally with busy cores (:func:`benchmark_runtimes`).
 
 ``import pvt`` does not load this package; ``pvt benchmark`` and the scripts in ``benchmarks/`` do.
 """

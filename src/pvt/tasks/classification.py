@@ -304,6 +304,11 @@ class ClassificationTask(Task):
                              f"{'no' if head is None else int(head.shape[0])} outputs")
         return accelerate(build_pvt(meta, state, source))
 
+    def input_transform(self):
+        """The image -> tensor transform of this model's evaluation input (the checkpoint's size, crop,
+        interpolation and normalisation); int8 calibration images go through it too."""
+        return self._eval_tf()
+
     def _eval_tf(self):
         e = {"img_size": self.cfg.img_size, "crop_pct": self.cfg.crop_pct, "interpolation": self.cfg.interpolation,
              **self._eval_input}
