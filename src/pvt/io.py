@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["TMP_SUFFIX", "DiskFullError", "atomic_write", "atomic_via", "atomic_save_torch", "load_torch", "remove_temporaries"]
+__all__ = ["TMP_SUFFIX", "DiskFullError", "atomic_write", "atomic_via", "atomic_save_torch", "load_torch", "read_json",
+           "remove_temporaries"]
 
 
 TMP_SUFFIX = ".tmp"
@@ -100,6 +101,21 @@ def atomic_via(path: str | Path, writer: Callable[[str], None]) -> None:
 def atomic_save_torch(obj: Any, path: str | Path) -> None:
     """``torch.save`` made atomic (for training state: optimiser, scheduler, RNG)."""
     atomic_via(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_json(path: str | Path, expect: type = dict, what: str = "a JSON object") -> Any:
+    """The JSON value in ``path``; a one-line ValueError naming the file when it is not valid JSON (or not
+    UTF-8) or not of type ``expect`` (``what`` names it in the message)."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(value, expect):
+        raise ValueError(f"{path}: expected {what}, got a JSON {type(value).__name__}")
+    return value
 
 
 def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = "") -> Any:

@@ -20,7 +20,6 @@ map that is not single-channel, label values beyond the class count (other than 
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from ..io import read_json
 
 __all__ = ["ADE20KDataset", "segmentation_collate", "IGNORE_INDEX", "ADE_SPLITS"]
 
@@ -84,11 +85,8 @@ class ADE20KDataset(Dataset):
         names_file = self.root / "classes.json"
         names = None
         if names_file.is_file():
-            try:
-                names = json.loads(names_file.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{names_file}: not valid JSON ({e})") from None
-            if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            names = read_json(names_file, list, "a JSON list of class names")
+            if not (names and all(isinstance(n, str) for n in names)):
                 raise ValueError(f"{names_file}: expected a JSON list of class names")
         if num_classes is None:
             num_classes = len(names) if names else 150

@@ -17,7 +17,6 @@ boxes partly outside are clipped; training skips images with no boxes left.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -30,6 +29,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..io import read_json
+
 __all__ = ["CocoDataset", "load_coco_json", "decode_mask", "detection_collate", "hflip_detection"]
 
 log = logging.getLogger("pvt.data")
@@ -40,12 +41,7 @@ def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise FileNotFoundError(f"COCO annotation file {str(ann_file)!r} does not exist")
-    try:
-        data = json.loads(ann_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{ann_file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{ann_file}: expected a JSON object with images, annotations, categories")
+    data = read_json(ann_file, dict, "a JSON object with images, annotations, categories")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{ann_file}: missing or non-list key {key!r} (COCO needs images, annotations, categories)")

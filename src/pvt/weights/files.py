@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..config import PVTConfig
 from ..checkpoint import check_file_limits, is_safetensors, read_own_format
+from ..io import read_json
 from .hf_config import hf_config_to_pvt
 from .keys import FORMATS, StateDict, detect_key_format, split_backbone, strip_wrappers, to_pvt
 
@@ -191,12 +192,7 @@ def _read_folder(folder: Path) -> Checkpoint:
             f"{folder} is not a checkpoint folder: it has no config.json and {found}; pass a file, an HF "
             "folder (config.json + model.safetensors or pytorch_model.bin) or a folder with one weight file"
         )
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_path} does not hold a JSON object")
+    cfg = read_json(cfg_path)
     weights = _weights_in(folder)
     if not weights:
         raise ValueError(
