@@ -9,22 +9,19 @@ import json
 import sys
 from pathlib import Path
 
+from .command import command
+
 _RUNTIMES = ("pvt", "timm", "hf", "onnxruntime", "openvino")
 
 
 def register(sub) -> None:
     """Add ``benchmark`` and ``export`` to the pvt parser."""
-    p = sub.add_parser(
-        "benchmark",
-        help="inference / training throughput, latency and peak memory, optionally beside timm and HF",
-        description=(
+    p = command(sub, "benchmark", _benchmark,
+            "inference / training throughput, latency and peak memory, optionally beside timm and HF",
             "Time PVT models: every (model, size, batch, dtype, mode) case runs warm-up rounds and then "
             "--repeats interleaved rounds; the table reports medians. --compare also builds timm's and HF "
             "transformers' implementations with the same (random) weights, checks their logits against ours "
-            "and prints our throughput over theirs (ours/x) from the same run."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+            "and prints our throughput over theirs (ours/x) from the same run.", show_defaults=True)
     p.add_argument("models", nargs="*", default=["pvt_v2_b0"], help="registered model names")
     p.add_argument("--batch-size", "-b", type=int, nargs="+", default=[8])
     p.add_argument("--img-size", nargs="+", default=["224"], help="N or HxW, e.g. 224 800x1333")
@@ -73,18 +70,12 @@ def register(sub) -> None:
     p.add_argument("--allocator", choices=["tuned", "default"], default=None,
                    help="tuned: glibc keeps freed memory, so calls touch no new pages (every implementation in "
                         "the run benefits); default: glibc's own settings. Unset: $PVT_ALLOCATOR, else tuned")
-    p.set_defaults(func=_benchmark)
 
-    e = sub.add_parser(
-        "export",
-        help="export a model to ONNX / TorchScript / ExportedProgram with dynamic batch, height and width",
-        description=(
+    e = command(sub, "export", _export,
+            "export a model to ONNX / TorchScript / ExportedProgram with dynamic batch, height and width",
             "Export a registered model (random weights) or a checkpoint (this library's format, or official / "
             "timm / HF weights) for deployment. The graph takes float32 NCHW 'input' of any batch size and any "
-            "height/width from the printed minimum up, and returns 'logits'."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+            "height/width from the printed minimum up, and returns 'logits'.", show_defaults=True)
     e.add_argument("source", help="registered model name or checkpoint path")
     e.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "torchscript", "exported-program"])
     e.add_argument("--out", type=Path, help="output file (default: <name>.onnx / .pt / .pt2)")
@@ -97,7 +88,6 @@ def register(sub) -> None:
                         "static QDQ with --calibration; runs in ONNX Runtime and OpenVINO")
     e.add_argument("--calibration", metavar="DIR",
                    help="with --quantize int8: a folder of images (searched recursively, up to 64) for static ranges")
-    e.set_defaults(func=_export)
 
 
 def _isolated(args: argparse.Namespace) -> bool:

@@ -7,6 +7,7 @@ import argparse
 
 from ..weights.keys import FORMATS
 from ..weights.writing import EXPORT_FORMATS
+from .command import command
 
 _HOW_TO_LOAD = {
     "pvt": "pvt.create_model(name, pretrained='{dst}')",
@@ -21,10 +22,8 @@ _HOW_TO_LOAD = {
 
 def register(sub) -> None:
     """Add ``convert`` to the pvt parser."""
-    p = sub.add_parser(
-        "convert",
-        help="convert weights between this library, official, timm, HF transformers and OpenMMLab layouts",
-        description=(
+    p = command(sub, "convert", run,
+            "convert weights between this library, official, timm, HF transformers and OpenMMLab layouts",
             "Read a checkpoint in any supported layout and write it in the layout --to names (default: this "
             "library's own format, one .safetensors file whose metadata holds the model config). Accepted SRC: "
             + "; ".join(FORMATS.values())
@@ -32,9 +31,7 @@ def register(sub) -> None:
             "hf-hub:<repo id>; a detection or segmentation checkpoint gives its backbone. Nothing from SRC is "
             "executed (torch.load weights_only=True). Formats written: "
             + "; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items())
-            + "."
-        ),
-    )
+            + ".")
     p.add_argument("src", metavar="SRC", help="checkpoint file, folder or hf-hub:<repo id>")
     p.add_argument("dst", metavar="DST", help="output: a .safetensors file (pvt, timm), a folder (hf, timm) or a "
                                               ".pth file (official, mmdet, mmseg)")
@@ -49,7 +46,6 @@ def register(sub) -> None:
         help="classifier size; default: the checkpoint's (another size drops its head)",
     )
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

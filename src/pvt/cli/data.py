@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .command import command
+
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
     from ..data.synthetic import make_shapes_dataset
@@ -39,7 +41,8 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add this module's sub-commands to the pvt parser."""
-    p = sub.add_parser("make-data", help="write the built-in shapes data set (COCO + ADE20K formats)")
+    p = command(sub, "make-data", _cmd_make_data,
+            "write the built-in shapes data set (COCO + ADE20K formats)")
     p.add_argument("--output", default=None, help="folder (default: $PVT_CACHE/shapes or ~/.cache/pvt/shapes)")
     p.add_argument("--num-train", type=int, default=200)
     p.add_argument("--num-val", type=int, default=50)
@@ -47,12 +50,12 @@ def register(sub) -> None:
     p.add_argument("--max-objects", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a folder made with other parameters")
-    p.set_defaults(func=_cmd_make_data)
 
-    p = sub.add_parser("make-shards", help="write an ImageFolder tree (train/, val/) as WebDataset tar shards",
-                       description="Write FOLDER/<split>/<class>/<image> as OUT/<split>-NNNNNN.tar shards (class "
-                                   "index, the original image bytes, its path) and OUT/index.json (classes, counts). "
-                                   "pvt train / pvt eval --data OUT read them.")
+    p = command(sub, "make-shards", _cmd_make_shards,
+            "write an ImageFolder tree (train/, val/) as WebDataset tar shards",
+            "Write FOLDER/<split>/<class>/<image> as OUT/<split>-NNNNNN.tar shards (class "
+            "index, the original image bytes, its path) and OUT/index.json (classes, counts). "
+            "pvt train / pvt eval --data OUT read them.")
     p.add_argument("folder", metavar="FOLDER", help="an ImageFolder tree with train/ and val/")
     p.add_argument("out", metavar="OUT", help="output folder (must not hold shards already)")
     p.add_argument("--shard-size", type=int, default=1000,
@@ -62,4 +65,3 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of that shuffle")
     p.add_argument("--splits", default="train,val", help="split folders to write, the first giving the classes "
                                                           "(default train,val)")
-    p.set_defaults(func=_cmd_make_shards)

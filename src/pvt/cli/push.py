@@ -7,20 +7,18 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from .command import command
+
 
 def register(sub) -> None:
     """Add ``push`` to the pvt parser."""
-    p = sub.add_parser(
-        "push",
-        help="upload a trained model to the HF hub (transformers or timm layout) with a model card",
-        description=(
+    p = command(sub, "push", run,
+            "upload a trained model to the HF hub (transformers or timm layout) with a model card",
             "Write the weights of RUN_OR_FILE (a pvt train run folder: its best, else last, checkpoint, with its "
             "metrics.jsonl and config.yaml; or any checkpoint file pvt reads) in HF transformers' or timm's layout, "
             "with a README.md model card (variant, paper, training config, metrics, how to load it in pvt, timm "
             "and transformers), and upload the folder to OWNER/NAME with huggingface_hub (log in with "
-            "`hf auth login` or pass --token). --dry-run writes the folder and uploads nothing."
-        ),
-    )
+            "`hf auth login` or pass --token). --dry-run writes the folder and uploads nothing.")
     p.add_argument("source", metavar="RUN_OR_FILE", help="a run folder of pvt train, or a checkpoint file")
     p.add_argument("--repo-id", required=True, metavar="OWNER/NAME", help="the hub model repository (created if absent)")
     p.add_argument("--to", choices=("hf", "timm"), default="hf", help="layout of the weights (default: hf)")
@@ -31,7 +29,6 @@ def register(sub) -> None:
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--token", help="HF access token (default: the one `hf auth login` stored)")
     p.add_argument("--force", action="store_true", help="replace the --out folder if it is not empty")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

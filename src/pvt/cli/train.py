@@ -11,6 +11,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .command import command
+
 __all__ = ["register"]
 
 
@@ -154,9 +156,10 @@ def _precision_flags(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     """Add ``train``, ``eval``, ``predict`` and ``demo`` to the pvt parser."""
-    p = sub.add_parser("train", help="train a classifier (or --task NAME) on a folder or the built-in digits",
-                       description="Train with the paper's recipe; every config value is a flag. Under "
-                                   "`torchrun --nproc_per_node N` the same command trains with DDP.")
+    p = command(sub, "train", _cmd_train,
+            "train a classifier (or --task NAME) on a folder or the built-in digits",
+            "Train with the paper's recipe; every config value is a flag. Under "
+            "`torchrun --nproc_per_node N` the same command trains with DDP.")
     p.add_argument("--config", metavar="YAML", help="a YAML file of config values (flags override it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished epoch "
                                                        "(only epochs, workers, threads, device, data-dir may change)")
@@ -166,9 +169,9 @@ def register(sub) -> None:
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="task-specific option (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     _config_flags(p)
-    p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="score a model trained by pvt train: top-1/top-5, box/mask mAP or mIoU")
+    p = command(sub, "eval", _cmd_eval,
+            "score a model trained by pvt train: top-1/top-5, box/mask mAP or mIoU")
     p.add_argument("--checkpoint", required=True, help="a .safetensors written by pvt train, or its run folder")
     p.add_argument("--data", help="data folder (default: the data it was trained on); classification also takes "
                                   "a folder of <split>/<class>/ or <class>/ images")
@@ -179,10 +182,10 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _precision_flags(p)
-    p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("predict", help="predict images with a model trained by pvt train: top-k classes, or drawn "
-                                       "boxes / masks / class maps")
+    p = command(sub, "predict", _cmd_predict,
+            "predict images with a model trained by pvt train: top-k classes, or drawn "
+            "boxes / masks / class maps")
     p.add_argument("--checkpoint", required=True, help="a .safetensors written by pvt train, or its run folder")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
@@ -192,9 +195,9 @@ def register(sub) -> None:
     p.add_argument("--score-thresh", type=float, default=0.3, help="detection: drop detections below this")
     p.add_argument("--json-out", help="also write the JSON records to this file")
     _precision_flags(p)
-    p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("demo", help="train PVTv2-B0 on the built-in digits, evaluate, predict (a few minutes)")
+    p = command(sub, "demo", _cmd_demo,
+            "train PVTv2-B0 on the built-in digits, evaluate, predict (a few minutes)")
     p.add_argument("--output", default="runs", help="parent folder of the run folder (default: runs)")
     p.add_argument("--name", help="run folder name")
     p.add_argument("--epochs", help="override the demo's epochs")
@@ -202,7 +205,6 @@ def register(sub) -> None:
     p.add_argument("--device", help="device (default auto)")
     p.add_argument("--data-dir", help="cache folder for the digits (default ~/.cache/pvt)")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_demo)
 
 
 if __name__ == "__main__":  # pragma: no cover
