@@ -744,7 +744,7 @@ def test_bad_folders(tmp_path, b0):
     cases = {
         empty: f"{empty} is not a checkpoint folder: it has no config.json and no weight file",
         two: f"{two} is not a checkpoint folder: it has no config.json and a.pth, b.pth",
-        badjson: f"{badjson / 'config.json'} is not valid JSON",
+        badjson: f"{badjson / 'config.json'}: not valid JSON",
         noweights: f"{noweights} has a config.json but no model.safetensors or pytorch_model.bin (found: config.json)",
         other: f"{other / 'config.json'}: model_type 'bert' is not a PVT model; accepted: 'pvt_v2', 'pvt'",
     }
