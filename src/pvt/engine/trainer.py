@@ -32,7 +32,6 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,25 +42,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, SequentialSampler
 
-from ..checkpoint import read_metadata, read_own_format, save_model
+from ..checkpoint import read_own_format, save_model
 from ..io import TMP_SUFFIX, atomic_write, remove_temporaries
-from .config import TrainConfig
+from .config import TrainConfig, load_yaml
 from .curves import plot_curves
+from .divergence import TrainingDiverged, finite_batch, non_finite
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
 from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
+from .run_folder import RESUME_MAY_CHANGE, read_records, resume_config, saved_epoch
 from .signals import Interrupted, StopSignals, stop_signals
 from .state import load_state, missing_keys, rng_state, save_state, set_rng_state
 from .task import Task
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "RESUME_MAY_CHANGE", "param_groups", "amp_dtype"]
 
-RESUME_MAY_CHANGE = ("epochs", "workers", "threads", "device", "data_dir")
-"""The config values a resumed run may change (``epochs`` only upwards); config.yaml records each change.
-Everything else is the run's recipe: a resume continues it or refuses."""
 
 
-class TrainingDiverged(FloatingPointError):
-    """The loss or the weights became non-finite; nothing of that epoch was saved."""
 
 log = logging.getLogger("pvt.train")
 
@@ -163,42 +159,7 @@ class Trainer:
         self.amp = amp_dtype(cfg.amp, self.device)
 
     # ------------------------------------------------------------------ setup
-    @staticmethod
-    def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """The config of the run in ``run_dir``: its ``config.yaml``, with ``overrides`` of the values in
-        :data:`RESUME_MAY_CHANGE` applied. Any other value that differs from the run's own is refused: a
-        resumed run continues its recipe, and config.yaml never records a value the run did not use."""
-        run_dir, overrides = Path(run_dir), dict(overrides or {})
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
-        if not (run_dir / "config.yaml").is_file():
-            raise ValueError(f"{str(run_dir)!r} is not a resumable run folder (it has no config.yaml)")
-        from .config import load_yaml
-
-        saved = load_yaml(run_dir / "config.yaml")
-        saved["output"], saved["name"] = str(run_dir.parent), run_dir.name
-        try:
-            old = TrainConfig.from_dict(saved)
-        except ValueError as e:
-            raise ValueError(f"{str(run_dir / 'config.yaml')!r} is not a valid run config: {e}") from None
-        new = TrainConfig.from_dict({**saved, **overrides})
-        if "output" in overrides and Path(str(overrides["output"])).expanduser().resolve() == run_dir.parent.resolve():
-            new.output = old.output  # the same folder, spelt another way
-        changed = [k for k in TrainConfig.field_names() if getattr(new, k) != getattr(old, k)]
-        refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
-        if refused:
-            what = ", ".join(f"{k}={getattr(new, k)!r} (the run uses {getattr(old, k)!r})" for k in refused)
-            raise ValueError(
-                f"cannot resume {str(run_dir)!r} with {what}: a resumed run continues its own recipe; only "
-                f"{', '.join(RESUME_MAY_CHANGE)} may change (epochs only upwards). To change the rest, start a new "
-                f"run from its config: pvt train --config {run_dir / 'config.yaml'} --name NEW_NAME ..."
-            )
-        if new.epochs < old.epochs:
-            raise ValueError(
-                f"cannot resume {str(run_dir)!r} with epochs={new.epochs}: the run was set up for {old.epochs} "
-                "epochs (its schedule depends on it); epochs may only be extended"
-            )
-        return new
+    resume_config = staticmethod(resume_config)
 
     def _new_run_dir(self) -> Path:
         cfg = self.cfg
@@ -309,7 +270,7 @@ class Trainer:
                 raise ValueError(f"--fresh-optimizer is for a run whose state.pt is unreadable; {str(run_dir)!r} has "
                                  f"{'an intact one' if state.exists() else 'finished no epoch'}: resume it without it")
             return
-        epoch = _saved_epoch(last)
+        epoch = saved_epoch(last)
         if epoch is None:
             raise ValueError(f"cannot resume {str(run_dir)!r}: {problem}; and it has no intact last.safetensors "
                              "recording its epoch to continue from: start a new run")
@@ -478,7 +439,7 @@ class Trainer:
                 f"{where}: its saved model does not fit the one built from the current config and data (did the "
                 f"classes change?): {str(e).strip().splitlines()[-1].strip()}"
             ) from None
-        bad = _non_finite(run.model)
+        bad = non_finite(run.model)
         if bad:
             raise ValueError(f"{where}: state.pt holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): it "
                              "was saved from a diverged run")
@@ -496,7 +457,7 @@ class Trainer:
                              f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'})") from None
         if isinstance(run.scheduler, CosineLRScheduler):
             run.scheduler.t_initial = max(1, self.cfg.epochs * run.steps - run.scheduler.warmup_t)
-        run.records = self._read_records(self.run_dir, run.start_epoch)
+        run.records = read_records(self.run_dir, run.start_epoch)
 
     def _restore_weights(self, run: "_Run", path: Path) -> None:
         """``--fresh-optimizer``: continue after the epoch ``path`` records, from its weights, with a fresh
@@ -505,7 +466,7 @@ class Trainer:
         from timm.scheduler import CosineLRScheduler
 
         own = read_own_format(path)
-        epoch = _saved_epoch(path)
+        epoch = saved_epoch(path)
         if own is None or epoch is None:
             raise ValueError(f"cannot resume {str(self.run_dir)!r} from {path}: not a pvt train checkpoint recording "
                              "its epoch")
@@ -514,7 +475,7 @@ class Trainer:
         except RuntimeError as e:
             raise ValueError(f"cannot resume {str(self.run_dir)!r} from {path}: its weights do not fit the model built "
                              f"from the config: {str(e).strip().splitlines()[-1].strip()}") from None
-        bad = _non_finite(run.model)
+        bad = non_finite(run.model)
         if bad:
             raise ValueError(f"cannot resume {str(self.run_dir)!r} from {path}: it holds non-finite weights "
                              f"({len(bad)} tensors, e.g. {bad[0]})")
@@ -524,7 +485,7 @@ class Trainer:
         if isinstance(run.scheduler, CosineLRScheduler):
             run.scheduler.t_initial = max(1, self.cfg.epochs * run.steps - run.scheduler.warmup_t)
         run.scheduler.step_update(run.updates)
-        run.records = self._read_records(self.run_dir, epoch)
+        run.records = read_records(self.run_dir, epoch)
         best = self._best_record(run.records)
         run.best = float(best[f"val_{self.task.best_metric}"]) if best else -math.inf
         _seed(self.cfg.seed + self.dist.rank + 1_000 * epoch)
@@ -539,10 +500,10 @@ class Trainer:
             return
         n, best_epoch = run.start_epoch, int(self._best_record(run.records).get("epoch", 0))
         last, best = self.run_dir / "last.safetensors", self.run_dir / "best.safetensors"
-        if _saved_epoch(last) != n:
+        if saved_epoch(last) != n:
             self._save_weights(run.model, last, n)
             log.info("rewrote %s with the weights of epoch %d (a kill had left it behind)", last, n)
-        have = _saved_epoch(best)
+        have = saved_epoch(best)
         if best_epoch and have != best_epoch:
             if best_epoch == n:
                 self._save_weights(run.model, best, n)
@@ -559,8 +520,6 @@ class Trainer:
         path = self.run_dir / "config.yaml"
         header: list[str] = []
         if self.resume_dir is not None and path.is_file():
-            from .config import load_yaml
-
             header = [line for line in path.read_text().splitlines() if line.startswith("#")]
             try:
                 old = TrainConfig.from_dict(load_yaml(path)).to_dict()
@@ -620,7 +579,7 @@ class Trainer:
         t0 = time.perf_counter()
         train_loss, images = self._train_epoch(run, epoch)
         train_time = time.perf_counter() - t0
-        bad = _non_finite(run.model) + (_non_finite(run.ema.module, "ema.") if run.ema is not None else [])
+        bad = non_finite(run.model) + (non_finite(run.ema.module, "ema.") if run.ema is not None else [])
         if bad:
             what = (f"{len(bad)} weight tensors became non-finite (e.g. {bad[0]}) although the training loss stayed "
                     f"finite ({train_loss:.4g})")
@@ -696,11 +655,11 @@ class Trainer:
     def _loss_diverged(self, run: "_Run", batch: Any, epoch: int, loss: float) -> TrainingDiverged:
         """A non-finite loss, with the advice that fits its cause: non-finite weights (the learning rate),
         non-finite numbers in the batch (the data), or an overflow (the learning rate, fp16)."""
-        bad = _non_finite(run.model)
+        bad = non_finite(run.model)
         if bad:
             return self._diverged(run, epoch, f"the loss is {loss} and {len(bad)} weight tensors are non-finite (e.g. "
                                               f"{bad[0]})", self._lr_advice(run))
-        if not _finite_batch(batch):
+        if not finite_batch(batch):
             return self._diverged(run, epoch, f"the loss is {loss} on a batch that holds non-finite numbers",
                                   "check the data: an image or an annotation (e.g. a box) holds NaN or Inf")
         return self._diverged(run, epoch, f"the loss is {loss} although the weights and the batch are finite",
@@ -783,24 +742,6 @@ class Trainer:
         except Exception as e:  # a plotting problem never stops training
             log.warning("could not draw learning curves: %s", e)
 
-    @staticmethod
-    def _read_records(run_dir: Path, upto: int) -> list[dict[str, Any]]:
-        """metrics.jsonl lines for epochs <= ``upto``; later (unsaved) lines are removed from the file."""
-        path = run_dir / "metrics.jsonl"
-        if not path.exists():
-            return []
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if r.get("epoch", 0) <= upto:
-                keep.append(r)
-        with atomic_write(path, "w") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in keep))
-        return keep
-
     def _best_record(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """The first epoch with the highest finite ``val_<best_metric>`` (the one best.safetensors holds)."""
         key = f"val_{self.task.best_metric}"
@@ -823,33 +764,3 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
-
-
-def _saved_epoch(path: Path) -> int | None:
-    """The epoch a weights file written by the trainer ends (None: no such file, or it records none)."""
-    try:
-        meta = read_metadata(path) if path.is_file() else None
-    except ValueError:  # unreadable: as good as none
-        meta = None
-    epoch = meta.get("epoch") if meta else None
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-
-
-def _non_finite(model: nn.Module, prefix: str = "") -> list[str]:
-    """Names of ``model``'s floating-point tensors holding NaN or Inf (one device sync for all)."""
-    items = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
-    if not items:
-        return []
-    ok = torch.stack([t.isfinite().all() for _, t in items]).cpu().tolist()
-    return [prefix + n for (n, _), good in zip(items, ok) if not good]
-
-
-def _finite_batch(batch: Any) -> bool:
-    """Whether every floating-point tensor in a (nested) batch is finite."""
-    if isinstance(batch, torch.Tensor):
-        return not batch.is_floating_point() or bool(batch.isfinite().all())
-    if isinstance(batch, Mapping):
-        return all(_finite_batch(v) for v in batch.values())
-    if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
-        return all(_finite_batch(v) for v in batch)
-    return True
