@@ -61,3 +61,29 @@ def test_cli_benchmark_onnxruntime_compare(tmp_path, capsys):
     assert main(["benchmark", "pvt_v2_b0", "--backend", "onnxruntime", "--onnx", str(path), "--compare", *_TINY]) == 0
     table = capsys.readouterr().out.splitlines()
     assert [line.split()[2] for line in table[3:]] == ["pvt", "onnxruntime"]
+
+
+def test_cli_benchmark_times_dense_models_at_the_given_size(tmp_path, capsys):
+    # every row names the size it ran at, and the detector's transform keeps that size (no resize to its
+    # 800 px training scale)
+    out = tmp_path / "dense.json"
+    argv = ["benchmark", "retinanet_pvt_v2_b0", "maskrcnn_pvt_v2_b0", "semfpn_pvt_v2_b0", "-b", "1",
+            "--img-size", "64x96", "256", "--repeats", "1", "--warmup", "0", "--no-memory", "--json", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["height"], r["width"]) for r in rows] == [
+        (m, h, w) for m in ("retinanet_pvt_v2_b0", "mask_rcnn_pvt_v2_b0", "semfpn_pvt_v2_b0")
+        for h, w in ((64, 96), (256, 256))]
+    import torch
+
+    from pvt.bench import Case, build_model
+
+    for name in ("retinanet_pvt_v2_b0", "atss_pvt_v2_b0"):
+        detector = build_model(Case(name, 1, (64, 96))).eval()
+        batch, _ = detector.transform([torch.rand(3, 64, 96)])
+        assert batch.image_sizes == [(64, 96)], name
+    capsys.readouterr()
+    assert main(["benchmark", "retinanet_pvt_v2_b0", "--compare"]) == 2
+    assert "dense models are timed for PyTorch inference of ours alone" in capsys.readouterr().err
+    assert main(["benchmark", "retinanet_pvt_v2_b9"]) == 2
+    assert "retinanet_pvt_v2_b9" in capsys.readouterr().err

@@ -11,7 +11,9 @@ transformers' implementations holding the same weights, and beside an exported O
 ``import pvt`` does not load this package; ``pvt benchmark`` and the scripts in ``benchmarks/`` do.
 """
 
-from .cases import DTYPES, Case, Result, compare_outputs, format_results, make_step, parse_size, run_case
+from .cases import (
+    DTYPES, Case, Result, build_model, compare_outputs, format_results, is_dense, make_step, parse_size, run_case,
+)
 from .onnx import run_onnxruntime
 from .peers import IMPLS, reference_model
 from .timing import peak_memory, time_interleaved
@@ -23,6 +25,8 @@ __all__ = [
     "IMPLS",
     "reference_model",
     "make_step",
+    "build_model",
+    "is_dense",
     "time_interleaved",
     "peak_memory",
     "compare_outputs",

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..dense.zoo import DENSE_MODELS, create_dense_model
 from ..model import PyramidVisionTransformer
 from ..registry import create_model
 from .peers import num_classes, reference_model
@@ -31,6 +32,8 @@ __all__ = [
     "Case",
     "Result",
     "parse_size",
+    "is_dense",
+    "build_model",
     "make_step",
     "compare_outputs",
     "run_case",
@@ -118,6 +121,24 @@ def parse_size(text: str) -> tuple[int, int]:
     return (sizes[0], sizes[-1])
 
 
+def is_dense(name: str) -> bool:
+    """Whether ``name`` is a dense-prediction model of :mod:`pvt.dense` (timed as a whole: backbone, neck,
+    head and the detectors' post-processing)."""
+    return name in DENSE_MODELS
+
+
+def build_model(case: Case) -> nn.Module:
+    """The model ``case`` times, with random weights: a classifier, or a dense model whose detector
+    transform keeps the case's size (no resize to the 800 px training scale)."""
+    if not is_dense(case.model):
+        return create_model(case.model)
+    model = create_dense_model(case.model)
+    transform = getattr(model, "transform", None)
+    if transform is not None and hasattr(transform, "min_size"):
+        transform.min_size, transform.max_size = (min(case.size),), max(case.size)
+    return model
+
+
 # ------------------------------------------------------------------------------- steps
 def _autocast(case: Case):
     if case.dtype == "float32":
@@ -134,6 +155,15 @@ def make_step(model: nn.Module, case: Case, seed: int = 0) -> Callable[[], Any]:
     x = torch.randn(case.batch_size, 3, *case.size, generator=g).to(case.device)
     if case.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    if case.mode == "infer" and getattr(model, "task", None) in ("detection", "instance"):
+        model.eval()
+        images = list(torch.rand(case.batch_size, 3, *case.size, generator=g).to(case.device))  # [0, 1] pixels
+
+        def detect() -> Any:
+            with torch.inference_mode(), _autocast(case):
+                return model(images)
+
+        return detect
     if case.mode == "infer":
         model.eval()
 
@@ -197,7 +227,10 @@ def run_case(
     ``first_call_s``), so compiled ours is compared with compiled timm. Implementations that cannot be
     built (library missing, variant unsupported) are skipped with a message through ``log``."""
     say = log or (lambda s: None)
-    ours = model if model is not None else create_model(case.model)
+    if is_dense(case.model) and (case.mode != "infer" or impls != ("pvt",) or compile):
+        raise ValueError(f"{case.model}: dense models are timed for inference of ours alone (no --mode train, "
+                         "--compare or --compile)")
+    ours = model if model is not None else build_model(case)
     ours = ours.to(case.device)
     if case.channels_last:
         ours = ours.to(memory_format=torch.channels_last)
@@ -269,8 +302,9 @@ def _ours_for(impl: str) -> str:
 def format_results(results: list[Result]) -> str:
     """A plain-text table; ``ours/x`` is our throughput over implementation ``x``'s in the same case
     (compiled rows over our compiled row)."""
+    w = max([14] + [len(r.model) for r in results])
     header = (
-        f"{'model':<14} {'mode':<5} {'impl':<12} {'dtype':<8} {'batch':>5} {'size':>9} "
+        f"{'model':<{w}} {'mode':<5} {'impl':<12} {'dtype':<8} {'batch':>5} {'size':>9} "
         f"{'img/s':>8} {'ms/batch':>9} {'iqr ms':>7} {'peak MB':>8} {'faults':>7} "
         f"{'max|diff|':>9} {'cosine':>8} {'ours/x':>6}"
     )
@@ -282,7 +316,7 @@ def format_results(results: list[Result]) -> str:
         ours = _ours_for(r.impl)
         ratio = rates.get((ours, *key), float("nan")) / r.img_per_s if r.impl != ours else None
         lines.append(
-            f"{r.model:<14} {r.mode:<5} {r.impl:<12} {r.dtype:<8} {r.batch_size:>5} {f'{r.height}x{r.width}':>9} "
+            f"{r.model:<{w}} {r.mode:<5} {r.impl:<12} {r.dtype:<8} {r.batch_size:>5} {f'{r.height}x{r.width}':>9} "
             f"{r.img_per_s:>8.2f} {r.latency_ms:>9.1f} {r.latency_iqr_ms:>7.1f} {_fmt(r.peak_mem_mb, '8.0f'):>8} "
             f"{_fmt(r.page_faults, '7.0f'):>7} "
             f"{_fmt(r.max_abs_diff, '9.2e'):>9} {_fmt(r.cosine, '8.6f'):>8} {_fmt(ratio, '6.2f'):>6}"

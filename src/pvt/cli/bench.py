@@ -104,7 +104,8 @@ def _isolated(args: argparse.Namespace) -> bool:
 def _benchmark(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import Case, format_results, parse_size, run_case, run_onnxruntime
+    from ..bench import Case, format_results, is_dense, parse_size, run_case, run_onnxruntime
+    from ..dense.zoo import get_dense_spec
     from ..engine.distributed import resolve_device
     from ..registry import create_model
     from ..variants import get_variant
@@ -115,8 +116,13 @@ def _benchmark(args: argparse.Namespace) -> int:
     threads = args.threads or []
     if any(t < 1 for t in threads):
         raise ValueError(f"--threads must be >= 1, got {' '.join(map(str, threads))}")
-    for name in args.models:
-        get_variant(name)  # unknown names fail here, with close matches, before anything runs
+    # unknown names fail here, with close matches, before anything runs
+    args.models = [get_dense_spec(n).name if "_pvt_" in n else get_variant(n).name for n in args.models]
+    dense = [n for n in args.models if is_dense(n)]
+    if dense and (args.compare or args.mode != ["infer"] or args.compile or args.backend != "torch"
+                  or args.precision or args.runtimes):
+        raise ValueError(f"{', '.join(dense)}: dense models are timed for PyTorch inference of ours alone "
+                         "(no --compare, --mode train, --compile, --backend, --precision or --runtimes)")
     if min(args.batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     sizes = [parse_size(s) for s in args.img_size]
@@ -128,7 +134,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         require_onnx("onnxruntime")
     if args.onnx is not None and not args.onnx.is_file():
         raise FileNotFoundError(f"ONNX file {args.onnx} does not exist")
-    if _isolated(args):
+    if _isolated(args) and not dense:
         return _benchmark_runtimes(args, sizes)
     if len(threads) > 1:
         raise ValueError("several --threads values need the runtime runners (e.g. --precision float32)")
