@@ -32,7 +32,8 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from .assigners import box_centers
 from .backbone import PVTWithFPN
 from .losses import centerness_target
-from .one_stage import OneStageDetector, OneStageHead, build_on_pvt, reduce_mean
+from .backbone import build_on_pvt
+from .one_stage import ONE_STAGE_NECK, OneStageDetector, OneStageHead, reduce_mean
 
 __all__ = ["ATSS", "atss"]
 
@@ -90,4 +91,4 @@ def atss(backbone: str, num_classes: int = 80, pretrained: str | Path | None = N
     ``pretrained``: a checkpoint for the backbone (any the family loads; heads dropped). Other keyword
     arguments (``min_size``, ``max_size``, ``anchor_size``, ``score_thresh``, ``detections_per_img``, ...)
     go to :class:`~pvt.dense.one_stage.OneStageDetector`."""
-    return build_on_pvt(ATSS, backbone, num_classes, pretrained, drop_path_rate, **kwargs)
+    return build_on_pvt(ATSS, backbone, num_classes, pretrained, drop_path_rate, **ONE_STAGE_NECK, **kwargs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +22,12 @@ __all__ = [
     "P6P7FromC5",
     "P6P7FromP5",
     "build_backbone",
+    "build_on_pvt",
     "xavier_init_",
 ]
 
 LEVEL_NAMES = ("c2", "c3", "c4", "c5")
+D = TypeVar("D", bound=nn.Module)
 
 
 def xavier_init_(module: nn.Module) -> None:
@@ -56,6 +58,20 @@ def build_backbone(
     return create_model(
         name, num_classes=0, pretrained=pretrained, drop_path_rate=drop_path_rate, **config_overrides
     )
+
+
+def build_on_pvt(detector: Callable[..., D], backbone: str, num_classes: int, pretrained: str | Path | None,
+                 drop_path_rate: float, *, levels: Sequence[int], extra: str | None, background: bool = False,
+                 **kwargs: Any) -> D:
+    """``detector(PVTWithFPN(<backbone>, levels, extra), num_classes, **kwargs)``: a detector on the named PVT
+    (``pretrained``: any checkpoint :func:`build_backbone` loads), recording ``backbone_name`` and
+    ``num_classes`` (object classes; ``background=True`` passes one more, for torchvision's two-stage
+    detectors that count the background as class 0)."""
+    neck = PVTWithFPN(build_backbone(backbone, pretrained, drop_path_rate), levels=levels, extra=extra)
+    model = detector(neck, num_classes + 1 if background else num_classes, **kwargs)
+    model.backbone_name = backbone
+    model.num_classes = num_classes
+    return model
 
 
 class PVTBackbone(nn.Module):

@@ -32,7 +32,8 @@ from .assigners import box_centers
 from .backbone import PVTWithFPN
 from .losses import (box_to_distances, distances_to_box, distribution_expectation, distribution_focal_loss,
                      paired_iou, quality_focal_loss)
-from .one_stage import OneStageDetector, OneStageHead, build_on_pvt, reduce_mean
+from .backbone import build_on_pvt
+from .one_stage import ONE_STAGE_NECK, OneStageDetector, OneStageHead, reduce_mean
 
 __all__ = ["GFL", "gfl"]
 
@@ -95,4 +96,5 @@ def gfl(backbone: str, num_classes: int = 80, pretrained: str | Path | None = No
 
     Other arguments as :func:`pvt.dense.atss.atss`; ``anchor_size`` only moves the assignment here (GFL
     regresses distances from anchor centres)."""
-    return build_on_pvt(GFL, backbone, num_classes, pretrained, drop_path_rate, reg_max=reg_max, **kwargs)
+    return build_on_pvt(GFL, backbone, num_classes, pretrained, drop_path_rate, **ONE_STAGE_NECK, reg_max=reg_max,
+                        **kwargs)

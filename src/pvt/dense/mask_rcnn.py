@@ -8,13 +8,14 @@ is added and removed inside.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 from torchvision.models.detection import MaskRCNN
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .anchors import DEFAULT_ANCHOR_SIZE, rpn_anchors
-from .backbone import PVTWithFPN, build_backbone
+from .backbone import build_on_pvt
 
 __all__ = ["PVTMaskRCNN", "mask_rcnn"]
 
@@ -44,35 +45,13 @@ class PVTMaskRCNN(MaskRCNN):
         return self.rpn.head(feats)
 
 
-def mask_rcnn(
-    backbone: str,
-    num_classes: int = 80,
-    pretrained: str | Path | None = None,
-    min_size: int = 800,
-    max_size: int = 1333,
-    drop_path_rate: float = 0.1,
-    box_score_thresh: float = 0.05,
-    box_detections_per_img: int = 100,
-    anchor_size: int = DEFAULT_ANCHOR_SIZE,
-) -> PVTMaskRCNN:
+def mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | Path | None = None, drop_path_rate: float = 0.1,
+              anchor_size: int = DEFAULT_ANCHOR_SIZE, **kwargs: Any) -> PVTMaskRCNN:
     """Mask R-CNN with a ``backbone`` PVT and ``num_classes`` object classes (background not counted).
 
     ``anchor_size``: the RPN's smallest anchor in pixels (P2; 32 as torchvision and mmdet, doubling
-    up to 512); it changes no parameter."""
-    anchors = rpn_anchors(anchor_size)
-    body = build_backbone(backbone, pretrained, drop_path_rate)
-    neck = PVTWithFPN(body, levels=(0, 1, 2, 3), extra="pool")
-    model = PVTMaskRCNN(
-        neck,
-        num_classes + 1,
-        min_size=min_size,
-        max_size=max_size,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-        box_score_thresh=box_score_thresh,
-        box_detections_per_img=box_detections_per_img,
-        rpn_anchor_generator=anchors,
-    )
-    model.backbone_name = backbone
-    model.num_classes = num_classes
-    return model
+    up to 512); it changes no parameter. Other keyword arguments go to torchvision's ``MaskRCNN``
+    (``min_size`` 800, ``max_size`` 1333, ``box_score_thresh`` 0.05, ``box_detections_per_img`` 100, ...)."""
+    return build_on_pvt(PVTMaskRCNN, backbone, num_classes, pretrained, drop_path_rate, levels=(0, 1, 2, 3),
+                        extra="pool", background=True, rpn_anchor_generator=rpn_anchors(anchor_size),
+                        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), **kwargs)

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,10 +40,14 @@ from torchvision.ops import batched_nms, clip_boxes_to_image
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .anchors import level_anchor_sizes
 from .assigners import atss_assign
-from .backbone import PVTWithFPN, build_backbone
+from .backbone import PVTWithFPN
 
-__all__ = ["ONE_ANCHOR_SIZE", "STRIDES", "Scale", "OneStageHead", "OneStageDetector", "build_on_pvt", "grid_anchors",
+__all__ = ["ONE_ANCHOR_SIZE", "ONE_STAGE_NECK", "STRIDES", "Scale", "OneStageHead", "OneStageDetector", "grid_anchors",
            "reduce_mean"]
+
+ONE_STAGE_NECK = {"levels": (1, 2, 3), "extra": "p6p7_p5"}
+"""The neck ATSS and GFL share (:func:`~pvt.dense.backbone.build_on_pvt`): C3..C5 -> 256, P6 and P7 from the
+P5 output."""
 
 #: the smallest anchor of ATSS and GFL: octave scale 8 x stride 8 (P3), doubling per level up to P7.
 ONE_ANCHOR_SIZE = 64
@@ -292,20 +295,6 @@ class OneStageDetector(nn.Module):
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results
-
-
-D = TypeVar("D", bound="OneStageDetector")
-
-
-def build_on_pvt(detector: type[D], backbone: str, num_classes: int, pretrained: str | Path | None,
-                 drop_path_rate: float, **kwargs: Any) -> D:
-    """``detector(PVTWithFPN(<backbone> C3..C5 -> 256, P6/P7 from P5), num_classes, **kwargs)``: the neck both
-    detectors share, on the named PVT (``pretrained``: any checkpoint :func:`~pvt.dense.backbone.build_backbone`
-    loads)."""
-    body = build_backbone(backbone, pretrained, drop_path_rate)
-    model = detector(PVTWithFPN(body, levels=(1, 2, 3), extra="p6p7_p5"), num_classes, **kwargs)
-    model.backbone_name = backbone
-    return model
 
 
 def _check_targets(images: list[Tensor], targets: list[dict[str, Tensor]], num_classes: int) -> None:

@@ -10,13 +10,14 @@ longer at most ``max_size``), normalises with ImageNet statistics and pads to mu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 from torchvision.models.detection import RetinaNet
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .anchors import DEFAULT_ANCHOR_SIZE, retinanet_anchors
-from .backbone import PVTWithFPN, build_backbone
+from .backbone import build_on_pvt
 
 __all__ = ["PVTRetinaNet", "retinanet"]
 
@@ -35,35 +36,14 @@ class PVTRetinaNet(RetinaNet):
         return self.head(feats)
 
 
-def retinanet(
-    backbone: str,
-    num_classes: int = 80,
-    pretrained: str | Path | None = None,
-    min_size: int = 800,
-    max_size: int = 1333,
-    drop_path_rate: float = 0.1,
-    score_thresh: float = 0.05,
-    detections_per_img: int = 100,
-    anchor_size: int = DEFAULT_ANCHOR_SIZE,
-) -> PVTRetinaNet:
+def retinanet(backbone: str, num_classes: int = 80, pretrained: str | Path | None = None, drop_path_rate: float = 0.1,
+              anchor_size: int = DEFAULT_ANCHOR_SIZE, detections_per_img: int = 100, **kwargs: Any) -> PVTRetinaNet:
     """RetinaNet with a ``backbone`` PVT (e.g. ``"pvt_v2_b0"``), ``num_classes`` object classes.
 
     ``anchor_size``: the smallest anchor in pixels (P3; the paper's 32, doubling up to 512 on P7). Small
-    objects need smaller anchors (the built-in shapes use 16); it changes no parameter."""
-    anchors = retinanet_anchors(anchor_size)
-    body = build_backbone(backbone, pretrained, drop_path_rate)
-    neck = PVTWithFPN(body, levels=(1, 2, 3), extra="p6p7")
-    model = PVTRetinaNet(
-        neck,
-        num_classes,
-        min_size=min_size,
-        max_size=max_size,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-        anchor_generator=anchors,
-        score_thresh=score_thresh,
-        detections_per_img=detections_per_img,
-    )
-    model.backbone_name = backbone
-    model.num_classes = num_classes
-    return model
+    objects need smaller anchors (the built-in shapes use 16); it changes no parameter.
+    ``detections_per_img``: mmdet's 100 (torchvision's default is 300). Other keyword arguments go to
+    torchvision's ``RetinaNet`` (``min_size`` 800, ``max_size`` 1333, ``score_thresh`` 0.05, ...)."""
+    return build_on_pvt(PVTRetinaNet, backbone, num_classes, pretrained, drop_path_rate, levels=(1, 2, 3),
+                        extra="p6p7", anchor_generator=retinanet_anchors(anchor_size), image_mean=list(IMAGENET_MEAN),
+                        image_std=list(IMAGENET_STD), detections_per_img=detections_per_img, **kwargs)
