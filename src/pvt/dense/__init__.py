@@ -3,8 +3,8 @@
 * :mod:`.backbone`: the PVT stage maps as an ordered dict, the FPN necks, P6/P7 levels.
 * :mod:`.retinanet`, :mod:`.mask_rcnn`: torchvision's detectors over a PVT + FPN; :mod:`.anchors`.
 * :mod:`.cascade_mask_rcnn`: Cascade Mask R-CNN (Table 4) from torchvision's parts and our cascade of box and
-  mask heads;
-  :mod:`.inputs`: checks of a detector's input images.
+  mask heads; :mod:`.sparse_rcnn`: Sparse R-CNN (Table 4), learned proposals refined by six dynamic
+  stages; :mod:`.inputs`: checks of a detector's input images.
 * :mod:`.semantic_fpn`: Semantic FPN for segmentation.
 * :mod:`.zoo`: every (head, backbone) pair as a named model; :mod:`.paper`: the paper's figures for them.
 
