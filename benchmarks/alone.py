@@ -1,9 +1,9 @@
 """Each implementation alone in a fresh process, under glibc's default allocator and under
-``pvt.runtime.tune_cpu_allocator()``: what a user's own inference process sees.
+``pvt.accel.runtime.tune_cpu_allocator()``: what a user's own inference process sees.
 
     python benchmarks/alone.py --models pvt_v2_b0 --threads 2 --repeats 15 --rounds 2
 
-``pvt benchmark --compare`` times every implementation in one process, where one model's heap is the
+``pvt benchmark --compare --in-process`` times every implementation in one process, where one model's heap is the
 next one's; here nothing is shared. Prints img/s and page faults per call (median over ``--repeats``
 calls after 2 warm-up calls) for every (round, allocator, implementation).
 """
@@ -16,7 +16,7 @@ import sys
 
 _CHILD = r"""
 import sys, statistics, time
-from pvt.runtime import configure_allocator, page_faults
+from pvt.accel.runtime import configure_allocator, page_faults
 mode = configure_allocator(sys.argv[1])
 import torch, pvt
 impl, name, bs, size, threads, repeats = sys.argv[2], sys.argv[3], *map(int, sys.argv[4:8])

@@ -16,8 +16,8 @@ $PY -c "import torch, timm, transformers; print('torch', torch.__version__, 'tim
 for s in $steps; do
   echo "=== $s"
   case $s in
-    quicktests) timeout 150 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -o addopts= -k "gpu_path or triton or bf16 or float32_matches" 2>&1 | tee "$OUT/quicktests.log" | tail -15 ;;
-    tests) timeout 300 $PY -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -o addopts= 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
+    quicktests) timeout 150 $PY -m pytest -m gpu tests/accel/test_gpu.py -q -p no:cacheprovider -o addopts= -k "gpu_path or triton or bf16 or float32_matches" 2>&1 | tee "$OUT/quicktests.log" | tail -15 ;;
+    tests) timeout 300 $PY -m pytest -m gpu tests/accel/test_gpu.py -q -p no:cacheprovider -o addopts= 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
     quickbench) timeout 100 $BENCH pvt_v2_b0 pvt_v2_b2 -b 8 64 --warmup 10 --repeats 30 --no-memory --json "$OUT/quickbench.json" 2>/dev/null | tee "$OUT/quickbench.txt" ;;
     bench) timeout 300 $BENCH pvt_v2_b0 pvt_v2_b2 pvt_v2_b2_li -b 8 64 --warmup 10 --repeats 30 --json "$OUT/bench.json" 2>"$OUT/bench.err" | tee "$OUT/bench.txt" ;;
     train) timeout 200 $BENCH pvt_v2_b0 pvt_v2_b2 --mode train -b 16 64 --warmup 5 --repeats 20 --json "$OUT/train.json" 2>"$OUT/train.err" | tee "$OUT/train.txt" ;;

@@ -16,7 +16,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pvt.benchmark import Case, reference_model
+from pvt.bench import Case, reference_model
 from pvt.registry import create_model
 
 

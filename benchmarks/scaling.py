@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pvt.benchmark import Case, parse_size, run_case
+from pvt.bench import Case, parse_size, run_case
 
 MODELS = ("pvt_v2_b2", "pvt_v2_b2_li", "pvt_v1_small")
 SIZES = ("224", "320", "448", "640", "800x1333", "1024")

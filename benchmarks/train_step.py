@@ -6,7 +6,7 @@ micro-batches, timed round-robin in one run:
 ``--micro`` is the micro-batch size that ``pvt train`` picks on CPU (``--micro-batch``, auto): the
 gradients are summed over the pieces, so the step computes the same update as the whole batch.
 Running timm's model through the same micro-batches shows how much of the gain is the loop's.
-``--allocator default`` keeps glibc's own malloc settings (``pvt.runtime``); the last column counts the
+``--allocator default`` keeps glibc's own malloc settings (``pvt.accel.runtime``); the last column counts the
 new memory pages each step touched.
 """
 
@@ -19,9 +19,9 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from pvt.benchmark import reference_model, time_interleaved
+from pvt.bench import reference_model, time_interleaved
 from pvt.registry import create_model
-from pvt.runtime import configure_allocator
+from pvt.accel.runtime import configure_allocator
 
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int):

@@ -1,5 +1,5 @@
-"""DDP: ``torchrun --nproc_per_node 2`` (gloo on CPU) trains to the same weights as one process with the
-same global batch (no randomness: no augmentation, mixup, dropout or stochastic depth). AdamW's epsilon
+"""DDP: ``torchrun --nproc_per_node 2`` (gloo on CPU) trains to the same weights and scores as one process
+with the same global batch (no randomness: no augmentation, mixup, dropout or stochastic depth). AdamW's epsilon
 is raised to 1e-6 so that parameters with near-zero gradients do not turn rounding noise into full-size
 steps (with 1e-8 the two runs differ by 2.6e-5 after 6 steps; with 1e-6 by 3.8e-7)."""
 
@@ -31,7 +31,7 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
 def test_two_gloo_processes_match_one_process(tmp_path, make_stripes):
-    data = make_stripes(tmp_path / "data", n_train=8, n_val=2)  # 24 images: 3 steps of global batch 8
+    data = make_stripes(tmp_path / "data", n_train=8, n_val=3)  # 24 images: 3 steps of global batch 8; 9 to score
     out = tmp_path / "runs"
     common = ["-m", "pvt", "train", "--data", str(data), "--output", str(out), *DETERMINISTIC]
     one = subprocess.run([sys.executable, *common, "--name", "one", "--batch-size", "8"],
@@ -48,6 +48,9 @@ def test_two_gloo_processes_match_one_process(tmp_path, make_stripes):
     m2 = [json.loads(x) for x in (out / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in m1] == pytest.approx([r["train_loss"] for r in m2], abs=1e-5)
     assert [r["val_loss"] for r in m1] == pytest.approx([r["val_loss"] for r in m2], abs=1e-5)
+    # both processes scored their slices (4 and 5 images): every image once
+    assert [r["val_images"] for r in m2] == [9.0, 9.0]
+    assert [r["val_top1"] for r in m1] == [r["val_top1"] for r in m2]
     # rank 0 alone wrote the run folder; the run did train (weights and loss changed)
     assert sorted(p.name for p in (out / "two").iterdir()) == sorted(p.name for p in (out / "one").iterdir())
     assert m1[-1]["train_loss"] != m1[0]["train_loss"]

@@ -114,6 +114,19 @@ def test_coco_polygons_and_flip(shapes, tmp_path):
         (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"annotations\[0\].*bbox must be"),
         (lambda d: d["annotations"][0]["segmentation"].update(size=[32, 32]), r"annotations\[0\].*mask size \[32, 32\]"),
         (lambda d: d["images"][0].pop("file_name"), r"images\[0\] lacks 'file_name'"),
+        # issue 14: non-finite numbers (JSON's NaN / Infinity) are refused at load, not met as a NaN loss
+        (lambda d: d["annotations"][0].update(bbox=[float("nan"), 1, 5, 5]),
+         r"annotations\[0\] \(id 1\): bbox \[nan, 1, 5, 5\] holds a non-finite number"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 1, float("inf"), 5]), r"annotations\[0\].*non-finite"),
+        (lambda d: d["annotations"][0].update(segmentation=[[1, 1, float("nan"), 2, 3, 3]]),
+         r"annotations\[0\].*polygon holds a non-finite"),
+        # ... a file_name that leaves the image folder, duplicate and non-integer ids
+        (lambda d: d["images"][0].update(file_name="../../etc/passwd"),
+         r"images\[0\] \(id 1\) has file_name '../../etc/passwd': expected a path inside the image folder"),
+        (lambda d: d["images"][0].update(file_name="/etc/passwd"), r"images\[0\].*inside the image folder"),
+        (lambda d: d["images"][1].update(id=d["images"][0]["id"]),
+         r"images\[1\] has id 1, as images\[0\] does: image ids must be unique"),
+        (lambda d: d["images"][0].update(id="1"), r"images\[0\] has id '1'; COCO image ids are integers"),
     ],
 )
 def test_coco_bad_records_name_file_and_record(shapes, tmp_path, edit, match):

@@ -82,3 +82,49 @@ def test_exported_program_dynamic(tmp_path):
     model = tiny("pvt_v1_tiny")
     path = export_model(model, "exported-program", tmp_path / "m.pt2")
     assert max(d for _, d in check_export(model, "exported-program", path)) < 1e-4
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["dynamic", "static-qdq"])
+def test_int8_onnx_runs_in_onnxruntime_and_openvino(tmp_path, calibrated):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from pvt.export import quantize_onnx
+
+    model = tiny("pvt_v2_b0")
+    src = export_model(model, "onnx", tmp_path / "m.onnx")
+    images = torch.randn(4, 3, 96, 96) if calibrated else None
+    out = quantize_onnx(src, tmp_path / "m_int8.onnx", images)
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert ({"QuantizeLinear", "DequantizeLinear"} if calibrated else {"DynamicQuantizeLinear", "MatMulInteger"}) <= ops
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    integer = sum(n.op_type in ("MatMulInteger", "DequantizeLinear") for n in onnx.load(str(out)).graph.node)
+    assert integer >= linears  # every linear layer's product is integer (attention's products stay float)
+    x = torch.randn(3, 3, 97, 131)  # other batch and size than the export example
+    with torch.no_grad():
+        ref = model(x)
+    got = run_exported("onnx", out, x)
+    assert got.shape == ref.shape
+    assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.99
+    try:
+        import openvino as ov
+    except ImportError:
+        return
+    compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got_ov = torch.from_numpy(compiled(x.numpy())[0])
+    assert torch.nn.functional.cosine_similarity(got_ov.flatten(), ref.flatten(), dim=0) > 0.99
+
+
+def test_cli_export_int8(tmp_path, capsys, make_stripes):
+    pytest.importorskip("onnxruntime")
+    data = make_stripes(tmp_path / "imgs")
+    model = tiny("pvt_v2_b0")
+    save_model(model, tmp_path / "w.safetensors", variant="pvt_v2_b0")
+    out = tmp_path / "q.onnx"
+    assert main(["export", str(tmp_path / "w.safetensors"), "--quantize", "int8", "--calibration", str(data),
+                 "--out", str(out), "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 (static QDQ, 48 calibration images)" in printed and printed.count("check ") == 2
+    assert out.is_file()
+    assert main(["export", "pvt_v2_b0", "--format", "torchscript", "--quantize", "int8"]) == 2
+    assert "ONNX" in capsys.readouterr().err

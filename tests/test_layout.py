@@ -18,10 +18,11 @@ RANKS: dict[str, int] = {
     # base: facts and helpers with no PVT knowledge
     "pvt.config": 0, "pvt.constants": 0, "pvt.naming": 0, "pvt.tracing": 0, "pvt.io": 0,
     # layers: the plain building blocks, and the kernels / process settings the accelerated paths use
-    "pvt.layers": 1, "pvt.accel.kernels": 1, "pvt.accel.runtime": 1,
+    "pvt.layers": 1, "pvt.accel.kernels": 1, "pvt.accel.runtime": 1, "pvt.accel.cache": 1,
+    "pvt.accel.capability": 1,
     # models and weights
-    "pvt.model": 2, "pvt.variants": 2, "pvt.accel": 2, "pvt.registry": 2, "pvt.weights": 2, "pvt.hub": 2,
-    "pvt.checkpoint": 2, "pvt.flops": 2, "pvt.dense": 2, "pvt.export": 2,
+    "pvt.model": 2, "pvt.features": 2, "pvt.variants": 2, "pvt.accel": 2, "pvt.registry": 2, "pvt.weights": 2,
+    "pvt.hub": 2, "pvt.checkpoint": 2, "pvt.flops": 2, "pvt.dense": 2, "pvt.export": 2,
     # tasks and engine (and the tools built on the models)
     "pvt.data": 3, "pvt.engine": 3, "pvt.tasks": 3, "pvt.reports": 3, "pvt.bench": 3,
     "pvt.api": 4,

@@ -3,7 +3,8 @@ are saved in their own formats, loaded here, and must give the same logits and t
 feature maps (max abs difference <= 1e-4 in float32).
 
 The reference models initialise biases to zero and LayerNorms to ones; those tensors (every 1-D
-or constant tensor) are perturbed first, so that a swapped or dropped tensor changes the outputs.
+or constant tensor) are perturbed first (the ``perturb`` fixture of ``conftest.py``), so that a swapped
+or dropped tensor changes the outputs.
 Run with ``-s`` to print the measured differences.
 """
 
@@ -14,6 +15,7 @@ import torch
 
 import pvt
 from pvt.weights import keys as K
+from pvt.weights import pvt_to_hf_config
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -28,17 +30,6 @@ def _params(names):
 
 V2 = _params(pvt.list_models("pvt_v2_*"))
 V1 = _params(pvt.list_models("pvt_v1_*"))
-
-
-def perturb(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Add N(0, 0.05^2) noise to every 1-D or constant parameter (biases, LayerNorms, class token);
-    the matrices are already random. Returns the module in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.ndim <= 1 or bool((p == p.flatten()[0]).all()):
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return module.eval()
 
 
 def max_diffs(ref_logits, ref_maps, model, x) -> tuple[float, float]:
@@ -57,33 +48,15 @@ def report(name, source, size, dl, df):
     assert dl <= TOL and df <= TOL, (name, source, size, dl, df)
 
 
-def hf_v2_config(name: str, **kw):
-    c = pvt.get_variant(name).config
-    return transformers.PvtV2Config(
-        hidden_sizes=list(c.embed_dims),
-        depths=list(c.depths),
-        num_attention_heads=list(c.num_heads),
-        mlp_ratios=[int(r) for r in c.mlp_ratios],
-        sr_ratios=list(c.sr_ratios),
-        linear_attention=c.linear_sra,
-        **kw,
-    )
-
-
-def hf_v1_config(name: str, **kw):
-    c = pvt.get_variant(name).config
-    return transformers.PvtConfig(
-        hidden_sizes=list(c.embed_dims),
-        depths=list(c.depths),
-        num_attention_heads=list(c.num_heads),
-        mlp_ratios=[int(r) for r in c.mlp_ratios],
-        sequence_reduction_ratios=list(c.sr_ratios),
-        **kw,
-    )
+def hf_config(name: str, **kw):
+    """transformers' ``PvtV2Config`` / ``PvtConfig`` of variant ``name`` (from ``pvt_to_hf_config``)."""
+    fields = pvt_to_hf_config(pvt.get_variant(name).config)
+    kind = fields.pop("model_type")
+    return {"pvt_v2": transformers.PvtV2Config, "pvt": transformers.PvtConfig}[kind](**fields, **kw)
 
 
 @pytest.mark.parametrize("name", V2)
-def test_v2_matches_timm(name, tmp_path):
+def test_v2_matches_timm(name, tmp_path, perturb):
     from safetensors.torch import save_file
 
     ref = perturb(timm.create_model(name, pretrained=False))
@@ -112,8 +85,8 @@ def test_v2_matches_timm(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", V2)
-def test_v2_matches_hf(name, tmp_path):
-    ref = perturb(transformers.PvtV2ForImageClassification(hf_v2_config(name, num_labels=1000)))
+def test_v2_matches_hf(name, tmp_path, perturb):
+    ref = perturb(transformers.PvtV2ForImageClassification(hf_config(name, num_labels=1000)))
     ref.save_pretrained(tmp_path / "cls")
     ref.pvt_v2.save_pretrained(tmp_path / "bare")  # PvtV2Model: no head, no "pvt_v2." prefix
     x = torch.randn(1, 3, 224, 224)
@@ -142,8 +115,8 @@ def _hf_v1_maps(out, name: str, batch: int) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", V1)
-def test_v1_matches_hf(name, tmp_path):
-    ref = perturb(transformers.PvtForImageClassification(hf_v1_config(name, num_labels=1000)))
+def test_v1_matches_hf(name, tmp_path, perturb):
+    ref = perturb(transformers.PvtForImageClassification(hf_config(name, num_labels=1000)))
     ref.save_pretrained(tmp_path / "cls")
     ref.pvt.save_pretrained(tmp_path / "bare")
     sd = K.from_hf_v1(ref.state_dict())
@@ -162,10 +135,10 @@ def test_v1_matches_hf(name, tmp_path):
     report(name, "official.pth (v1)", "224x224", *max_diffs(out.logits, maps, off, x))
 
 
-def test_eps_matters_at_this_tolerance(tmp_path):
+def test_eps_matters_at_this_tolerance(tmp_path, perturb):
     """HF's 1e-6 in the patch-embedding/SR LayerNorms is carried over from config.json: loading the
     same weights with the official 1e-5 moves the outputs measurably."""
-    ref = perturb(transformers.PvtV2ForImageClassification(hf_v2_config("pvt_v2_b0", num_labels=1000)))
+    ref = perturb(transformers.PvtV2ForImageClassification(hf_config("pvt_v2_b0", num_labels=1000)))
     ref.save_pretrained(tmp_path / "cls")
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():

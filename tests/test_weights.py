@@ -17,7 +17,8 @@ import pvt
 from pvt.cli import main as cli_main
 from pvt.checkpoint import save_model
 from pvt.weights import keys as K
-from pvt.weights import create_pretrained, hf_config_to_pvt, infer_architecture, load_checkpoint, read_checkpoint
+from pvt.weights import (create_pretrained, hf_config_to_pvt, infer_architecture, load_checkpoint, pvt_to_hf_config,
+                         read_checkpoint)
 from pvt.weights.loading import adapt_input_conv
 from pvt.weights.shapes import matching_variants
 
@@ -102,15 +103,6 @@ def test_official_names_agree_with_timms_own_remap(name):
     assert list(back) == list(sd)
 
 
-@pytest.mark.parametrize("name", V2)
-def test_timm_names_equal_timms_model(name):
-    timm = pytest.importorskip("timm")
-    with torch.device("meta"):
-        ref = timm.create_model(name, pretrained=False).state_dict()
-    ours = K.to_timm(meta_sd(name))
-    assert set(ours) == set(ref) and all(ours[k].shape == ref[k].shape for k in ref)
-
-
 def test_hf_round_trips_split_and_merge_kv(b0):
     sd = b0.state_dict()
     hf = K.to_hf_v2(sd)
@@ -125,36 +117,205 @@ def test_hf_round_trips_split_and_merge_kv(b0):
     assert same_tensors(K.from_hf_v2(bare), sd)
 
 
-def test_hf_names_equal_transformers_models():
-    transformers = pytest.importorskip("transformers")
-    with torch.device("meta"):
-        v2 = transformers.PvtV2ForImageClassification(transformers.PvtV2Config(num_labels=1000)).state_dict()
-        v1 = transformers.PvtForImageClassification(transformers.PvtConfig(num_labels=1000)).state_dict()
-    for ref, name, fn in ((v2, "pvt_v2_b0", K.to_hf_v2), (v1, "pvt_v1_tiny", K.to_hf_v1)):
-        ours = fn(meta_sd(name))
-        assert set(ours) == set(ref), name
-        assert all(ours[k].shape == ref[k].shape for k in ref), name
-        fmt = K.detect_key_format(ref)
-        assert fmt == ("hf_v2" if name.startswith("pvt_v2") else "hf_v1")
-        back = K.to_pvt(ref, fmt)
-        assert set(back) == set(meta_sd(name))
-
-
 def test_v1_hf_round_trip():
     torch.manual_seed(0)
     sd = {k: torch.randn(v.shape) for k, v in meta_sd("pvt_v1_tiny", num_classes=3).items()}
     hf = K.to_hf_v1(sd)
     assert "pvt.encoder.patch_embeddings.3.cls_token" in hf and "pvt.encoder.layer_norm.weight" in hf
-    assert same_tensors({k: v for k, v in K.from_hf_v1(hf).items()}, {k: sd[k] for k in K.from_hf_v1(hf)})
-    assert set(K.from_hf_v1(hf)) == set(sd)
+    assert same_tensors(K.from_hf_v1(hf), sd)
 
 
 def test_detect_and_strip_wrappers():
     sd = {"module._orig_mod.stages.0.patch_embed.proj.weight": torch.zeros(1)}
     assert list(K.strip_wrappers(sd)) == ["stages.0.patch_embed.proj.weight"]
     assert K.detect_key_format({"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)}) is None
-    with pytest.raises(ValueError, match="unknown weight format 'keras'; accepted: pvt, official, timm, hf_v2, hf_v1"):
+    with pytest.raises(ValueError, match="unknown weight format 'keras'; accepted: pvt, official, timm, hf_v2, hf_v1, "
+                                         "mm_v1, mm_v2"):
         K.to_pvt({}, "keras")
+
+
+def numbered(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stand-ins for ``sd``'s tensors (meta ones included) with the same shapes, holding one row
+    number plus a per-tensor offset: a swapped tensor, or swapped halves of a split one, compare
+    unequal. Rows are broadcast, so even the largest variant costs one row per tensor."""
+    out = {}
+    for i, (k, v) in enumerate(sd.items()):
+        rows = torch.arange(v.shape[0] if v.ndim else 1, dtype=torch.float32) + 10_000 * i
+        out[k] = rows.view(-1, *[1] * (v.ndim - 1)).expand(v.shape) if v.ndim else rows[0]
+    return out
+
+
+def exactly(a: dict, b: dict) -> bool:
+    """Same names in the same order and equal tensors."""
+    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def back_exactly(back: dict, sd: dict, fmt: str) -> bool:
+    """:func:`exactly`, but in any order for a layout that fuses several of our tensors into one
+    (OpenMMLab's ``q`` + ``kv``: they come back side by side, the biases after the weights)."""
+    fused = any(len(getattr(step, "ours", ())) > 1 for step in K.LAYOUTS[fmt].tensor_steps if isinstance(step, K.Fuse))
+    return same_tensors(back, sd) if fused else exactly(back, sd)
+
+
+FORMATS = [f for f in K.FORMATS if f != "pvt"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", ALL)
+def test_every_variant_round_trips_exactly_through_every_format(name, fmt):
+    """ours -> fmt -> ours is the identity (names, order, tensors), with and without a head; where the
+    format has a prefix, without it too."""
+    for kw in ({}, {"num_classes": 0}):
+        sd = numbered(meta_sd(name, **kw))
+        theirs = K.from_pvt(sd, fmt)
+        assert back_exactly(K.to_pvt(theirs, fmt), sd, fmt)
+        if K.LAYOUTS[fmt].prefix:
+            bare = K.from_pvt(sd, fmt, prefix="")
+            assert not any(k.startswith(K.LAYOUTS[fmt].prefix) for k in bare)
+            assert exactly(K.to_pvt(bare, fmt), sd)
+
+
+def _references(name: str) -> list[tuple[str, str | None, dict[str, torch.Tensor], int]]:
+    """``(format, prefix, state dict, num_classes)`` of the reference models for variant ``name``:
+    timm's (v2) and transformers' with and without the classifier, built from ``pvt_to_hf_config``."""
+    timm = pytest.importorskip("timm")
+    transformers = pytest.importorskip("transformers")
+    fields = pvt_to_hf_config(pvt.get_variant(name).config)
+    kind = fields.pop("model_type")
+    v2 = kind == "pvt_v2"
+    config = (transformers.PvtV2Config if v2 else transformers.PvtConfig)(**fields, num_labels=1000)
+    with torch.device("meta"):
+        hf = (transformers.PvtV2ForImageClassification if v2 else transformers.PvtForImageClassification)(config)
+        refs = [("hf_v2" if v2 else "hf_v1", None, hf.state_dict(), 1000),
+                ("hf_v2" if v2 else "hf_v1", "", getattr(hf, kind).state_dict(), 0)]
+        if v2:
+            refs.append(("timm", None, timm.create_model(name, pretrained=False).state_dict(), 1000))
+    return refs
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reference_layouts_convert_exactly_both_ways(name):
+    """The reference implementations' own state dicts: detected, renamed to exactly our names and
+    shapes, and back to exactly theirs (the tensors of a split ``kv`` included)."""
+    for fmt, prefix, ref, classes in _references(name):
+        ref = numbered(ref)
+        assert K.detect_key_format(ref) == fmt
+        ours = K.to_pvt(ref, fmt)
+        expected = meta_sd(name, num_classes=classes)
+        assert set(ours) == set(expected), (fmt, set(ours) ^ set(expected))
+        assert all(ours[k].shape == v.shape for k, v in expected.items()), fmt
+        again = K.from_pvt(ours, fmt, prefix=prefix)
+        assert set(again) == set(ref) and all(torch.equal(again[k], ref[k]) for k in ref), fmt
+
+
+def _rule_groups(layout: K.Layout) -> list[dict[str, torch.Tensor]]:
+    """Our keys for every rule of ``layout``, each inner rule and each tensor step, in groups that a
+    conversion sees together: the four stages' patch embeddings as anchors (the ``{last}`` rules need a
+    last stage), plus one rule's keys for stages 0..3 and blocks 0..1 (a ``{last}`` rule: the last stage
+    alone). A group's rest no inner rule knows (``weight``) is carried over."""
+    anchors = [f"stages.{s}.patch_embed.proj.weight" for s in range(4)]
+    groups = []
+    for rule in layout.rules:
+        heads = {rule.ours.format(s=s, b=b, last=3) for s in range(4) for b in range(2)}
+        rests = [r.ours + "weight" for r in rule.inner] + ["weight"] if rule.ours.endswith(".") else [""]
+        groups.append(anchors + sorted(h + r for h in heads for r in rests))
+    rows = {}  # a fused tensor's parts: rows in the proportions of its shares
+    for step in layout.tensor_steps:
+        parts = [f"stages.{s}.blocks.0{part}weight" for s in range(4) for part in step.ours]
+        shares = getattr(step, "shares", ()) if len(step.ours) > 1 else ()
+        rows.update({k: 12 * shares[i % len(shares)] for i, k in enumerate(parts)} if shares else {})
+        groups.append(anchors + parts)
+    return [numbered({k: torch.empty(rows.get(k, 12), 2) for k in dict.fromkeys(g)}) for g in groups]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_table_is_inverted_by_itself(fmt):
+    """Every rule, inner rule and tensor step: forwards renames each of its keys (no key of ours is
+    left as it was), and backwards gives back exactly the keys, their order and the tensors."""
+    layout = K.LAYOUTS[fmt]
+    groups = _rule_groups(layout)
+    assert len(groups) == len(layout.rules) + len(layout.tensor_steps)
+    for sd in groups:
+        for prefix in {None, ""} if layout.prefix else {None}:
+            theirs = layout.from_pvt(sd, prefix)
+            assert not set(theirs) & set(sd), sorted(set(theirs) & set(sd))
+            assert back_exactly(layout.to_pvt(theirs), sd, fmt)
+
+
+def test_last_stage_rules_apply_only_to_a_sole_last_stage():
+    """v1 names a final norm without a stage number; a v2 state dict (a norm in every stage) keeps
+    numbered norms, and HF v1 (which has only the final one) leaves such norms for the loader to report."""
+    v1, v2 = numbered(meta_sd("pvt_v1_tiny")), numbered(meta_sd("pvt_v2_b0"))
+    assert [k for k in K.to_official(v1) if k.startswith("norm")] == ["norm.weight", "norm.bias"]
+    assert [k for k in K.to_official(v2) if k.startswith("norm")] == [
+        f"norm{s}.{p}" for s in range(1, 5) for p in ("weight", "bias")]
+    hf = K.to_hf_v1(v2)
+    assert "pvt.encoder.layer_norm.weight" not in hf
+    assert [k for k in hf if ".norm." in k] == [f"stages.{s}.norm.{p}" for s in range(4) for p in ("weight", "bias")]
+    # backwards, the stage of an unnumbered name is the last one the other keys show
+    off = K.to_official(v1)
+    assert K.from_official({k: v for k, v in off.items() if not k.startswith(("patch_embed4", "block4", "pos_embed4"))}
+                           )["stages.2.norm.weight"] is v1["stages.3.norm.weight"]
+    assert K.from_official({"norm.weight": v1["stages.3.norm.weight"]}) == {"norm.weight": v1["stages.3.norm.weight"]}
+
+
+@pytest.mark.parametrize("fmt", K.FORMATS)
+def test_unknown_keys_pass_through_both_ways(fmt):
+    extra = {"foo.bar": torch.zeros(1), "stages.x.blocks.y.weight": torch.ones(2)}
+    sd = {**numbered(meta_sd("pvt_v2_b0")), **extra}
+    theirs = K.from_pvt(sd, fmt)
+    assert all(theirs[k] is v for k, v in extra.items())
+    back = K.to_pvt(theirs, fmt)
+    assert all(back[k] is v for k, v in extra.items()) and back_exactly(back, sd, fmt)
+
+
+def test_engine_errors():
+    with pytest.raises(ValueError, match=r"unknown weight format 'keras'; accepted: pvt, official, timm, hf_v2, hf_v1, "
+                                         r"mm_v1, mm_v2"):
+        K.from_pvt({}, "keras")
+    with pytest.raises(ValueError, match=r"the timm pvt_v2_\* state dict layout has no prefix"):
+        K.from_pvt({}, "timm", prefix="model.")
+    with pytest.raises(ValueError, match=r"the keys 'patch_embed.proj.weight' and 'stages.0.patch_embed.proj.weight' "
+                                         r"would both become 'stages.0.patch_embed.proj.weight'"):
+        K.from_timm({"patch_embed.proj.weight": torch.zeros(1), "stages.0.patch_embed.proj.weight": torch.zeros(1)})
+    bad_rules = {
+        ("stages.{s}.blocks.{b}.", "block{s}."): "both sides need the same index fields",
+        ("{prefix}head.", "head."): "belongs to the format's side",
+        ("stages.{s}.pos_embed", "pos_embed{s}."): "one side names a group",
+    }
+    for (ours, theirs), msg in bad_rules.items():
+        with pytest.raises(ValueError, match=msg):
+            K.Rule(ours, theirs)
+    with pytest.raises(ValueError, match="only a group has inner rules"):
+        K.Rule("head.weight", "fc.weight", inner=(K.Rule("a.", "b."),))
+    with pytest.raises(ValueError, match="no meaning in an inner rule"):
+        K.Rule("stages.{s}.", "s{s}.", inner=(K.Rule("norm{last}.", "n."),))
+    with pytest.raises(ValueError, match="one side holds one tensor, the other two or more"):
+        K.Fuse(".a.", ".b.")
+    with pytest.raises(ValueError, match="one positive share per part"):
+        K.Fuse(".kv.", (".k.", ".v."), shares=(1, 1, 1))
+
+
+def test_a_layout_with_its_own_indices_and_a_fused_projection():
+    """What another layout needs (OpenMMLab's ``layers.{i}.{0,1,2}`` with a fused q/k/v input
+    projection; a sketch here, not that format): stage and block indices in another scheme, and our
+    ``q`` and ``kv`` concatenated into one tensor (1 : 2 rows), split again on the way back."""
+    layout = K.Layout(
+        "sketch", signature=(), rules=(
+            K.Rule("stages.{s}.patch_embed.proj.", "layers.{s}.0.projection."),
+            K.Rule("stages.{s}.blocks.{b}.", "layers.{s}.1.{b}.", inner=(K.Rule("attn.proj.", "attn.attn.out_proj."),)),
+            K.Rule("stages.{s}.norm.", "layers.{s}.2."),
+        ),
+        tensor_steps=(K.Fuse((".attn.q.", ".attn.kv."), ".attn.attn.in_proj_", shares=(1, 2)),),
+    )
+    sd = numbered(meta_sd("pvt_v2_b0"))
+    theirs = layout.from_pvt(sd)
+    w = theirs["layers.2.1.1.attn.attn.in_proj_weight"]
+    assert w.shape == (480, 160) and torch.equal(w, torch.cat([sd["stages.2.blocks.1.attn.q.weight"],
+                                                               sd["stages.2.blocks.1.attn.kv.weight"]]))
+    assert "layers.3.1.0.attn.attn.out_proj.bias" in theirs and "layers.0.0.projection.weight" in theirs
+    assert "layers.1.2.weight" in theirs and len(theirs) == len(sd) - 2 * 8  # q and kv: one tensor, 8 blocks
+    assert same_tensors(layout.to_pvt(theirs), sd)  # q and kv come back side by side: the order differs
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -449,12 +610,33 @@ def test_task_model_takes_a_dense_checkpoint_as_backbone(tmp_path):
     assert same_tensors(seg.backbone.body.body.state_dict(), src.state_dict())
 
 
+def test_own_format_task_model_gives_its_backbone(tmp_path):
+    """A detector saved as ``pvt train`` saves it (own format, task metadata, no PVT config) reads as its
+    backbone, with the note naming what was dropped; a backbone-only file notes no dropped tensors."""
+    from pvt.dense import create_dense_model
+
+    torch.manual_seed(0)
+    det = create_dense_model("retinanet_pvt_v2_b0", num_classes=3)
+    save_model(det, tmp_path / "best.safetensors", variant="pvt_v2_b0", extra={"task": "detection"})
+    ck = read_checkpoint(tmp_path / "best.safetensors")
+    assert (ck.format, ck.variant, ck.extra["task"]) == ("pvt", "pvt_v2_b0", "detection")
+    assert ck.notes == [f"checkpoint {tmp_path / 'best.safetensors'} is a dense-prediction checkpoint: took the 176 "
+                        "backbone tensors under 'backbone.body.body.' and dropped the other 36 (head.* (20), "
+                        "backbone.fpn.* (16))"]
+    assert same_tensors(ck.state_dict, det.backbone.body.body.state_dict())
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in K.to_official(ck.state_dict).items()}},
+               tmp_path / "bb.pth")
+    assert read_checkpoint(tmp_path / "bb.pth").notes == [
+        f"checkpoint {tmp_path / 'bb.pth'} is a dense-prediction checkpoint: took the 176 backbone tensors under "
+        "'backbone.'"]
+
+
 def test_official_dense_v1_backbone_without_class_token(tmp_path):
     """The official detection / segmentation v1 backbones have no class token and no final LayerNorm
     and keep an unused class slot in ``pos_embed4``: the model is built without a class token and
     computes exactly what they compute (no final LayerNorm either)."""
     torch.manual_seed(0)
-    src = pvt.create_model("pvt_v1_tiny", num_classes=0).eval()
+    src = pvt.create_model("pvt_v1_tiny", num_classes=0, accelerate=False).eval()  # as create_pretrained: plain
     off = {k: v for k, v in K.to_official(src.state_dict()).items() if k not in ("cls_token", "norm.weight",
                                                                                  "norm.bias")}
     assert off["pos_embed4"].shape == (1, 50, 512)
@@ -530,8 +712,8 @@ def test_bad_files_name_the_file(tmp_path, b0):
         "under one of ['state_dict', 'model', 'model_state_dict', 'module', 'model_state']",
         resnet: f"{resnet} is not a PVT checkpoint: none of its 2 tensor names (conv1.weight, fc.bias, ...) "
         "follows a known layout",
-        trap: f"{trap} holds Python objects besides tensors (getattr), which torch.load(weights_only=True) "
-        "refuses to build: nothing from a file is executed here",
+        trap: f"{trap} was refused as unsafe: it holds Python objects besides tensors (getattr), which "
+        "torch.load(weights_only=True) refuses to build: nothing from a file is executed here",
     }
     for path, expected in cases.items():
         with pytest.raises(ValueError) as e:
@@ -685,8 +867,10 @@ def test_convert_help(capsys):
         cli_main(["convert", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: pvt convert [-h] [--model NAME] [--num-classes N] [--force] SRC DST" in " ".join(out.split())
-    assert "timm pvt_v2_* state dict" in out and "hf-hub:<repo id>" in out
+    flat = " ".join(out.split())
+    assert "usage: pvt convert [-h] [--to FORMAT] [--model NAME] [--num-classes N] [--force] SRC DST" in flat
+    assert "timm pvt_v2_* state dict" in flat and "hf-hub:<repo id>" in flat and "OpenMMLab PVT v1 backbone" in flat
+    assert "layout to write: pvt, hf, timm, official, mmdet, mmseg (default: pvt)" in flat
 
 
 def test_convert_every_source_format(tmp_path, b0, capsys):
@@ -723,7 +907,8 @@ def test_convert_errors_exit_2_with_one_line(tmp_path, b0, capsys):
         (["convert", str(tmp_path / "nope.pth"), str(tmp_path / "o.safetensors")],
          f"pvt convert: error: checkpoint not found: {tmp_path / 'nope.pth'}"),
         (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "o.pth")],
-         f"pvt convert: error: DST {tmp_path / 'o.pth'} must end in .safetensors"),
+         f"pvt convert: error: the pvt format is one .safetensors file; DST {tmp_path / 'o.pth'} does not end in "
+         ".safetensors"),
         (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "exists.safetensors")],
          f"pvt convert: error: {tmp_path / 'exists.safetensors'} exists; pass --force to overwrite it"),
         (["convert", str(tmp_path / "b0.pth"), str(tmp_path / "o.safetensors"), "--model", "pvt_v2_b1"],

@@ -18,6 +18,8 @@ __all__ = [
     "load_checkpoint",
     "count_flops",
     "tune_cpu_allocator",
+    "accelerate",
+    "quantize",
 ]
 
 
@@ -32,10 +34,14 @@ def __getattr__(name: str):
 
         return count_flops
     if name == "tune_cpu_allocator":
-        from .runtime import tune_cpu_allocator
+        from .accel.runtime import tune_cpu_allocator
 
         return tune_cpu_allocator
-    if name in ("train", "evaluate", "predict"):
+    if name == "accelerate":
+        from .accel import accelerate
+
+        return accelerate
+    if name in ("train", "evaluate", "predict", "quantize"):
         from . import api
 
         return getattr(api, name)

@@ -15,16 +15,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["train", "evaluate", "predict"]
+__all__ = ["train", "evaluate", "predict", "quantize"]
 
 
-def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool = False, **overrides: Any):
+def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool = False,
+          fresh_optimizer: bool = False, **overrides: Any):
     """Train a model; returns a :class:`pvt.engine.trainer.TrainResult` (run folder, metrics, best epoch).
 
     Args:
         config: a :class:`~pvt.engine.config.TrainConfig`, a mapping of its keys, or a YAML file path.
-        resume: a run folder to continue (its ``config.yaml`` is used; ``overrides`` may extend ``epochs``).
+        resume: a run folder to continue (its ``config.yaml`` is used; ``overrides`` may extend ``epochs`` and
+            change the values in :data:`pvt.engine.trainer.RESUME_MAY_CHANGE`; any other change is refused).
         quiet: no progress bar or per-epoch lines on stdout (``train.log`` still gets them).
+        fresh_optimizer: with ``resume``, when the run's ``state.pt`` is unreadable: continue from the weights
+            of its ``last.safetensors`` with a fresh optimiser state.
         **overrides: TrainConfig keys, e.g. ``epochs=5, data="my_images/"``.
     """
     from .engine.config import TrainConfig
@@ -39,19 +43,22 @@ def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool =
         cfg = resolve_config(**{**config, **overrides})
     else:
         cfg = resolve_config(config, **overrides)
-    return Trainer(cfg, create_task(cfg), resume=resume, quiet=quiet).fit()
+    return Trainer(cfg, create_task(cfg), resume=resume, quiet=quiet, fresh_optimizer=fresh_optimizer).fit()
 
 
 def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: str = "val",
              batch_size: int | None = None, device: str = "auto", workers: int = 0,
-             model: str | None = None) -> dict[str, Any]:
+             model: str | None = None, precision: str = "float32",
+             calibration: str | Path | None = None) -> dict[str, Any]:
     """Score a model trained by ``pvt train`` (any task) on ``data``.
 
     ``checkpoint``: a ``.safetensors`` it wrote, or its run folder (best, else last). ``data``: default, the
     data it was trained on (its held-out split); classification also takes a folder of ``<split>/<class>/``
-    or ``<class>/`` images. Returns the task's scores (classification: ``top1``, ``top5``, ``loss``; detection:
-    ``bbox_mAP`` ...; segmentation: ``mIoU`` ..., ``per_class_iou``) plus ``task``, ``model``, ``checkpoint``,
-    ``data``, ``images`` and ``skipped_images``.
+    or ``<class>/`` images. ``precision``: float32, bfloat16, int8 or auto (bfloat16 where the CPU has it);
+    ``calibration``: a folder of images for static int8 ranges (default: dynamic). Returns the task's scores
+    (classification: ``top1``, ``top5``, ``loss``; detection: ``bbox_mAP`` ...; segmentation: ``mIoU`` ...,
+    ``per_class_iou``) plus ``task``, ``model``, ``checkpoint``, ``data``, ``images``, ``skipped_images``,
+    ``precision`` and ``precision_reason``.
     """
     from torch.utils.data import DataLoader
 
@@ -59,12 +66,14 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
 
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
-    trained = load_trained(checkpoint, device=device, data=None if data is None else str(data), model=model)
+    trained = load_trained(checkpoint, device=device, data=None if data is None else str(data), model=model,
+                           precision=precision, calibration=calibration)
     task = trained.task
     ds = task.eval_dataset(split)
     loader = DataLoader(ds, batch_size=batch_size or task.eval_batch_size, shuffle=False, num_workers=workers,
                         collate_fn=task.collate_fn)
-    metrics: dict[str, Any] = dict(task.evaluate(trained.model, loader, trained.device))
+    with trained.autocast():
+        metrics: dict[str, Any] = dict(task.evaluate(trained.model, loader, trained.device))
     skipped = task.end_epoch().get("skipped_images", 0.0)
     metrics.update(task.evaluation_details())
     return {
@@ -76,17 +85,21 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
         "checkpoint": str(checkpoint),
         "data": str(getattr(ds, "root", None) or task.cfg.data or "built-in"),
         "img_size": task.cfg.img_size,
+        "precision": trained.precision,
+        "precision_reason": trained.precision_reason,
     }
 
 
 def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *, topk: int = 5,
-            score_thresh: float = 0.3, out_dir: str | Path | None = None, device: str = "auto") -> list[dict[str, Any]]:
+            score_thresh: float = 0.3, out_dir: str | Path | None = None, device: str = "auto",
+            precision: str = "float32", calibration: str | Path | None = None) -> list[dict[str, Any]]:
     """Predict each image with a model trained by ``pvt train`` (any task): one JSON-able record per image.
 
     Classification: the ``topk`` classes with probabilities (``"top"``). Detection / instance: the
     detections scoring at least ``score_thresh`` (``"detections"``). Segmentation: the share of pixels per
     class (``"class_fractions"``). With ``out_dir``, dense tasks also draw each prediction there
-    (``<stem>_pred.png``, named in ``"output"``).
+    (``<stem>_pred.png``, with folder names added where two images share a stem; named in ``"output"``).
+    ``precision`` and ``calibration``: as for :func:`evaluate`.
     """
     from .tasks import load_trained
 
@@ -97,6 +110,25 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
     for p in images:
         if not Path(p).is_file():
             raise FileNotFoundError(f"image {str(p)!r} does not exist")
-    trained = load_trained(checkpoint, device=device)
-    return trained.task.predict(trained.model, list(images), trained.device, topk=topk, score_thresh=score_thresh,
-                                out_dir=out_dir)
+    trained = load_trained(checkpoint, device=device, precision=precision, calibration=calibration)
+    with trained.autocast():
+        return trained.task.predict(trained.model, list(images), trained.device, topk=topk,
+                                    score_thresh=score_thresh, out_dir=out_dir)
+
+
+def quantize(model: Any, calibration: Any = None, *, images: int = 64, **kwargs: Any) -> Any:
+    """int8 CPU inference for a PVT, in place (:func:`pvt.accel.quant.quantize`): ``calibration`` may also
+    be a folder of images (searched recursively, up to ``images`` of them, resized and normalised as
+    ImageNet evaluation input at the model's ``img_size``) for static activation ranges; None: dynamic."""
+    from .accel.quant import quantize as quantize_model
+
+    if isinstance(calibration, (str, Path)):
+        calibration = _folder_images(Path(calibration), model.config.img_size, images)
+    return quantize_model(model, calibration, **kwargs)
+
+
+def _folder_images(root: Path, img_size: int, limit: int):
+    from .data import eval_transform
+    from .tasks import calibration_batch
+
+    return calibration_batch(root, eval_transform(img_size), limit)

@@ -2,12 +2,18 @@
 and read in one place; and which file of a run folder to read.
 
 Metadata keys: ``format`` (``"pvt"``), ``variant``, ``config`` (the :class:`~pvt.config.PVTConfig` as
-JSON), and whatever a trainer adds (``task``, ``class_names``, ``train_config``, ...), each as JSON.
+JSON), and whatever a trainer adds (``task``, ``class_names``, ``train_config``, ``epoch``, ...), each as JSON.
+
+A file is checked before anything is built from it: shapes first, build second. Its config must stay within
+:data:`FILE_LIMITS`, and build exactly the tensors its header lists (compared on a skeleton model on the meta
+device, which allocates no tensor memory), so a crafted config cannot make a reader allocate more than the
+file itself holds.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +23,18 @@ from .config import PVTConfig
 from .io import atomic_via
 from .model import PyramidVisionTransformer
 
-__all__ = ["OWN_FORMAT", "save_model", "read_metadata", "read_own_format", "build_pvt", "load_pvt",
-           "resolve_checkpoint"]
+__all__ = ["OWN_FORMAT", "FILE_LIMITS", "save_model", "is_safetensors", "read_metadata", "read_header",
+           "read_own_format", "check_file_limits", "check_file_config", "build_pvt", "load_pvt", "resolve_checkpoint"]
 
 OWN_FORMAT = "pvt"
+
+FILE_LIMITS: dict[str, int] = {
+    "num_stages": 8, "depths": 1024, "embed_dims": 16384, "num_heads": 1024, "mlp_ratios": 64, "sr_ratios": 64,
+    "patch_strides": 64, "img_size": 8192, "in_chans": 64, "num_classes": 1_000_000, "pool_size": 1024,
+}
+"""The largest value a config read from a file may hold, per field (per stage for the tuples): generous
+bounds on the published variants (at most 40 blocks a stage, 512 channels, 1000 classes), far below what
+would exhaust memory."""
 
 
 def save_model(
@@ -52,16 +66,27 @@ def save_model(
 
 def read_metadata(path: str | Path) -> dict[str, Any] | None:
     """The metadata of an own-format file (only its header is read), JSON values decoded; ``None`` when
-    ``path`` is not a file in this library's format."""
+    ``path`` is not a file in this library's format. A ValueError for values nested too deeply to decode."""
+    header = read_header(path)
+    return None if header is None else header[0]
+
+
+def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]] | None:
+    """``(metadata, {tensor name: shape})`` of an own-format file, from its header alone (no tensor is
+    read); ``None`` when ``path`` is not a file in this library's format."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except Exception:
-        return None
-    if meta.get("format") != OWN_FORMAT:
-        return None
+            if meta.get("format") != OWN_FORMAT:
+                return None
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        if not is_safetensors(path):
+            return None
+        raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): "
+                         f"{' '.join(str(e).split())[:160]}") from None
     decoded: dict[str, Any] = {}
     for k, v in meta.items():
         if k in ("format", "variant"):
@@ -71,15 +96,84 @@ def read_metadata(path: str | Path) -> dict[str, Any] | None:
                 decoded[k] = json.loads(v)
             except json.JSONDecodeError:
                 decoded[k] = v
-    return decoded
+            except RecursionError:
+                raise ValueError(f"checkpoint {str(path)!r}: its metadata value {k!r} is nested too deeply to "
+                                 "be a pvt record") from None
+    return decoded, shapes
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """Whether ``path`` begins as a safetensors file does (an 8-byte header length, then ``{``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def check_file_limits(cfg: PVTConfig, source: str | Path) -> None:
+    """A ValueError unless ``cfg``, read from the file ``source``, is within :data:`FILE_LIMITS`."""
+    sizes = {"num_stages": [cfg.num_stages], "img_size": [cfg.img_size], "in_chans": [cfg.in_chans],
+             "num_classes": [cfg.num_classes], "pool_size": [cfg.pool_size]}
+    for name, limit in FILE_LIMITS.items():
+        values = sizes.get(name, getattr(cfg, name, ()))
+        if any(v > limit for v in values):
+            raise ValueError(f"checkpoint {str(source)!r}: its config asks for {name} "
+                             f"{list(values) if len(values) > 1 else values[0]}, beyond the {limit} a pvt model may "
+                             "have; the file is not a model this library wrote")
+
+
+def check_file_config(cfg: PVTConfig, shapes: dict[str, tuple[int, ...]], source: str | Path) -> None:
+    """A ValueError unless ``cfg`` (read from the file ``source``) is within :data:`FILE_LIMITS` and builds
+    exactly the tensors ``shapes`` lists. The stages and blocks are counted first, so the skeleton built
+    to compare every shape is no larger than the file."""
+    where = f"checkpoint {str(source)!r}"
+    check_file_limits(cfg, source)
+    stages = {int(m[1]) for k in shapes if (m := re.match(r"stages\.(\d+)\.", k))}
+    blocks = [len({int(m[1]) for k in shapes if (m := re.match(rf"stages\.{i}\.blocks\.(\d+)\.", k))})
+              for i in range(cfg.num_stages)]
+    if stages != set(range(cfg.num_stages)) or tuple(blocks) != cfg.depths:
+        raise ValueError(f"{where}: its config describes depths {list(cfg.depths)} but its tensors hold "
+                         f"{len(stages)} stages with {blocks[:len(stages)]} blocks")
+    with torch.device("meta"):
+        skeleton = PyramidVisionTransformer(cfg)
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    wrong = [f"{k} {list(shapes[k])} vs {list(v)}" for k, v in want.items() if k in shapes and shapes[k] != v]
+    missing = [k for k in want if k not in shapes]
+    extra = [k for k in shapes if k not in want]
+    if wrong or missing or extra:
+        parts = [f"{len(wrong)} of another shape (file vs config), e.g. {wrong[0]}" if wrong else "",
+                 f"{len(missing)} missing, e.g. {missing[0]}" if missing else "",
+                 f"{len(extra)} unexpected, e.g. {extra[0]}" if extra else ""]
+        raise ValueError(f"{where}: its tensors do not match its own config: {'; '.join(p for p in parts if p)}")
+
+
+def _file_config(meta: dict[str, Any], source: str | Path) -> PVTConfig:
+    try:
+        return PVTConfig.from_dict(meta["config"])
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"checkpoint {str(source)!r}: its metadata holds an invalid PVT config: {e}") from None
 
 
 def read_own_format(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """``(state_dict, metadata)`` if ``path`` is an own-format file, else ``None`` (see :func:`read_metadata`)."""
+    """``(state_dict, metadata)`` if ``path`` is an own-format file, else ``None`` (see :func:`read_metadata`).
+
+    A PVT's recorded config is checked against the header (:func:`check_file_config`) before any tensor
+    is read; a ValueError names what does not fit."""
     from safetensors.torch import load_file
 
-    meta = read_metadata(path)
-    return None if meta is None else (load_file(str(path)), meta)
+    header = read_header(path)
+    if header is None:
+        return None
+    meta, shapes = header
+    if isinstance(meta.get("config"), dict) and any(k.startswith("stages.") for k in shapes):
+        check_file_config(_file_config(meta, path), shapes, path)
+    try:
+        return load_file(str(path)), meta
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): "
+                         f"{' '.join(str(e).split())[:160]}") from None
 
 
 def build_pvt(meta: dict[str, Any], state: dict[str, torch.Tensor], source: str | Path) -> PyramidVisionTransformer:
@@ -88,11 +182,9 @@ def build_pvt(meta: dict[str, Any], state: dict[str, torch.Tensor], source: str 
     fit it). The training-time rates (dropout, stochastic depth) are switched off."""
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"checkpoint {str(source)!r} records no PVT config (it was not written by pvt)")
-    try:
-        cfg = PVTConfig.from_dict(meta["config"]).replace(drop_path_rate=0.0, drop_rate=0.0, attn_drop_rate=0.0)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"checkpoint {str(source)!r}: its metadata holds an invalid PVT config: {e}") from None
-    model = PyramidVisionTransformer(cfg)
+    cfg = _file_config(meta, source)
+    check_file_config(cfg, {k: tuple(v.shape) for k, v in state.items()}, source)  # before the real build
+    model = PyramidVisionTransformer(cfg.replace(drop_path_rate=0.0, drop_rate=0.0, attn_drop_rate=0.0))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -1,27 +1,53 @@
 """Export a PVT model for deployment: ONNX, TorchScript or a ``torch.export`` ExportedProgram, with
 dynamic batch, height and width.
 
-Exports trace the plain PyTorch ops (:func:`pvt.layers.reference_path`), never the fused oneDNN
-inference kernels, so the files run on any backend. PVT v1's position embedding is resized inside
+Exports record the plain PyTorch ops, never the fused kernels of :mod:`pvt.accel` (an accelerated
+model takes its plain path while it is traced), so the files run on any backend. PVT v1's position embedding is resized inside
 the graph, so v1 exports accept every input size too.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_pvt, read_metadata
-from .layers import reference_path
+from .io import atomic_via, atomic_write
 from .model import PyramidVisionTransformer
 
-__all__ = ["FORMATS", "load_model", "export_model", "export_min_size", "default_suffix", "run_exported", "check_export"]
+__all__ = ["FORMATS", "ONNX_OPSETS", "check_onnx_export", "require_onnx", "load_model", "export_model",
+           "quantize_onnx", "export_min_size", "default_suffix", "run_exported", "check_export"]
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+ONNX_OPSETS = range(18, 24)
+"""The ONNX opsets an export can target: torch's exporter writes 18 and newer itself; older ones only
+through a version converter that fails on these models (and then silently keeps 18)."""
+_EXTRA = "pip install 'pyramid-vision-transformer[export]'"
+
+
+def require_onnx(*modules: str) -> None:
+    """A one-line ValueError naming the install command when one of the optional ONNX ``modules`` (onnx,
+    onnxscript, onnxruntime) is not installed."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"ONNX needs the package{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which "
+                         f"{'are' if len(missing) > 1 else 'is'} not installed: {_EXTRA}")
+
+
+def check_onnx_export(opset: int) -> None:
+    """A one-line ValueError unless ``opset`` is in :data:`ONNX_OPSETS` and the exporter's packages are there."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in ONNX_OPSETS:
+        raise ValueError(f"ONNX opset {opset!r} is not supported; accepted: {ONNX_OPSETS.start}.."
+                         f"{ONNX_OPSETS.stop - 1}")
+    require_onnx("onnx", "onnxscript")
 
 
 def default_suffix(fmt: str) -> str:
@@ -98,6 +124,8 @@ def export_model(
     ``img_size``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        check_onnx_export(opset)
     out = Path(out)
     if fmt == "exported-program" and out.suffix != ".pt2":
         raise ValueError(f"{out}: ExportedProgram files must end in .pt2 (torch.export.load insists)")
@@ -105,17 +133,26 @@ def export_model(
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
     model = model.eval().float().cpu()
     x = _example(model, example_size or model.config.img_size)
-    with reference_path(), torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "onnx":
             _export_onnx(model, x, out, opset)
         elif fmt == "torchscript":
-            traced = torch.jit.trace(model, x, check_trace=False)
-            torch.jit.save(traced, str(out))
+            _write(out, torch.jit.save, torch.jit.trace(model, x, check_trace=False))
         else:
-            ep = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(model))
-            torch.export.save(ep, str(out))
+            _write(out, torch.export.save, torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(model)))
     return out
+
+
+def _write(out: Path, save, obj) -> None:
+    """``save(obj, buffer)`` in memory, then the bytes atomically to ``out``: torch's archive writer aborts
+    the process (an exception thrown in a destructor) when the disk fills under it; our writer reports it."""
+    import io
+
+    buf = io.BytesIO()
+    save(obj, buf)
+    with atomic_write(out) as f:
+        f.write(buf.getbuffer())
 
 
 def _export_onnx(model: nn.Module, x: Tensor, out: Path, opset: int) -> None:
@@ -133,12 +170,68 @@ def _export_onnx(model: nn.Module, x: Tensor, out: Path, opset: int) -> None:
             opset_version=opset,
             external_data=False,
         )
-        program.save(str(out), external_data=False)
+        atomic_via(out, lambda tmp: program.save(tmp, external_data=False))
+
+
+QUANTIZED_OPS = ("MatMul", "Gemm")
+"""The ONNX operators :func:`quantize_onnx` makes int8: every linear layer (the convolutions stay float32)."""
+
+
+def quantize_onnx(src: str | Path, out: str | Path, calibration: Tensor | None = None) -> Path:
+    """Write an int8 copy of the float32 ONNX file ``src`` to ``out`` (ONNX Runtime's quantisation tool)
+    and return ``out``: int8 weights for every linear layer (:data:`QUANTIZED_OPS`).
+
+    Without ``calibration``: dynamic quantisation (``DynamicQuantizeLinear`` + ``MatInteger``: each call
+    measures its activations' range), per-tensor weights. With ``calibration`` images (a float32
+    ``(N, C, H, W)`` tensor prepared as the model's input): static QDQ (``QuantizeLinear`` /
+    ``DequantizeLinear`` pairs around each product, uint8 activations from the calibrated min / max,
+    int8 weights per output channel), the form OpenVINO and ONNX Runtime fuse into int8 kernels.
+    The file keeps the input ``input``, the output ``logits`` and the dynamic batch / height / width."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    except ImportError as e:  # pragma: no cover - in the test extra
+        raise ValueError("int8 ONNX export needs the onnxruntime package (pip install onnxruntime)") from e
+    src, out = Path(src), Path(out)
+    if calibration is None:
+        with _quiet_root_logger():  # the tool logs a pre-processing suggestion on every call
+            atomic_via(out, lambda tmp: quantize_dynamic(src, tmp, op_types_to_quantize=list(QUANTIZED_OPS),
+                                                         weight_type=QuantType.QInt8))
+        return out
+    if calibration.ndim != 4 or calibration.shape[0] < 1:
+        raise ValueError(f"calibration images must be a non-empty (N, C, H, W) tensor, got {tuple(calibration.shape)}")
+
+    class _Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(calibration.float().numpy()[i : i + 1] for i in range(calibration.shape[0]))
+
+        def get_next(self) -> dict | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {"input": batch}
+
+    with _quiet_root_logger():
+        atomic_via(out, lambda tmp: quantize_static(
+            src, tmp, _Images(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8))
+    return out
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def run_exported(fmt: str, path: str | Path, x: Tensor) -> Tensor:
     """Run an exported file on ``x`` (ONNX through onnxruntime on CPU)."""
     if fmt == "onnx":
+        require_onnx("onnxruntime")
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -1,7 +1,9 @@
-"""``hf-hub:<repo id>`` sources: download a checkpoint folder through huggingface_hub into its cache.
+"""``hf-hub:<repo id>`` sources: download a checkpoint folder through huggingface_hub into its cache;
+and :func:`upload`, the other way (``pvt push``).
 
 A cached copy is used without contacting the hub. Otherwise the hub is asked; when no network is
-reachable (or ``HF_HUB_OFFLINE=1``) a :class:`ValueError` says so and how to pass a local path.
+reachable (or ``HF_HUB_OFFLINE=1``) a :class:`ValueError` says so and how to pass a local path (or, for
+an upload, how to write the folder and upload it later).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-__all__ = ["HUB_PREFIX", "is_hub_source", "parse_hub_source", "resolve_source", "download"]
+__all__ = ["HUB_PREFIX", "is_hub_source", "parse_hub_source", "resolve_source", "download", "check_repo_id",
+           "check_upload", "upload"]
 
 HUB_PREFIX = "hf-hub:"
 _CONFIG = "config.json"
@@ -119,3 +122,47 @@ def resolve_source(source: str | Path) -> Path:
     if not isinstance(source, (str, Path)):
         raise ValueError(f"pretrained must be a path or 'hf-hub:<repo id>', got {type(source).__name__}")
     return Path(source).expanduser()
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if it is ``owner/name`` (letters, digits, ``-``, ``_``, ``.``), else a ValueError."""
+    import re
+
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or ".." in repo_id:
+        raise ValueError(f"--repo-id {repo_id!r} is not a hub repository id: expected OWNER/NAME")
+    return repo_id
+
+
+def check_upload(repo_id: str) -> str:
+    """A one-line ValueError when ``repo_id`` is malformed or the hub cannot be reached (offline mode, no
+    network); else the advice for a failed upload: how to write the folder and upload it later."""
+    from huggingface_hub import constants
+
+    check_repo_id(repo_id)
+    later = f"write the folder with `pvt push ... --dry-run --out DIR` and upload it later with `hf upload {repo_id} DIR`"
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"cannot push to hf-hub:{repo_id}: offline mode is on (HF_HUB_OFFLINE=1); {later}")
+    if not _endpoint_reachable(constants.ENDPOINT):
+        raise ValueError(f"cannot push to hf-hub:{repo_id}: no network was reachable ({constants.ENDPOINT} did not "
+                         f"answer); {later}")
+    return later
+
+
+def upload(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None,
+           message: str = "Upload with pvt push") -> str:
+    """Create the model repository ``repo_id`` if needed and upload ``folder`` to it as one commit;
+    returns the commit's URL. Without network, in offline mode or without credentials, a one-line
+    ValueError that says how to upload the folder later."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    later = check_upload(repo_id)
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=message)
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot push to hf-hub:{repo_id}: {first} (log in with `hf auth login` or pass --token; "
+                         f"or {later})") from None
+    return str(getattr(info, "commit_url", info))

@@ -1,22 +1,43 @@
 """Atomic file writes: every write goes to a temporary file in the same folder, is flushed to disk and
 then renamed over the target, so a kill at any moment leaves either the old file or the new one, never
-a broken one."""
+a broken one. A full disk is reported as one :class:`DiskFullError` naming the file (the writers' own
+messages differ: ``No space left on device``, torch's ``unexpected pos``)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["atomic_write", "atomic_via", "atomic_save_torch", "remove_temporaries"]
+__all__ = ["TMP_SUFFIX", "DiskFullError", "atomic_write", "atomic_via", "atomic_save_torch", "load_torch", "remove_temporaries"]
 
 
-_TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = ".tmp"
+"""Temporary files are ``.<name>.<random>.tmp`` beside their target."""
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# what writers that do not raise OSError say when a write fails for want of space
+_FULL_TEXT = ("no space left", "unexpected pos", "file write failed", "file too large", "quota exceeded")
+
+
+class DiskFullError(OSError):
+    """A file could not be written for want of space (disk full, quota, file-size limit); the previous
+    version of the file is intact."""
+
+
+def _disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+        return True
+    return isinstance(e, Exception) and any(t in str(e).lower() for t in _FULL_TEXT)
 
 
 def _default_mode() -> int:
@@ -44,16 +65,22 @@ def _atomic_path(path: str | Path) -> Iterator[str]:
     ``path``. On any exception (a kill included) the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         _commit(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _disk_full(e) and not isinstance(e, DiskFullError):
+            reason = " ".join(str(e).split())[:120] or type(e).__name__
+            full = DiskFullError(f"cannot write {str(path)!r}: out of space (disk full, quota or file-size limit: "
+                                 f"{reason}); its previous version is intact")
+            full.errno = errno.ENOSPC
+            raise full from None
         raise
 
 
@@ -75,11 +102,46 @@ def atomic_save_torch(obj: Any, path: str | Path) -> None:
     atomic_via(path, lambda tmp: torch.save(obj, tmp))
 
 
+def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, with one-line ValueErrors naming the file (``kind``
+    names what it should be): empty, not a PyTorch file, refused as unsafe because it holds Python objects
+    (nothing from a file is executed; ``unsafe_hint`` is appended to that message), corrupt or truncated."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if not magic:
+        raise ValueError(f"{path} is empty (0 bytes): not a {kind}")
+    if magic != b"PK" and magic[:1] != b"\x80":  # a torch zip archive / a legacy pickle
+        raise ValueError(f"{path} is not a {kind}: neither a zip archive nor a pickle (it starts with bytes {magic!r})")
+    try:
+        with warnings.catch_warnings():  # its note on unusual pickle protocols is no concern of the user's
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch 2.14: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked";
+        # earlier: "Unsupported global: GLOBAL x.y"
+        if m := re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", str(e)):
+            raise ValueError(
+                f"{path} was refused as unsafe: it holds Python objects besides tensors ({m[1]}), which "
+                f"torch.load(weights_only=True) refuses to build: nothing from a file is executed here{unsafe_hint}"
+            ) from None
+        if m := re.search(r"Unsupported operand (\d+)", str(e)):
+            raise ValueError(
+                f"{path} was refused as unsafe: its pickle uses an instruction (opcode {m[1]}) that "
+                f"torch.load(weights_only=True) does not run: nothing from a file is executed here{unsafe_hint}"
+            ) from None
+        raise ValueError(f"{path} is not a readable {kind} (corrupt or truncated?)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, TypeError,
+            IndexError, KeyError, MemoryError, OverflowError) as e:
+        msg = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable {kind} (corrupt or truncated?): {msg}") from None
+
+
 def remove_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files (``.<name>.<random>.tmp``) that writers killed mid-write left in
     ``folder``; returns what was removed. Only call it when no writer is active there."""
     removed = []
-    for p in Path(folder).glob(f".*{_TMP_SUFFIX}"):
+    for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
         if p.is_file():
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()

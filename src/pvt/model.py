@@ -3,44 +3,54 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 from .config import PVTConfig
-from .layers import Block, PatchEmbed, apply_norm, as_map, fast_path_active, gpu_path_dtype
-from .runtime import MMAP_THRESHOLD, allocator_mode
+from .layers import Block, PatchEmbed, as_map
+from .tracing import is_tracing
 
-__all__ = ["PyramidVisionTransformer", "PVTStage", "CPU_CHUNK_BYTES"]
-
-CPU_CHUNK_BYTES: int | None = None
-"""CPU fast path: a batch runs in chunks whose stage-1 hidden activation (the largest tensor of a
-forward) stays under this many bytes; 0 turns chunking off. ``None`` (default): 32 MiB when
-:func:`pvt.runtime.tune_cpu_allocator` is in effect (the largest block glibc then keeps in its heap,
-so no call touches new pages), else 16 MiB (blocks that size are reused from the heap under glibc's own
-settings; larger ones are fresh pages on every call). Per-sample results are unchanged (no layer mixes
-samples). Measured on 2 cores (batch 8, 224 px): with the tuned allocator 32 MiB beat 16 MiB by 4-10 %
-(B0 at batch 16, B2, B2-Li); with glibc's defaults 16 MiB beat 0, 6, 12 and 24 MiB."""
+__all__ = ["PyramidVisionTransformer", "PVTStage", "FeatureInfo", "stage_indices"]
 
 
-def cpu_chunk_bytes() -> int:
-    """The chunk budget in effect (see :data:`CPU_CHUNK_BYTES`)."""
-    if CPU_CHUNK_BYTES is not None:
-        return CPU_CHUNK_BYTES
-    return MMAP_THRESHOLD if allocator_mode() == "tuned" else 16 * 2**20
+def stage_indices(num_stages: int, indices: int | Sequence[int] | None) -> list[int]:
+    """Stage indices as timm takes them: ``None`` every stage, an int ``n`` the last ``n``, a sequence
+    those stages (negative ones count from the end). Returned sorted, in ``0 .. num_stages - 1``; a
+    ValueError for an index out of range, a repeated one or an empty selection."""
+    if indices is None:
+        return list(range(num_stages))
+    if isinstance(indices, bool) or not isinstance(indices, (int, Sequence)) or isinstance(indices, str):
+        raise ValueError(f"stage indices must be an int or a sequence of ints, got {indices!r}")
+    if isinstance(indices, int):
+        if not 1 <= indices <= num_stages:
+            raise ValueError(f"{indices} stages asked for: an int selects the last n of the {num_stages} stages")
+        return list(range(num_stages - indices, num_stages))
+    out = []
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int) or not -num_stages <= i < num_stages:
+            raise ValueError(f"stage index {i!r} out of range: the model has {num_stages} stages "
+                             f"(0 .. {num_stages - 1}, or -{num_stages} .. -1 from the end)")
+        out.append(i % num_stages)
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"stage indices {tuple(indices)!r} must name each stage at most once, and at least one")
+    return sorted(out)
 
 
-def _tracing() -> bool:
-    """True while tracing, scripting, compiling or exporting, where shapes may be symbolic."""
-    return (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_exporting()
-    )
+class FeatureInfo(list):
+    """The maps a model gives: one ``{"num_chs", "reduction", "module", "index"}`` dict per map, in the
+    order of the maps (timm's keys), with timm's accessors ``channels()`` and ``reduction()``."""
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self]
+
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self]
 
 
 class PVTStage(nn.Module):
@@ -72,28 +82,31 @@ class PVTStage(nn.Module):
         self.blocks = nn.ModuleList(
             Block(
                 dim,
-                cfg.num_heads[index],
-                cfg.mlp_ratios[index],
-                cfg.sr_ratios[index],
-                cfg.linear_sra,
-                cfg.conv_ffn,
-                cfg.pool_size,
-                cfg.qkv_bias,
-                cfg.drop_rate,
-                cfg.attn_drop_rate,
-                drop_path[j],
-                cfg.layer_norm_eps,
-                cfg.embed_norm_eps,
+                num_heads=cfg.num_heads[index],
+                mlp_ratio=cfg.mlp_ratios[index],
+                sr_ratio=cfg.sr_ratios[index],
+                linear_sra=cfg.linear_sra,
+                conv_ffn=cfg.conv_ffn,
+                pool_size=cfg.pool_size,
+                qkv_bias=cfg.qkv_bias,
+                drop=cfg.drop_rate,
+                attn_drop=cfg.attn_drop_rate,
+                drop_path=drop_path[j],
+                eps=cfg.layer_norm_eps,
+                embed_eps=cfg.embed_norm_eps,
             )
             for j in range(cfg.depths[index])
         )
         has_norm = cfg.stage_norms or (last and cfg.final_norm)
         self.norm = nn.LayerNorm(dim, eps=cfg.layer_norm_eps) if has_norm else None
+        self.grad_checkpointing = False
+        """Recompute each block's activations in the backward pass instead of keeping them (see
+        :meth:`PyramidVisionTransformer.set_grad_checkpointing`)."""
 
     def _pos_embed(self, h: int, w: int) -> Tensor:
         pos = self.pos_embed
         assert pos is not None
-        if not _tracing() and (h, w) == self.grid:
+        if not is_tracing() and (h, w) == self.grid:
             return pos  # (traced graphs always resize: exact at the native grid, shape-generic elsewhere)
         prefix, grid = pos[:, : self.num_prefix], pos[:, self.num_prefix :]
         gh, gw = self.grid
@@ -101,18 +114,24 @@ class PVTStage(nn.Module):
         grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
         return torch.cat([prefix, grid.flatten(2).transpose(1, 2)], dim=1)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        dt = gpu_path_dtype(x)
-        x, h, w = self.patch_embed(x, dt)
+    def forward_blocks(self, x: Tensor) -> tuple[Tensor, int, int]:
+        """The stage up to its closing LayerNorm: patch embedding, class token, position embedding,
+        blocks. ``(B, C_in, H, W) -> (B, h*w [+1], C), h, w``."""
+        x, h, w = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
             x = self.pos_drop(x + self._pos_embed(h, w))
+        recompute = self.grad_checkpointing and torch.is_grad_enabled() and not is_tracing()
         for blk in self.blocks:
-            x = blk(x, h, w)
-        if self.norm is not None:
-            x = apply_norm(self.norm, x, dt, torch.float32)
+            # non-reentrant: correct under DDP (no static graph needed), autocast and with inputs that
+            # need no gradient; the RNG state is kept, so dropout / drop-path draw the same masks again
+            x = checkpoint(blk, x, h, w, use_reentrant=False) if recompute else blk(x, h, w)
         return x, h, w
+
+    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
+        x, h, w = self.forward_blocks(x)
+        return (x if self.norm is None else self.norm(x)), h, w
 
 
 class PyramidVisionTransformer(nn.Module):
@@ -121,8 +140,17 @@ class PyramidVisionTransformer(nn.Module):
     * ``model(x)``: ``(B, in_chans, H, W) -> (B, num_classes)`` logits (pooled features when
       ``num_classes == 0``).
     * ``model.forward_features(x)``: the per-stage maps ``[(B, C_i, H_i, W_i)]`` at strides 4, 8, 16, 32.
+    * ``model.forward_intermediates(x, indices)``: chosen stages' maps and the final tokens.
     * ``model.feature_info``: channels and stride of each map, for dense-prediction necks.
+
+    Training as a backbone: :meth:`set_grad_checkpointing`, :meth:`set_frozen_stages` and
+    :attr:`norm_eval` (as mmdetection's backbones define them).
     """
+
+    norm_eval: bool = False
+    """In training mode, keep every BatchNorm-like layer of the model (running statistics) in eval mode,
+    as mmdetection's ``norm_eval``. PVT's own norms are LayerNorms, which keep no statistics: this
+    changes only BatchNorm layers placed inside the model by its user."""
 
     def __init__(self, config: PVTConfig | None = None, **overrides: Any):
         super().__init__()
@@ -138,11 +166,13 @@ class PyramidVisionTransformer(nn.Module):
             in_chans = cfg.embed_dims[i]
         self.stages = nn.ModuleList(stages)
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self.feature_info = [
-            {"num_chs": c, "reduction": r, "module": f"stages.{i}"}
+        self.feature_info = FeatureInfo(
+            {"num_chs": c, "reduction": r, "module": f"stages.{i}", "index": i}
             for i, (c, r) in enumerate(zip(cfg.embed_dims, cfg.reduction))
-        ]
+        )
         self.min_input_size = self._min_input_size()
+        self.frozen_stages = -1
+        """How many stages :meth:`set_frozen_stages` froze (-1: none; 0: the first patch embedding)."""
         self.reset_parameters()
 
     def _min_input_size(self) -> int:
@@ -187,6 +217,60 @@ class PyramidVisionTransformer(nn.Module):
         """Parameter names the official recipe excludes from weight decay."""
         return {n for n, _ in self.named_parameters() if n.endswith(("pos_embed", "cls_token"))}
 
+    # ------------------------------------------------------- training as a backbone
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every block's activations during the backward pass instead of storing them (per
+        block, only while gradients are being recorded): less memory for the same gradients, at the
+        cost of a second forward of the blocks."""
+        for stage in self.stages:
+            stage.grad_checkpointing = bool(enable)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return any(stage.grad_checkpointing for stage in self.stages)
+
+    def _frozen_modules(self, n: int) -> list[nn.Module]:
+        """What ``n`` frozen stages are: 0 the first patch embedding (and its position embedding),
+        ``n >= 1`` the first ``n`` stages whole."""
+        if n < 0:
+            return []
+        if n == 0:
+            return [self.stages[0].patch_embed]
+        return list(self.stages[:n])
+
+    def _frozen_parameters(self, n: int) -> list[nn.Parameter]:
+        params = [p for m in self._frozen_modules(n) for p in m.parameters()]
+        if n == 0 and self.stages[0].pos_embed is not None:
+            params.append(self.stages[0].pos_embed)
+        return params
+
+    def set_frozen_stages(self, n: int) -> None:
+        """Freeze the first patch embedding (``n = 0``, with v1's first position embedding) or the
+        first ``n`` stages whole, as mmdetection's ``frozen_stages``: their parameters stop requiring
+        gradients and their modules stay in eval mode (no dropout or stochastic depth) even when the
+        model trains. ``-1`` unfreezes what an earlier call froze."""
+        if isinstance(n, bool) or not isinstance(n, int) or not -1 <= n <= len(self.stages):
+            raise ValueError(f"frozen_stages must be an integer in -1 .. {len(self.stages)}, got {n!r}")
+        for p in self._frozen_parameters(self.frozen_stages):
+            p.requires_grad_(True)
+        for p in self._frozen_parameters(n):
+            p.requires_grad_(False)
+        self.frozen_stages = n
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "PyramidVisionTransformer":
+        """``nn.Module.train``, keeping frozen stages (and, with :attr:`norm_eval`, BatchNorm layers) in
+        eval mode."""
+        super().train(mode)
+        if mode:
+            for m in self._frozen_modules(self.frozen_stages):
+                m.eval()
+            if self.norm_eval:
+                for m in self.modules():
+                    if isinstance(m, _BatchNorm):
+                        m.eval()
+        return self
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a freshly initialised one with ``num_classes`` outputs (0: none)."""
         self.num_classes = num_classes
@@ -220,43 +304,42 @@ class PyramidVisionTransformer(nn.Module):
                 "spatial-reduction ratio)"
             )
 
-    def forward_tokens(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Run every stage: the list of NCHW maps and the last stage's token sequence."""
+    def forward_tokens(self, x: Tensor, stop: int | None = None) -> tuple[list[Tensor], Tensor]:
+        """Run every stage (up to stage ``stop`` when given): the list of NCHW maps and the last run
+        stage's token sequence."""
         self._check_input(x)
         maps: list[Tensor] = []
         tokens = x
-        for stage in self.stages:
+        for stage in self.stages if stop is None else self.stages[: stop + 1]:
             tokens, h, w = stage(x)
             x = as_map(tokens[:, stage.num_prefix :] if stage.num_prefix else tokens, h, w)
             maps.append(x)
         return maps, tokens
 
-    def _chunk_size(self, x: Tensor) -> int | None:
-        """Images per chunk on the CPU fast path (None: the whole batch at once)."""
-        budget = cpu_chunk_bytes()
-        if budget <= 0 or not isinstance(x, Tensor) or x.ndim != 4 or x.shape[0] < 2:
-            return None
-        if not fast_path_active(x):
-            return None
-        return self.piece_size(x.shape[0], x.shape[-2], x.shape[-1], budget, x.element_size())
-
-    def piece_size(self, batch: int, height: int, width: int, budget: int, element_size: int = 4) -> int | None:
-        """Images per piece when a batch is split into as few even pieces as keep each piece's stage-1
-        hidden activation (the largest tensor of a forward) under ``budget`` bytes; None: no split.
-        Used by the CPU inference chunks and the trainer's automatic micro-batches."""
-        cfg = self.config
-        h, w = self.stages[0].patch_embed.output_size(height, width)
-        total = batch * h * w * int(cfg.embed_dims[0] * cfg.mlp_ratios[0]) * element_size
-        pieces = min(batch, -(-total // budget))
-        return -(-batch // pieces) if pieces > 1 else None
-
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """``(B, C_in, H, W)`` -> the four maps ``(B, C_i, H_i, W_i)`` at strides 4, 8, 16, 32."""
-        chunk = self._chunk_size(x)
-        if chunk is not None:
-            parts = [self.forward_tokens(c)[0] for c in x.split(chunk)]
-            return [torch.cat(maps) for maps in zip(*parts)]
         return self.forward_tokens(x)[0]
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+    ) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
+        """The maps of the stages ``indices`` selects (see :func:`stage_indices`: every stage by default,
+        an int ``n`` the last ``n``, negative indices from the end), in stage order, and the final tokens,
+        as timm's ``forward_intermediates``.
+
+        Returns ``(tokens, maps)``: ``tokens`` is the last stage's output sequence ``(B, N [+1], C)``
+        after its LayerNorm (what :meth:`pool` reads); with ``stop_early`` the stages after the last
+        selected one are not run and ``tokens`` is that stage's. ``intermediates_only``: the maps alone.
+        """
+        take = stage_indices(len(self.stages), indices)
+        maps, tokens = self.forward_tokens(x, stop=take[-1] if stop_early or intermediates_only else None)
+        selected = [maps[i] for i in take]
+        return selected if intermediates_only else (tokens, selected)
 
     def pool(self, tokens: Tensor) -> Tensor:
         """Last stage tokens ``(B, N, C) -> (B, C)``: the class token (v1) or the mean token (v2)."""
@@ -266,8 +349,5 @@ class PyramidVisionTransformer(nn.Module):
         return self.head(pooled)
 
     def forward(self, x: Tensor) -> Tensor:
-        chunk = self._chunk_size(x)
-        if chunk is not None:
-            return torch.cat([self.forward(c) for c in x.split(chunk)])
         _, tokens = self.forward_tokens(x)
         return self.forward_head(self.pool(tokens))

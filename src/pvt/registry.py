@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,12 @@ def create_model(
     pretrained: str | Path | None = None,
     in_chans: int = 3,
     drop_path_rate: float | None = None,
+    accelerate: bool = True,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+    grad_checkpointing: bool = False,
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
     **config_overrides: Any,
 ) -> PyramidVisionTransformer:
     """Build a registered variant, optionally with weights.
@@ -38,17 +45,46 @@ def create_model(
         in_chans: input channels.
         drop_path_rate: stochastic depth; default 0 (the official training rate is in
             ``pvt.variants.VARIANTS[name].drop_path_rate``).
+        accelerate: give the model the faster inference paths of :func:`pvt.accel.accelerate` (same
+            parameters and results); ``False``: the plain model.
+        features_only: a :class:`~pvt.features.PVTFeatures`: no head, ``model(x)`` gives the maps of
+            the stages ``out_indices`` selects (default all four; an int ``n``: the last ``n``; negative
+            indices count from the end), ``feature_info`` describes them.
+        grad_checkpointing: recompute each block in the backward pass (less memory, same gradients;
+            :meth:`~pvt.model.PyramidVisionTransformer.set_grad_checkpointing`).
+        frozen_stages: -1 none; 0 the first patch embedding; ``n`` the first ``n`` stages: no
+            gradients, eval mode while training (mmdetection's ``frozen_stages``).
+        norm_eval: keep BatchNorm layers in eval mode while training (mmdetection's ``norm_eval``;
+            PVT's own norms are LayerNorms, which it leaves alone).
         **config_overrides: any :class:`~pvt.config.PVTConfig` field, e.g. ``linear_sra=True``.
     """
     variant = get_variant(name)
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices selects the maps of a features_only model; pass features_only=True")
+    if features_only:
+        if num_classes:
+            raise ValueError(f"a features_only model has no head; num_classes={num_classes} asks for one")
+        num_classes = 0
     overrides = dict(config_overrides, in_chans=in_chans)
     if drop_path_rate is not None:
         overrides["drop_path_rate"] = drop_path_rate
     if pretrained is not None:
         from .weights import create_pretrained
 
-        return create_pretrained(variant, pretrained, num_classes=num_classes, overrides=overrides)
-    overrides["num_classes"] = 1000 if num_classes is None else num_classes
-    model = PyramidVisionTransformer(variant.config.replace(**overrides))
-    model.variant_name = name
+        model = create_pretrained(variant, pretrained, num_classes=num_classes, overrides=overrides)
+    else:
+        overrides["num_classes"] = 1000 if num_classes is None else num_classes
+        model = PyramidVisionTransformer(variant.config.replace(**overrides))
+        model.variant_name = name
+    model.set_grad_checkpointing(grad_checkpointing)
+    model.norm_eval = bool(norm_eval)
+    model.set_frozen_stages(frozen_stages)
+    if features_only:
+        from .features import PVTFeatures
+
+        model = PVTFeatures(model, out_indices)
+    if accelerate:
+        from .accel import accelerate as accelerate_model
+
+        accelerate_model(model)
     return model

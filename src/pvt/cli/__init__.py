@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, convert, data, models, train
+from . import bench, convert, data, models, push, train
 
 __all__ = ["main", "build_parser"]
 
-_MODULES = (models, convert, train, data, bench)
+_MODULES = (models, convert, push, train, data, bench)
 
 
 class UsageError(ValueError):
@@ -33,16 +33,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        from ..runtime import configure_allocator
+        from ..accel.runtime import configure_allocator
 
         configure_allocator(getattr(args, "allocator", None))
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
-        print(f"pvt {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, FloatingPointError) as e:
+        # bad input, a file that cannot be read or written (disk full included), a diverged training
+        print(f"pvt {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"pvt {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during training (pvt.engine.signals)
+        if not getattr(e, "reported", False):
+            print(f"pvt {args.command}: interrupted", file=sys.stderr)
+        return 128 + int(getattr(e, "signum", 2))
+
+
+def _one_line(e: BaseException) -> str:
+    """An error's message on one line (an OSError without its ``[Errno N]`` prefix when it names a file)."""
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

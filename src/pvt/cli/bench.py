@@ -1,5 +1,6 @@
 """`pvt benchmark` (speed and memory, optionally beside timm / HF) and `pvt export` (ONNX, TorchScript,
-ExportedProgram with dynamic batch/height/width)."""
+ExportedProgram with dynamic batch/height/width): argument parsing and printing around :mod:`pvt.bench`
+and :mod:`pvt.export`, imported inside the commands so that ``pvt --help`` does not load them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+_RUNTIMES = ("pvt", "timm", "hf", "onnxruntime", "openvino")
 
 
 def register(sub) -> None:
@@ -30,11 +33,17 @@ def register(sub) -> None:
     p.add_argument("--mode", nargs="+", default=["infer"], choices=["infer", "train"],
                    help="train: forward, cross-entropy, backward and one AdamW step")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="CPU threads (default: torch's); several values only with the runtime runners")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compare", action="store_true",
-                   help="also time timm's and HF's implementations (with --backend onnxruntime: our PyTorch model)")
+                   help="also time the peers: for CPU inference timm, HF, ONNX Runtime and OpenVINO, each in its own "
+                        "process (the runtime runners below); with --in-process, --mode train, --device cuda or "
+                        "--compile: timm's and HF's in this process, interleaved (with --backend onnxruntime --onnx: "
+                        "our PyTorch model)")
+    p.add_argument("--in-process", action="store_true",
+                   help="time every implementation in this one process, interleaved (peak memory, page faults)")
     p.add_argument("--compile", action="store_true",
                    help="also time our model and timm's (with --compare) under torch.compile")
     p.add_argument("--compile-mode", default=None,
@@ -42,8 +51,24 @@ def register(sub) -> None:
                    help="torch.compile mode for --compile (reduce-overhead: CUDA graphs)")
     p.add_argument("--channels-last", action="store_true", help="channels-last input and model")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
-    p.add_argument("--onnx", type=Path, help="ONNX file for --backend onnxruntime")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                   help="onnxruntime / openvino: that runtime on our exported ONNX, beside ours, each in its own "
+                        "process (with --onnx FILE: onnxruntime on that file in this process)")
+    p.add_argument("--onnx", type=Path, help="ONNX file for --backend onnxruntime (timed in this process)")
+    g = p.add_argument_group(
+        "runtime runners (each runtime and precision in its own fresh process, alternating rounds, medians; "
+        "CPU inference; switched on by any of these options or by --backend without --onnx)")
+    g.add_argument("--precision", nargs="+", choices=["float32", "bfloat16", "int8", "auto"],
+                   help="precisions to run (auto: bfloat16 where the CPU multiplies it natively, else float32); "
+                        "with --compare every runtime that offers the precision runs it")
+    g.add_argument("--runtimes", nargs="+", choices=list(_RUNTIMES),
+                   help="runtimes to run (default: pvt, and with --compare all of them)")
+    g.add_argument("--rounds", type=int, default=None, help="processes per runner, alternating (default 2)")
+    g.add_argument("--busy-cores", type=int, default=None,
+                   help="keep N cores busy with spinning processes during the run (a shared machine)")
+    g.add_argument("--wait-policy", default=None, metavar="{default,passive,active,spin=N}",
+                   help="OpenMP waiting of the runners: OMP_WAIT_POLICY passive (idle threads sleep at once) / "
+                        "active, or spin=N: GOMP_SPINCOUNT=N (spin N times, then sleep)")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument("--allocator", choices=["tuned", "default"], default=None,
                    help="tuned: glibc keeps freed memory, so calls touch no new pages (every implementation in "
@@ -65,34 +90,62 @@ def register(sub) -> None:
     e.add_argument("--out", type=Path, help="output file (default: <name>.onnx / .pt / .pt2)")
     e.add_argument("--model", help="variant of a checkpoint that does not record one")
     e.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's or 1000)")
-    e.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset (18 and newer; see pvt.export.ONNX_OPSETS)")
     e.add_argument("--check", action="store_true", help="run the exported file at two sizes and compare")
+    e.add_argument("--quantize", choices=["int8"], default=None,
+                   help="ONNX: write an int8 file (every linear layer; ONNX Runtime's quantiser): dynamic ranges, or "
+                        "static QDQ with --calibration; runs in ONNX Runtime and OpenVINO")
+    e.add_argument("--calibration", metavar="DIR",
+                   help="with --quantize int8: a folder of images (searched recursively, up to 64) for static ranges")
     e.set_defaults(func=_export)
+
+
+def _isolated(args: argparse.Namespace) -> bool:
+    """Whether the options ask for the runtime runners (each runtime in its own process): any runner
+    option, --backend without --onnx, or --compare for CPU inference (unless --in-process)."""
+    if args.in_process or args.onnx is not None:
+        return False
+    cpu_inference = (args.device == "cpu" and args.mode == ["infer"] and not args.compile
+                     and not args.channels_last)
+    return bool(args.precision or args.runtimes or args.rounds or args.busy_cores or args.wait_policy
+                or args.backend != "torch" or (args.compare and cpu_inference))
 
 
 def _benchmark(args: argparse.Namespace) -> int:
     import torch
 
-    from ..benchmark import Case, format_results, parse_size, run_case, run_onnxruntime
-    from ..registry import create_model, list_models
+    from ..bench import Case, format_results, parse_size, run_case, run_onnxruntime
+    from ..engine.distributed import resolve_device
+    from ..registry import create_model
+    from ..variants import get_variant
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    known = list_models()
+    if args.device == "auto":
+        raise ValueError("--device auto: name the device to time, e.g. cpu or cuda")
+    resolve_device(args.device)  # a device this machine lacks fails here, on one line
+    threads = args.threads or []
+    if any(t < 1 for t in threads):
+        raise ValueError(f"--threads must be >= 1, got {' '.join(map(str, threads))}")
     for name in args.models:
-        if name not in known:
-            raise ValueError(f"unknown model {name!r}; choose from {', '.join(known)}")
+        get_variant(name)  # unknown names fail here, with close matches, before anything runs
     if min(args.batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     sizes = [parse_size(s) for s in args.img_size]
-    if args.backend == "onnxruntime" and args.onnx is None:
-        raise ValueError("--backend onnxruntime needs --onnx FILE (make one with `pvt export`)")
+    if args.onnx is not None and args.backend != "onnxruntime":
+        raise ValueError("--onnx FILE goes with --backend onnxruntime")
+    if args.backend == "onnxruntime":
+        from ..export import require_onnx
+
+        require_onnx("onnxruntime")
     if args.onnx is not None and not args.onnx.is_file():
         raise FileNotFoundError(f"ONNX file {args.onnx} does not exist")
+    if _isolated(args):
+        return _benchmark_runtimes(args, sizes)
+    if len(threads) > 1:
+        raise ValueError("several --threads values need the runtime runners (e.g. --precision float32)")
+    if threads:
+        torch.set_num_threads(threads[0])
     impls = ("pvt", "timm", "hf") if args.compare else ("pvt",)
-    from ..runtime import allocator_mode
+    from ..accel.runtime import allocator_mode
 
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"allocator {allocator_mode()}", flush=True)
@@ -106,7 +159,8 @@ def _benchmark(args: argparse.Namespace) -> int:
                         if args.backend == "onnxruntime":
                             ours = create_model(name) if args.compare else None
                             results += run_onnxruntime(str(args.onnx), case, warmup=args.warmup,
-                                                       repeats=args.repeats, threads=args.threads, model=ours)
+                                                       repeats=args.repeats, threads=threads[0] if threads else None,
+                                                       model=ours)
                             continue
                         done = run_case(case, impls, warmup=args.warmup, repeats=args.repeats,
                                         memory=not args.no_memory, compile=args.compile,
@@ -121,13 +175,80 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    from ..export import default_suffix, export_min_size, export_model, load_model
+def _benchmark_runtimes(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> int:
+    """The runtime runners: every (runtime, precision, threads) in its own process (pvt.bench.runtimes)."""
+    import os
 
+    from ..accel.capability import cpu_flags, cpu_model, resolve_precision
+    from ..accel.runtime import allocator_mode
+    from ..bench.runtimes import benchmark_runtimes, format_runtime_results, runners_for
+
+    if args.device != "cpu" or args.mode != ["infer"] or args.compile or args.channels_last:
+        raise ValueError("the runtime runners time CPU inference (no --device, --mode train, --compile, "
+                         "--channels-last; --in-process for those)")
+    runtimes = list(args.runtimes or (_RUNTIMES if args.compare else ("pvt",)))
+    if args.backend != "torch" and args.backend not in runtimes:
+        runtimes.append(args.backend)
+    precisions = []
+    for requested in args.precision or args.dtype:
+        picked, reason = resolve_precision(requested, "cpu")
+        if requested == "auto":
+            print(f"# precision auto -> {picked} ({reason})")
+        if picked not in precisions:
+            precisions.append(picked)
+    threads = args.threads or [min(2, os.cpu_count() or 1)]
+    runners = runners_for(runtimes, precisions, threads)
+    busy = args.busy_cores or 0
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni", "avx2")))
+    print(f"# {cpu_model()}, {os.cpu_count()} CPUs; flags: {' '.join(flags)}")
+    print(f"# each runner in its own process: {args.rounds or 2} rounds x {args.repeats} calls after {args.warmup} "
+          f"warm-up; busy cores {busy}; OpenMP wait policy {args.wait_policy or 'default'}; allocator {allocator_mode()}",
+          flush=True)
+    results = []
+    for size in sizes:
+        for bs in args.batch_size:
+            results += benchmark_runtimes(
+                args.models, runners, batch_size=bs, size=size, warmup=args.warmup, repeats=args.repeats,
+                rounds=args.rounds or 2, busy=busy, wait_policy=args.wait_policy or "default",
+                allocator=allocator_mode(), log=lambda s: print(f"# {s}", file=sys.stderr, flush=True),
+            )
+    print(format_runtime_results(results))
+    if args.json:
+        args.json.write_text(json.dumps([r.as_dict() for r in results], indent=1))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from ..export import (
+        check_onnx_export, default_suffix, export_min_size, export_model, load_model, quantize_onnx, require_onnx,
+    )
+
+    if args.quantize and args.fmt != "onnx":
+        raise ValueError("--quantize int8 writes ONNX files (--format onnx)")
+    if args.calibration and not args.quantize:
+        raise ValueError("--calibration goes with --quantize int8")
+    if args.fmt == "onnx":
+        check_onnx_export(args.opset)  # before the model is loaded
+        if args.check or args.quantize:
+            require_onnx("onnxruntime")
     model = load_model(args.source, num_classes=args.num_classes, model=args.model)
-    out = args.out or Path(Path(args.source).stem + default_suffix(args.fmt))
-    export_model(model, args.fmt, out, opset=args.opset)
-    print(f"wrote {out} ({args.fmt}; input (batch, {model.config.in_chans}, H, W) float32 with H, W >= "
+    out = args.out or Path(Path(args.source).stem + ("_int8" if args.quantize else "") + default_suffix(args.fmt))
+    if args.quantize:
+        images = None
+        if args.calibration:
+            from ..api import _folder_images
+
+            images = _folder_images(Path(args.calibration), model.config.img_size, 64)
+        with tempfile.TemporaryDirectory() as tmp:
+            float_file = export_model(model, "onnx", Path(tmp) / "float32.onnx", opset=args.opset)
+            quantize_onnx(float_file, out, images)
+        kind = f"int8 ({'static QDQ, ' + str(len(images)) + ' calibration images' if images is not None else 'dynamic'})"
+    else:
+        export_model(model, args.fmt, out, opset=args.opset)
+        kind = args.fmt
+    print(f"wrote {out} ({kind}; input (batch, {model.config.in_chans}, H, W) float32 with H, W >= "
           f"{export_min_size(model)}; output logits (batch, {model.num_classes or model.num_features}))")
     if args.check:
         from ..export import check_export

@@ -1,28 +1,45 @@
-"""`pvt convert SRC DST`: any supported checkpoint -> this library's own format (one safetensors file)."""
+"""`pvt convert SRC DST [--to FORMAT]`: any supported checkpoint -> any ecosystem's layout (default: this
+library's own format, one safetensors file)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..weights.keys import FORMATS
+from ..weights.writing import EXPORT_FORMATS
+
+_HOW_TO_LOAD = {
+    "pvt": "pvt.create_model(name, pretrained='{dst}')",
+    "hf": "transformers.AutoModelForImageClassification.from_pretrained('{dst}') (headless: AutoModel, "
+          "PvtV2Backbone)",
+    "timm": "timm.create_model('local-dir:{folder}', pretrained=True)",
+    "official": "the whai362/PVT code: model.load_state_dict(torch.load('{dst}')['model'])",
+    "mmdet": "an mmdetection config with a PyramidVisionTransformer[V2] backbone: load_from='{dst}'",
+    "mmseg": "an mmsegmentation config with an mmdet.PyramidVisionTransformer[V2] backbone: load_from='{dst}'",
+}
 
 
 def register(sub) -> None:
     """Add ``convert`` to the pvt parser."""
     p = sub.add_parser(
         "convert",
-        help="convert official / timm / HF transformers weights to this library's format",
+        help="convert weights between this library, official, timm, HF transformers and OpenMMLab layouts",
         description=(
-            "Read a checkpoint in any supported layout and write it in this library's own format: one "
-            ".safetensors file whose metadata holds the model config. Accepted SRC: "
+            "Read a checkpoint in any supported layout and write it in the layout --to names (default: this "
+            "library's own format, one .safetensors file whose metadata holds the model config). Accepted SRC: "
             + "; ".join(FORMATS.values())
             + ". SRC may be a file, a folder (HF: config.json + model.safetensors or pytorch_model.bin) or "
-            "hf-hub:<repo id>. Nothing from SRC is executed (torch.load weights_only=True)."
+            "hf-hub:<repo id>; a detection or segmentation checkpoint gives its backbone. Nothing from SRC is "
+            "executed (torch.load weights_only=True). Formats written: "
+            + "; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items())
+            + "."
         ),
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file, folder or hf-hub:<repo id>")
-    p.add_argument("dst", metavar="DST", help="output .safetensors file")
+    p.add_argument("dst", metavar="DST", help="output: a .safetensors file (pvt, timm), a folder (hf, timm) or a "
+                                              ".pth file (official, mmdet, mmseg)")
+    p.add_argument("--to", choices=list(EXPORT_FORMATS), default="pvt", metavar="FORMAT",
+                   help=f"layout to write: {', '.join(EXPORT_FORMATS)} (default: pvt)")
     p.add_argument(
         "--model", metavar="NAME", default=None,
         help="variant name (see `pvt models`); default: the one SRC records or its shapes fit",
@@ -36,23 +53,33 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import save_model
+    from pathlib import Path
+
     from ..hub import resolve_source
     from ..weights import create_pretrained, read_checkpoint
+    from ..weights.writing import Preprocessing, export_weights, source_labels
 
-    dst = Path(args.dst)
-    if dst.suffix != ".safetensors":
-        raise ValueError(f"DST {dst} must end in .safetensors (the own format is one safetensors file)")
-    if dst.exists() and not args.force:
-        raise ValueError(f"{dst} exists; pass --force to overwrite it")
     if args.num_classes is not None and args.num_classes < 0:
         raise ValueError(f"--num-classes must be >= 0, got {args.num_classes}")
     ckpt = read_checkpoint(resolve_source(args.src))
     model = create_pretrained(args.model, ckpt, num_classes=args.num_classes)
-    save_model(model, dst, variant=model.variant_name, extra=ckpt.extra or None)
+    labels = source_labels(ckpt.extra, ckpt.source)
+    if labels is not None and len(labels) != model.num_classes:
+        labels = None  # the head was dropped or resized
+    extra = dict(ckpt.extra)
+    if extra.get("task") not in (None, "classification"):  # a detector's or segmenter's backbone: no longer that run
+        extra = {k: v for k, v in extra.items() if k not in ("task", "task_model", "train_config", "class_names")}
+    done = export_weights(model, args.to, args.dst, class_names=labels, force=args.force,
+                          preprocessing=Preprocessing.of(model.config, ckpt.extra), extra=extra or None)
     n = sum(p.numel() for p in model.parameters())
     print(
-        f"wrote {dst}: {model.variant_name}, {n:,} parameters, {model.num_classes} classes "
+        f"wrote {done.path}: {model.variant_name}, {n:,} parameters, {model.num_classes} classes "
         f"(from {ckpt.format_description}: {ckpt.source})"
+        + ("" if args.to == "pvt" else f" as {args.to}: {', '.join(p.name for p in done.files)}")
     )
+    for note in done.notes:
+        print(f"note: {note}")
+    if args.to != "pvt":
+        folder = done.files[0].parent
+        print("load it with " + _HOW_TO_LOAD[args.to].format(dst=done.path, folder=folder if folder != Path() else "."))
     return 0

@@ -1,4 +1,5 @@
-"""``pvt make-data``: write the built-in shapes data set (COCO and ADE20K layouts) to a folder."""
+"""``pvt make-data``: write the built-in shapes data set (COCO and ADE20K layouts) to a folder;
+``pvt make-shards``: write an ImageFolder tree as WebDataset tar shards."""
 
 from __future__ import annotations
 
@@ -14,6 +15,28 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_shards(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from ..data.shards import write_shards
+
+    t0 = time.perf_counter()
+
+    def progress(split: str, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{split}: {done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    index = write_shards(args.folder, args.out, shard_size=args.shard_size, shuffle=args.shuffle, seed=args.seed,
+                         splits=tuple(args.splits.split(",")), progress=progress)
+    for split, info in index["splits"].items():
+        skipped = f", {len(info['unreadable'])} unreadable files left out" if info["unreadable"] else ""
+        print(f"{split}: {info['count']} images of {len(index['classes'])} classes in {len(info['shards'])} shards"
+              f"{' (shuffled, seed ' + str(info['seed']) + ')' if info['shuffled'] else ''}{skipped}")
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.1f}s; train from it with: pvt train --data {args.out}")
+    return 0
+
+
 def register(sub) -> None:
     """Add this module's sub-commands to the pvt parser."""
     p = sub.add_parser("make-data", help="write the built-in shapes data set (COCO + ADE20K formats)")
@@ -25,3 +48,18 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a folder made with other parameters")
     p.set_defaults(func=_cmd_make_data)
+
+    p = sub.add_parser("make-shards", help="write an ImageFolder tree (train/, val/) as WebDataset tar shards",
+                       description="Write FOLDER/<split>/<class>/<image> as OUT/<split>-NNNNNN.tar shards (class "
+                                   "index, the original image bytes, its path) and OUT/index.json (classes, counts). "
+                                   "pvt train / pvt eval --data OUT read them.")
+    p.add_argument("folder", metavar="FOLDER", help="an ImageFolder tree with train/ and val/")
+    p.add_argument("out", metavar="OUT", help="output folder (must not hold shards already)")
+    p.add_argument("--shard-size", type=int, default=1000,
+                   help="images per shard (default 1000: about 110 MB of ImageNet JPEGs)")
+    p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+                   help="shuffle the training images across shards (default; --no-shuffle keeps the folder's order)")
+    p.add_argument("--seed", type=int, default=0, help="seed of that shuffle")
+    p.add_argument("--splits", default="train,val", help="split folders to write, the first giving the classes "
+                                                          "(default train,val)")
+    p.set_defaults(func=_cmd_make_shards)

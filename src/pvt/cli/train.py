@@ -55,8 +55,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config:
             raise ValueError("--config cannot be combined with --resume (the run's own config.yaml is used)")
-        result = train(resume=args.resume, quiet=args.quiet, **overrides)
+        result = train(resume=args.resume, quiet=args.quiet, fresh_optimizer=args.fresh_optimizer, **overrides)
     else:
+        if args.fresh_optimizer:
+            raise ValueError("--fresh-optimizer only applies with --resume RUN_DIR")
         result = train(args.config, quiet=args.quiet, **overrides)
     if args.quiet and result.best:
         print(json.dumps({"run_dir": str(result.run_dir), **result.best}))
@@ -68,10 +70,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..tasks import get_task
 
     r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
-                 workers=args.workers, model=args.model)
+                 workers=args.workers, model=args.model, precision=args.precision, calibration=args.calibration)
     if args.json:
         print(json.dumps(r))
         return 0
+    print(f"precision: {r['precision']} ({r['precision_reason']})", file=sys.stderr)
     print(f"{r['model']} ({r['task']}) on {r['data']} ({r['images']} images at {r['img_size']}px): "
           + get_task(r["task"]).summary(r)
           + (f"  ({r['skipped_images']} unreadable images skipped)" if r["skipped_images"] else ""))
@@ -90,8 +93,14 @@ def _print_predictions(preds: list[dict[str, Any]]) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..api import predict
 
+    if args.precision != "float32":
+        from ..accel.capability import resolve_precision
+        from ..engine.distributed import resolve_device
+
+        picked, reason = resolve_precision(args.precision, resolve_device(args.device).type)
+        print(f"precision: {picked} ({reason})", file=sys.stderr)
     preds = predict(args.checkpoint, args.images, topk=args.topk, score_thresh=args.score_thresh,
-                    out_dir=args.out_dir, device=args.device)
+                    out_dir=args.out_dir, device=args.device, precision=args.precision, calibration=args.calibration)
     text = json.dumps(preds, indent=1)
     if args.json_out:
         from ..io import atomic_write
@@ -134,13 +143,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precision_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "int8", "auto", "fp32", "bf16"],
+                   help="inference precision: auto = bfloat16 where the CPU multiplies it natively (AVX-512 BF16, "
+                        "AMX) or on a GPU, else float32; int8 = quantised linear layers on the CPU (default: float32)")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="int8: a folder of images (searched recursively, up to 64) for static activation ranges "
+                        "(default: dynamic ranges, measured on every batch)")
+
+
 def register(sub) -> None:
     """Add ``train``, ``eval``, ``predict`` and ``demo`` to the pvt parser."""
     p = sub.add_parser("train", help="train a classifier (or --task NAME) on a folder or the built-in digits",
                        description="Train with the paper's recipe; every config value is a flag. Under "
                                    "`torchrun --nproc_per_node N` the same command trains with DDP.")
     p.add_argument("--config", metavar="YAML", help="a YAML file of config values (flags override it)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished epoch "
+                                                       "(only epochs, workers, threads, device, data-dir may change)")
+    p.add_argument("--fresh-optimizer", action="store_true",
+                   help="with --resume, when the run's state.pt is unreadable: continue from its last.safetensors "
+                        "with a fresh optimiser state")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="task-specific option (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     _config_flags(p)
@@ -156,6 +178,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _precision_flags(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="predict images with a model trained by pvt train: top-k classes, or drawn "
@@ -168,6 +191,7 @@ def register(sub) -> None:
     p.add_argument("--out-dir", default="predictions", help="dense tasks: where <stem>_pred.png go")
     p.add_argument("--score-thresh", type=float, default=0.3, help="detection: drop detections below this")
     p.add_argument("--json-out", help="also write the JSON records to this file")
+    _precision_flags(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="train PVTv2-B0 on the built-in digits, evaluate, predict (a few minutes)")

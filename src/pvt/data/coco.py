@@ -6,8 +6,10 @@ pixels), ``labels`` ``(N,)`` int64 contiguous class indices ``0 .. K-1`` (catego
 ``masks`` ``(N, H, W)`` uint8 when ``masks=True``, ``image_id`` int.
 
 The file is checked when the dataset is made. Errors (ValueError / FileNotFoundError naming the file
-and the record): invalid JSON, missing keys, an annotation whose image or category does not exist, a
-``bbox`` that is not four numbers, a mask whose size differs from its image, a missing image file.
+and the record): invalid JSON, missing keys, an image id that is not an integer or appears twice, a
+``file_name`` that leaves the image folder (absolute, or with ``..``), an annotation whose image or category
+does not exist, a ``bbox`` that is not four finite numbers (JSON allows NaN and Infinity), a polygon with a
+non-finite coordinate, a mask whose size differs from its image, a missing image file.
 Counted skips, as mmdetection does them (``dataset.skipped``): crowd regions and boxes that are empty
 or entirely outside the image are left out of training (they stay in the ground truth for COCOeval);
 boxes partly outside are clipped; training skips images with no boxes left.
@@ -17,8 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable
 
 import numpy as np
@@ -46,16 +49,42 @@ def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{ann_file}: missing or non-list key {key!r} (COCO needs images, annotations, categories)")
+    first: dict[int, int] = {}
     for i, img in enumerate(data["images"]):
         for key in ("id", "file_name", "width", "height"):
             if not isinstance(img, dict) or key not in img:
                 raise ValueError(f"{ann_file}: images[{i}] lacks {key!r}")
+        if not _is_int(img["id"]):
+            raise ValueError(f"{ann_file}: images[{i}] has id {img['id']!r}; COCO image ids are integers")
+        if img["id"] in first:
+            raise ValueError(f"{ann_file}: images[{i}] has id {img['id']}, as images[{first[img['id']]}] does: "
+                             "image ids must be unique")
+        first[img["id"]] = i
+        name = img["file_name"]
+        if not isinstance(name, str) or not _inside(name):
+            raise ValueError(f"{ann_file}: images[{i}] (id {img['id']}) has file_name {name!r}: expected a path "
+                             "inside the image folder (relative, without '..')")
+        for key in ("width", "height"):
+            if not _is_int(img[key]) or img[key] < 1:
+                raise ValueError(f"{ann_file}: images[{i}] (id {img['id']}) has {key} {img[key]!r}: expected a "
+                                 "positive integer")
     for i, c in enumerate(data["categories"]):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise ValueError(f"{ann_file}: categories[{i}] needs 'id' and 'name'")
     if not data["categories"]:
         raise ValueError(f"{ann_file}: no categories")
     return data
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _inside(name: str) -> bool:
+    """Whether ``name`` is a relative path that stays inside the folder it is relative to."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return (bool(parts) and not PurePosixPath(name).is_absolute() and not PureWindowsPath(name).drive
+            and ".." not in parts)
 
 
 def decode_mask(segm: Any, height: int, width: int, where: str) -> np.ndarray:
@@ -135,6 +164,13 @@ class CocoDataset(Dataset):
             bbox = a["bbox"]
             if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
                 raise ValueError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
+            if not all(math.isfinite(v) for v in bbox):
+                raise ValueError(f"{where}: bbox {bbox!r} holds a non-finite number; expected four finite numbers")
+            segm = a.get("segmentation")
+            if isinstance(segm, list) and not all(
+                    isinstance(v, (int, float)) and math.isfinite(v) for poly in segm if isinstance(poly, list)
+                    for v in poly):
+                raise ValueError(f"{where}: a segmentation polygon holds a non-finite or non-numeric coordinate")
             if masks and "segmentation" not in a and not a.get("iscrowd"):
                 raise ValueError(f"{where}: lacks 'segmentation' (needed for instance masks)")
             segm = a.get("segmentation")
@@ -224,9 +260,10 @@ class CocoDataset(Dataset):
         im = self.images[image_id]
         path = self.image_dir / im["file_name"]
         try:
-            img = Image.open(path).convert("RGB")
-        except OSError as e:
-            raise ValueError(f"{path}: unreadable image ({e})") from None
+            with Image.open(path) as opened:
+                img = opened.convert("RGB")
+        except Exception as e:  # noqa: BLE001  (PIL's errors have no common base: bombs, truncated data)
+            raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {' '.join(str(e).split())})") from None
         if img.size != (im["width"], im["height"]):
             raise ValueError(
                 f"{self.ann_file}: image id {image_id} says {im['width']}x{im['height']} but "

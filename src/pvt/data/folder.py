@@ -1,48 +1,77 @@
 """An ImageFolder-style dataset (``root/<class>/<image>``) that never stops an epoch on a bad file.
 
-Grayscale, palette, CMYK and RGBA images are converted to RGB. Files whose header cannot be read are
-dropped when the folder is scanned; files that fail later (e.g. truncated data) make ``__getitem__``
-return ``None``, which :func:`collate_skipping` removes from the batch and counts.
+Grayscale, 16-bit grayscale, palette, CMYK and RGBA images are converted to RGB. Files whose header cannot
+be read are dropped when the folder is scanned; files that fail later, whatever they raise (truncated
+data, a decompression bomb, an image so elongated that resizing it would need gigabytes), make
+``__getitem__`` return ``None``, which :func:`collate_skipping` removes from the batch and counts.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "collate_skipping", "load_rgb", "read_image", "find_classes"]
+__all__ = ["IMG_EXTENSIONS", "MAX_ASPECT", "ImageFolderDataset", "collate_skipping", "load_rgb", "read_image",
+           "find_classes"]
 
 log = logging.getLogger("pvt.data")
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
+MAX_ASPECT = 100
+"""The most elongated image accepted (long side / short side): resized to the evaluation size on its short
+side, a longer one would need gigabytes (a valid 2,000,000 x 1 PNG is 321 bytes)."""
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as 3-channel RGB (alpha dropped, palette and grayscale expanded)."""
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) grayscale image as 8-bit ``L``, scaled
+    rather than clipped: 16-bit data by 255/65535; ``I`` and ``F`` by the range their values fit (0-1 for
+    floats, 0-255, 0-65535, else their maximum)."""
+    a = np.asarray(img).astype(np.float64)
+    top = float(a.max()) if a.size else 0.0
+    if img.mode.startswith("I;16"):
+        full = 65535.0
+    elif img.mode == "F" and top <= 1.0:
+        full = 1.0
+    else:
+        full = next((r for r in (255.0, 65535.0) if top <= r), top)
+    return Image.fromarray(np.clip(np.round(a * (255.0 / full)), 0, 255).astype(np.uint8), "L")
+
+
+def load_rgb(path: str | Path | BinaryIO) -> Image.Image:
+    """Open an image file (a path or an open binary file) as 3-channel RGB (alpha dropped, palette and
+    grayscale expanded, 16-bit and float grayscale scaled to 8 bits). A ValueError for an image more
+    elongated than :data:`MAX_ASPECT`."""
     with Image.open(path) as img:
+        w, h = img.size
+        if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+            raise ValueError(f"{w}x{h} pixels is more elongated than {MAX_ASPECT}:1 (resizing it would need "
+                             "gigabytes)")
         if img.mode in ("P", "PA", "LA"):
             img = img.convert("RGBA")
+        elif img.mode.startswith("I") or img.mode == "F":
+            img = _to_8bit(img)
         return img.convert("RGB")
 
 
 def read_image(path: str | Path) -> Tensor:
     """An image file as a ``(3, H, W)`` float tensor in [0, 1] (RGB); FileNotFoundError / ValueError
-    naming the file when it is missing or unreadable."""
-    import numpy as np
-
+    naming the file when it is missing or unreadable (whatever the decoder raises: a decompression bomb,
+    truncated data, memory)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"image {str(p)!r} does not exist")
     try:
         img = load_rgb(p)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"image {str(p)!r} cannot be read: {e}") from None
+    except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; MemoryError is one)
+        raise ValueError(f"image {str(p)!r} cannot be read: {' '.join(str(e).split()) or type(e).__name__}") from None
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 
 
@@ -70,6 +99,8 @@ class ImageFolderDataset(Dataset):
         transform: PIL image -> tensor ``(3, H, W)``.
         class_names: the label order (the training split's), so val labels agree with train's.
         require_all: every class folder must hold at least one image (the training split).
+        raw: return each file's bytes as a 1-D uint8 tensor instead of a decoded, transformed image
+            (for decoding and augmenting on the training device).
 
     Attributes:
         samples: ``(path, label)`` of every readable file.
@@ -82,8 +113,10 @@ class ImageFolderDataset(Dataset):
         transform: Callable[[Image.Image], Tensor] | None = None,
         class_names: list[str] | None = None,
         require_all: bool = True,
+        raw: bool = False,
     ):
         self.root = Path(root)
+        self.raw = raw
         found = find_classes(self.root)
         self.class_names = list(class_names) if class_names is not None else found
         unknown = sorted(set(found) - set(self.class_names))
@@ -118,13 +151,20 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int] | None:
+        """``(image, label)``, or None when the file cannot be read or transformed, whatever it raises."""
         path, label = self.samples[index]
+        if self.raw:
+            try:
+                return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8), label
+            except OSError as e:
+                log.warning("skipped unreadable image %s (%s)", path, e)
+                return None
         try:
             img = load_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            log.warning("skipped unreadable image %s (%s)", path, e)
+            return (self.transform(img) if self.transform else img), label
+        except Exception as e:  # noqa: BLE001  (one file never stops an epoch: MemoryError, OverflowError too)
+            log.warning("skipped unreadable image %s (%s: %s)", path, type(e).__name__, e)
             return None
-        return (self.transform(img) if self.transform else img), label
 
 
 def _header_ok(path: Path) -> bool:
@@ -136,12 +176,14 @@ def _header_ok(path: Path) -> bool:
         return False
 
 
-def collate_skipping(samples: list[Any]) -> tuple[Tensor, Tensor, int]:
-    """``[(image, label) | None, ...] -> (images (B, 3, H, W), labels (B,), number skipped)``."""
+def collate_skipping(samples: list[Any]) -> tuple[Tensor | list[Tensor], Tensor, int]:
+    """``[(image, label) | None, ...] -> (images (B, 3, H, W), labels (B,), number skipped)``; encoded
+    images (1-D uint8 tensors of a ``raw`` data set, of different lengths) stay a list."""
     good = [s for s in samples if s is not None]
     skipped = len(samples) - len(good)
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    images = torch.stack([s[0] for s in good])
+    encoded = good[0][0].ndim == 1
+    images = [s[0] for s in good] if encoded else torch.stack([s[0] for s in good])
     labels = torch.tensor([s[1] for s in good], dtype=torch.long)
     return images, labels, skipped

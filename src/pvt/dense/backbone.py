@@ -20,6 +20,7 @@ __all__ = [
     "PVTBackbone",
     "PVTWithFPN",
     "P6P7FromC5",
+    "P6P7FromP5",
     "build_backbone",
     "xavier_init_",
 ]
@@ -97,11 +98,29 @@ class P6P7FromC5(ExtraFPNBlock):
         return results + [p6, p7], names + ["p6", "p7"]
 
 
+class P6P7FromP5(P6P7FromC5):
+    """ATSS's and GFL's two extra levels, as mmdet's ``add_extra_convs='on_output'`` with
+    ``relu_before_extra_convs=False``: P6 = conv3x3/2(P5 *output*), P7 = conv3x3/2(P6), no ReLU between.
+
+    ``P5 (B, C, h, w) -> P6 (B, C, ceil(h/2), ceil(w/2)), P7 (B, C, ceil(h/4), ceil(w/4))``; both convs
+    take the FPN width in and out (``channels``), whatever C5 has.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels)
+
+    def forward(self, results: list[Tensor], x: list[Tensor], names: list[str]):
+        return super().forward(results, results, names)  # the FPN outputs in place of its inputs
+
+
 class PVTWithFPN(nn.Module):
     """PVT backbone + torchvision FPN: ``(B, 3, H, W) -> OrderedDict`` of 256-channel maps.
 
     ``out_channels`` is set, as torchvision's detectors require. Output keys are ``"0", "1", ...``
     for the FPN levels, then the extra block's names (``"pool"`` or ``"p6", "p7"``).
+
+    ``extra``: ``"p6p7"`` (P6/P7 from C5, RetinaNet), ``"p6p7_p5"`` (P6/P7 from the P5 output, ATSS
+    and GFL), ``"pool"`` (a max-pooled P5, Mask R-CNN) or None.
     """
 
     def __init__(
@@ -117,12 +136,14 @@ class PVTWithFPN(nn.Module):
         extra_block: ExtraFPNBlock | None
         if extra == "p6p7":
             extra_block = P6P7FromC5(in_channels[-1], out_channels)
+        elif extra == "p6p7_p5":
+            extra_block = P6P7FromP5(out_channels)
         elif extra == "pool":
             extra_block = LastLevelMaxPool()
         elif extra is None:
             extra_block = None
         else:
-            raise ValueError(f"extra must be 'p6p7', 'pool' or None, got {extra!r}")
+            raise ValueError(f"extra must be 'p6p7', 'p6p7_p5', 'pool' or None, got {extra!r}")
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_block)
         xavier_init_(self.fpn)
         self.out_channels = out_channels

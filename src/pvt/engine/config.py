@@ -43,11 +43,12 @@ class TrainConfig:
     # what
     task: str = _f("classification", "task to train (see pvt.tasks.list_tasks())")
     model: str = _f("pvt_v2_b0", "model variant (pvt models)")
-    data: str | None = _f(None, "dataset folder with train/ and val/ (None: the task's built-in data)")
+    data: str | None = _f(None, "dataset folder with train/ and val/ (classification also: a shard folder written "
+                          "by pvt make-shards; None: the task's built-in data)")
     data_dir: str | None = _f(None, "cache folder for built-in data (default ~/.cache/pvt)")
     pretrained: str | None = _f(None, "weights to start from (any format create_model loads); new head")
     output: str = _f("runs", "parent folder of run folders")
-    name: str | None = _f(None, "run folder name (default: <model>-<task>-<timestamp>)")
+    name: str | None = _f(None, "run folder name, inside output (default: <model>-<task>-<timestamp>)")
     # schedule
     epochs: int = _f(300, "training epochs", min=1)
     batch_size: int = _f(128, "images per process per step", min=1)
@@ -80,17 +81,35 @@ class TrainConfig:
     scale: list[float] = _f(None, "random-resized-crop area range", factory=lambda: [0.08, 1.0])
     ratio: list[float] = _f(None, "random-resized-crop aspect-ratio range", factory=lambda: [0.75, 4 / 3])
     interpolation: str = _f("bicubic", "resize interpolation", choices=("bicubic", "bilinear", "nearest"))
-    img_size: int = _f(224, "training and evaluation crop size", min=16)
+    img_size: int = _f(224, "training and evaluation crop size", min=16, max=8192)
     crop_pct: float = _f(0.875, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
+    repeated_aug: bool = _f(True, "repeated augmentation (the official sampler): each image 3 times per epoch in "
+                            "different augmentations, spread over the processes, the epoch cut to the data's "
+                            "length")
+    device_augment: bool = _f(False, "decode JPEGs and run the training augmentation in batches on the training "
+                              "device (nvJPEG and tensor ops on a GPU); loader workers only read files")
     model_ema: bool = _f(False, "keep an exponential moving average of the weights")
     model_ema_decay: float = _f(0.99996, "EMA decay per step", min=0.0, max=1.0)
+    # the backbone (any task)
+    grad_checkpointing: bool = _f(False, "recompute each backbone block in the backward pass: far less activation "
+                                  "memory, the same gradients, for a second forward pass of the blocks")
+    frozen_stages: int = _f(-1, "freeze the backbone's first patch embedding (0) or first N stages (no gradients, "
+                            "eval mode), as mmdetection; -1: none", min=-1, max=4)
+    norm_eval: bool = _f(False, "keep the backbone's BatchNorm layers in eval mode while training, as mmdetection "
+                         "(PVT's own norms are LayerNorms, which this leaves alone)")
+    freeze_backbone: bool = _f(False, "train only what is not the backbone (classification: linear probing of the "
+                               "head); the backbone frozen, in eval mode")
     # how
     device: str = _f("auto", "device: auto, cpu, cuda, cuda:N, mps")
     amp: str = _f("auto", "mixed precision (auto: bf16 on CUDA, off on CPU)", choices=("auto", "none", "bf16", "fp16"))
     channels_last: bool = _f(False, "channels-last memory format")
     workers: int = _f(2, "data-loading processes per training process", min=0)
+    shuffle: bool = _f(True, "shuffle the training data every epoch (off: the stored order, e.g. to compare "
+                       "folder and shard runs)")
+    shuffle_buffer: int = _f(1000, "shard data: encoded images each loader worker shuffles among, on top of the "
+                             "shard order (0: shard order only)", min=0)
     threads: int = _f(0, "CPU threads for torch ops (0: torch's default)", min=0)
-    seed: int = _f(0, "random seed")
+    seed: int = _f(0, "random seed", min=0, max=2**32 - 1)
     task_options: dict[str, Any] = _f(None, "task-specific options (--opt KEY=VALUE)", factory=dict)
 
     # -- derived -----------------------------------------------------------------------------
@@ -199,10 +218,11 @@ def _check(f: dataclasses.Field, tp: Any, value: Any) -> Any:
         out = value
     lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
     if isinstance(out, (int, float)) and not isinstance(out, bool):
+        g = lambda v: str(v) if isinstance(v, int) else f"{v:g}"  # noqa: E731  (2**32 - 1, not 4.29497e+09)
         if lo is not None and out < lo:
-            raise bad(f"{_type_name(base)} >= {lo:g}" + (f" and <= {hi:g}" if hi is not None else ""))
+            raise bad(f"{_type_name(base)} >= {g(lo)}" + (f" and <= {g(hi)}" if hi is not None else ""))
         if hi is not None and out > hi:
-            raise bad(f"{_type_name(base)} <= {hi:g}" + (f" and >= {lo:g}" if lo is not None else ""))
+            raise bad(f"{_type_name(base)} <= {g(hi)}" + (f" and >= {g(lo)}" if lo is not None else ""))
     if choices and out not in choices:
         raise bad(f"one of {', '.join(choices)}")
     return out
@@ -264,6 +284,10 @@ def resolve_layers(yaml_path: str | Path | None = None, *,
 
 
 def _check_cross(cfg: TrainConfig) -> None:
+    name = cfg.name
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name or name != name.strip()):
+        raise ValueError(f"config value name={name!r}: expected a folder name (no / or \\, not . or ..): the run "
+                         "folder is made inside output")
     if cfg.min_lr > cfg.peak_lr() and cfg.lr is not None:
         raise ValueError(f"config value min_lr={cfg.min_lr!r}: expected <= lr ({cfg.lr!r})")
     dev = cfg.device

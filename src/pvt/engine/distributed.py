@@ -34,15 +34,19 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if name not in ("cpu", "mps", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise ValueError(f"device {name!r}: expected one of auto, cpu, cuda, cuda:N, mps")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"config value device={name!r}: CUDA is not available here; accepted: auto, cpu")
+            raise ValueError(f"device {name!r}: CUDA is not available here; accepted: auto, cpu")
+        n = torch.cuda.device_count()
         if name == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
+            return torch.device("cuda", local_rank % n)
+        if int(name[5:]) >= n:
+            raise ValueError(f"device {name!r}: this machine has {n} CUDA device{'s' if n > 1 else ''} "
+                             f"(cuda:0{f' .. cuda:{n - 1}' if n > 1 else ''})")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("config value device='mps': MPS is not available here; accepted: auto, cpu")
-    if name not in ("cpu", "mps") and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise ValueError(f"device {name!r}: expected one of auto, cpu, cuda, cuda:N, mps")
+        raise ValueError("device 'mps': MPS is not available here; accepted: auto, cpu")
     return torch.device(name)
 
 

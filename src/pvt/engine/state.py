@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import atomic_save_torch
+from ..io import atomic_save_torch, load_torch
 
-__all__ = ["rng_state", "set_rng_state", "save_state", "load_state", "STATE_VERSION"]
+__all__ = ["rng_state", "set_rng_state", "save_state", "load_state", "missing_keys", "STATE_VERSION", "STATE_KEYS"]
 
 STATE_VERSION = 1
+STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "best", "updates", "rng")
+"""What a state written by the trainer holds (and a resume reads)."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -48,8 +50,19 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    """Read a state written by :func:`save_state` (``weights_only=True``: no code is unpickled)."""
+    """Read a state written by :func:`save_state` (``weights_only=True``: no code is unpickled).
+
+    FileNotFoundError when it is missing; a one-line ValueError naming the file when it is empty,
+    truncated, corrupt, holds Python objects (refused as unsafe) or is no mapping with an ``epoch``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training state {str(path)!r}; is this a run folder written by pvt train?")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    st = load_torch(path, "training state")
+    if not isinstance(st, dict) or "epoch" not in st:
+        raise ValueError(f"{path} is not a training state written by pvt train (it records no epoch)")
+    return st
+
+
+def missing_keys(state: dict[str, Any]) -> list[str]:
+    """The :data:`STATE_KEYS` a loaded state lacks."""
+    return [k for k in STATE_KEYS if k not in state]

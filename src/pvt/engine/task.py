@@ -13,10 +13,11 @@ registered in :mod:`pvt.tasks`, which builds the task and hands it to the engine
     train_ds, val_ds = task.build_datasets()  # may raise ValueError (bad data) BEFORE the run dir exists
     model = task.build_model()              # after build_datasets (knows its classes); honours cfg.pretrained
     for each epoch:
-        for batch in DataLoader(train_ds, collate_fn=task.collate_fn, sampler=DistributedSampler(...)):
+        for batch in DataLoader(train_ds, collate_fn=task.collate_fn, sampler=RepeatedAugSampler(...)):
             with autocast:  loss, logs = task.train_step(model, batch, device)   # model may be DDP-wrapped
             (engine: backward, unscale, clip, step, schedule, EMA)
-        metrics = task.evaluate(model_or_ema, val_loader, device)   # rank 0 only, unwrapped model
+        metrics = task.evaluate(model_or_ema, val_loader, device)   # unwrapped model; on rank 0, or per
+                                                                    # process + merge_parts (distributed_eval)
         metrics |= task.end_epoch()                                 # e.g. {"skipped_images": 2}
     weights saved with ``pvt.checkpoint.save_model(model, path, variant=cfg.model, extra=task.checkpoint_extra() | ...)``
 
@@ -63,6 +64,10 @@ class Task:
     """Images per batch when evaluating a trained model (``pvt eval``'s default)."""
     defaults: ClassVar[dict[str, Any]] = {}
     ddp_find_unused_parameters: ClassVar[bool] = False
+    distributed_eval: ClassVar[bool] = False
+    """True when the task's scores add up over parts of the validation data (:meth:`evaluate_part`,
+    :meth:`merge_parts`): then every process scores its own slice and rank 0 merges the parts. False:
+    rank 0 scores all of it with :meth:`evaluate` (e.g. COCO mAP, which needs every detection at once)."""
 
     def __init__(self, cfg: "TrainConfig"):
         self.cfg = cfg
@@ -132,6 +137,16 @@ class Task:
         :attr:`best_metric`. Keys are written to ``metrics.jsonl`` with a ``val_`` prefix."""
         raise NotImplementedError
 
+    def evaluate_part(self, model: nn.Module, loader: DataLoader, device: torch.device) -> Any:
+        """Scores of the images in ``loader`` in a form :meth:`merge_parts` can add up (e.g. counts and
+        sums, picklable). Required when :attr:`distributed_eval` is set."""
+        raise NotImplementedError
+
+    def merge_parts(self, parts: list[Any]) -> dict[str, float]:
+        """:meth:`evaluate`'s result for the union of the images scored by ``parts`` (one per process, in
+        rank order). Required when :attr:`distributed_eval` is set."""
+        raise NotImplementedError
+
     def build_scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any | None:
         """A learning-rate schedule other than the engine's warm-up + cosine (None: that one).
 
@@ -163,12 +178,31 @@ class Task:
             raise ValueError("the checkpoint records no training config (it was not written by pvt train)")
         cfg = TrainConfig.from_dict({**recorded, "pretrained": None, "device": "cpu", **overrides})
         task = cls(cfg)
-        task.restore_extra(meta)
+        names = meta.get("class_names")
+        if "class_names" in meta and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError("its class_names are not a list of names")
+        try:
+            task.restore_extra(meta)
+        except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as e:
+            raise ValueError(f"its metadata is malformed ({type(e).__name__}: {e})") from None
         return task
 
     def load_model(self, state: dict[str, Tensor], meta: dict[str, Any], source: str | Path) -> nn.Module:
         """The trained model of a checkpoint: :meth:`build_model`, then its tensors (a ValueError naming
-        ``source`` when they do not fit)."""
+        ``source`` when they do not fit). The model is first built on the meta device (no tensor memory) and
+        its shapes compared with the file's, so recorded values that do not fit the tensors (e.g. a million
+        class names) never allocate a model larger than the file."""
+        with torch.device("meta"):
+            skeleton = self.build_model()
+        want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        del skeleton
+        wrong = [k for k, v in want.items() if k in state and tuple(state[k].shape) != v]
+        missing = [k for k in want if k not in state]
+        if wrong or missing:
+            k = (wrong or missing)[0]
+            raise ValueError(f"checkpoint {str(source)!r} does not match its own config: {len(wrong)} tensors of "
+                             f"another shape and {len(missing)} missing, e.g. {k} "
+                             + (f"{list(state[k].shape)} vs {list(want[k])}" if wrong else "(missing)"))
         model = self.build_model()
         try:
             model.load_state_dict(state)

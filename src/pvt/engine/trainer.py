@@ -13,6 +13,13 @@ Run folder::
 
 Every file is written atomically (temporary file + rename), so a kill at any moment leaves the previous
 version intact; ``state.pt`` is self-contained, so resuming never mixes two epochs.
+
+An epoch is committed in one order: ``metrics.jsonl`` (lines past the committed epoch are dropped on
+resume), then ``state.pt`` (the commit), then ``last.safetensors`` and ``best.safetensors`` (both hold the
+state's weights, and record their epoch, so a resume rewrites whichever a kill left behind). The weights
+are checked to be finite before anything is written. Ctrl-C and SIGTERM stop the run at once, outside that
+sequence: the epoch in flight is dropped and the last committed epoch stays as it was, so a resumed run
+ends exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,17 +41,27 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, SequentialSampler
 
-from ..checkpoint import save_model
-from ..io import atomic_write, remove_temporaries
+from ..checkpoint import read_metadata, read_own_format, save_model
+from ..io import TMP_SUFFIX, atomic_write, remove_temporaries
 from .config import TrainConfig
 from .curves import plot_curves
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
-from .state import load_state, rng_state, save_state, set_rng_state
+from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
+from .signals import Interrupted, StopSignals, stop_signals
+from .state import load_state, missing_keys, rng_state, save_state, set_rng_state
 from .task import Task
 
-__all__ = ["Trainer", "TrainResult", "param_groups", "amp_dtype"]
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "RESUME_MAY_CHANGE", "param_groups", "amp_dtype"]
+
+RESUME_MAY_CHANGE = ("epochs", "workers", "threads", "device", "data_dir")
+"""The config values a resumed run may change (``epochs`` only upwards); config.yaml records each change.
+Everything else is the run's recipe: a resume continues it or refuses."""
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the weights became non-finite; nothing of that epoch was saved."""
 
 log = logging.getLogger("pvt.train")
 
@@ -86,7 +104,6 @@ class _Run:
     ema: Any = None
     clip: float | None = None
     start_epoch: int = 0
-    epochs_saved: int = 0
     best: float = -math.inf
     updates: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -123,10 +140,23 @@ class Trainer:
     created; a run that fails before its first checkpoint removes its folder again.
     """
 
-    def __init__(self, cfg: TrainConfig, task: Task, *, resume: str | Path | None = None, quiet: bool = False):
+    def __init__(self, cfg: TrainConfig, task: Task, *, resume: str | Path | None = None, quiet: bool = False,
+                 fresh_optimizer: bool = False):
         self.quiet = quiet
         self.resume_dir = Path(resume) if resume is not None else None
+        self.fresh_optimizer = fresh_optimizer
+        if fresh_optimizer and resume is None:
+            raise ValueError("fresh_optimizer (--fresh-optimizer) only applies with resume (--resume RUN_DIR)")
         self._state: dict[str, Any] | None = None
+        self._from_weights: Path | None = None
+        """With ``fresh_optimizer``: continue from this weights file (state.pt being unreadable)."""
+        self._done = 0
+        """Epochs committed in the run folder (state.pt written)."""
+        self._in_flight = False
+        """Whether an epoch is being trained (or saved) and not yet committed."""
+        self._history: list[str] = []
+        """Comment lines config.yaml gains on this resume (what changed, and when)."""
+        self._signals = StopSignals()
         self.cfg = cfg
         self.dist, self.device = init_distributed(cfg.device)
         self.task = task
@@ -135,25 +165,40 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     @staticmethod
     def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """The config of the run in ``run_dir`` with ``overrides`` applied (task, model and data cannot
-        change)."""
+        """The config of the run in ``run_dir``: its ``config.yaml``, with ``overrides`` of the values in
+        :data:`RESUME_MAY_CHANGE` applied. Any other value that differs from the run's own is refused: a
+        resumed run continues its recipe, and config.yaml never records a value the run did not use."""
         run_dir, overrides = Path(run_dir), dict(overrides or {})
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
-        if not (run_dir / "config.yaml").is_file() or not (run_dir / "state.pt").is_file():
-            raise ValueError(f"{str(run_dir)!r} is not a resumable run folder (needs config.yaml and state.pt)")
+        if not (run_dir / "config.yaml").is_file():
+            raise ValueError(f"{str(run_dir)!r} is not a resumable run folder (it has no config.yaml)")
         from .config import load_yaml
 
         saved = load_yaml(run_dir / "config.yaml")
-        for key in ("task", "model", "data"):
-            if key in overrides and overrides[key] != saved.get(key):
-                raise ValueError(
-                    f"cannot resume {str(run_dir)!r} with {key}={overrides[key]!r}: the run was started with "
-                    f"{key}={saved.get(key)!r}"
-                )
-        saved.update(overrides)
         saved["output"], saved["name"] = str(run_dir.parent), run_dir.name
-        return TrainConfig.from_dict(saved)
+        try:
+            old = TrainConfig.from_dict(saved)
+        except ValueError as e:
+            raise ValueError(f"{str(run_dir / 'config.yaml')!r} is not a valid run config: {e}") from None
+        new = TrainConfig.from_dict({**saved, **overrides})
+        if "output" in overrides and Path(str(overrides["output"])).expanduser().resolve() == run_dir.parent.resolve():
+            new.output = old.output  # the same folder, spelt another way
+        changed = [k for k in TrainConfig.field_names() if getattr(new, k) != getattr(old, k)]
+        refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+        if refused:
+            what = ", ".join(f"{k}={getattr(new, k)!r} (the run uses {getattr(old, k)!r})" for k in refused)
+            raise ValueError(
+                f"cannot resume {str(run_dir)!r} with {what}: a resumed run continues its own recipe; only "
+                f"{', '.join(RESUME_MAY_CHANGE)} may change (epochs only upwards). To change the rest, start a new "
+                f"run from its config: pvt train --config {run_dir / 'config.yaml'} --name NEW_NAME ..."
+            )
+        if new.epochs < old.epochs:
+            raise ValueError(
+                f"cannot resume {str(run_dir)!r} with epochs={new.epochs}: the run was set up for {old.epochs} "
+                "epochs (its schedule depends on it); epochs may only be extended"
+            )
+        return new
 
     def _new_run_dir(self) -> Path:
         cfg = self.cfg
@@ -161,10 +206,16 @@ class Trainer:
         name = broadcast_object(name, self.dist)
         cfg.name = name  # config.yaml records the folder it describes
         run_dir = Path(cfg.output).expanduser() / name
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ValueError(
-                f"run folder {str(run_dir)!r} already exists; choose another --name or continue it with --resume"
-            )
+        taken = None
+        if self.dist.is_main:  # (rank 0 decides, before it makes the folder that the others would see)
+            if run_dir.exists() and (set(run_dir.iterdir()) - set(run_dir.glob(f".*{TMP_SUFFIX}"))):
+                taken = (f"run folder {str(run_dir)!r} already exists; choose another --name or continue it with "
+                         "--resume")
+            elif run_dir.is_dir():
+                remove_temporaries(run_dir)  # all a run killed before its config.yaml was written left
+        taken = broadcast_object(taken, self.dist)
+        if taken:
+            raise ValueError(taken)
         return run_dir
 
     def _setup_logging(self, run_dir: Path) -> logging.Handler | None:
@@ -188,42 +239,120 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def fit(self) -> TrainResult:
-        """Run (or continue) the training; returns the run folder, its metrics and its best epoch."""
+        """Run (or continue) the training; returns the run folder, its metrics and its best epoch.
+
+        Ctrl-C and SIGTERM raise :class:`~pvt.engine.signals.Interrupted` (a KeyboardInterrupt) after saying
+        what the run folder keeps; a non-finite loss or weights raise :class:`TrainingDiverged`."""
+        with stop_signals() as self._signals:
+            try:
+                return self._fit_in_folder()
+            finally:
+                self._signals = StopSignals()
+
+    def _fit_in_folder(self) -> TrainResult:
+        """Check the input, make (or reopen) the run folder, run; on failure clean up and report."""
         cfg, d = self.cfg, self.dist
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed + d.rank)
-        random.seed(cfg.seed + d.rank)
-        np.random.seed((cfg.seed + d.rank) % 2**32)
+        _seed(cfg.seed + d.rank)
 
         # everything that can fail on bad input happens before the run folder exists
         train_ds, val_ds = self.task.build_datasets()
         model = self.task.build_model()
         if self.resume_dir is not None:
-            self._state = load_state(self.resume_dir / "state.pt")
             run_dir, created = self.resume_dir, False
             if d.is_main:
                 remove_temporaries(run_dir)  # left by a writer that was killed
+            self._load_resume_state(run_dir)
         else:
             run_dir, created = self._new_run_dir(), True
         self.run_dir = run_dir
         if d.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            if created:
+                try:
+                    self._write_record(0)  # first: a folder with a config.yaml can always be resumed
+                except BaseException:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    raise
         barrier(d)
         handler = self._setup_logging(run_dir)
         try:
             return self._fit(model, train_ds, val_ds)
-        except KeyboardInterrupt:
-            raise
-        except BaseException:
-            if created and d.is_main and not (run_dir / "state.pt").exists():
-                shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
+        except BaseException as e:
+            self._after_failure(e, created)
             raise
         finally:
             if handler is not None:
                 for name in ("pvt.train", "pvt.data"):
                     logging.getLogger(name).removeHandler(handler)
                 handler.close()
+
+    def _load_resume_state(self, run_dir: Path) -> None:
+        """What a resume continues from: ``state.pt``; else (``fresh_optimizer``) the weights of
+        ``last.safetensors``; else, when no epoch ever finished, nothing (the run starts over). An
+        unreadable state without ``fresh_optimizer`` is a ValueError that names the way on."""
+        state, last = run_dir / "state.pt", run_dir / "last.safetensors"
+        problem = None
+        if state.exists():
+            try:
+                self._state = load_state(state)
+            except ValueError as e:
+                problem = str(e)
+            if self._state is not None and (missing := missing_keys(self._state)):
+                problem = f"{state} is not a training state written by pvt train (it lacks {', '.join(missing)})"
+                self._state = None
+        elif last.exists():
+            problem = f"its {state} is missing"
+        if problem is None:
+            if self.fresh_optimizer:
+                raise ValueError(f"--fresh-optimizer is for a run whose state.pt is unreadable; {str(run_dir)!r} has "
+                                 f"{'an intact one' if state.exists() else 'finished no epoch'}: resume it without it")
+            return
+        epoch = _saved_epoch(last)
+        if epoch is None:
+            raise ValueError(f"cannot resume {str(run_dir)!r}: {problem}; and it has no intact last.safetensors "
+                             "recording its epoch to continue from: start a new run")
+        if not self.fresh_optimizer:
+            raise ValueError(
+                f"cannot resume {str(run_dir)!r}: {problem}. Its weights after epoch {epoch} are intact in "
+                f"last.safetensors: continue from them with a fresh optimiser state with `pvt train --resume "
+                f"{run_dir} --fresh-optimizer` (the run then no longer equals an uninterrupted one)"
+            )
+        self._state, self._from_weights = None, last
+
+    def _after_failure(self, e: BaseException, created: bool) -> None:
+        """A run that stops (error, Ctrl-C, SIGTERM): a folder this run created and no epoch finished in is
+        removed (the same command starts it again); one with finished epochs is kept as it is. An
+        interruption is reported: which epoch was dropped, what the folder keeps, how to continue (by rank 0,
+        for every process)."""
+        if not self.dist.is_main:
+            if isinstance(e, KeyboardInterrupt):
+                e.reported = True  # type: ignore[attr-defined]
+            return
+        run_dir = self.run_dir
+        removed = created and self._done == 0 and not (run_dir / "state.pt").exists()
+        if removed:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
+        if not isinstance(e, KeyboardInterrupt):
+            return
+        how = e.name if isinstance(e, Interrupted) else "SIGINT"
+        done, total = self._done, self.cfg.epochs
+        when = f"during epoch {done + 1}: that epoch is dropped" if self._in_flight else f"after epoch {done} was saved"
+        if removed:
+            msg = (f"interrupted ({how}) during epoch 1: no epoch had finished, so the run folder {run_dir} was "
+                   "removed; the same command starts it again")
+        elif done == 0:
+            msg = (f"interrupted ({how}) during epoch 1: no epoch has finished yet; continue (start over) with: "
+                   f"pvt train --resume {run_dir}")
+        elif done >= total:
+            msg = f"interrupted ({how}) after the last epoch was saved: {run_dir} holds the whole run ({total} epochs)"
+        else:
+            msg = (f"interrupted ({how}) {when}; {run_dir} keeps its {done} finished epoch{'s' if done > 1 else ''} "
+                   f"as they were; continue with: pvt train --resume {run_dir}")
+        log.info(msg)
+        print(msg, file=sys.stderr, flush=True)
+        e.reported = True  # type: ignore[attr-defined]
 
     def _fit(self, model: nn.Module, train_ds: Dataset, val_ds: Dataset) -> TrainResult:
         """The run, step by step: loaders, optimisation, resume, the record, DDP, then the epochs."""
@@ -233,19 +362,23 @@ class Trainer:
         self._make_optimisation(run)
         if self._state is not None:
             self._restore(run, self._state)
+        elif self._from_weights is not None:
+            self._restore_weights(run, self._from_weights)
+        self._done = run.start_epoch
+        if run.start_epoch:
+            self._repair_published(run)
             if run.start_epoch >= self.cfg.epochs:
                 self._say(f"run {self.run_dir} already finished {run.start_epoch} of {self.cfg.epochs} epochs")
                 return TrainResult(self.run_dir, run.records, self._best_record(run.records))
             self._say(f"resumed {self.run_dir} at epoch {run.start_epoch + 1}/{self.cfg.epochs}")
-        self._write_record()
+        elif self.resume_dir is not None:
+            self._say(f"no epoch of {self.run_dir} had finished: starting it over")
+        if self.resume_dir is not None:
+            self._write_record(run.start_epoch)
         self._wrap_ddp(run)
         self._announce(run)
-        try:
-            for epoch in range(run.start_epoch, self.cfg.epochs):
-                self._epoch(run, epoch)
-        except KeyboardInterrupt:
-            self._save_interrupted(run)
-            raise
+        for epoch in range(run.start_epoch, self.cfg.epochs):
+            self._epoch(run, epoch)
         result = TrainResult(self.run_dir, run.records, self._best_record(run.records))
         if self.dist.is_main and result.best:
             key = f"val_{self.task.best_metric}"
@@ -260,22 +393,56 @@ class Trainer:
             run.model.to(memory_format=torch.channels_last)
 
     def _make_loaders(self, run: "_Run") -> None:
-        """Every process reads its share of each epoch (shuffled, the last partial batch dropped); rank 0
-        alone evaluates."""
-        cfg, d = self.cfg, self.dist
-        run.sampler = DistributedSampler(run.train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True,
-                                         seed=cfg.seed, drop_last=True)
-        kw: dict[str, Any] = dict(num_workers=cfg.workers, collate_fn=self.task.collate_fn,
-                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0)
-        run.train_loader = DataLoader(run.train_ds, batch_size=cfg.batch_size, sampler=run.sampler, drop_last=True,
-                                      **kw)
-        run.steps = len(run.train_loader)
+        """Training: every process reads its share of each epoch, in an order that is a function of the
+        seed and the epoch, the last partial batch dropped: the repeated-augmentation sampler (default,
+        as the official code) or the plain distributed one. A streaming data set (shards: an
+        IterableDataset with ``distribute``) splits itself over the processes and loader workers, reading
+        as many samples per process as the samplers would, so folder and shard runs take the same steps.
+
+        Evaluation: with a task whose scores merge (:attr:`Task.distributed_eval`), every process scores
+        an unpadded slice of the validation data (each image exactly once); otherwise rank 0 scores it all.
+
+        Training loader workers start afresh each epoch (not persistent) and the validation loader draws
+        its worker seeds from its own generator: the main process's random state, which ``state.pt``
+        saves, then alone decides every augmentation, so a resumed run augments as an uninterrupted one.
+        """
+        cfg, d, task = self.cfg, self.dist, self.task
+        per = samples_per_rank(len(run.train_ds), d.world_size, cfg.repeated_aug)
+        run.steps = per // cfg.batch_size
         if run.steps == 0:
-            per = len(run.train_ds) // d.world_size
             raise ValueError(f"config value batch_size={cfg.batch_size}: larger than the {per} training images per "
-                             f"process; accepted: 1..{max(1, per)}")
-        if d.is_main:
-            run.val_loader = DataLoader(run.val_ds, batch_size=cfg.batch_size, shuffle=False, **kw)
+                             f"process and epoch; accepted: 1..{max(1, per)}")
+        kw: dict[str, Any] = dict(num_workers=cfg.workers, collate_fn=task.collate_fn,
+                                  pin_memory=self.device.type == "cuda")
+        if isinstance(run.train_ds, IterableDataset):
+            if not hasattr(run.train_ds, "distribute"):
+                raise TypeError("a streaming data set needs distribute(rank, world_size, ...) and set_epoch(epoch) "
+                                "(see pvt.data.shards.ShardDataset)")
+            run.train_ds.distribute(d.rank, d.world_size, samples=run.steps * cfg.batch_size, batch_size=cfg.batch_size,
+                                    repeats=REPEATS if cfg.repeated_aug else 1, shuffle=cfg.shuffle, seed=cfg.seed,
+                                    buffer=cfg.shuffle_buffer)
+            run.sampler = run.train_ds  # set_epoch
+            run.train_loader = DataLoader(run.train_ds, batch_size=cfg.batch_size, drop_last=True, **kw)
+        else:
+            if cfg.repeated_aug:
+                run.sampler = RepeatedAugSampler(len(run.train_ds), d.world_size, d.rank, seed=cfg.seed,
+                                                 shuffle=cfg.shuffle)
+            else:
+                run.sampler = DistributedSampler(run.train_ds, num_replicas=d.world_size, rank=d.rank,
+                                                 shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True)
+            run.train_loader = DataLoader(run.train_ds, batch_size=cfg.batch_size, sampler=run.sampler,
+                                          drop_last=True, **kw)
+        if not (task.distributed_eval or d.is_main):
+            return
+        world, rank = (d.world_size, d.rank) if task.distributed_eval else (1, 0)
+        val_kw: dict[str, Any] = dict(kw, persistent_workers=cfg.workers > 0,
+                                      generator=torch.Generator().manual_seed(cfg.seed))
+        if isinstance(run.val_ds, IterableDataset):
+            run.val_ds.distribute(rank, world)  # every image of the process's stretch, once
+            run.val_loader = DataLoader(run.val_ds, batch_size=cfg.batch_size, **val_kw)
+        else:
+            sampler = RankSlice(len(run.val_ds), world, rank) if world > 1 else SequentialSampler(run.val_ds)
+            run.val_loader = DataLoader(run.val_ds, batch_size=cfg.batch_size, sampler=sampler, **val_kw)
 
     def _make_optimisation(self, run: "_Run") -> None:
         """AdamW on the parameter groups, the task's schedule (else warm-up + cosine per step), the fp16
@@ -303,33 +470,110 @@ class Trainer:
         scaler, EMA, counters, this process's random state and the metrics of the saved epochs."""
         from timm.scheduler import CosineLRScheduler
 
+        where = f"cannot resume {str(self.run_dir)!r}"
         try:
             run.model.load_state_dict(st["model"])
-        except RuntimeError as e:
+        except (RuntimeError, TypeError, AttributeError) as e:
             raise ValueError(
-                f"cannot resume {str(self.run_dir)!r}: its saved model does not fit the one built from the current "
-                f"config and data (did the classes change?): {str(e).strip().splitlines()[-1].strip()}"
+                f"{where}: its saved model does not fit the one built from the current config and data (did the "
+                f"classes change?): {str(e).strip().splitlines()[-1].strip()}"
             ) from None
-        run.optimizer.load_state_dict(st["optimizer"])
-        run.scheduler.load_state_dict(st["scheduler"])
+        bad = _non_finite(run.model)
+        if bad:
+            raise ValueError(f"{where}: state.pt holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): it "
+                             "was saved from a diverged run")
+        try:
+            run.optimizer.load_state_dict(st["optimizer"])
+            run.scheduler.load_state_dict(st["scheduler"])
+            run.scaler.load_state_dict(st["scaler"])
+            if run.ema is not None and st.get("ema") is not None:
+                run.ema.module.load_state_dict(st["ema"])
+            run.start_epoch, run.best, run.updates = int(st["epoch"]), float(st["best"]), int(st["updates"])
+            if len(st["rng"]) == self.dist.world_size:
+                set_rng_state(st["rng"][self.dist.rank])
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise ValueError(f"{where}: its state.pt does not fit this run ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'})") from None
         if isinstance(run.scheduler, CosineLRScheduler):
             run.scheduler.t_initial = max(1, self.cfg.epochs * run.steps - run.scheduler.warmup_t)
-        run.scaler.load_state_dict(st["scaler"])
-        if run.ema is not None and st.get("ema") is not None:
-            run.ema.module.load_state_dict(st["ema"])
-        run.start_epoch, run.best, run.updates = int(st["epoch"]), float(st["best"]), int(st["updates"])
-        if len(st["rng"]) == self.dist.world_size:
-            set_rng_state(st["rng"][self.dist.rank])
         run.records = self._read_records(self.run_dir, run.start_epoch)
 
-    def _write_record(self) -> None:
-        """config.yaml (on resume too: a longer ``epochs`` is part of the run now) and classes.json."""
+    def _restore_weights(self, run: "_Run", path: Path) -> None:
+        """``--fresh-optimizer``: continue after the epoch ``path`` records, from its weights, with a fresh
+        optimiser, scaler and EMA (the EMA starting at the weights), the schedule at that epoch's step and the
+        random state seeded from the config's seed and that epoch."""
+        from timm.scheduler import CosineLRScheduler
+
+        own = read_own_format(path)
+        epoch = _saved_epoch(path)
+        if own is None or epoch is None:
+            raise ValueError(f"cannot resume {str(self.run_dir)!r} from {path}: not a pvt train checkpoint recording "
+                             "its epoch")
+        try:
+            run.model.load_state_dict(own[0])
+        except RuntimeError as e:
+            raise ValueError(f"cannot resume {str(self.run_dir)!r} from {path}: its weights do not fit the model built "
+                             f"from the config: {str(e).strip().splitlines()[-1].strip()}") from None
+        bad = _non_finite(run.model)
+        if bad:
+            raise ValueError(f"cannot resume {str(self.run_dir)!r} from {path}: it holds non-finite weights "
+                             f"({len(bad)} tensors, e.g. {bad[0]})")
+        if run.ema is not None:
+            run.ema.module.load_state_dict(run.model.state_dict())
+        run.start_epoch, run.updates = epoch, epoch * run.steps
+        if isinstance(run.scheduler, CosineLRScheduler):
+            run.scheduler.t_initial = max(1, self.cfg.epochs * run.steps - run.scheduler.warmup_t)
+        run.scheduler.step_update(run.updates)
+        run.records = self._read_records(self.run_dir, epoch)
+        best = self._best_record(run.records)
+        run.best = float(best[f"val_{self.task.best_metric}"]) if best else -math.inf
+        _seed(self.cfg.seed + self.dist.rank + 1_000 * epoch)
+        self._history.append(f"# resumed after epoch {epoch} from last.safetensors with a fresh optimiser state "
+                             "(state.pt was unreadable)")
+        self._say(f"state.pt was unreadable: continuing after epoch {epoch} from {path} with a fresh optimiser state")
+
+    def _repair_published(self, run: "_Run") -> None:
+        """On resume: make ``last.safetensors`` hold the committed epoch and ``best.safetensors`` the best one
+        in metrics.jsonl, rewriting from the restored weights what a kill after the commit left behind."""
         if not self.dist.is_main:
             return
-        with atomic_write(self.run_dir / "config.yaml", "w") as f:
-            f.write(self.cfg.to_yaml())
+        n, best_epoch = run.start_epoch, int(self._best_record(run.records).get("epoch", 0))
+        last, best = self.run_dir / "last.safetensors", self.run_dir / "best.safetensors"
+        if _saved_epoch(last) != n:
+            self._save_weights(run.model, last, n)
+            log.info("rewrote %s with the weights of epoch %d (a kill had left it behind)", last, n)
+        have = _saved_epoch(best)
+        if best_epoch and have != best_epoch:
+            if best_epoch == n:
+                self._save_weights(run.model, best, n)
+                log.info("rewrote %s with the weights of epoch %d, the best one (a kill had left it behind)", best, n)
+            else:
+                log.warning("%s holds epoch %s, but the best in metrics.jsonl is epoch %d, whose weights are kept "
+                            "nowhere else", best, have, best_epoch)
+
+    def _write_record(self, start_epoch: int) -> None:
+        """config.yaml (on resume too, with a comment for every value that changed and when) and
+        classes.json, for a run that starts (again) after ``start_epoch`` epochs."""
+        if not self.dist.is_main:
+            return
+        path = self.run_dir / "config.yaml"
+        header: list[str] = []
+        if self.resume_dir is not None and path.is_file():
+            from .config import load_yaml
+
+            header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+            try:
+                old = TrainConfig.from_dict(load_yaml(path)).to_dict()
+            except ValueError:
+                old = {}
+            new = self.cfg.to_dict()
+            header += [f"# resumed after epoch {start_epoch}: {k} changed from {old[k]!r} to {new[k]!r}"
+                       for k in new if k in old and old[k] != new[k] and k not in ("output", "name")]
+        header += self._history
+        with atomic_write(path, "w") as f:
+            f.write("".join(line + "\n" for line in header) + self.cfg.to_yaml())
         names = getattr(self.task, "class_names", None)
-        if names and self._state is None:
+        if names and start_epoch == 0:
             with atomic_write(self.run_dir / "classes.json", "w") as f:
                 json.dump(names, f, indent=1)
 
@@ -343,8 +587,10 @@ class Trainer:
     def _announce(self, run: "_Run") -> None:
         cfg, d = self.cfg, self.dist
         n_params = sum(p.numel() for p in run.model.parameters())
+        frozen = sum(p.numel() for p in run.model.parameters() if not p.requires_grad)
         self._say(
-            f"training {cfg.model} ({n_params / 1e6:.2f}M params) for {cfg.task} on {self.device}"
+            f"training {cfg.model} ({n_params / 1e6:.2f}M params{f', {frozen / 1e6:.2f}M frozen' if frozen else ''}) "
+            f"for {cfg.task} on {self.device}"
             f"{f' x{d.world_size} processes' if d.enabled else ''}: {len(run.train_ds)} train / {len(run.val_ds)} "
             f"val images, {cfg.epochs} epochs x {run.steps} steps, global batch {cfg.batch_size * d.world_size}, "
             f"lr {run.lr:.3g}, amp {self.amp and str(self.amp).removeprefix('torch.') or 'off'}"
@@ -354,6 +600,7 @@ class Trainer:
     def _snapshot(self, run: "_Run", epochs_done: int) -> dict[str, Any]:
         """Everything a resume needs, after ``epochs_done`` epochs (RNG states are added by the caller)."""
         return {
+            "best_epoch": int(self._best_record(run.records).get("epoch", 0)),
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
@@ -365,19 +612,25 @@ class Trainer:
         }
 
     def _epoch(self, run: "_Run", epoch: int) -> None:
-        """Train one epoch, evaluate on rank 0, then save its metrics line, state and weights."""
+        """Train one epoch, check that its weights are finite, evaluate (every process its slice, or rank 0),
+        then commit its metrics line, state and weights (Ctrl-C / SIGTERM wait until all are written)."""
         d, task = self.dist, self.task
+        self._in_flight = True
         run.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         train_loss, images = self._train_epoch(run, epoch)
         train_time = time.perf_counter() - t0
+        bad = _non_finite(run.model) + (_non_finite(run.ema.module, "ema.") if run.ema is not None else [])
+        if bad:
+            what = (f"{len(bad)} weight tensors became non-finite (e.g. {bad[0]}) although the training loss stayed "
+                    f"finite ({train_loss:.4g})")
+            raise self._diverged(run, epoch, what, self._lr_advice(run))
         train_loss = all_reduce_mean(train_loss, d, self.device)
         extra = task.end_epoch()
-        metrics: dict[str, float] = {}
-        if d.is_main:
-            metrics = self._evaluate(run)
-            for k, v in task.end_epoch().items():  # evaluation's own counts add to training's
-                extra[k] = extra.get(k, 0.0) + v
+        metrics = self._evaluate(run)  # the scores on rank 0, {} elsewhere
+        for k, v in task.end_epoch().items():  # evaluation's own counts add to training's
+            extra[k] = extra.get(k, 0.0) + v
+        extra = self._sum_over_processes(extra)
         # RNG states after evaluation (which draws loader seeds): a resumed run continues exactly
         rngs = gather_objects(rng_state(), d)
         if d.is_main:
@@ -392,35 +645,66 @@ class Trainer:
                 **extra,
             }
             score = metrics[task.best_metric]
-            is_best = score > run.best
-            run.best = max(run.best, score)
+            is_best = score > run.best  # (never for a NaN score)
+            run.best = score if is_best else run.best
             run.records.append(record)
-            run.epochs_saved = epoch + 1
-            self._save_epoch(run.model, self._snapshot(run, epoch + 1), rngs, record, run.records, is_best)
+            with self._signals.hold():
+                self._save_epoch(run, rngs, epoch + 1, is_best)
+                self._done, self._in_flight = epoch + 1, False
             self._say(self._summary(record, is_best))
+        else:
+            self._done, self._in_flight = epoch + 1, False
         barrier(d)
 
     def _evaluate(self, run: "_Run") -> dict[str, float]:
-        """The task's scores of the model (and of its EMA, prefixed ``ema_``)."""
-        run.model.eval()
-        metrics = self.task.evaluate(run.model, run.val_loader, self.device)
+        """The task's scores of the model (and of its EMA, prefixed ``ema_``) on rank 0; {} on the others."""
+        metrics = self._score(run.model, run.val_loader)
         if run.ema is not None:
-            run.ema.module.eval()
-            metrics.update({f"ema_{k}": v for k, v in self.task.evaluate(run.ema.module, run.val_loader,
-                                                                          self.device).items()})
+            metrics.update({f"ema_{k}": v for k, v in self._score(run.ema.module, run.val_loader).items()})
         run.model.train()
         return metrics
 
-    def _save_interrupted(self, run: "_Run") -> None:
-        """Ctrl-C: save the state of the last finished epoch's count (an epoch in flight is repeated on resume)."""
-        if not self.dist.is_main:
-            return
-        st = self._snapshot(run, max(run.epochs_saved, run.start_epoch))
-        st["rng"] = [rng_state()]
-        save_state(self.run_dir / "state.pt", st)
-        self._save_weights(run.model, self.run_dir / "last.safetensors")
-        print(f"\ninterrupted: saved {self.run_dir / 'state.pt'}; continue with: pvt train --resume {self.run_dir}",
-              file=sys.stderr, flush=True)
+    def _score(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        """Every process scores its slice and rank 0 merges the parts (:attr:`Task.distributed_eval`), or
+        rank 0 scores everything. The result on rank 0, {} elsewhere."""
+        task, d = self.task, self.dist
+        model.eval()
+        if task.distributed_eval:
+            parts = gather_objects(task.evaluate_part(model, loader, self.device), d)
+            return task.merge_parts(parts) if d.is_main else {}
+        return task.evaluate(model, loader, self.device) if d.is_main else {}
+
+    def _sum_over_processes(self, counts: dict[str, float]) -> dict[str, float]:
+        """``counts`` (e.g. skipped images) added up over the processes, on rank 0."""
+        total: dict[str, float] = {}
+        for part in gather_objects(counts, self.dist):
+            for k, v in part.items():
+                total[k] = total.get(k, 0.0) + v
+        return total
+
+    def _lr_advice(self, run: "_Run") -> str:
+        fp16 = ", or train without --amp fp16" if self.amp == torch.float16 else ""
+        return f"start a new run with a lower --lr (this one used {run.lr:.3g}){fp16}"
+
+    def _diverged(self, run: "_Run", epoch: int, what: str, advice: str) -> TrainingDiverged:
+        """The error that stops a run whose loss or weights went non-finite in ``epoch`` (0-based)."""
+        kept = (f"{self.run_dir} keeps epoch {self._done} as it was (state.pt, last.safetensors, best.safetensors)"
+                if self._done else "no epoch had finished")
+        return TrainingDiverged(f"training diverged in epoch {epoch + 1}: {what}; nothing of epoch {epoch + 1} was "
+                                f"saved and {kept}; {advice}")
+
+    def _loss_diverged(self, run: "_Run", batch: Any, epoch: int, loss: float) -> TrainingDiverged:
+        """A non-finite loss, with the advice that fits its cause: non-finite weights (the learning rate),
+        non-finite numbers in the batch (the data), or an overflow (the learning rate, fp16)."""
+        bad = _non_finite(run.model)
+        if bad:
+            return self._diverged(run, epoch, f"the loss is {loss} and {len(bad)} weight tensors are non-finite (e.g. "
+                                              f"{bad[0]})", self._lr_advice(run))
+        if not _finite_batch(batch):
+            return self._diverged(run, epoch, f"the loss is {loss} on a batch that holds non-finite numbers",
+                                  "check the data: an image or an annotation (e.g. a box) holds NaN or Inf")
+        return self._diverged(run, epoch, f"the loss is {loss} although the weights and the batch are finite",
+                              self._lr_advice(run))
 
     def _train_epoch(self, run: "_Run", epoch: int) -> tuple[float, int]:
         """One pass over the training data: ``(mean loss, images trained on)``; advances ``run.updates``."""
@@ -430,7 +714,7 @@ class Trainer:
         from tqdm import tqdm
 
         bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
-                   dynamic_ncols=True, unit="batch")
+                   dynamic_ncols=True, unit="batch", total=run.steps)
         loss_sum, n_steps, images = 0.0, 0, 0
         t0 = time.perf_counter()
         for batch in bar:
@@ -463,7 +747,7 @@ class Trainer:
                 with autocast:
                     loss, logs = task.train_step(run.ddp_model, part, device)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch + 1}; lower --lr or disable amp")
+                    raise self._loss_diverged(run, part, epoch, float(loss.detach()))
                 run.scaler.scale(loss * share if share != 1.0 else loss).backward()
             step_loss += loss.detach().float() * share
         if run.clip is not None:
@@ -478,22 +762,23 @@ class Trainer:
         return float(step_loss), logs
 
     # ------------------------------------------------------------------ files
-    def _save_weights(self, model: nn.Module, path: Path) -> None:
-        extra = dict(self.task.checkpoint_extra(), train_config=self.cfg.to_dict())
+    def _save_weights(self, model: nn.Module, path: Path, epoch: int) -> None:
+        """Own-format weights recording the task's extras, the training config and the ``epoch`` they end."""
+        extra = dict(self.task.checkpoint_extra(), train_config=self.cfg.to_dict(), epoch=epoch)
         save_model(model, path, variant=self.cfg.model, extra=extra)
 
-    def _save_epoch(self, model, state, rngs, record, records, is_best) -> None:
+    def _save_epoch(self, run: "_Run", rngs: list[Any], epoch: int, is_best: bool) -> None:
+        """Commit ``epoch`` (1-based): metrics.jsonl, then state.pt (the commit), then the weights it holds
+        as last (and best) safetensors, then the curves. See the module docstring for why in this order."""
         run_dir = self.run_dir
-        # metrics first: on resume, lines past the saved epoch are dropped
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-        save_state(run_dir / "state.pt", dict(state, rng=rngs))
-        self._save_weights(model, run_dir / "last.safetensors")
+        with atomic_write(run_dir / "metrics.jsonl", "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in run.records))
+        save_state(run_dir / "state.pt", dict(self._snapshot(run, epoch), rng=rngs))
+        self._save_weights(run.model, run_dir / "last.safetensors", epoch)
         if is_best:
-            self._save_weights(model, run_dir / "best.safetensors")
+            self._save_weights(run.model, run_dir / "best.safetensors", epoch)
         try:
-            plot_curves(records, run_dir / "learning_curves.png", self.task.best_metric,
+            plot_curves(run.records, run_dir / "learning_curves.png", self.task.best_metric,
                         title=f"{self.cfg.model} / {self.cfg.task}")
         except Exception as e:  # a plotting problem never stops training
             log.warning("could not draw learning curves: %s", e)
@@ -517,8 +802,9 @@ class Trainer:
         return keep
 
     def _best_record(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """The first epoch with the highest finite ``val_<best_metric>`` (the one best.safetensors holds)."""
         key = f"val_{self.task.best_metric}"
-        scored = [r for r in records if key in r]
+        scored = [r for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         return max(scored, key=lambda r: r[key]) if scored else {}
 
     def _summary(self, r: dict[str, Any], is_best: bool) -> str:
@@ -531,3 +817,39 @@ class Trainer:
         if r.get("skipped_images"):
             parts.append(f"skipped {int(r['skipped_images'])} unreadable images")
         return "  ".join(parts) + ("  *best*" if is_best else "")
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _saved_epoch(path: Path) -> int | None:
+    """The epoch a weights file written by the trainer ends (None: no such file, or it records none)."""
+    try:
+        meta = read_metadata(path) if path.is_file() else None
+    except ValueError:  # unreadable: as good as none
+        meta = None
+    epoch = meta.get("epoch") if meta else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def _non_finite(model: nn.Module, prefix: str = "") -> list[str]:
+    """Names of ``model``'s floating-point tensors holding NaN or Inf (one device sync for all)."""
+    items = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+    if not items:
+        return []
+    ok = torch.stack([t.isfinite().all() for _, t in items]).cpu().tolist()
+    return [prefix + n for (n, _), good in zip(items, ok) if not good]
+
+
+def _finite_batch(batch: Any) -> bool:
+    """Whether every floating-point tensor in a (nested) batch is finite."""
+    if isinstance(batch, torch.Tensor):
+        return not batch.is_floating_point() or bool(batch.isfinite().all())
+    if isinstance(batch, Mapping):
+        return all(_finite_batch(v) for v in batch.values())
+    if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
+        return all(_finite_batch(v) for v in batch)
+    return True

@@ -24,7 +24,8 @@ from ..engine.task import Task
 from ..naming import unknown_name
 from ..variants import VARIANTS
 
-__all__ = ["TASKS", "list_tasks", "get_task", "create_task", "resolve_config", "Trained", "load_trained"]
+__all__ = ["TASKS", "list_tasks", "get_task", "create_task", "resolve_config", "Trained", "load_trained",
+           "calibration_batch"]
 
 TASKS: dict[str, str] = {
     "classification": "pvt.tasks.classification:ClassificationTask",
@@ -84,6 +85,16 @@ class Trained:
     path: Path
     """The weights file that was read."""
     device: torch.device
+    precision: str = "float32"
+    """The inference precision the model runs in (:func:`pvt.accel.set_precision`)."""
+    precision_reason: str = "default"
+    """Why: ``requested``, ``default``, or what ``auto`` saw in the CPU."""
+
+    def autocast(self):
+        """The context to run :attr:`model` in (CUDA autocast for bfloat16 on a GPU, else nothing)."""
+        from ..accel import inference_autocast
+
+        return inference_autocast(self.device, self.precision)
 
     @property
     def name(self) -> str:
@@ -92,23 +103,63 @@ class Trained:
 
 
 def load_trained(checkpoint: str | Path, *, device: str = "auto", data: str | None = None,
-                 model: str | None = None) -> Trained:
+                 model: str | None = None, precision: str = "float32", calibration: str | Path | None = None,
+                 calibration_images: int = 64) -> Trained:
     """The model of a ``pvt train`` checkpoint (a ``.safetensors`` file, or a run folder: its best, else
     last), for any task. ``data`` replaces the data it was trained on (for evaluation); ``model``, when
-    given, must be the variant it holds."""
+    given, must be the variant it holds. ``precision``: float32, bfloat16, int8 or auto
+    (:func:`pvt.accel.set_precision`); ``calibration``: a folder of images (searched recursively, up
+    to ``calibration_images`` of them, prepared as the task's evaluation input) for static int8 ranges."""
+    from ..accel import set_precision
+
     path = resolve_checkpoint(checkpoint)
     own = read_own_format(path)
     meta = own[1] if own is not None else {}
-    if own is None or meta.get("task") not in TASKS or not isinstance(meta.get("train_config"), dict):
+    if own is None or not isinstance(meta.get("task"), str) or meta["task"] not in TASKS \
+            or not isinstance(meta.get("train_config"), dict):
         raise ValueError(
             f"checkpoint {str(path)!r} is not a model written by pvt train (expected a .safetensors file with "
             f"format=pvt metadata naming its task, one of {', '.join(sorted(TASKS))}, and its training config)"
         )
-    task = get_task(meta["task"]).from_checkpoint(meta, **({"data": data} if data is not None else {}))
+    try:
+        task = get_task(meta["task"]).from_checkpoint(meta, **({"data": data} if data is not None else {}))
+    except ValueError as e:
+        raise ValueError(f"checkpoint {str(path)!r}: {e}") from None
     found = str(meta.get("variant") or task.cfg.model)
     if model is not None and model != found:
         raise ValueError(f"checkpoint {str(path)!r} holds {found!r}, not the requested model {model!r}")
     net = task.load_model(own[0], meta, path)
+    bad = [k for k, t in net.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise ValueError(f"checkpoint {str(path)!r} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): it "
+                         "was saved from a diverged run and would predict NaN; use an earlier checkpoint")
     dev = resolve_device(device)
     net.to(dev).eval()
-    return Trained(task, net, meta, path, dev)
+    images = None
+    if calibration is not None:
+        transform = getattr(task, "input_transform", None)
+        if transform is None:
+            raise ValueError(f"int8 calibration from images is for classification; the {task.name} task runs "
+                             "int8 with dynamic ranges (leave out the calibration folder)")
+        images = calibration_batch(calibration, transform(), calibration_images)
+    picked, reason = set_precision(net, precision, device=dev, calibration=images)
+    if precision == "float32":
+        reason = "default"
+    return Trained(task, net, meta, path, dev, picked, reason)
+
+
+def calibration_batch(folder: str | Path, transform: Any, limit: int = 64) -> torch.Tensor:
+    """Up to ``limit`` images from ``folder`` (recursively; evenly spread over the sorted file list, so
+    that every class folder is represented), each through ``transform`` (image -> tensor): ``(N, C, H, W)``."""
+    from ..data import IMG_EXTENSIONS, load_rgb
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"calibration folder {str(root)!r} does not exist")
+    if limit < 1:
+        raise ValueError(f"calibration image count must be >= 1, got {limit}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"calibration folder {str(root)!r} has no images ({', '.join(sorted(IMG_EXTENSIONS))})")
+    step = max(1, len(files) // limit)
+    return torch.stack([transform(load_rgb(p)) for p in files[::step][:limit]])

@@ -4,21 +4,24 @@ a PVT with a head for the dataset's classes, DeiT's mixup/cutmix + label-smoothi
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from PIL import UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..accel import accelerate
 from ..checkpoint import build_pvt, read_metadata
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data import ImageFolderDataset, collate_skipping, digits_folder, eval_transform, load_rgb, train_transform
+from ..data.shards import ShardDataset, is_shard_folder
 from ..engine.task import Task
 from ..variants import get_variant
+from .backbone import apply_backbone_options
 
 __all__ = ["ClassificationTask", "DIGITS_DEFAULTS", "build_classifier", "topk_correct"]
 
@@ -26,7 +29,9 @@ log = logging.getLogger("pvt.train")
 
 DIGITS_DEFAULTS: dict[str, Any] = {
     # The built-in digits are 1,437 small grayscale training images: train at their own size, without
-    # flips (a flipped digit is another symbol) and with milder crops; short schedule, higher lr.
+    # flips (a flipped digit is another symbol) and with milder crops; short schedule, higher lr. No
+    # repeated augmentation: in one process the 3 copies of an image land in the same batch, so every step
+    # sees a third as many different images; it lowered the held-out accuracy (docs/classification.md).
     "img_size": 32,
     "epochs": 12,
     "batch_size": 64,
@@ -37,6 +42,7 @@ DIGITS_DEFAULTS: dict[str, Any] = {
     "mixup": 0.0,
     "cutmix": 0.0,
     "reprob": 0.0,
+    "repeated_aug": False,
 }
 
 
@@ -76,6 +82,7 @@ class ClassificationTask(Task):
     name = "classification"
     best_metric = "top1"
     eval_batch_size: ClassVar[int] = 64
+    distributed_eval: ClassVar[bool] = True
     collate_fn = staticmethod(collate_skipping)
 
     def __init__(self, cfg):
@@ -86,6 +93,7 @@ class ClassificationTask(Task):
         self._mixup = None
         self._criterion: nn.Module | None = None
         self._eval_input: dict[str, Any] = {}  # a checkpoint's recorded evaluation input (restore_extra)
+        self._device_aug = None  # DeviceAugment when cfg.device_augment
 
     @classmethod
     def data_defaults(cls, data: str | None) -> dict[str, Any]:
@@ -104,12 +112,14 @@ class ClassificationTask(Task):
     def auto_micro_batch(self, model: nn.Module, device: torch.device) -> int:
         """On CPU, as few even pieces as keep a piece's stage-1 hidden activation under the allocator's
         largest kept block (so a step touches no new memory pages); whole batches on GPUs."""
-        from ..runtime import MMAP_THRESHOLD
+        from ..accel.cpu import piece_size
+        from ..accel.runtime import MMAP_THRESHOLD
+        from ..model import PyramidVisionTransformer
 
-        if device.type != "cpu" or not hasattr(model, "piece_size"):
+        if device.type != "cpu" or not isinstance(model, PyramidVisionTransformer):
             return 0
         cfg = self.cfg
-        return model.piece_size(cfg.batch_size, cfg.img_size, cfg.img_size, MMAP_THRESHOLD) or 0
+        return piece_size(model, cfg.batch_size, cfg.img_size, cfg.img_size, MMAP_THRESHOLD) or 0
 
     # -- data ---------------------------------------------------------------------------------
     def resolve_root(self) -> Path:
@@ -120,22 +130,36 @@ class ClassificationTask(Task):
             raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
         if not root.is_dir():
             raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with train/ and val/")
+        if is_shard_folder(root):
+            return root
         missing = [s for s in ("train", "val") if not (root / s).is_dir()]
         if missing:
             raise ValueError(
                 f"data folder {str(root)!r} has no {' or '.join(s + '/' for s in missing)}; expected train/ and "
-                "val/, each with one folder of images per class"
+                "val/, each with one folder of images per class (or a shard folder written by pvt make-shards)"
             )
         return root
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
+        """The training and validation splits of an ImageFolder tree or of a shard folder (detected by its
+        ``index.json``). With ``device_augment`` the training split yields encoded images, which
+        :meth:`train_step` decodes and augments on the device."""
         cfg = self.cfg
         self.data_root = root = self.resolve_root()
-        train = ImageFolderDataset(root / "train", train_transform(cfg))
-        val = ImageFolderDataset(
-            root / "val", eval_transform(cfg.img_size, cfg.crop_pct, cfg.interpolation),
-            class_names=train.class_names, require_all=False,
-        )
+        raw = cfg.device_augment
+        if raw:
+            from ..data.device import DeviceAugment
+
+            self._device_aug = DeviceAugment.from_config(cfg)
+        train_tf = None if raw else train_transform(cfg)
+        val_tf = eval_transform(cfg.img_size, cfg.crop_pct, cfg.interpolation)
+        train: ImageFolderDataset | ShardDataset
+        if is_shard_folder(root):
+            train = ShardDataset(root, "train", train_tf, raw=raw)
+            val = ShardDataset(root, "val", val_tf, class_names=train.class_names)
+        else:
+            train = ImageFolderDataset(root / "train", train_tf, raw=raw)
+            val = ImageFolderDataset(root / "val", val_tf, class_names=train.class_names, require_all=False)
         self.class_names = train.class_names
         if len(self.class_names) < 2:
             raise ValueError(f"data folder {str(root / 'train')!r} has {len(self.class_names)} class; need >= 2")
@@ -150,7 +174,7 @@ class ClassificationTask(Task):
         model = build_classifier(cfg.model, len(self.class_names), img_size=cfg.img_size, drop_path=drop_path,
                                  drop=cfg.drop, pretrained=cfg.pretrained)
         self._build_losses()
-        return model
+        return apply_backbone_options(model, cfg)
 
     def _build_losses(self) -> None:
         from timm.data import Mixup
@@ -185,6 +209,10 @@ class ClassificationTask(Task):
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, targets, _ = batch
+        if isinstance(images, list):  # encoded images (device_augment): decode and augment on the device
+            images, keep = self._device_aug(images, device)
+            self._skipped += len(targets) - len(keep)
+            targets = targets[keep]
         if self._mixup is not None and len(targets) % 2:  # mixup pairs images: keep an even batch
             images, targets = images[:-1], targets[:-1]
         images, targets = self._to(images, device), targets.to(device, non_blocking=True)
@@ -204,18 +232,32 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-        n = loss_sum = top1 = top5 = 0
+        return self.merge_parts([self.evaluate_part(model, loader, device)])
+
+    @torch.no_grad()
+    def evaluate_part(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        """Counts and sums over the images of ``loader``: ``images``, ``top1`` / ``top5`` (correct, integers)
+        and ``loss_sum`` (float64), which add up exactly over any split of the data."""
+        n = top1 = top5 = 0
+        loss_sum = 0.0
         for images, targets, skipped in loader:
             self._skipped += skipped
             if len(targets) == 0:
                 continue
             images, targets = self._to(images, device), targets.to(device)
             logits = model(images).float()
-            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="none").double().sum())
             c1, c5 = topk_correct(logits, targets, (1, 5))
             top1, top5, n = top1 + c1, top5 + c5, n + len(targets)
+        return {"images": n, "top1": top1, "top5": top5, "loss_sum": loss_sum}
+
+    def merge_parts(self, parts: list[dict[str, float]]) -> dict[str, float]:
+        """Top-1 / top-5 (percent) and mean loss over every part's images."""
+        n = sum(int(p["images"]) for p in parts)
         if n == 0:
             raise ValueError("no readable validation images")
+        top1, top5 = sum(int(p["top1"]) for p in parts), sum(int(p["top5"]) for p in parts)
+        loss_sum = math.fsum(float(p["loss_sum"]) for p in parts)
         return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": float(n)}
 
     def end_epoch(self) -> dict[str, float]:
@@ -236,14 +278,36 @@ class ClassificationTask(Task):
         }
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
-        self.class_names = list(extra["class_names"])
-        self._eval_input = {k: extra[k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std") if k in extra}
+        """The class names and evaluation input a checkpoint records, each checked (a ValueError otherwise)."""
+        from ..engine.config import TrainConfig
+
+        names = extra.get("class_names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError("its class_names are not a list of names")
+        self.class_names = list(names)
+        e = {k: extra[k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std") if k in extra}
+        TrainConfig.from_dict({k: v for k, v in e.items() if k in ("img_size", "crop_pct", "interpolation")})
+        for k in ("mean", "std"):
+            v = e.get(k, IMAGENET_MEAN)
+            if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                             and 0 <= x <= 1e3 for x in v) and (k == "mean" or min(v) > 0)):
+                raise ValueError(f"its {k} {v!r} is not three numbers" + (" > 0" if k == "std" else ""))
+        self._eval_input = e
 
     # -- trained models -----------------------------------------------------------------------
     def load_model(self, state: dict[str, Tensor], meta: dict[str, Any], source: str | Path) -> nn.Module:
         """The network the checkpoint's own config describes (exact even when it was fine-tuned from weights
-        whose numerics differ from the variant's, e.g. HF's LayerNorm eps)."""
-        return build_pvt(meta, state, source)
+        whose numerics differ from the variant's, e.g. HF's LayerNorm eps), with a head for its class names, accelerated for inference."""
+        head = state.get("head.weight")
+        if head is None or head.ndim != 2 or head.shape[0] != len(self.class_names):
+            raise ValueError(f"checkpoint {str(source)!r} names {len(self.class_names)} classes but its head has "
+                             f"{'no' if head is None else int(head.shape[0])} outputs")
+        return accelerate(build_pvt(meta, state, source))
+
+    def input_transform(self):
+        """The image -> tensor transform of this model's evaluation input (the checkpoint's size, crop,
+        interpolation and normalisation); int8 calibration images go through it too."""
+        return self._eval_tf()
 
     def _eval_tf(self):
         e = {"img_size": self.cfg.img_size, "crop_pct": self.cfg.crop_pct, "interpolation": self.cfg.interpolation,
@@ -252,17 +316,28 @@ class ClassificationTask(Task):
                               tuple(e.get("mean", IMAGENET_MEAN)), tuple(e.get("std", IMAGENET_STD)))
 
     def eval_dataset(self, split: str = "val") -> Dataset:
-        """``<data>/<split>/<class>/`` images, or ``<data>/<class>/`` when ``data`` has no such split
-        (default data: the checkpoint's own); class folders must be among the trained classes."""
-        if self.cfg.data is None:
-            folder = digits_folder(self.cfg.data_dir) / split
+        """``<data>/<split>/<class>/`` images, or ``<data>/<class>/`` when ``data`` has no split folders at all
+        and ``split`` is the default, or the split of a shard folder (default data: the checkpoint's own);
+        classes must be among the trained ones. A ``split`` that is not there is a ValueError naming the
+        splits that are."""
+        root = digits_folder(self.cfg.data_dir) if self.cfg.data is None else Path(self.cfg.data).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+        if not root.is_dir():
+            raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with {split}/ or class folders")
+        if is_shard_folder(root):
+            ds = ShardDataset(root, split, self._eval_tf(), class_names=self.class_names)
+            self._skipped += len(ds.unreadable)
+            return ds
+        splits = sorted(s for s in ("train", "val", "test") if (root / s).is_dir())
+        if (root / split).is_dir():
+            folder = root / split
+        elif split == "val" and not splits:
+            folder = root  # a folder of class folders
         else:
-            root = Path(self.cfg.data).expanduser()
-            if not root.exists():
-                raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
-            if not root.is_dir():
-                raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with {split}/ or class folders")
-            folder = root / split if (root / split).is_dir() else root
+            raise ValueError(f"split {split!r}: {str(root / split)!r} does not exist; "
+                             + (f"splits found: {', '.join(splits)}" if splits else
+                                "the folder holds class folders only: leave --split out"))
         ds = ImageFolderDataset(folder, self._eval_tf(), class_names=self.class_names, require_all=False)
         self._skipped += len(ds.unreadable)
         return ds
@@ -278,8 +353,9 @@ class ClassificationTask(Task):
         for p in images:
             try:
                 batch.append(tf(load_rgb(p)))
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                raise ValueError(f"image {str(p)!r} cannot be read: {e}") from None
+            except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; a bomb, MemoryError)
+                raise ValueError(f"image {str(p)!r} cannot be read: {' '.join(str(e).split()) or type(e).__name__}") \
+                    from None
         probs = model(torch.stack(batch).to(device)).float().softmax(-1).cpu()
         k = min(topk, probs.shape[1])
         out = []

@@ -15,9 +15,10 @@ from ..variants import VARIANTS
 __all__ = ["DENSE_COMMON", "SHAPES_NUM_TRAIN", "SHAPES_NUM_VAL", "DenseTask", "resolve_dense_model", "shapes_root",
            "check_options", "dense_drop_path"]
 
-#: every dense recipe: AdamW 1e-4, weight decay 1e-4, no classification augmentation, no clipping, no EMA.
+#: every dense recipe: AdamW 1e-4, weight decay 1e-4, no classification augmentation (repeated augmentation
+#: included: the official dense code samples each image once per epoch), no clipping, no EMA.
 DENSE_COMMON: dict[str, Any] = {"mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "reprob": 0.0, "aa": "none", "color_jitter": 0.0,
-           "clip_grad": 0.0, "lr": 1e-4, "weight_decay": 1e-4, "model_ema": False}
+           "clip_grad": 0.0, "lr": 1e-4, "weight_decay": 1e-4, "model_ema": False, "repeated_aug": False}
 
 #: built-in data set size when ``num_train`` / ``num_val`` are not given (``shapes_size`` defaults to img_size)
 SHAPES_NUM_TRAIN, SHAPES_NUM_VAL = 1024, 50

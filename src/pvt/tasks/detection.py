@@ -38,10 +38,11 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import read_image
 from ..data.coco import CocoDataset, detection_collate
 from ..data.detection_transforms import RandomCropPolicy
+from .backbone import apply_backbone_options
 from .common import DENSE_COMMON, DenseTask, dense_drop_path, resolve_dense_model, shapes_root
 from .metrics import coco_map, detections_to_coco
 from .schedules import MultiStepLR
-from .visualize import draw_detections, save_drawing
+from .visualize import draw_detections, drawing_names, save_drawing
 
 __all__ = ["DetectionTask", "InstanceTask", "DETECTION_DEFAULTS", "SHAPES_DETECTION", "SHAPES_ANCHOR_SIZE",
            "SHAPES_HEADS", "HEAD_OPTIONS"]
@@ -242,9 +243,10 @@ class DetectionTask(DenseTask):
         if not self.class_names:
             raise ValueError(f"{self.name} task: class names unknown; build_datasets first")
         anchors = self._anchor_size()
-        return create_dense_model(self.spec.name, num_classes=len(self.class_names), pretrained=self.cfg.pretrained,
-                                  drop_path_rate=dense_drop_path(self.cfg), **self._sizes(), **self._head_options(),
-                                  **({"anchor_size": anchors} if anchors is not None else {}))
+        model = create_dense_model(self.spec.name, num_classes=len(self.class_names), pretrained=self.cfg.pretrained,
+                                   drop_path_rate=dense_drop_path(self.cfg), **self._sizes(), **self._head_options(),
+                                   **({"anchor_size": anchors} if anchors is not None else {}))
+        return apply_backbone_options(model, self.cfg)
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
         cfg = self.cfg
@@ -283,7 +285,7 @@ class DetectionTask(DenseTask):
         if not 0 <= score_thresh <= 1:
             raise ValueError(f"score_thresh={score_thresh!r}: expected a number in [0, 1]")
         records = []
-        for p in images:
+        for p, name in zip(images, drawing_names(images)):
             img = read_image(p)
             det = self.predict_batch(model, [img], device)[0]
             keep = det["scores"] >= score_thresh
@@ -298,7 +300,7 @@ class DetectionTask(DenseTask):
             rec: dict[str, Any] = {"image": str(p), "detections": found}
             if out_dir is not None:
                 rec["output"] = save_drawing(
-                    draw_detections(img, boxes, labels, scores, self.class_names, masks), out_dir, p)
+                    draw_detections(img, boxes, labels, scores, self.class_names, masks), out_dir, name)
             records.append(rec)
         return records
 

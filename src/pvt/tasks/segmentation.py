@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import read_image
 from ..data.ade import IGNORE_INDEX, ADE20KDataset, segmentation_collate
+from .backbone import apply_backbone_options
 from .common import DENSE_COMMON, DenseTask, dense_drop_path, shapes_root
 from .metrics import ConfusionMatrix
 from .schedules import PolyLR
-from .visualize import draw_segmentation, save_drawing
+from .visualize import draw_segmentation, drawing_names, save_drawing
 
 __all__ = ["SegmentationTask", "SEGMENTATION_DEFAULTS", "SHAPES_SEGMENTATION"]
 
@@ -72,8 +73,9 @@ class SegmentationTask(DenseTask):
 
         if not self.class_names:
             raise ValueError("segmentation task: class names unknown; build_datasets first")
-        return create_dense_model(self.spec.name, num_classes=len(self.class_names),
-                                 pretrained=self.cfg.pretrained, drop_path_rate=dense_drop_path(self.cfg))
+        model = create_dense_model(self.spec.name, num_classes=len(self.class_names),
+                                   pretrained=self.cfg.pretrained, drop_path_rate=dense_drop_path(self.cfg))
+        return apply_backbone_options(model, self.cfg)
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
         cfg = self.cfg
@@ -116,14 +118,14 @@ class SegmentationTask(DenseTask):
         """The fraction of each image's pixels per predicted class (``class_fractions``); with ``out_dir``
         the class map drawn over each image."""
         records = []
-        for p in images:
+        for p, name in zip(images, drawing_names(images)):
             img = read_image(p)
             seg = self.predict_logits(model, img, tuple(img.shape[-2:]), device).argmax(0).cpu().numpy()
             counts = np.bincount(seg.reshape(-1), minlength=len(self.class_names)) / seg.size
             rec: dict[str, Any] = {"image": str(p), "class_fractions": {
                 n: round(float(c), 4) for n, c in zip(self.class_names, counts) if c > 0}}
             if out_dir is not None:
-                rec["output"] = save_drawing(draw_segmentation(img, seg, self.class_names), out_dir, p)
+                rec["output"] = save_drawing(draw_segmentation(img, seg, self.class_names), out_dir, name)
             records.append(rec)
         return records
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["palette", "draw_detections", "draw_segmentation", "save_drawing"]
+__all__ = ["palette", "draw_detections", "draw_segmentation", "drawing_names", "save_drawing"]
 
 
 def palette(n: int, seed: int = 3) -> np.ndarray:
@@ -95,11 +95,41 @@ def draw_segmentation(image, seg: np.ndarray, class_names: Sequence[str], alpha:
     return out
 
 
-def save_drawing(drawing: Image.Image, out_dir: str | Path, image: str | Path) -> str:
-    """Write ``drawing`` atomically as ``<out_dir>/<stem of image>_pred.png``; returns the path written."""
+def _folders(p: Path) -> tuple[str, ...]:
+    return tuple(x for x in p.parent.parts if x not in (p.anchor, "..", "."))
+
+
+def _tail(p: Path, depth: int) -> str:
+    """``p``'s stem after its last ``depth`` folder names, joined by ``_``."""
+    folders = _folders(p)
+    return "_".join([*folders[len(folders) - depth:], p.stem] if depth else [p.stem])
+
+
+def drawing_names(images: Sequence[str | Path]) -> list[str]:
+    """The file name of each image's drawing: ``<stem>_pred.png``; images that share a stem (``a/x.png``,
+    ``b/x.png``) get as many of their folder names as tell them apart (``a_x_pred.png``, ``b_x_pred.png``),
+    and a path given twice a number (``x_2_pred.png``), so no drawing overwrites another."""
+    paths = [Path(p) for p in images]
+    stems = []
+    for i, p in enumerate(paths):
+        same = [q for j, q in enumerate(paths) if j != i and q.stem == p.stem]
+        depth = 0
+        while same and depth < len(_folders(p)) and any(_tail(q, depth) == _tail(p, depth) for q in same):
+            depth += 1
+        stems.append(_tail(p, depth))
+    seen: dict[str, int] = {}
+    out = []
+    for n in stems:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(f"{n}_pred.png" if seen[n] == 1 else f"{n}_{seen[n]}_pred.png")
+    return out
+
+
+def save_drawing(drawing: Image.Image, out_dir: str | Path, name: str) -> str:
+    """Write ``drawing`` atomically as ``<out_dir>/<name>`` (see :func:`drawing_names`); returns the path."""
     from ..io import atomic_write
 
-    target = Path(out_dir) / f"{Path(image).stem}_pred.png"
+    target = Path(out_dir) / name
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(target, "wb") as f:
         drawing.save(f, format="PNG")

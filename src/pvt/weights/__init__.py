@@ -1,25 +1,35 @@
-"""Weights from every PVT ecosystem: detect a checkpoint's format, convert it, load it.
+"""Weights from and to every PVT ecosystem: detect a checkpoint's format, convert it, load it; write a
+model in any of them.
 
 * :func:`create_pretrained` (what ``pvt.create_model(name, pretrained=...)`` calls) and
   :func:`load_checkpoint` take a file, a folder or ``hf-hub:<repo id>``.
+* :func:`export_weights` (:mod:`pvt.weights.writing`, what ``pvt convert --to`` calls) writes a model in
+  this library's, HF transformers', timm's, the official or OpenMMLab's layout;
+  :mod:`pvt.weights.publish` is the folder and model card ``pvt push`` uploads.
 * :mod:`pvt.weights.keys`: pure state-dict conversions between this library's names and the
-  official (whai362/PVT), timm and HF transformers names, both ways.
+  official (whai362/PVT), timm, HF transformers and OpenMMLab names: one rule table per format, applied
+  both ways by one engine (:func:`to_pvt`, :func:`from_pvt`), so no direction is written twice.
+* :mod:`pvt.weights.hf_config`: HF ``config.json`` fields and :class:`~pvt.config.PVTConfig`, both ways.
 * :mod:`pvt.weights.files`: reading files, containers and folders safely (nothing is executed).
 * :mod:`pvt.weights.shapes`: which registered variant a state dict's shapes describe.
 """
 
 from .files import Checkpoint, read_checkpoint
 from .hf_config import hf_config_to_pvt, pvt_to_hf_config
-from .keys import FORMATS, detect_key_format, to_pvt
+from .keys import FORMATS, detect_key_format, from_pvt, to_pvt
 from .loading import LoadReport, create_pretrained, load_checkpoint
 from .shapes import infer_architecture, matching_variants
+from .writing import EXPORT_FORMATS, export_weights
 
 __all__ = [
+    "EXPORT_FORMATS",
     "FORMATS",
     "Checkpoint",
     "LoadReport",
     "create_pretrained",
     "detect_key_format",
+    "export_weights",
+    "from_pvt",
     "hf_config_to_pvt",
     "infer_architecture",
     "load_checkpoint",

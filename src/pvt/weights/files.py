@@ -22,9 +22,6 @@ Accepted inputs:
 from __future__ import annotations
 
 import json
-import pickle
-import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..config import PVTConfig
-from ..checkpoint import read_own_format
+from ..checkpoint import check_file_limits, is_safetensors, read_own_format
 from .hf_config import hf_config_to_pvt
 from .keys import FORMATS, StateDict, detect_key_format, split_backbone, strip_wrappers, to_pvt
 
@@ -68,14 +65,10 @@ class Checkpoint:
 
 
 # --------------------------------------------------------------------------- single files
-def _is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
-
-
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with one-line errors that name the file."""
+    from ..io import load_torch
+
     with open(path, "rb") as f:
         magic = f.read(2)
     if magic != b"PK" and magic[:1] != b"\x80":  # a torch zip archive / a legacy pickle
@@ -83,19 +76,8 @@ def _torch_load(path: Path) -> Any:
             f"{path} is not a checkpoint: neither a PyTorch file (zip archive or pickle) nor a safetensors "
             f"file (it starts with bytes {magic!r})"
         )
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if m := re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e)):
-            raise ValueError(
-                f"{path} holds Python objects besides tensors ({m[1]}), which torch.load(weights_only=True) "
-                "refuses to build: nothing from a file is executed here. Load it in code you trust and "
-                "re-save only the state dict, e.g. torch.save(ckpt['model'], 'weights.pth')"
-            ) from None
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?)") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, TypeError) as e:
-        msg = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {msg}") from None
+    return load_torch(path, "PyTorch checkpoint", unsafe_hint=(
+        ". Load it in code you trust and re-save only the state dict, e.g. torch.save(ckpt['model'], 'weights.pth')"))
 
 
 def _unwrap(obj: Any, path: Path) -> StateDict:
@@ -128,7 +110,7 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, Any] | None]
         raise ValueError(f"{path} is not a file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty (0 bytes): not a checkpoint")
-    if _is_safetensors(path):
+    if is_safetensors(path):
         own = read_own_format(path)
         if own is not None:
             return own[0], own[1]
@@ -151,7 +133,7 @@ def _from_state_dict(sd: StateDict, source: str) -> tuple[StateDict, str, list[s
         groups = ", ".join(f"{g}.* ({n})" for g, n in sorted(dropped.items(), key=lambda gn: (-gn[1], gn[0])))
         notes.append(
             f"checkpoint {source} is a dense-prediction checkpoint: took the {len(inner)} backbone tensors under "
-            f"'{prefix}' and dropped the other {sum(dropped.values())}" + (f" ({groups})" if groups else "")
+            f"'{prefix}'" + (f" and dropped the other {sum(dropped.values())} ({groups})" if groups else "")
         )
         sd = inner
     if fmt is None:
@@ -174,7 +156,10 @@ def _read_file(path: Path) -> Checkpoint:
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{path}: its metadata holds an invalid PVT config: {e}") from None
         extra = {k: v for k, v in meta.items() if k not in ("format", "config", "variant")}
-        return Checkpoint(sd, "pvt", str(path), config, meta.get("variant"), extra)
+        notes: list[str] = []
+        if detect_key_format(sd) is None:  # a detector or segmenter written by pvt train: its backbone
+            sd, _, notes = _from_state_dict(sd, str(path))
+        return Checkpoint(sd, "pvt", str(path), config, meta.get("variant"), extra, notes)
     converted, fmt, notes = _from_state_dict(sd, str(path))
     return Checkpoint(converted, fmt, str(path), notes=notes)
 
@@ -225,6 +210,7 @@ def _read_folder(folder: Path) -> Checkpoint:
     source = str(folder)
     if "model_type" in cfg:  # HF transformers
         config = hf_config_to_pvt(cfg, str(cfg_path))
+        check_file_limits(config, cfg_path)  # e.g. its image_size sizes v1's resized position embeddings
         converted, fmt, _ = _from_state_dict(sd, source)
         want = "hf_v2" if cfg["model_type"] == "pvt_v2" else "hf_v1"
         if fmt != want:

@@ -1,8 +1,15 @@
 """Pure state-dict conversions between the PVT ecosystems' key names (no model needed).
 
-Every function maps ``{name: tensor} -> {name: tensor}``; tensors are passed through (or, for the
-HF formats, split or concatenated along dim 0) and never copied otherwise. Keys a rule does not
-know pass through unchanged, so that the loader can report them as unexpected.
+Every format other than this library's own is declared once, as a :class:`Layout`: a table of
+:class:`Rule` pairs ``(our name, their name)`` plus the tensor steps (:class:`Fuse`) where the two
+sides store a tensor differently. One engine applies a table in either direction: forwards turns
+our names into the format's (:func:`from_pvt`, ``to_official`` ...), backwards turns the format's
+into ours (:func:`to_pvt`, ``from_official`` ...). No inverse is written by hand, so the two
+directions cannot drift apart; another layout is one more table.
+
+Tensors are passed through (or, in a tensor step, split or concatenated along dim 0) and never
+copied otherwise. Keys no rule knows pass through unchanged, so that the loader can report them as
+unexpected; two keys that would end up with one name are an error rather than a silent loss.
 
 Formats (``detect_key_format``):
 
@@ -15,25 +22,64 @@ Formats (``detect_key_format``):
   ``stages.{i}.norm``, ``head``.
 * ``hf_v2``: transformers ``PvtV2Model`` / ``PvtV2ForImageClassification`` (prefix ``pvt_v2.``).
 * ``hf_v1``: transformers ``PvtModel`` / ``PvtForImageClassification`` (prefix ``pvt.``).
+* ``mm_v2`` / ``mm_v1``: OpenMMLab's PVT backbones (mmdetection's ``PyramidVisionTransformerV2`` /
+  ``PyramidVisionTransformer``, which mmsegmentation configs use too): ``layers.{i}.0`` (patch
+  embedding, ``projection``), ``layers.{i}.1.{j}`` (blocks; in v1 ``layers.{i}.1.0`` is the position
+  embedding and block ``j`` is ``layers.{i}.1.{j+1}``), ``layers.{i}.2`` (v2's stage norm; v1 has none,
+  and no class token or head). Their checkpoints keep the backbone under ``backbone.``
+  (:func:`split_backbone`).
 
-In the HF formats attention keeps ``key`` and ``value`` apart; the other formats hold one ``kv``
-linear layer whose first ``C`` output rows are the keys and the last ``C`` the values.
+In the HF formats attention keeps ``key`` and ``value`` apart; OpenMMLab's ``nn.MultiheadAttention``
+holds queries, keys and values as one input projection (``attn.attn.in_proj_weight``: ``q`` rows, then
+``kv``'s) and its MLP's linear layers as 1x1 convolutions ``(C_out, C_in, 1, 1)``; the other formats hold
+one ``kv`` linear layer whose first ``C`` output rows are the keys and the last ``C`` the values.
+
+How a table reads
+-----------------
+A rule's two sides are templates: literal text with index fields ``{s}`` (the stage), ``{b}`` (the
+block) or any other name, each optionally offset (``{s+1}``: the format counts stages from 1).
+Fields must appear on both sides, so that either side determines the other. Two more fields:
+
+* ``{last}``: the last stage, for a name a format gives without a stage number (v1's single final
+  ``norm``, its ``cls_token``). Towards our names it is the largest stage index the other keys show;
+  towards the format's, a rule with ``stages.{last}.`` applies only where the last stage is the only
+  one holding such a key (a v2 model, with a norm in every stage, gets ``norm1..4`` from the next rule).
+* ``{prefix}``: the format's optional prefix (``pvt_v2.``), written by default, accepted or absent.
+
+A template ending in ``.`` names a group (the start of its keys; the rest of the key follows it,
+renamed by the rule's ``inner`` rules, such as a block's layers); otherwise it names one whole key.
+The first rule whose source side matches a key renames it.
+
+Tensor steps work in our naming frame: forwards they run before the renaming, backwards after it
+(in reverse order), so their names for the format's side are the format's local names as they stand
+once the rules have renamed the key around them (``stages.0.blocks.0.attention.key.weight``); no rule
+may rename those.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
 
+import torch
 from torch import Tensor
 
 __all__ = [
     "FORMATS",
+    "LAYOUTS",
+    "Fuse",
+    "Layout",
+    "PointwiseConv",
+    "Rule",
     "StateDict",
+    "TensorStep",
     "detect_key_format",
     "split_backbone",
     "strip_wrappers",
     "to_pvt",
+    "from_pvt",
     "from_official",
     "to_official",
     "from_timm",
@@ -45,14 +91,6 @@ __all__ = [
 ]
 
 StateDict = dict[str, Tensor]
-
-FORMATS: dict[str, str] = {
-    "pvt": "this library's own names",
-    "official": "whai362/PVT classification checkpoint (v1 or v2 names)",
-    "timm": "timm pvt_v2_* state dict",
-    "hf_v2": "HF transformers PvtV2Model / PvtV2ForImageClassification",
-    "hf_v1": "HF transformers PvtModel / PvtForImageClassification",
-}
 
 # wrappers added by training code: DistributedDataParallel, torch.compile
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -68,22 +106,6 @@ def strip_wrappers(sd: StateDict) -> StateDict:
                 sd = {k[len(prefix) :]: v for k, v in sd.items()}
                 changed = True
     return sd
-
-
-def detect_key_format(sd: StateDict) -> str | None:
-    """The format whose signature keys ``sd`` holds (see module doc), or ``None``."""
-    keys = set(sd)
-    if any(k.startswith("stages.0.patch_embed.") for k in keys):
-        return "pvt"
-    if any(re.match(r"(pvt_v2\.)?encoder\.layers\.\d+\.", k) for k in keys):
-        return "hf_v2"
-    if any(re.match(r"(pvt\.)?encoder\.(patch_embeddings|block)\.\d+\.", k) for k in keys):
-        return "hf_v1"
-    if any(re.match(r"(patch_embed|block|pos_embed)\d+[.]?", k) for k in keys):
-        return "official"
-    if any(k.startswith("patch_embed.") for k in keys) and any(k.startswith("stages.") for k in keys):
-        return "timm"
-    return None
 
 
 def split_backbone(sd: StateDict) -> tuple[StateDict, str, dict[str, int]] | None:
@@ -122,259 +144,466 @@ def split_backbone(sd: StateDict) -> tuple[StateDict, str, dict[str, int]] | Non
     return None
 
 
-def _rename(sd: StateDict, rules: list[tuple[str, str | Callable[[re.Match], str]]]) -> StateDict:
-    """Apply the first matching ``(pattern, replacement)`` of ``rules`` to every key."""
-    out: StateDict = {}
-    for k, v in sd.items():
-        for pattern, repl in rules:
-            new, n = re.subn(pattern, repl, k, count=1)
-            if n:
-                k = new
-                break
-        out[k] = v
-    return out
+# --------------------------------------------------------------------------- the engine
+_FIELD = re.compile(r"\{(\w+)([+-]\d+)?\}")
+_SPECIAL = ("last", "prefix")  # fields with a meaning of their own (module doc)
 
 
-def _max_index(sd: StateDict, pattern: str) -> int:
-    """Largest integer captured by ``pattern``'s first group over the keys (-1 if none)."""
-    return max((int(m.group(1)) for k in sd if (m := re.match(pattern, k))), default=-1)
+def _fields(template: str) -> set[str]:
+    return {m[1] for m in _FIELD.finditer(template)}
 
 
-# --------------------------------------------------------------------------- official (whai362/PVT)
-def from_official(sd: StateDict) -> StateDict:
-    """Official v1/v2 names -> this library's names."""
-    last = _max_index(sd, r"patch_embed(\d+)\.") - 1  # official stages count from 1
-    out = _rename(
-        sd,
-        [
-            (r"^patch_embed(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.patch_embed."),
-            (r"^pos_embed(\d+)$", lambda m: f"stages.{int(m[1]) - 1}.pos_embed"),
-            (r"^block(\d+)\.(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}."),
-            (r"^norm(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.norm."),
-            (r"^norm\.", f"stages.{last}.norm."),
-            (r"^cls_token$", f"stages.{last}.cls_token"),
-        ],
-    )
-    return {k.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv."): v for k, v in out.items()}
-
-
-def to_official(sd: StateDict) -> StateDict:
-    """This library's names -> official names (v1 names when the model has a class token: one final
-    ``norm``; else v2 names ``norm1..4``)."""
-    last = _max_index(sd, r"stages\.(\d+)\.")
-    normed = {int(m[1]) for k in sd if (m := re.match(r"stages\.(\d+)\.norm\.", k))}
-    single_norm = normed == {last} and last > 0
-    rules: list[tuple[str, str | Callable[[re.Match], str]]] = [
-        (r"^stages\.(\d+)\.patch_embed\.", lambda m: f"patch_embed{int(m[1]) + 1}."),
-        (r"^stages\.(\d+)\.pos_embed$", lambda m: f"pos_embed{int(m[1]) + 1}"),
-        (r"^stages\.(\d+)\.cls_token$", "cls_token"),
-        (r"^stages\.(\d+)\.blocks\.(\d+)\.", lambda m: f"block{int(m[1]) + 1}.{m[2]}."),
-        (r"^stages\.(\d+)\.norm\.", (lambda m: "norm.") if single_norm else (lambda m: f"norm{int(m[1]) + 1}.")),
-    ]
-    out = _rename(sd, rules)
-    return {k.replace(".mlp.dwconv.", ".mlp.dwconv.dwconv."): v for k, v in out.items()}
-
-
-# --------------------------------------------------------------------------- timm
-def from_timm(sd: StateDict) -> StateDict:
-    """timm ``pvt_v2_*`` names -> this library's names (only the patch embeddings move)."""
-    return _rename(
-        sd,
-        [
-            (r"^patch_embed\.", "stages.0.patch_embed."),
-            (r"^stages\.(\d+)\.downsample\.", lambda m: f"stages.{m[1]}.patch_embed."),
-        ],
-    )
-
-
-def to_timm(sd: StateDict) -> StateDict:
-    """This library's v2 names -> timm's."""
-    return _rename(
-        sd,
-        [
-            (r"^stages\.0\.patch_embed\.", "patch_embed."),
-            (r"^stages\.(\d+)\.patch_embed\.", lambda m: f"stages.{m[1]}.downsample."),
-        ],
-    )
-
-
-# --------------------------------------------------------------------------- HF transformers
-def _merge_kv(sd: StateDict, key_pat: str, value_pat: str, kv_name: str) -> StateDict:
-    """Concatenate the separate ``key`` / ``value`` linear layers (HF) into one ``kv`` (rows: k then v).
-
-    ``key_pat`` / ``value_pat`` are suffixes like ``.attention.key.``; a key without its value (or
-    the reverse) is left as it is.
-    """
-    out: StateDict = {}
-    for k, v in sd.items():
-        if key_pat in k:
-            partner = k.replace(key_pat, value_pat)
-            if partner in sd:
-                out[k.replace(key_pat, kv_name)] = _cat(v, sd[partner])
-                continue
-        elif value_pat in k and k.replace(value_pat, key_pat) in sd:
-            continue
-        out[k] = v
-    return out
-
-
-def _cat(a: Tensor, b: Tensor) -> Tensor:
-    import torch
-
-    return torch.cat([a, b], dim=0)
-
-
-def _split_kv(sd: StateDict, key_name: str, value_name: str) -> StateDict:
-    out: StateDict = {}
-    for k, v in sd.items():
-        if ".attn.kv." in k:
-            c = v.shape[0] // 2
-            out[k.replace(".attn.kv.", key_name)] = v[:c]
-            out[k.replace(".attn.kv.", value_name)] = v[c:]
+@lru_cache(maxsize=None)
+def _pattern(template: str, prefix: str) -> tuple[re.Pattern[str], tuple[tuple[str, int], ...]]:
+    """``template`` as an anchored regular expression with one group per index field, and the
+    fields' ``(name, offset)`` in order; ``{prefix}`` matches ``prefix`` or nothing."""
+    regex, fields, pos = ["^"], [], 0
+    for m in _FIELD.finditer(template):
+        regex.append(re.escape(template[pos : m.start()]))
+        if m[1] == "prefix":
+            regex.append(f"(?:{re.escape(prefix)})?")
         else:
+            regex.append("(0|[1-9][0-9]*)")
+            fields.append((m[1], int(m[2] or 0)))
+        pos = m.end()
+    regex.append(re.escape(template[pos:]))
+    if not template.endswith("."):
+        regex.append("$")  # a whole key
+    return re.compile("".join(regex)), tuple(fields)
+
+
+def _capture(template: str, key: str, prefix: str) -> tuple[dict[str, int], int] | None:
+    """The field values ``key`` gives ``template`` and where the rest of ``key`` starts, or ``None``
+    when it does not match (a field seen twice must agree; an offset may not make an index negative)."""
+    pattern, fields = _pattern(template, prefix)
+    m = pattern.match(key)
+    if m is None:
+        return None
+    values: dict[str, int] = {}
+    for (name, offset), text in zip(fields, m.groups()):
+        value = int(text) - offset
+        if value < 0 or values.setdefault(name, value) != value:
+            return None
+    return values, m.end()
+
+
+def _fill(template: str, values: dict[str, int], prefix: str) -> str | None:
+    """``template`` with its fields filled in; ``None`` if an index would be negative."""
+    out, pos = [], 0
+    for m in _FIELD.finditer(template):
+        out.append(template[pos : m.start()])
+        if m[1] == "prefix":
+            out.append(prefix)
+        else:
+            value = values[m[1]] + int(m[2] or 0)
+            if value < 0:
+                return None
+            out.append(str(value))
+        pos = m.end()
+    out.append(template[pos:])
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Our name and the format's for one tensor or group of tensors (see the module doc).
+
+    ``inner`` rules rename the rest of a group's keys (relative names such as ``attn.q.``); the
+    first that matches applies, and a rest none matches is kept."""
+
+    ours: str
+    theirs: str
+    inner: tuple[Rule, ...] = ()
+
+    def __post_init__(self) -> None:
+        ours, theirs = _fields(self.ours), _fields(self.theirs)
+        if "prefix" in ours:
+            raise ValueError(f"{self}: {{prefix}} belongs to the format's side")
+        if ours - {"last"} != theirs - {"last", "prefix"}:
+            raise ValueError(f"{self}: both sides need the same index fields ({{last}} aside)")
+        if self.ours.endswith(".") != self.theirs.endswith("."):
+            raise ValueError(f"{self}: one side names a group (ends in '.'), the other a whole key")
+        if self.inner and not self.ours.endswith("."):
+            raise ValueError(f"{self}: only a group has inner rules")
+        for rule in self.inner:
+            if _fields(rule.ours + rule.theirs) & set(_SPECIAL):
+                raise ValueError(f"{rule}: {{last}} and {{prefix}} have no meaning in an inner rule")
+
+    def sides(self, forward: bool) -> tuple[str, str]:
+        """``(source, target)`` templates: ours -> theirs forwards, theirs -> ours backwards."""
+        return (self.ours, self.theirs) if forward else (self.theirs, self.ours)
+
+    def __str__(self) -> str:
+        return f"rule ({self.ours!r}, {self.theirs!r})"
+
+
+class TensorStep(Protocol):
+    """A change to the tensors themselves that a layout needs besides renaming (module doc)."""
+
+    def apply(self, sd: StateDict, forward: bool) -> StateDict:
+        """Forwards: our storage -> the format's; backwards: the reverse."""
+        ...
+
+
+def _split(sd: StateDict, whole: str, parts: tuple[str, ...], shares: tuple[int, ...]) -> StateDict:
+    """Every key with ``whole`` in it becomes one key per part, each taking its share of the rows
+    (dim 0), in order; a tensor whose rows do not divide so is kept as it is."""
+    out: StateDict = {}
+    for k, v in sd.items():
+        unit, left = divmod(v.shape[0], sum(shares)) if whole in k and v.ndim else (0, 1)
+        if left:
             out[k] = v
+            continue
+        for part, piece in zip(parts, v.split([unit * n for n in shares])):
+            out[k.replace(whole, part, 1)] = piece
     return out
 
 
-def _strip_prefix(sd: StateDict, prefix: str) -> StateDict:
-    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
-
-
-def _rename_block(rest: str, table: list[tuple[str, str]], to_ours: bool) -> str:
-    """Rename the leading part of a block key's suffix by ``table`` of ``(theirs, ours)`` pairs.
-
-    Towards their names the fused ``.attn.kv.`` is never renamed: it has been split first."""
-    for theirs, ours in table:
-        src, dst = (theirs, ours) if to_ours else (ours, theirs)
-        if rest.startswith(src) and (to_ours or ours != ".attn.kv."):
-            return dst + rest[len(src) :]
-    return rest
-
-
-_HF_V2_BLOCK = [
-    (".layer_norm_1.", ".norm1."),
-    (".attention.query.", ".attn.q."),
-    (".attention.kv.", ".attn.kv."),
-    (".attention.spatial_reduction.", ".attn.sr."),
-    (".attention.layer_norm.", ".attn.norm."),
-    (".attention.proj.", ".attn.proj."),
-    (".layer_norm_2.", ".norm2."),
-    (".mlp.dense1.", ".mlp.fc1."),
-    (".mlp.dwconv.dwconv.", ".mlp.dwconv."),
-    (".mlp.dense2.", ".mlp.fc2."),
-]
-
-
-def from_hf_v2(sd: StateDict) -> StateDict:
-    """transformers ``PvtV2*`` names -> this library's names (``key``/``value`` merged into ``kv``)."""
-    sd = _strip_prefix(sd, "pvt_v2.")
-    sd = _merge_kv(sd, ".attention.key.", ".attention.value.", ".attention.kv.")
+def _merge(sd: StateDict, parts: tuple[str, ...], whole: str) -> StateDict:
+    """The inverse of :func:`_split`: the keys that differ only by ``parts`` become one key (rows
+    concatenated in the order of ``parts``, at the first part's place); an incomplete group is kept."""
     out: StateDict = {}
     for k, v in sd.items():
-        if m := re.match(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)(\..*)$", k):
-            rest = _rename_block(m[3], _HF_V2_BLOCK, to_ours=True)
-            k = f"stages.{m[1]}.blocks.{m[2]}{rest}"
-        elif m := re.match(r"^encoder\.layers\.(\d+)\.patch_embedding\.(proj|layer_norm)\.(.*)$", k):
-            k = f"stages.{m[1]}.patch_embed.{'proj' if m[2] == 'proj' else 'norm'}.{m[3]}"
-        elif m := re.match(r"^encoder\.layers\.(\d+)\.layer_norm\.(.*)$", k):
-            k = f"stages.{m[1]}.norm.{m[2]}"
-        elif k.startswith("classifier."):
-            k = "head." + k[len("classifier.") :]
-        out[k] = v
+        part = next((p for p in parts if p in k), None)
+        group = [k.replace(part, p, 1) for p in parts] if part is not None else []
+        if not group or not all(g in sd for g in group):
+            out[k] = v
+        elif k == group[0]:
+            out[k.replace(parts[0], whole, 1)] = torch.cat([sd[g] for g in group])
     return out
 
 
-def to_hf_v2(sd: StateDict, prefix: str = "pvt_v2.") -> StateDict:
-    """This library's v2 names -> ``PvtV2ForImageClassification`` names (``prefix=""``: ``PvtV2Model``)."""
-    sd = _split_kv(sd, ".attention.key.", ".attention.value.")
+@dataclass(frozen=True)
+class Fuse:
+    """A tensor one side stores whole and the other as parts concatenated along dim 0: our ``kv``
+    against HF's ``key`` and ``value`` (``Fuse(".attn.kv.", (".attention.key.", ".attention.value."))``),
+    or our ``q`` and ``kv`` against one fused input projection (``shares=(1, 2)``).
+
+    ``ours`` / ``theirs`` are infixes of our-frame keys (module doc), one of them a single name;
+    ``shares`` are the parts' relative numbers of rows (equal by default)."""
+
+    ours: str | tuple[str, ...]
+    theirs: str | tuple[str, ...]
+    shares: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        ours = (self.ours,) if isinstance(self.ours, str) else tuple(self.ours)
+        theirs = (self.theirs,) if isinstance(self.theirs, str) else tuple(self.theirs)
+        parts = max(len(ours), len(theirs))
+        if min(len(ours), len(theirs)) != 1 or parts < 2:
+            raise ValueError(f"{self}: one side holds one tensor, the other two or more")
+        shares = tuple(self.shares) or (1,) * parts
+        if len(shares) != parts or min(shares) < 1:
+            raise ValueError(f"{self}: one positive share per part")
+        object.__setattr__(self, "ours", ours)
+        object.__setattr__(self, "theirs", theirs)
+        object.__setattr__(self, "shares", shares)
+
+    def apply(self, sd: StateDict, forward: bool) -> StateDict:
+        src, dst = (self.ours, self.theirs) if forward else (self.theirs, self.ours)
+        return _split(sd, src[0], dst, self.shares) if len(src) == 1 else _merge(sd, src, dst[0])
+
+
+@dataclass(frozen=True)
+class PointwiseConv:
+    """Linear weights ``(C_out, C_in)`` that the format stores as 1x1 convolutions ``(C_out, C_in, 1, 1)``
+    (OpenMMLab's MLP): the ``weight`` of every key with one of the infixes ``ours`` (our-frame names, as
+    in :class:`Fuse`) gains or loses the two unit dimensions (a view, never a copy). A tensor of another
+    shape is kept as it is, for the loader to report."""
+
+    ours: tuple[str, ...]
+
+    def apply(self, sd: StateDict, forward: bool) -> StateDict:
+        out: StateDict = {}
+        for k, v in sd.items():
+            if any(k.endswith(infix + "weight") for infix in self.ours):
+                if forward and v.ndim == 2:
+                    v = v[:, :, None, None]
+                elif not forward and v.ndim == 4 and v.shape[2:] == (1, 1):
+                    v = v[:, :, 0, 0]
+            out[k] = v
+        return out
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a conversion knows about the whole state dict before renaming its keys."""
+
+    prefix: str
+    last: int = -1
+    """The last stage index the source keys show (-1: none)."""
+    sole: frozenset[int] = frozenset()
+    """Indices of the ``{last}`` rules whose source side matches the last stage only."""
+
+
+def _context(rules: tuple[Rule, ...], keys: list[str], forward: bool, prefix: str) -> _Context:
+    if not any("last" in _fields(r.ours + r.theirs) for r in rules):
+        return _Context(prefix)
+    stages: set[int] = set()
+    seen: dict[int, set[int]] = {}
+    for key in keys:
+        for i, rule in enumerate(rules):
+            hit = _capture(rule.sides(forward)[0], key, prefix)
+            if hit is not None:
+                stages.update(v for name, v in hit[0].items() if name in ("s", "last"))
+                if "last" in hit[0]:
+                    seen.setdefault(i, set()).add(hit[0]["last"])
+    last = max(stages, default=-1)
+    return _Context(prefix, last, frozenset(i for i, found in seen.items() if found == {last}))
+
+
+def _rename_key(key: str, rules: tuple[Rule, ...], forward: bool, ctx: _Context) -> str:
+    """``key`` renamed by the first rule that matches it (and its rest by that rule's inner rules)."""
+    for i, rule in enumerate(rules):
+        source, target = rule.sides(forward)
+        hit = _capture(source, key, ctx.prefix)
+        if hit is None:
+            continue
+        values, end = hit
+        if "last" in values and (values["last"] != ctx.last or i not in ctx.sole):
+            continue
+        head = _fill(target, {**values, "last": ctx.last}, ctx.prefix)
+        if head is not None:
+            return head + _rename_key(key[end:], rule.inner, forward, ctx)
+    return key
+
+
+def _rename(sd: StateDict, rules: tuple[Rule, ...], forward: bool, prefix: str) -> StateDict:
+    ctx = _context(rules, list(sd), forward, prefix)
     out: StateDict = {}
+    origin: dict[str, str] = {}
     for k, v in sd.items():
-        if m := re.match(r"^stages\.(\d+)\.blocks\.(\d+)(\..*)$", k):
-            rest = _rename_block(m[3], _HF_V2_BLOCK, to_ours=False)
-            k = f"{prefix}encoder.layers.{m[1]}.blocks.{m[2]}{rest}"
-        elif m := re.match(r"^stages\.(\d+)\.patch_embed\.(proj|norm)\.(.*)$", k):
-            k = f"{prefix}encoder.layers.{m[1]}.patch_embedding.{'proj' if m[2] == 'proj' else 'layer_norm'}.{m[3]}"
-        elif m := re.match(r"^stages\.(\d+)\.norm\.(.*)$", k):
-            k = f"{prefix}encoder.layers.{m[1]}.layer_norm.{m[2]}"
-        elif k.startswith("head."):
-            k = "classifier." + k[len("head.") :]
-        out[k] = v
+        new = _rename_key(k, rules, forward, ctx)
+        if new in origin:
+            raise ValueError(f"the keys {origin[new]!r} and {k!r} would both become {new!r}")
+        origin[new] = k
+        out[new] = v
     return out
 
 
-_HF_V1_BLOCK = [
-    (".layer_norm_1.", ".norm1."),
-    (".attention.self.query.", ".attn.q."),
-    (".attention.self.kv.", ".attn.kv."),
-    (".attention.self.sequence_reduction.", ".attn.sr."),
-    (".attention.self.layer_norm.", ".attn.norm."),
-    (".attention.output.dense.", ".attn.proj."),
-    (".layer_norm_2.", ".norm2."),
-    (".mlp.dense1.", ".mlp.fc1."),
-    (".mlp.dense2.", ".mlp.fc2."),
-]
-_HF_V1_EMBED = {"projection": "proj", "layer_norm": "norm"}
+@dataclass(frozen=True)
+class Layout:
+    """One format's names: its rules (first match wins), its tensor steps, its optional prefix (the
+    ``{prefix}`` field), the regular expressions that recognise it (each must match the start of
+    some key) and a one-line description."""
+
+    description: str
+    signature: tuple[str, ...]
+    rules: tuple[Rule, ...] = ()
+    tensor_steps: tuple[TensorStep, ...] = ()
+    prefix: str = ""
+    norm_eps: float | None = None
+    """The one LayerNorm eps the format's own models use everywhere (HF, OpenMMLab: 1e-6), where they
+    differ from the official code's (1e-5 in the patch-embedding and spatial-reduction norms, 1e-6
+    elsewhere); None: the official values. A file records no eps, so its format tells it."""
+
+    def from_pvt(self, sd: StateDict, prefix: str | None = None) -> StateDict:
+        """This library's names -> this layout's (``prefix``: instead of the layout's own)."""
+        if prefix is not None and not any("prefix" in _fields(r.theirs) for r in self.rules):
+            raise ValueError(f"the {self.description} layout has no prefix")
+        for step in self.tensor_steps:
+            sd = step.apply(sd, forward=True)
+        return _rename(sd, self.rules, True, self.prefix if prefix is None else prefix)
+
+    def to_pvt(self, sd: StateDict) -> StateDict:
+        """This layout's names (with or without its prefix) -> this library's."""
+        sd = _rename(sd, self.rules, False, self.prefix)
+        for step in reversed(self.tensor_steps):
+            sd = step.apply(sd, forward=False)
+        return sd
+
+    def recognises(self, keys: set[str]) -> bool:
+        """Whether every signature expression matches the start of one of ``keys``."""
+        return all(any(re.match(sig, k) for k in keys) for sig in self.signature)
 
 
-def from_hf_v1(sd: StateDict) -> StateDict:
-    """transformers ``Pvt*`` (PVT v1) names -> this library's names."""
-    sd = _strip_prefix(sd, "pvt.")
-    sd = _merge_kv(sd, ".attention.self.key.", ".attention.self.value.", ".attention.self.kv.")
-    last = _max_index(sd, r"encoder\.patch_embeddings\.(\d+)\.")
-    out: StateDict = {}
-    for k, v in sd.items():
-        if m := re.match(r"^encoder\.block\.(\d+)\.(\d+)(\..*)$", k):
-            rest = _rename_block(m[3], _HF_V1_BLOCK, to_ours=True)
-            k = f"stages.{m[1]}.blocks.{m[2]}{rest}"
-        elif m := re.match(r"^encoder\.patch_embeddings\.(\d+)\.(projection|layer_norm)\.(.*)$", k):
-            k = f"stages.{m[1]}.patch_embed.{_HF_V1_EMBED[m[2]]}.{m[3]}"
-        elif m := re.match(r"^encoder\.patch_embeddings\.(\d+)\.position_embeddings$", k):
-            k = f"stages.{m[1]}.pos_embed"
-        elif m := re.match(r"^encoder\.patch_embeddings\.(\d+)\.cls_token$", k):
-            k = f"stages.{m[1]}.cls_token"
-        elif k.startswith("encoder.layer_norm."):
-            k = f"stages.{last}.norm." + k[len("encoder.layer_norm.") :]
-        elif k.startswith("classifier."):
-            k = "head." + k[len("classifier.") :]
-        out[k] = v
-    return out
+# --------------------------------------------------------------------------- the tables
+# the block layers both HF models name alike (their attention differs)
+_HF_BLOCK = (
+    Rule("norm1.", "layer_norm_1."),
+    Rule("norm2.", "layer_norm_2."),
+    Rule("mlp.fc1.", "mlp.dense1."),
+    Rule("mlp.fc2.", "mlp.dense2."),
+)
+# the official code and HF nest the depthwise convolution of the v2 MLP one module deeper
+_NESTED_DWCONV = Rule("mlp.dwconv.", "mlp.dwconv.dwconv.")
+# OpenMMLab: one nn.MultiheadAttention (its out_proj is our proj), the MLP as a Sequential of 1x1
+# convolutions: fc1 at 0, v2's depthwise convolution at 1, fc2 after the activation and dropout
+_MM_BLOCK = (
+    Rule("attn.proj.", "attn.attn.out_proj."),
+    Rule("mlp.fc1.", "ffn.layers.0."),
+    Rule("mlp.dwconv.", "ffn.layers.1."),
+)
+_MM_STEPS = (
+    Fuse((".attn.q.", ".attn.kv."), ".attn.attn.in_proj_", shares=(1, 2)),
+    PointwiseConv((".mlp.fc1.", ".mlp.fc2.")),
+)
+_MM_ATTN = r"layers\.\d+\.1\.\d+\.attn\.attn\.in_proj_weight"
 
-
-def to_hf_v1(sd: StateDict, prefix: str = "pvt.") -> StateDict:
-    """This library's v1 names -> ``PvtForImageClassification`` names (``prefix=""``: ``PvtModel``)."""
-    sd = _split_kv(sd, ".attention.self.key.", ".attention.self.value.")
-    inv_embed = {v: k for k, v in _HF_V1_EMBED.items()}
-    out: StateDict = {}
-    for k, v in sd.items():
-        if m := re.match(r"^stages\.(\d+)\.blocks\.(\d+)(\..*)$", k):
-            rest = _rename_block(m[3], _HF_V1_BLOCK, to_ours=False)
-            k = f"{prefix}encoder.block.{m[1]}.{m[2]}{rest}"
-        elif m := re.match(r"^stages\.(\d+)\.patch_embed\.(proj|norm)\.(.*)$", k):
-            k = f"{prefix}encoder.patch_embeddings.{m[1]}.{inv_embed[m[2]]}.{m[3]}"
-        elif m := re.match(r"^stages\.(\d+)\.pos_embed$", k):
-            k = f"{prefix}encoder.patch_embeddings.{m[1]}.position_embeddings"
-        elif m := re.match(r"^stages\.(\d+)\.cls_token$", k):
-            k = f"{prefix}encoder.patch_embeddings.{m[1]}.cls_token"
-        elif m := re.match(r"^stages\.(\d+)\.norm\.(.*)$", k):
-            k = f"{prefix}encoder.layer_norm.{m[2]}"
-        elif k.startswith("head."):
-            k = "classifier." + k[len("head.") :]
-        out[k] = v
-    return out
-
-
-_TO_PVT: dict[str, Callable[[StateDict], StateDict]] = {
-    "pvt": lambda sd: dict(sd),
-    "official": from_official,
-    "timm": from_timm,
-    "hf_v2": from_hf_v2,
-    "hf_v1": from_hf_v1,
+LAYOUTS: dict[str, Layout] = {
+    "pvt": Layout("this library's own names", signature=(r"stages\.0\.patch_embed\.",)),
+    "official": Layout(
+        "whai362/PVT classification checkpoint (v1 or v2 names)",
+        signature=(r"(patch_embed|block|pos_embed)\d+[.]?",),
+        rules=(
+            Rule("stages.{s}.patch_embed.", "patch_embed{s+1}."),
+            Rule("stages.{s}.pos_embed", "pos_embed{s+1}"),
+            Rule("stages.{last}.cls_token", "cls_token"),
+            Rule("stages.{s}.blocks.{b}.", "block{s+1}.{b}.", inner=(_NESTED_DWCONV,)),
+            Rule("stages.{last}.norm.", "norm."),  # v1: one final norm
+            Rule("stages.{s}.norm.", "norm{s+1}."),  # v2: one per stage
+        ),
+    ),
+    "timm": Layout(
+        "timm pvt_v2_* state dict",
+        signature=(r"patch_embed\.", r"stages\."),
+        rules=(
+            Rule("stages.0.patch_embed.", "patch_embed."),
+            Rule("stages.{s}.patch_embed.", "stages.{s}.downsample."),
+        ),
+    ),
+    "hf_v2": Layout(
+        "HF transformers PvtV2Model / PvtV2ForImageClassification",
+        signature=(r"(pvt_v2\.)?encoder\.layers\.\d+\.",),
+        prefix="pvt_v2.",
+        rules=(
+            Rule("stages.{s}.patch_embed.proj.", "{prefix}encoder.layers.{s}.patch_embedding.proj."),
+            Rule("stages.{s}.patch_embed.norm.", "{prefix}encoder.layers.{s}.patch_embedding.layer_norm."),
+            Rule(
+                "stages.{s}.blocks.{b}.",
+                "{prefix}encoder.layers.{s}.blocks.{b}.",
+                inner=_HF_BLOCK
+                + (
+                    Rule("attn.q.", "attention.query."),
+                    Rule("attn.sr.", "attention.spatial_reduction."),
+                    Rule("attn.norm.", "attention.layer_norm."),
+                    Rule("attn.proj.", "attention.proj."),
+                    _NESTED_DWCONV,
+                ),
+            ),
+            Rule("stages.{s}.norm.", "{prefix}encoder.layers.{s}.layer_norm."),
+            Rule("head.", "classifier."),
+        ),
+        tensor_steps=(Fuse(".attn.kv.", (".attention.key.", ".attention.value.")),),
+        norm_eps=1e-6,
+    ),
+    "hf_v1": Layout(
+        "HF transformers PvtModel / PvtForImageClassification",
+        signature=(r"(pvt\.)?encoder\.(patch_embeddings|block)\.\d+\.",),
+        prefix="pvt.",
+        rules=(
+            Rule("stages.{s}.patch_embed.proj.", "{prefix}encoder.patch_embeddings.{s}.projection."),
+            Rule("stages.{s}.patch_embed.norm.", "{prefix}encoder.patch_embeddings.{s}.layer_norm."),
+            Rule("stages.{s}.pos_embed", "{prefix}encoder.patch_embeddings.{s}.position_embeddings"),
+            Rule("stages.{s}.cls_token", "{prefix}encoder.patch_embeddings.{s}.cls_token"),
+            Rule(
+                "stages.{s}.blocks.{b}.",
+                "{prefix}encoder.block.{s}.{b}.",
+                inner=_HF_BLOCK
+                + (
+                    Rule("attn.q.", "attention.self.query."),
+                    Rule("attn.sr.", "attention.self.sequence_reduction."),
+                    Rule("attn.norm.", "attention.self.layer_norm."),
+                    Rule("attn.proj.", "attention.output.dense."),
+                ),
+            ),
+            Rule("stages.{last}.norm.", "{prefix}encoder.layer_norm."),
+            Rule("head.", "classifier."),
+        ),
+        tensor_steps=(Fuse(".attn.kv.", (".attention.self.key.", ".attention.self.value.")),),
+        norm_eps=1e-6,
+    ),
+    # v1 before v2: a v1 state dict shows v2's signature too
+    "mm_v1": Layout(
+        "OpenMMLab PVT v1 backbone (mmdet PyramidVisionTransformer)",
+        signature=(r"layers\.\d+\.1\.0\.pos_embed$", _MM_ATTN),
+        rules=(
+            Rule("stages.{s}.patch_embed.proj.", "layers.{s}.0.projection."),
+            Rule("stages.{s}.patch_embed.norm.", "layers.{s}.0.norm."),
+            Rule("stages.{s}.pos_embed", "layers.{s}.1.0.pos_embed"),
+            Rule("stages.{s}.blocks.{b}.", "layers.{s}.1.{b+1}.", inner=_MM_BLOCK + (Rule("mlp.fc2.", "ffn.layers.3."),)),
+        ),
+        tensor_steps=_MM_STEPS,
+        norm_eps=1e-6,
+    ),
+    "mm_v2": Layout(
+        "OpenMMLab PVT v2 backbone (mmdet PyramidVisionTransformerV2)",
+        signature=(r"layers\.\d+\.0\.projection\.", _MM_ATTN),
+        rules=(
+            Rule("stages.{s}.patch_embed.proj.", "layers.{s}.0.projection."),
+            Rule("stages.{s}.patch_embed.norm.", "layers.{s}.0.norm."),
+            Rule("stages.{s}.blocks.{b}.", "layers.{s}.1.{b}.", inner=_MM_BLOCK + (Rule("mlp.fc2.", "ffn.layers.4."),)),
+            Rule("stages.{s}.norm.", "layers.{s}.2."),
+        ),
+        tensor_steps=_MM_STEPS,
+        norm_eps=1e-6,
+    ),
 }
+"""Every format's layout, in the order formats are listed (``pvt``: no rule, the identity)."""
+
+FORMATS: dict[str, str] = {name: layout.description for name, layout in LAYOUTS.items()}
+
+
+def detect_key_format(sd: StateDict) -> str | None:
+    """The format whose signature keys ``sd`` holds (see module doc), or ``None``."""
+    keys = set(sd)
+    return next((name for name, layout in LAYOUTS.items() if layout.recognises(keys)), None)
+
+
+def _layout(fmt: str) -> Layout:
+    try:
+        return LAYOUTS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown weight format {fmt!r}; accepted: {', '.join(FORMATS)}") from None
 
 
 def to_pvt(sd: StateDict, fmt: str) -> StateDict:
     """Convert a state dict in format ``fmt`` (a key of :data:`FORMATS`) to this library's names."""
-    try:
-        return _TO_PVT[fmt](sd)
-    except KeyError:
-        raise ValueError(f"unknown weight format {fmt!r}; accepted: {', '.join(FORMATS)}") from None
+    return _layout(fmt).to_pvt(sd)
+
+
+def from_pvt(sd: StateDict, fmt: str, prefix: str | None = None) -> StateDict:
+    """This library's names -> format ``fmt``'s (the inverse of :func:`to_pvt`); ``prefix`` replaces
+    the format's own (HF: ``""`` gives the names of the bare ``PvtV2Model`` / ``PvtModel``)."""
+    return _layout(fmt).from_pvt(sd, prefix)
+
+
+def from_official(sd: StateDict) -> StateDict:
+    """Official v1/v2 names -> this library's names."""
+    return to_pvt(sd, "official")
+
+
+def to_official(sd: StateDict) -> StateDict:
+    """This library's names -> official names (v1 names where only the last stage has a norm: one
+    final ``norm``; else v2 names ``norm1..4``)."""
+    return from_pvt(sd, "official")
+
+
+def from_timm(sd: StateDict) -> StateDict:
+    """timm ``pvt_v2_*`` names -> this library's names (only the patch embeddings move)."""
+    return to_pvt(sd, "timm")
+
+
+def to_timm(sd: StateDict) -> StateDict:
+    """This library's v2 names -> timm's."""
+    return from_pvt(sd, "timm")
+
+
+def from_hf_v2(sd: StateDict) -> StateDict:
+    """transformers ``PvtV2*`` names -> this library's names (``key``/``value`` merged into ``kv``)."""
+    return to_pvt(sd, "hf_v2")
+
+
+def to_hf_v2(sd: StateDict, prefix: str = "pvt_v2.") -> StateDict:
+    """This library's v2 names -> ``PvtV2ForImageClassification`` names (``prefix=""``: ``PvtV2Model``)."""
+    return from_pvt(sd, "hf_v2", prefix)
+
+
+def from_hf_v1(sd: StateDict) -> StateDict:
+    """transformers ``Pvt*`` (PVT v1) names -> this library's names."""
+    return to_pvt(sd, "hf_v1")
+
+
+def to_hf_v1(sd: StateDict, prefix: str = "pvt.") -> StateDict:
+    """This library's v1 names -> ``PvtForImageClassification`` names (``prefix=""``: ``PvtModel``)."""
+    return from_pvt(sd, "hf_v1", prefix)

@@ -15,6 +15,8 @@ Rules:
 * A 3-channel first patch embedding loaded into a model with another ``in_chans`` is adapted as
   timm's ``adapt_input_conv`` does (1 channel: the sum over RGB; N: RGB repeated cyclically, scaled
   by 3/N), with a note.
+* A file that records no config takes the LayerNorm eps its format's own models use (HF and
+  OpenMMLab layouts: 1e-6 everywhere; see :attr:`pvt.weights.keys.Layout.norm_eps`).
 * Any other missing, unexpected or mis-shaped tensor is a :class:`ValueError` that lists them and,
   when the shapes fit another registered variant, names it.
 """
@@ -36,7 +38,7 @@ from ..hub import resolve_source
 from ..model import PyramidVisionTransformer
 from ..variants import Variant, get_variant
 from .files import Checkpoint, read_checkpoint
-from .keys import StateDict
+from .keys import LAYOUTS, StateDict
 from .shapes import describe_architecture, infer_architecture, matching_variants
 
 __all__ = [
@@ -92,6 +94,18 @@ def check_state_dict(model_sd: dict[str, Tensor], sd: StateDict) -> LoadReport:
         (k, tuple(sd[k].shape), tuple(v.shape)) for k, v in model_sd.items() if k in sd and sd[k].shape != v.shape
     ]
     return report
+
+
+_EPS = ("layer_norm_eps", "embed_norm_eps")
+
+
+def _file_eps(ckpt: Checkpoint) -> dict[str, float]:
+    """The LayerNorm eps the checkpoint's model was made with, where known: its own config's, else the
+    one eps of its format's models (HF, OpenMMLab); empty for the official values."""
+    if ckpt.config is not None:
+        return {f: getattr(ckpt.config, f) for f in _EPS}
+    layout = LAYOUTS.get(ckpt.format)
+    return {} if layout is None or layout.norm_eps is None else dict.fromkeys(_EPS, layout.norm_eps)
 
 
 def _guess(ckpt: Checkpoint) -> tuple[list[str], str]:
@@ -273,7 +287,7 @@ def create_pretrained(
         # overrides); otherwise only numerics the weights cannot show are taken over
         fields = _ARCHITECTURE if ckpt.variant == variant.name else _CARRIED
         cfg = cfg.replace(**{f: getattr(ckpt.config, f) for f in fields})
-    cfg = cfg.replace(**overrides)
+    cfg = cfg.replace(**{**_file_eps(ckpt), **overrides})
     _check_heads(ckpt, cfg, variant.name)
 
     sd = dict(ckpt.state_dict)
@@ -356,12 +370,13 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     for msg in ckpt.notes + notes:
         _note(msg, stacklevel=2)
     cfg = getattr(model, "config", None)
-    if ckpt.config is not None and isinstance(cfg, PVTConfig):
-        differs = [f for f in ("layer_norm_eps", "embed_norm_eps") if getattr(cfg, f) != getattr(ckpt.config, f)]
+    eps = _file_eps(ckpt)
+    if eps and isinstance(cfg, PVTConfig):
+        differs = [f for f in _EPS if getattr(cfg, f) != eps[f]]
         if differs:
             warnings.warn(
                 f"checkpoint {ckpt.source} was made with "
-                + ", ".join(f"{f}={getattr(ckpt.config, f)}" for f in differs)
+                + ", ".join(f"{f}={eps[f]}" for f in differs)
                 + " but the model uses "
                 + ", ".join(f"{f}={getattr(cfg, f)}" for f in differs)
                 + "; outputs will differ slightly (pvt.create_model(..., pretrained=...) matches them)",

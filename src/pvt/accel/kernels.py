@@ -1,19 +1,12 @@
-"""Kernels of the GPU inference path: weights cast once, and a LayerNorm for narrow rows.
+"""The GPU path's LayerNorm: many narrow rows per program, output in the dtype its reader needs.
 
-Under ``torch.autocast("cuda")`` with autograd off, eager PyTorch spends most of a PVT forward on two
-things that have nothing to do with the model:
-
-* it casts every weight and bias to the autocast dtype again on every forward (one copy kernel each,
-  about a third of all kernel launches of PVTv2-B0), and every LayerNorm output again before each
-  matrix product that reads it;
-* it runs LayerNorm in float32 with a kernel that gives each row its own thread block; PVT's rows are
-  32-512 channels wide, so at batch 64 LayerNorm alone takes about half of B0's GPU time.
-
-:func:`cast_param` keeps each parameter's cast copy until the parameter changes (not a parameter, not in
-the state dict), and :func:`layer_norm` normalises many rows per program with Triton and writes its
-output straight in the dtype of the layer that reads it: the autocast dtype in front of a matrix
-product, float32 for the residual stream, exactly as autocast would round it. Small LayerNorms (under
-2**21 elements, where launch overhead rules) and installs without Triton fall back to ``F.layer_norm``.
+Under CUDA autocast PyTorch runs LayerNorm in float32 with a kernel that gives each row its own thread
+block; PVT's rows are 32-512 channels wide, so on large maps LayerNorm takes a large share of a
+forward's GPU time (profile: ``docs/speed.md``). :func:`triton_layer_norm` normalises ``BLOCK_M`` rows
+per Triton program and writes its output straight in the dtype of the layer that reads it: the
+autocast dtype in front of a matrix product, float32 for the residual stream, exactly as autocast
+would round it. :func:`layer_norm` picks it for large CUDA inputs and falls back to ``F.layer_norm``
+for small ones (where the launch costs more than the kernel saves) and where Triton is missing.
 """
 
 from __future__ import annotations
@@ -26,13 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["cast_param", "layer_norm", "triton_layer_norm", "triton_available", "set_triton_enabled"]
+__all__ = ["layer_norm", "triton_layer_norm", "triton_available", "set_triton_enabled"]
 
 _MAX_TRITON_WIDTH = 4096
 # Below this many elements a LayerNorm is cheap on the GPU and the forward is bound by launches on the
-# host, where a Triton launch costs more than PyTorch's: with Triton on every LayerNorm, B0 ran 4-6 %
-# behind timm in a host-bound H100 run (docs/speed.md). Above it the kernel time, which the Triton kernel
-# cuts, dominates (PyTorch's LayerNorm was 2.5 of B0's 5.3 GPU-ms at batch 64). Not yet re-measured.
+# host, where a Triton launch costs more than PyTorch's; above it the kernel time, which the Triton
+# kernel cuts, dominates (the measurements behind this choice: docs/speed.md, "GPU").
 _MIN_TRITON_NUMEL = 1 << 21
 _triton_enabled = os.environ.get("PVT_TRITON", "1") != "0"
 
@@ -42,21 +34,6 @@ def set_triton_enabled(enabled: bool) -> bool:
     global _triton_enabled
     previous, _triton_enabled = _triton_enabled, bool(enabled)
     return previous
-
-
-def cast_param(module: nn.Module, name: str, dtype: torch.dtype) -> Tensor | None:
-    """``module.<name>`` in ``dtype``, cast once and cached until the parameter changes (in place, by
-    ``load_state_dict``, by ``.to()``) or ``dtype`` does."""
-    p = getattr(module, name)
-    if p is None or p.dtype == dtype:
-        return p
-    cache: dict[str, Any] = module.__dict__.setdefault("_pvt_cast", {})
-    key = (p.data_ptr(), p._version, p.device, dtype)
-    hit = cache.get(name)
-    if hit is None or hit[0] != key:
-        hit = (key, p.detach().to(dtype))
-        cache[name] = hit
-    return hit[1]
 
 
 @functools.lru_cache(maxsize=1)

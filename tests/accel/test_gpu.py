@@ -1,12 +1,14 @@
-"""CUDA code paths: the same numbers on a GPU as on the CPU, bf16 autocast within tolerance, training
-steps, dense models, the engine with mixed precision, torch.compile without graph breaks, and the
-benchmark's CUDA timing. Marked ``gpu``; every test skips cleanly on a machine without CUDA (CI).
+"""CUDA code paths: the same numbers on a GPU as on the CPU, bf16 autocast within tolerance, the GPU
+inference path of pvt.accel against plain autocast, training steps, dense models, the engine with mixed
+precision, torch.compile without graph breaks, and the benchmark's CUDA timing. Marked ``gpu``; every
+test skips cleanly on a machine without CUDA (CI).
 
-Run them on a GPU machine with ``python -m pytest -m gpu tests/test_gpu.py``.
+Run them on a GPU machine with ``python -m pytest -m gpu tests/accel/test_gpu.py``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -14,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import pvt
-from pvt.layers import reference_path
+from pvt.accel import plain
+from pvt.accel.modules import inference_path
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,10 +43,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("size", [(224, 224), (97, 131)])
 def test_cuda_float32_matches_cpu(name, size):
     model = pvt.create_model(name).eval()
+    ref = plain(copy.deepcopy(model))
     x = torch.randn(2, 3, *size)
     with torch.inference_mode():
-        with reference_path():
-            ref_logits, ref_feats = model(x), model.forward_features(x)
+        ref_logits, ref_feats = ref(x), ref.forward_features(x)
         gpu = model.cuda()
         logits, feats = gpu(x.cuda()), gpu.forward_features(x.cuda())
     assert (logits.cpu() - ref_logits).abs().max().item() < 1e-4
@@ -156,7 +159,7 @@ def test_compile_has_no_graph_breaks_and_handles_new_sizes():
 
 
 def test_benchmark_times_cuda_and_checks_agreement():
-    from pvt.benchmark import Case, run_case
+    from pvt.bench import Case, run_case
 
     case = Case("pvt_v2_b0", batch_size=4, dtype="bfloat16", device="cuda", channels_last=True)
     results = run_case(case, ("pvt", "timm"), warmup=2, repeats=3)
@@ -168,18 +171,21 @@ def test_benchmark_times_cuda_and_checks_agreement():
 
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_v1_tiny"])
 def test_gpu_path_matches_plain_autocast(name):
-    from pvt.layers import gpu_path_dtype
-
     model = pvt.create_model(name).cuda().eval().to(memory_format=torch.channels_last)
+    slow = plain(copy.deepcopy(model))
+    blk = model.stages[0].blocks[0]
     x = torch.randn(4, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+    tokens = torch.randn(1, 4, blk.norm1.normalized_shape[0], device="cuda")
     with torch.inference_mode():
         exact, exact_feats = model(x), model.forward_features(x)  # float32
+        assert inference_path(blk, tokens, cpu_path=True, gpu_path=True) is None and len(blk.weight_cache) == 0
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            assert gpu_path_dtype(x) == torch.bfloat16
+            assert inference_path(blk, tokens, cpu_path=True, gpu_path=True) == "gpu"
             fast, fast_feats = model(x).float(), model.forward_features(x)
-            with reference_path():
-                assert gpu_path_dtype(x) is None
-                ref, ref_feats = model(x).float(), model.forward_features(x)
+            ref, ref_feats = slow(x).float(), slow.forward_features(x)
+    # the GPU path ran: every block holds its bf16 weights
+    assert all(("attn.q", torch.bfloat16) in b.weight_cache for s in model.stages for b in s.blocks)
+    assert ("proj", torch.bfloat16) in model.stages[0].patch_embed.weight_cache
     # bf16 rounding moves these random-weight logits by ~1 %; the GPU path must be as close to float32
     # as plain autocast is
     assert _rel(fast, exact) <= 1.25 * _rel(ref, exact) + 1e-3, (_rel(fast, exact), _rel(ref, exact))
@@ -190,25 +196,26 @@ def test_gpu_path_matches_plain_autocast(name):
 
 
 def test_gpu_path_follows_weight_updates_and_is_off_for_training():
-    from pvt.layers import gpu_path_dtype
-
     model = pvt.create_model("pvt_v2_b0").cuda().eval()
+    slow = plain(copy.deepcopy(model))
     x = torch.randn(2, 3, 128, 128, device="cuda")
+    tokens = torch.randn(1, 4, 32, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        assert gpu_path_dtype(x) is None  # autograd on: the plain modules run
+        # autograd on: the plain modules run
+        assert inference_path(model.stages[0].blocks[0], tokens, cpu_path=True, gpu_path=True) is None
         with torch.inference_mode():
             before = model(x).float()
             sd = {k: v * 1.5 if v.dtype.is_floating_point else v for k, v in model.state_dict().items()}
             model.load_state_dict(sd)
+            slow.load_state_dict(sd)
             after = model(x).float()
-            with reference_path():
-                ref = model(x).float()
+            ref = slow(x).float()
     assert _rel(after, before) > 0.1  # the cached casts were refreshed
     assert F.cosine_similarity(after.flatten(), ref.flatten(), dim=0).item() >= 0.999
 
 
 def test_triton_layer_norm_matches_torch_on_cuda():
-    from pvt.kernels import triton_available, triton_layer_norm
+    from pvt.accel.kernels import triton_available, triton_layer_norm
 
     if not triton_available():
         pytest.skip("triton not installed")

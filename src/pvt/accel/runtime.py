@@ -3,15 +3,15 @@
 PyTorch takes every CPU tensor from the C library's ``malloc``. glibc serves large blocks with fresh
 ``mmap`` pages (above a threshold that starts at 128 KiB) and gives free memory at the top of its heap
 back to the kernel. A PVT forward allocates and frees tens of megabytes of activations, so with these
-defaults every call touches new pages and pays one page fault per 4 KiB, the kernel zeroing each page:
-12 500-15 600 faults per call for our PVTv2-B0 at batch 8 and 224 px, 37 600 for timm's. On this
-project's 2-core VM removing them made that batch 1.2-1.6x faster (``benchmarks/alone.py``).
+defaults every call touches new pages and pays one page fault per 4 KiB, the kernel zeroing each page.
+On small CPUs that is a large share of a forward's time (figures and commands: ``docs/speed.md``).
 
 :func:`tune_cpu_allocator` keeps that memory in the process instead: blocks up to 32 MiB (glibc's
 largest mmap threshold) come from the heap, and the heap is not trimmed below 1 GiB. After the first
 call a forward pass touches no new pages. The cost: the process keeps its peak heap size. It is
 glibc-only (a no-op returning ``False`` elsewhere) and changes the whole process, so it is opt-in
 for library users; the ``pvt`` command applies it at start-up unless ``PVT_ALLOCATOR=default``.
+The CPU inference pieces of :mod:`pvt.accel.cpu` are sized by :data:`MMAP_THRESHOLD` when it is on.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_cpu_allocator", "allocator_mode", "configure_allocator", "page_faults"]
+__all__ = ["MMAP_THRESHOLD", "tune_cpu_allocator", "allocator_mode", "configure_allocator", "page_faults"]
 
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3

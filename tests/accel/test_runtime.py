@@ -1,15 +1,15 @@
-"""pvt.runtime: the tuned C allocator stops a forward pass from touching new memory pages."""
+"""pvt.accel.runtime: the tuned C allocator stops a forward pass from touching new memory pages."""
 
 import subprocess
 import sys
 
 import pytest
 
-from pvt import runtime
+from pvt.accel import runtime
 
 _PROBE = """
 import sys, torch
-from pvt.runtime import allocator_mode, configure_allocator, page_faults
+from pvt.accel.runtime import allocator_mode, configure_allocator, page_faults
 mode = configure_allocator(sys.argv[1])
 import pvt
 torch.set_num_threads(1)
@@ -37,12 +37,12 @@ def _faults(mode: str) -> tuple[str, int]:
 
 @glibc
 def test_tuned_allocator_removes_page_faults_of_a_forward():
-    # glibc's defaults: a PVTv2-B0 batch of 2 at 224 px touches ~4000 new pages per call (measured
-    # 3400-4500); tuned, none after the first calls
+    # glibc's defaults: a PVTv2-B0 batch of 2 at 224 px touches hundreds to thousands of new pages
+    # per call, depending on the machine; tuned, none after the first calls
     mode, default_faults = _faults("default")
-    assert mode == "default" and default_faults > 1000
+    assert mode == "default" and default_faults > 300
     mode, tuned_faults = _faults("tuned")
-    assert mode == "tuned" and tuned_faults < 50
+    assert mode == "tuned" and tuned_faults < 50 and tuned_faults * 10 < default_faults
 
 
 def test_configure_allocator_names_the_accepted_modes(monkeypatch):

@@ -1,0 +1,166 @@
+"""Faster execution of the plain model, in one explicit step: :func:`accelerate` (and :func:`plain` back).
+
+:func:`pvt.create_model` accelerates by default; ``PyramidVisionTransformer(cfg)`` is plain.
+An accelerated model has the same parameters, state dict and results (float32 rounding; autocast's
+numerics on the GPU) and takes, per call:
+
+* on CPU, float32, without autograd: fused oneDNN kernels per block and batches in pieces
+  (:mod:`pvt.accel.cpu`), in float32, or in bfloat16 / int8 where the model's ``precision`` says so
+  (``accelerate(model, precision=...)``, :func:`pvt.accel.quant.quantize`) or under CPU bf16 autocast;
+* on CUDA under ``torch.autocast("cuda")`` without autograd: weights cast once, a Triton LayerNorm
+  that writes the dtype its reader needs (:mod:`pvt.accel.gpu`, :mod:`pvt.accel.kernels`);
+* the plain forward otherwise: training, CPU float16 autocast, tracing / compiling / exporting, dropout
+  active in training mode, and while forward hooks are registered (:mod:`pvt.accel.modules`).
+
+The process-wide CPU allocator setting that the pieces are sized for is in :mod:`pvt.accel.runtime`.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import Block, PatchEmbed
+from ..model import PVTStage, PyramidVisionTransformer
+from .cache import WeightCache
+from .modules import (
+    AcceleratedBlock,
+    AcceleratedPatchEmbed,
+    AcceleratedPVTStage,
+    AcceleratedPyramidVisionTransformer,
+    Acceleration,
+)
+
+__all__ = ["accelerate", "plain", "quantize", "set_precision", "inference_autocast", "Acceleration", "WeightCache"]
+
+_ACCELERATED: dict[type[nn.Module], type[nn.Module]] = {
+    PatchEmbed: AcceleratedPatchEmbed,
+    Block: AcceleratedBlock,
+    PVTStage: AcceleratedPVTStage,
+    PyramidVisionTransformer: AcceleratedPyramidVisionTransformer,
+}
+_PLAIN = {accelerated: plain_class for plain_class, accelerated in _ACCELERATED.items()}
+
+
+def accelerate(
+    model: PyramidVisionTransformer,
+    *,
+    cpu: bool = True,
+    gpu: bool = True,
+    chunk_bytes: int | None = None,
+    precision: str = "float32",
+) -> PyramidVisionTransformer:
+    """Give ``model`` the accelerated paths, in place; returns ``model``.
+
+    The model, its stages, patch embeddings and blocks become instances of the accelerated
+    subclasses (:mod:`pvt.accel.modules`); nothing else changes: same parameter objects, buffers,
+    state-dict keys and submodules. Modules of other classes (subclasses included) are left alone.
+
+    Args:
+        cpu: the CPU path (fused oneDNN kernels, batches in pieces).
+        gpu: the GPU path under CUDA autocast (cached casts, Triton LayerNorm).
+        chunk_bytes: the pieces' budget in bytes of stage-1 activation; None: 32 MiB while
+            :func:`pvt.accel.runtime.tune_cpu_allocator` is in effect, else 16 MiB; 0: whole batches.
+        precision: what the CPU path computes float32 input in: ``float32``; ``bfloat16`` (bf16
+            activations and cached bf16 weights: fast only on CPUs with native bf16, see
+            :mod:`pvt.accel.capability`); ``auto`` (bfloat16 where the CPU has it, else float32).
+            int8 takes calibration or a choice of dynamic ranges: :func:`pvt.accel.quant.quantize`.
+
+    What was done is recorded in ``model.acceleration``; an accelerated model is re-accelerated
+    with the new settings (a quantised model goes back to float32 unless ``precision="int8"`` is
+    asked for through :func:`~pvt.accel.quant.quantize`).
+    """
+    if not isinstance(model, PyramidVisionTransformer):
+        raise TypeError(f"accelerate() takes a PyramidVisionTransformer, got {type(model).__name__}")
+    if chunk_bytes is not None and (isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 0):
+        raise ValueError(f"chunk_bytes must be None or an integer >= 0, got {chunk_bytes!r}")
+    if precision == "auto":
+        from .capability import resolve_precision
+
+        precision = resolve_precision("auto")[0]
+    if precision not in ("float32", "bfloat16"):
+        hint = " (int8: pvt.accel.quant.quantize(model, ...))" if precision == "int8" else ""
+        raise ValueError(f"accelerate(precision={precision!r}): choose from float32, bfloat16, auto{hint}")
+    return _apply(model, Acceleration(cpu=bool(cpu), gpu=bool(gpu), chunk_bytes=chunk_bytes, precision=precision,
+                                      compute=precision))
+
+
+def _apply(model: PyramidVisionTransformer, record: Acceleration) -> PyramidVisionTransformer:
+    """Make ``model`` accelerated with ``record`` (fresh caches, no calibrated ranges)."""
+    plain(model)
+    for module in model.modules():
+        accelerated = _ACCELERATED.get(type(module))
+        if accelerated is not None:
+            module.__class__ = accelerated
+            module.acceleration = record
+            module.weight_cache = WeightCache()
+            if accelerated is AcceleratedBlock:
+                module.activation_ranges = {}
+                module.activation_qparams = {}
+    return model
+
+
+def plain(model: nn.Module) -> nn.Module:
+    """Undo :func:`accelerate`, in place: every accelerated module gets back its plain class, and
+    loses its ``acceleration``, ``weight_cache`` and int8 ranges. Returns ``model``; a plain model is left as is."""
+    for module in model.modules():
+        plain_class = _PLAIN.get(type(module))
+        if plain_class is not None:
+            module.__class__ = plain_class
+            del module.acceleration, module.weight_cache
+            if plain_class is Block:
+                del module.activation_ranges, module.activation_qparams
+    return model
+
+
+def quantize(model, calibration=None, **kwargs):
+    """:func:`pvt.accel.quant.quantize` (int8 inference)."""
+    from .quant import quantize as _quantize
+
+    return _quantize(model, calibration, **kwargs)
+
+
+def set_precision(
+    model: nn.Module, precision: str, *, device: str | torch.device = "cpu", calibration: Any = None
+) -> tuple[str, str]:
+    """Give every PVT in ``model`` (the model itself, or e.g. a detector's backbone) the inference
+    ``precision`` (``float32``, ``bfloat16``, ``int8``, ``auto``: :func:`pvt.accel.capability.resolve_precision`)
+    for ``device``; returns ``(precision, reason)``: what was picked and why.
+
+    On the CPU the precision is the accelerated model's (plain PVTs are accelerated for bfloat16 and
+    int8, left plain for float32; acceleration settings kept); int8 is :func:`pvt.accel.quant.quantize`
+    with ``calibration`` (None: dynamic). On a GPU the model is left as it is: run it under
+    :func:`inference_autocast`.
+    """
+    from .capability import resolve_precision
+    from .quant import quantize
+
+    device = torch.device(device)
+    picked, reason = resolve_precision(precision, device.type)
+    if calibration is not None and picked != "int8":
+        raise ValueError(f"calibration images are for int8; the precision is {picked}")
+    if device.type != "cpu":
+        return picked, reason
+    bodies = [m for m in model.modules() if isinstance(m, PyramidVisionTransformer)]
+    if not bodies and picked != "float32":
+        raise ValueError(f"precision {picked}: {type(model).__name__} holds no Pyramid Vision Transformer")
+    for body in bodies:
+        accelerated = isinstance(body, AcceleratedPyramidVisionTransformer)
+        record = body.acceleration if accelerated else Acceleration()
+        if picked == "int8":
+            quantize(body, calibration)
+        elif (accelerated and record.precision != picked) or (not accelerated and picked != "float32"):
+            accelerate(body, cpu=record.cpu, gpu=record.gpu, chunk_bytes=record.chunk_bytes, precision=picked)
+    return picked, reason
+
+
+def inference_autocast(device: str | torch.device, precision: str):
+    """The context a model of ``precision`` runs in on ``device``: CUDA autocast for bfloat16 on a
+    GPU (the CPU's precisions live in the model: :func:`set_precision`), else nothing."""
+    device = torch.device(device)
+    if device.type == "cuda" and precision == "bfloat16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()

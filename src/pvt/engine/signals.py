@@ -1,0 +1,77 @@
+"""Ctrl-C and SIGTERM during training: both stop the run the same way, never in the middle of saving.
+
+Schedulers, ``kill``, containers and torchrun send SIGTERM on preemption; a terminal sends SIGINT on
+Ctrl-C. While :func:`stop_signals` is active, either raises :class:`Interrupted` (a KeyboardInterrupt)
+in the main thread, except inside :meth:`StopSignals.hold`, where it is deferred until the block ends,
+so that the files an epoch writes are all written or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+__all__ = ["Interrupted", "StopSignals", "stop_signals"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by ``signum`` (SIGINT or SIGTERM); ``reported`` once the trainer has told the
+    user what the run folder keeps."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.reported = False
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class StopSignals:
+    """The handlers :func:`stop_signals` installs (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._held = 0
+        self._pending: int | None = None
+
+    def _handle(self, signum: int, frame) -> None:
+        if self._held:
+            self._pending = signum
+            return
+        raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Defer SIGINT / SIGTERM until the block ends (then raise :class:`Interrupted`); an exception from
+        the block wins over a deferred signal."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+        if not self._held and self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[StopSignals]:
+    """Install the handlers for the block (main thread only; elsewhere signals keep their handlers and
+    :meth:`StopSignals.hold` defers nothing), then restore the previous ones."""
+    handlers = StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield handlers
+        return
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    for s in _SIGNALS:
+        signal.signal(s, handlers._handle)
+    try:
+        yield handlers
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)

@@ -1,0 +1,63 @@
+"""`pvt benchmark`, run in-process on tiny cases: exit codes, output, one-line errors (no timing
+assertions). The benchmark itself is tested in tests/bench/."""
+
+import json
+
+import pytest
+
+from pvt.cli import main
+
+_TINY = ["-b", "1", "--img-size", "64", "--repeats", "1", "--warmup", "0"]
+
+
+def test_cli_benchmark_json_and_errors(tmp_path, capsys, monkeypatch):
+    from pvt.accel import runtime
+
+    monkeypatch.delenv("PVT_ALLOCATOR", raising=False)
+    out = tmp_path / "r.json"
+    argv = ["benchmark", "pvt_v2_b0", *_TINY]
+    assert main(argv + ["--dtype", "bfloat16", "--no-memory", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert rows[0]["dtype"] == "bfloat16" and rows[0]["cosine"] > 0.99
+    assert rows[0]["page_faults"] >= 0
+    printed = capsys.readouterr().out.splitlines()
+    # the pvt command tunes the allocator where glibc allows it, and says so
+    expected = "tuned" if runtime._glibc() is not None else "default"
+    assert printed[0].startswith("# torch ") and printed[0].endswith(f"allocator {expected}")
+    assert printed[1].split()[:3] == ["model", "mode", "impl"] and printed[3].split()[:3] == ["pvt_v2_b0", "infer", "pvt"]
+    monkeypatch.setenv("PVT_ALLOCATOR", "nonsense")
+    assert main(argv) == 2
+    assert "PVT_ALLOCATOR='nonsense' is not an allocator mode" in capsys.readouterr().err
+    monkeypatch.delenv("PVT_ALLOCATOR")
+    for bad, message in [
+        (["pvt_v9"], "unknown model 'pvt_v9'"),
+        (["--onnx", str(tmp_path / "none.onnx")], "goes with --backend onnxruntime"),
+        (["--precision", "int8", "--mode", "train"], "CPU inference"),
+        (["--busy-cores", "1", "--compile"], "--in-process for those"),
+        (["--threads", "1", "2"], "several --threads"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["-b", "0"], "--batch-size must be >= 1"),
+        (["--img-size", "big"], "is not N or HxW"),
+        (["--backend", "onnxruntime", "--onnx", str(tmp_path / "none.onnx")], "does not exist"),
+    ]:
+        assert main(["benchmark", *bad]) == 2, bad
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith("pvt benchmark: error: ") and message in err
+
+
+def test_cli_benchmark_onnxruntime_compare(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    # any file with one float32 NCHW input will do: a one-node graph saves exporting a model here
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["logits"])], "pool",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 1, 1])],
+    )
+    path = tmp_path / "pool.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), path)
+    assert main(["benchmark", "pvt_v2_b0", "--backend", "onnxruntime", "--onnx", str(path), "--compare", *_TINY]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in table[3:]] == ["pvt", "onnxruntime"]
