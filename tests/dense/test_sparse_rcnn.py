@@ -139,7 +139,7 @@ def test_bad_input_is_named():
 
 def test_loss_falls_on_a_few_training_images(shapes_fit, one_thread):
     """From scratch, 2 shapes images (64 px), 16 AdamW steps (lr 2e-4, clip 1), 30 proposals: the total loss
-    of the six stages falls by a fifth or more (measured: ~44 over the first 4 steps, ~30 over the last 4).
+    of the six stages falls by 30 % or more (measured: 66.3 averaged over the first 4 steps, 33.6 over the last 4).
     Sparse R-CNN learns slowly from scratch: its mAP on these images is still 0 after 32 steps, so the
     test asks for the loss only (docs/detectors_cascade_sparse.md)."""
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ def test_loss_falls_on_a_few_training_images(shapes_fit, one_thread):
     losses = fit.train(model, 16, 2e-4, 1.0)
     assert all(v == v and abs(v) < 1e4 for v in losses)
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
-    assert last < 0.8 * first, losses
+    assert last < 0.7 * first, losses
 
 
 def test_recipe_of_the_official_config():
@@ -161,7 +161,8 @@ def test_recipe_of_the_official_config():
     assert task._crop() is not None and task._sizes()["min_size"] == tuple(range(480, 801, 32))
     assert task._head_options() == {}  # the builder's defaults: the paper's 300 proposals
     # the options override the recipe; on the built-in shapes the head's preset applies
-    assert create_task(resolve_config(model="sparse_rcnn_pvt_v2_b2", data="/c", task_options={"crop": False}))._crop() is None
+    no_crop = resolve_config(model="sparse_rcnn_pvt_v2_b2", data="/c", task_options={"crop": False})
+    assert create_task(no_crop)._crop() is None
     shapes = resolve_config(model="sparse_rcnn_pvt_v2_b0")
     from pvt.tasks.detection import SHAPES_HEADS
 
