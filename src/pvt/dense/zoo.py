@@ -70,9 +70,11 @@ HEADS: dict[str, Head] = {h.name: h for h in [
          "forward_dummy", 32, "Cascade Mask R-CNN (Table 4)",
          recipe=(("epochs", 36), ("weight_decay", 0.05), ("crop", True)), multiscale=(480, 800)),
     Head("atss", "detection", "pvt.dense.atss:atss", 80, (800, 1280), "forward_dummy", 64,
-         "ATSS (Table 4)", recipe=(("epochs", 36), ("weight_decay", 0.05)), multiscale=(480, 800)),
+         "ATSS (Table 4)", recipe=(("epochs", 36), ("weight_decay", 0.05), ("crop", True)),
+         multiscale=(480, 800)),
     Head("gfl", "detection", "pvt.dense.gfl:gfl", 80, (800, 1280), "forward_dummy", 64,
-         "GFL (Table 4)", recipe=(("epochs", 36), ("weight_decay", 0.05)), multiscale=(480, 800)),
+         "GFL (Table 4)", recipe=(("epochs", 36), ("weight_decay", 0.05), ("crop", True)),
+         multiscale=(480, 800)),
     # the official sparse_rcnn_pvt_v2_b2_fpn_300_proposals_crop_mstrain_480-800_3x_coco config: AdamW
     # 2.5e-5 / 1.4, weight decay 1e-4, gradient norm clipped at 1, 1 image per GPU, 36 epochs, the same crop
     Head("sparse_rcnn", "detection", "pvt.dense.sparse_rcnn:sparse_rcnn", 80, (800, 1280), "forward_dummy", None,
