@@ -73,7 +73,7 @@ def _small(backbone="pvt_v2_b0", **kw):
     return create_dense_model(f"cascade_mask_rcnn_{backbone}", num_classes=3, **kw)
 
 
-def test_each_stage_refines_the_previous_stages_boxes(odd_batch):
+def test_each_stage_refines_the_previous_stages_boxes(odd_batch, one_thread):
     images, targets, _ = odd_batch()
     model = _small()
     given, drawn = [], []
@@ -97,7 +97,7 @@ def test_each_stage_refines_the_previous_stages_boxes(odd_batch):
 
 
 @pytest.mark.parametrize("backbone", ["pvt_v2_b0", "pvt_v1_tiny"])
-def test_train_step_and_inference_at_odd_sizes(backbone, odd_batch):
+def test_train_step_and_inference_at_odd_sizes(backbone, odd_batch, one_thread):
     images, targets, sizes = odd_batch()
     model = _small(backbone)
     model.train()
@@ -123,7 +123,7 @@ def test_train_step_and_inference_at_odd_sizes(backbone, odd_batch):
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
 
 
-def test_images_without_objects_train(odd_batch):
+def test_images_without_objects_train(odd_batch, one_thread):
     images, empty, _ = odd_batch(n=0)
     model = _small()
     model.train()
