@@ -202,3 +202,22 @@ def test_bad_input():
     with pytest.raises(ValueError, match="unknown model"):
         variant_flops("pvt_v3")
     assert pvt.count_flops is count_flops and math.isfinite(pvt.count_flops(model, 224).gflops)
+
+
+# ------------------------------------------------------------------------------ modules the paper's counter missed
+def test_marked_modules_are_left_out():
+    from pvt.flops import mark_uncounted
+
+    block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+    model = nn.Sequential(block, nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)))
+    conv, bn, relu = 16 * 16 * 8 * 27, 2 * 16 * 16 * 8, 16 * 16 * 8
+    full = count_flops(model, 16, in_chans=3)
+    assert full.flops == conv + bn + relu + 16 * 16 * 8 * 8 + bn
+    mark_uncounted(block[1], "SyncBN")  # one norm: left out
+    assert count_flops(model, 16, in_chans=3).flops == full.flops - bn
+    mark_uncounted(model[1], "a whole branch")  # a module and everything under it
+    got = count_flops(model, 16, in_chans=3)
+    assert got.flops == conv + relu and "1.0" not in got.by_module
+    assert count_flops(model, 16, in_chans=3, uncounted=False).flops == full.flops  # the switch
+    assert count_flops(model, 16, in_chans=3, device="cpu").flops == conv + relu  # a real run too
+    assert getattr(block[1], "flops_uncounted") == "SyncBN"

@@ -19,6 +19,13 @@ never missed. Functional calls (``F.interpolate``, additions, softmax) are not c
 This one convention reproduces every GFLOPs figure of PVT v2's Table 2, v1 rows included, to the
 printed digit (see ``docs/paper_tables.md``); without the attention products the v1 rows fall
 short by up to 0.26 GFLOPs.
+
+Modules the paper's counter could not see. The Table 4 detectors were counted with mmcv 1.3, which
+has no rule for ``SyncBatchNorm`` (the Cascade Mask R-CNN box heads' norm; built here as
+``BatchNorm2d`` so that one process trains) nor for ``nn.MultiheadAttention`` (Sparse R-CNN's
+self-attention). A builder marks such a module with :func:`mark_uncounted`; :func:`count_flops`
+leaves it and everything under it out (``uncounted=False`` counts it like any module of its type).
+No model of Tables 2, 3, 5, 6 or Figure 4 carries a mark, so their figures are unaffected.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ __all__ = [
     "attention_macs",
     "complexity_curve",
     "count_flops",
+    "mark_uncounted",
     "paper_convention_gflops",
     "reference_model",
     "variant_flops",
@@ -101,6 +109,17 @@ class FlopReport:
             "attention_included": self.attention_included,
             "by_type": dict(self.by_type),
         }
+
+
+UNCOUNTED = "flops_uncounted"
+"""Attribute :func:`mark_uncounted` sets on a module: why the paper's counter did not count it."""
+
+
+def mark_uncounted(module: nn.Module, reason: str) -> nn.Module:
+    """Mark ``module`` (and everything under it) as not counted by the paper's FLOP counter, saying
+    ``reason`` (e.g. ``"SyncBN: mmcv 1.3 has no rule"``). Returns ``module``."""
+    setattr(module, UNCOUNTED, str(reason))
+    return module
 
 
 # ----------------------------------------------------------------------------- per-module rules
@@ -249,7 +268,8 @@ def _linear_shape(out_features: int) -> Callable[[Tensor], Tensor]:
     return forward
 
 
-def _run(model: nn.Module, call: Callable[[nn.Module], object], rules) -> tuple[dict, dict, int, int]:
+def _run(model: nn.Module, call: Callable[[nn.Module], object], rules,
+         uncounted: bool = True) -> tuple[dict, dict, int, int]:
     by_type: dict[str, int] = {}
     by_module: dict[str, int] = {}
     totals = [0, 0]
@@ -272,7 +292,12 @@ def _run(model: nn.Module, call: Callable[[nn.Module], object], rules) -> tuple[
         return hook
 
     handles = []
+    skipped: list[str] = []  # names of marked modules: they and their children are left out
     for name, module in model.named_modules():
+        if uncounted and (getattr(module, UNCOUNTED, None) is not None
+                          or any(name.startswith(s + ".") for s in skipped)):
+            skipped.append(name)
+            continue
         for kinds, rule in rules:
             if isinstance(module, kinds):
                 handles.append(module.register_forward_hook(make_hook(name, rule)))
@@ -300,6 +325,7 @@ def count_flops(
     gelu: bool = False,
     method: str | None = None,
     device: str | torch.device | None = None,
+    uncounted: bool = True,
 ) -> FlopReport:
     """FLOPs (multiply-adds) of ``model`` on one ``(batch, in_chans, H, W)`` input.
 
@@ -317,6 +343,8 @@ def count_flops(
         device: where to run. Default: shapes only, on a parameter-free ``meta`` copy of the model
             (fast at any input size, leaves ``model`` untouched), falling back to the model's own
             device when some layer cannot run on ``meta``. A device name forces a real forward pass.
+        uncounted: leave out the modules marked with :func:`mark_uncounted` (the paper's counter
+            could not see them; see the module docstring). ``False``: count them too.
 
     Returns:
         A :class:`FlopReport`; ``report.gflops`` is the total in GFLOPs.
@@ -340,7 +368,7 @@ def count_flops(
         try:
             target = model if on_meta else _meta_copy(model)
             changed = _shape_only(target)
-            result = _run(target, call_on(torch.empty(batch, chans, h, w, device="meta")), rules)
+            result = _run(target, call_on(torch.empty(batch, chans, h, w, device="meta")), rules, uncounted)
         except ValueError:
             raise  # the model rejected the input (too small, wrong channels): a real run would too
         except Exception:
@@ -354,7 +382,7 @@ def count_flops(
         ref = next(iter(model.parameters()), None)
         dev = torch.device(device) if device is not None else (ref.device if ref is not None else torch.device("cpu"))
         dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
-        result = _run(model, call_on(torch.zeros(batch, chans, h, w, device=dev, dtype=dtype)), rules)
+        result = _run(model, call_on(torch.zeros(batch, chans, h, w, device=dev, dtype=dtype)), rules, uncounted)
     by_type, by_module, module_flops, attention_flops = result
     return FlopReport(
         input_size=(h, w),

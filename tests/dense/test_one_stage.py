@@ -59,7 +59,8 @@ def test_zoo_rows():
     for name in HEADS_UNDER_TEST:
         head = HEADS[name]
         assert (head.task, head.num_classes, head.anchor_size, head.multiscale) == ("detection", 80, 64, (480, 800))
-        assert dict(head.recipe) == {"epochs": 36, "weight_decay": 0.05}  # the official 3x configs' AdamW
+        # the official 3x configs' AdamW and their crop policy (the DETR / Sparse R-CNN augmentation)
+        assert dict(head.recipe) == {"epochs": 36, "weight_decay": 0.05, "crop": True}
     from pvt.tasks import resolve_config
 
     cfg = resolve_config(model="gfl_pvt_v2_b2", data="/some/coco")  # the name implies the task and recipe
@@ -69,6 +70,7 @@ def test_zoo_rows():
     task = DetectionTask(cfg)
     assert task._sizes() == {"min_size": tuple(range(480, 801, 32)), "max_size": 1333}  # multi-scale 480-800
     assert task._anchor_size() == 64
+    assert task._crop() is not None and DetectionTask(resolve_config(model="gfl_pvt_v2_b0"))._crop() is None
     assert DetectionTask(resolve_config(model="atss_pvt_v2_b0"))._anchor_size() == 16  # the built-in shapes
 
 

@@ -5,6 +5,9 @@
 * :mod:`.atss`, :mod:`.gfl`: the one-stage detectors of Table 4, on what :mod:`.one_stage` shares (neck,
   GroupNorm head, one anchor per location, the contract); :mod:`.assigners` (ATSS assignment) and
   :mod:`.losses` (Quality / Distribution Focal Loss, centerness) are theirs.
+* :mod:`.cascade_mask_rcnn`: Cascade Mask R-CNN (Table 4) from torchvision's parts and our cascade of box and
+  mask heads; :mod:`.sparse_rcnn`: Sparse R-CNN (Table 4), learned proposals refined by six dynamic
+  stages; :mod:`.inputs`: checks of a detector's input images.
 * :mod:`.semantic_fpn`: Semantic FPN for segmentation.
 * :mod:`.zoo`: every (head, backbone) pair as a named model; :mod:`.paper`: the paper's figures for them.
 

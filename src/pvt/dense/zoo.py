@@ -49,7 +49,7 @@ class Head:
     description: str
     recipe: tuple[tuple[str, Any], ...] = ()
     """TrainConfig values of the paper's recipe for this head where they differ from its task's defaults
-    (e.g. Table 4's 3x schedule: ``(("epochs", 36),)``)."""
+    (e.g. Table 4's 3x schedule: ``(("epochs", 36),)``), and task options it turns on (``("crop", True)``)."""
     multiscale: tuple[int, int] | None = None
     """The paper's multi-scale training range of the shorter side at the 800 px scale (None: one scale)."""
 
@@ -64,10 +64,23 @@ HEADS: dict[str, Head] = {h.name: h for h in [
          "RetinaNet (Table 3)"),
     Head("mask_rcnn", "instance", "pvt.dense.mask_rcnn:mask_rcnn", 80, (800, 1280), "forward_dummy", 32,
          "Mask R-CNN (Table 3)"),
+    # the official cascade_mask_rcnn_pvt_v2_b2_fpn_3x_mstrain_fp16 config: AdamW 1e-4, weight decay 0.05
+    # (not on norms), 36 epochs (x0.1 at 27, 33), shorter side 480-800 or the DETR crop policy
+    Head("cascade_mask_rcnn", "instance", "pvt.dense.cascade_mask_rcnn:cascade_mask_rcnn", 80, (800, 1280),
+         "forward_dummy", 32, "Cascade Mask R-CNN (Table 4)",
+         recipe=(("epochs", 36), ("weight_decay", 0.05), ("crop", True)), multiscale=(480, 800)),
     Head("atss", "detection", "pvt.dense.atss:atss", 80, (800, 1280), "forward_dummy", 64,
-         "ATSS (Table 4)", recipe=(("epochs", 36), ("weight_decay", 0.05)), multiscale=(480, 800)),
+         "ATSS (Table 4)", recipe=(("epochs", 36), ("weight_decay", 0.05), ("crop", True)),
+         multiscale=(480, 800)),
     Head("gfl", "detection", "pvt.dense.gfl:gfl", 80, (800, 1280), "forward_dummy", 64,
-         "GFL (Table 4)", recipe=(("epochs", 36), ("weight_decay", 0.05)), multiscale=(480, 800)),
+         "GFL (Table 4)", recipe=(("epochs", 36), ("weight_decay", 0.05), ("crop", True)),
+         multiscale=(480, 800)),
+    # the official sparse_rcnn_pvt_v2_b2_fpn_300_proposals_crop_mstrain_480-800_3x_coco config: AdamW
+    # 2.5e-5 / 1.4, weight decay 1e-4, gradient norm clipped at 1, 1 image per GPU, 36 epochs, the same crop
+    Head("sparse_rcnn", "detection", "pvt.dense.sparse_rcnn:sparse_rcnn", 80, (800, 1280), "forward_dummy", None,
+         "Sparse R-CNN (Table 4)",
+         recipe=(("epochs", 36), ("lr", 2.5e-5 / 1.4), ("weight_decay", 1e-4), ("clip_grad", 1.0), ("batch_size", 1),
+                 ("crop", True)), multiscale=(480, 800)),
     Head("semfpn", "segmentation", "pvt.dense.semantic_fpn:semantic_fpn", 150, (512, 512), None, None,
          "Semantic FPN (Table 5)"),
 ]}

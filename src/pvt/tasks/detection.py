@@ -1,22 +1,31 @@
 """Object detection and instance segmentation as training tasks (:class:`pvt.engine.task.Task`).
 
-* ``detection``: RetinaNet on COCO-format data; best checkpoint by ``bbox_mAP``.
-* ``instance``: Mask R-CNN on COCO-format data with masks; best by ``segm_mAP``.
+* ``detection``: RetinaNet (or another box detector: Sparse R-CNN, ...) on COCO-format data; best
+  checkpoint by ``bbox_mAP``.
+* ``instance``: Mask R-CNN or Cascade Mask R-CNN on COCO-format data with masks; best by ``segm_mAP``.
 
-``--model`` names the backbone (``pvt_v2_b0``). ``--data`` is a folder in COCO layout
-(``annotations/instances_{train,val}[2017].json`` and ``{train,val}[2017]/``); without it, the built-in
-shapes. ``--model`` is a dense model (``<head>_<backbone>``, e.g. ``atss_pvt_v2_b2``) or a backbone (then
-RetinaNet, or Mask R-CNN for ``instance``). Task options (``--opt KEY=VALUE``): ``max_size`` (longer side
-cap), ``multiscale`` (true: mmdet's 3x range, shorter side 640-800 at the 800 px scale; ``LO,HI``: that
-range; false: one scale; default: the head's recipe on real data), ``anchor_size`` (the smallest anchor in pixels,
-doubling per level: the paper's 32 on real data, 16 on the built-in shapes), ``lr_steps`` (epochs,
-default 8/12 and 11/12 of the run; 27,33 for 36 epochs; one step at 3/4 of the run on the built-in
-data), ``train_ann``/``val_ann``/``train_images``/``val_images`` (explicit paths); built-in data
-``num_train`` (default 1024), ``num_val`` (50), ``shapes_size`` (image side, default img_size).
+``--data`` is a folder in COCO layout (``annotations/instances_{train,val}[2017].json`` and
+``{train,val}[2017]/``); without it, the built-in shapes. ``--model`` is a dense model (``<head>_<backbone>``,
+e.g. ``atss_pvt_v2_b2``) or a backbone (then RetinaNet, or Mask R-CNN for ``instance``). Task options
+(``--opt KEY=VALUE``): ``max_size`` (longer side cap), ``multiscale`` (true: mmdet's 3x range, shorter side
+640-800 at the 800 px scale; ``LO,HI``: that range; false: one scale; default: the head's recipe on real
+data), ``crop`` (true: the official Sparse R-CNN / Cascade Mask R-CNN crop policy,
+:class:`pvt.data.detection_transforms.RandomCropPolicy`; default: the head's recipe on real data),
+``anchor_size`` (the smallest anchor in pixels, doubling per level: the paper's 32 on real data, 16 on the
+built-in shapes), ``lr_steps`` (epochs, default 8/12 and 11/12 of the run; 27,33 for 36 epochs; one step at
+3/4 of the run on the built-in data), ``train_ann``/``val_ann``/``train_images``/``val_images`` (explicit
+paths); built-in data ``num_train`` (default 1024), ``num_val`` (50), ``shapes_size`` (image side, default
+img_size). Head options, for the heads whose builder takes them (the paper's values by default on real
+data, :data:`SHAPES_HEADS` on the built-in shapes): ``num_proposals`` (Sparse R-CNN's learned proposals),
+``rois_per_image`` (Cascade Mask R-CNN's RoIs sampled per image per stage), ``test_proposals`` (its RPN
+proposals per image at test).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,13 +37,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import read_image
 from ..data.coco import CocoDataset, detection_collate
+from ..data.detection_transforms import RandomCropPolicy
 from .backbone import apply_backbone_options
-from .common import DENSE_COMMON, DenseTask, dense_drop_path, shapes_root
+from .common import DENSE_COMMON, DenseTask, dense_drop_path, resolve_dense_model, shapes_root
 from .metrics import coco_map, detections_to_coco
 from .schedules import MultiStepLR
 from .visualize import draw_detections, drawing_names, save_drawing
 
-__all__ = ["DetectionTask", "InstanceTask", "DETECTION_DEFAULTS", "SHAPES_DETECTION", "SHAPES_ANCHOR_SIZE"]
+__all__ = ["DetectionTask", "InstanceTask", "DETECTION_DEFAULTS", "SHAPES_DETECTION", "SHAPES_ANCHOR_SIZE",
+           "SHAPES_HEADS", "HEAD_OPTIONS"]
 
 log = logging.getLogger("pvt.train")
 
@@ -50,8 +61,19 @@ SHAPES_DETECTION: dict[str, Any] = {"img_size": 64, "epochs": 8, "batch_size": 8
 #: the smallest anchor on the built-in shapes (10-56 px objects; the paper's 32 misses most at 64 px).
 SHAPES_ANCHOR_SIZE = 16
 
-DETECTION_OPTIONS = frozenset({"max_size", "multiscale", "anchor_size", "lr_steps", "train_ann", "val_ann",
-                               "train_images", "val_images", "num_train", "num_val", "shapes_size"})
+#: options that are keywords of a head's builder (passed to it when the head takes them)
+HEAD_OPTIONS = ("num_proposals", "rois_per_image", "test_proposals")
+
+#: built-in shapes, per head: (TrainConfig values, head options) over SHAPES_DETECTION. The paper's values
+#: are tuned for 800 px COCO images with pre-trained backbones; 64 px images with a few objects and a
+#: from-scratch CPU run need fewer proposals / RoIs (see docs/detectors_cascade_sparse.md).
+SHAPES_HEADS: dict[str, tuple[dict[str, Any], dict[str, int]]] = {
+    "cascade_mask_rcnn": ({"epochs": 2, "warmup_epochs": 0.25}, {"rois_per_image": 32, "test_proposals": 50}),
+    "sparse_rcnn": ({"lr": 1e-3, "clip_grad": 1.0}, {"num_proposals": 30}),
+}
+
+DETECTION_OPTIONS = frozenset({"max_size", "multiscale", "crop", "anchor_size", "lr_steps", "train_ann", "val_ann",
+                               "train_images", "val_images", "num_train", "num_val", "shapes_size", *HEAD_OPTIONS})
 
 class DetectionTask(DenseTask):
     """Box detection (see module docstring); RetinaNet when ``--model`` names only a backbone."""
@@ -70,11 +92,27 @@ class DetectionTask(DenseTask):
         self.cat_ids: list[int] = []
         self.val_ds: CocoDataset | None = None
         self.anchor_size: int | None = None  # set from a checkpoint; else from the options / data
+        self.head_options: dict[str, int] | None = None  # likewise
+
+    @classmethod
+    def config_defaults(cls, user: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`DenseTask.config_defaults`, less the task options a head's recipe names (``crop``: read from
+        the recipe by the task), plus the head's :data:`SHAPES_HEADS` values on the built-in data."""
+        out = super().config_defaults(user)
+        for key in set(out) & cls.options:
+            del out[key]
+        if user.get("data") is None and user.get("model") is not None:
+            with contextlib.suppress(ValueError):  # an unknown model is named by validate()
+                head = resolve_dense_model(user["model"], cls.name, cls.head).head.name
+                out.update(SHAPES_HEADS.get(head, ({}, {}))[0])
+        return out
 
     def validate(self) -> None:
         super().validate()
         self._anchor_size()
         self._multiscale()
+        self._crop()
+        self._head_options()
         steps = self.cfg.task_options.get("lr_steps")
         if steps is not None:
             steps = steps if isinstance(steps, list) else [steps]
@@ -106,7 +144,8 @@ class DetectionTask(DenseTask):
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         p = self._paths()
-        train = CocoDataset(p["train_images"], p["train_ann"], masks=self.masks, train=True, hflip=self.cfg.hflip)
+        train = CocoDataset(p["train_images"], p["train_ann"], masks=self.masks, train=True, hflip=self.cfg.hflip,
+                            transform=self._crop())
         val = CocoDataset(p["val_images"], p["val_ann"], masks=self.masks, train=False)
         if val.cat_ids != train.cat_ids:
             raise ValueError(f"{p['val_ann']}: categories {val.cat_ids} differ from the training file's {train.cat_ids}")
@@ -133,6 +172,39 @@ class DetectionTask(DenseTask):
             return int(value[0]), int(value[1])
         raise ValueError(f"{self.name} task: option multiscale={value!r}: expected true, false or two shorter sides "
                          "LO,HI at the 800 px scale (e.g. 480,800)")
+
+    def _crop(self) -> RandomCropPolicy | None:
+        """The training crop policy (at the run's scale): the ``crop`` option, else the head's recipe on
+        real data (Sparse R-CNN's and Cascade Mask R-CNN's official configs crop); None: no crop."""
+        value = self.cfg.task_options.get("crop")
+        if value is None:
+            value = dict(self.spec.head.recipe).get("crop", False) if self.cfg.data is not None else False
+        if not isinstance(value, bool):
+            raise ValueError(f"{self.name} task: option crop={value!r}: expected true or false")
+        return RandomCropPolicy.scaled(self.cfg.img_size) if value else None
+
+    def _head_options(self) -> dict[str, int]:
+        """Keywords for the head's builder (:data:`HEAD_OPTIONS`): a checkpoint's, else the options, else the
+        head's :data:`SHAPES_HEADS` values on the built-in data (else the builder's defaults, the paper's).
+        A ValueError for an option the head does not take or a value that is not a positive integer."""
+        if self.head_options is not None:
+            return dict(self.head_options)
+        head = self.spec.head
+        module, _, function = head.builder.partition(":")
+        takes = inspect.signature(getattr(importlib.import_module(module), function)).parameters
+        preset = SHAPES_HEADS.get(head.name, ({}, {}))[1] if self.cfg.data is None else {}
+        out = {}
+        for key in HEAD_OPTIONS:
+            value = self.cfg.task_options.get(key, preset.get(key))
+            if value is None:
+                continue
+            if key not in takes:
+                raise ValueError(f"{self.name} task: option {key}: {head.description} does not take it "
+                                 f"(its head options: {', '.join(k for k in HEAD_OPTIONS if k in takes) or 'none'})")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{self.name} task: option {key}={value!r}: expected a positive integer")
+            out[key] = value
+        return out
 
     def _sizes(self) -> dict[str, Any]:
         """The detector's resize: shorter side ``img_size`` (a range of them in training with multi-scale),
@@ -172,7 +244,7 @@ class DetectionTask(DenseTask):
             raise ValueError(f"{self.name} task: class names unknown; build_datasets first")
         anchors = self._anchor_size()
         model = create_dense_model(self.spec.name, num_classes=len(self.class_names), pretrained=self.cfg.pretrained,
-                                   drop_path_rate=dense_drop_path(self.cfg), **self._sizes(),
+                                   drop_path_rate=dense_drop_path(self.cfg), **self._sizes(), **self._head_options(),
                                    **({"anchor_size": anchors} if anchors is not None else {}))
         return apply_backbone_options(model, self.cfg)
 
@@ -257,7 +329,8 @@ class DetectionTask(DenseTask):
     # -- checkpoints
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"task": self.name, "task_model": self.spec.name, "class_names": self.class_names,
-                "cat_ids": self.cat_ids, "anchor_size": self._anchor_size(), **self._sizes()}
+                "cat_ids": self.cat_ids, "anchor_size": self._anchor_size(), "head_options": self._head_options(),
+                **self._sizes()}
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
         self.class_names = list(extra["class_names"])
@@ -266,6 +339,8 @@ class DetectionTask(DenseTask):
         paper = self.spec.head.anchor_size
         recorded = extra.get("anchor_size", paper)
         self.anchor_size = None if recorded is None else int(recorded)
+        if isinstance(extra.get("head_options"), dict):  # absent before the option existed: the paper's
+            self.head_options = {str(k): int(v) for k, v in extra["head_options"].items()}
 
 
 class InstanceTask(DetectionTask):
