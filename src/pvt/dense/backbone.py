@@ -12,8 +12,10 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..model import PyramidVisionTransformer
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "P6P7FromP5",
     "build_backbone",
     "build_on_pvt",
+    "detector_transform",
     "xavier_init_",
 ]
 
@@ -72,6 +75,12 @@ def build_on_pvt(detector: Callable[..., D], backbone: str, num_classes: int, pr
     model.backbone_name = backbone
     model.num_classes = num_classes
     return model
+
+
+def detector_transform(min_size: int | tuple[int, ...] = 800, max_size: int = 1333) -> GeneralizedRCNNTransform:
+    """torchvision's detection input transform with ImageNet normalisation: the shorter side resized to
+    ``min_size`` (a tuple: one drawn per training image), the longer kept at most ``max_size``."""
+    return GeneralizedRCNNTransform(min_size, max_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
 class PVTBackbone(nn.Module):

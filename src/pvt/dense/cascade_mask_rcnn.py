@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +35,12 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, roi_align
 from torchvision.ops import generalized_box_iou_loss
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..flops import mark_uncounted
 from .anchors import DEFAULT_ANCHOR_SIZE, rpn_anchors
-from .backbone import PVTWithFPN, build_backbone
+from .backbone import PVTWithFPN, build_on_pvt, detector_transform
 from .inputs import check_images
 
 __all__ = ["BoxPredictor", "CascadeStage", "CascadeRoIHeads", "PVTCascadeMaskRCNN", "cascade_mask_rcnn",
@@ -296,44 +294,34 @@ class PVTCascadeMaskRCNN(GeneralizedRCNN):
         return outs
 
 
-def cascade_mask_rcnn(
-    backbone: str,
-    num_classes: int = 80,
-    pretrained: str | Path | None = None,
-    min_size: int | tuple[int, ...] = 800,
-    max_size: int = 1333,
-    drop_path_rate: float = 0.1,
-    anchor_size: int = DEFAULT_ANCHOR_SIZE,
-    rois_per_image: int = 512,
-    test_proposals: int = 1000,
-    score_thresh: float = 0.05,
-    detections_per_img: int = 100,
-) -> PVTCascadeMaskRCNN:
+def cascade_mask_rcnn(backbone: str, num_classes: int = 80, pretrained: str | Path | None = None,
+                      drop_path_rate: float = 0.1, anchor_size: int = DEFAULT_ANCHOR_SIZE, rois_per_image: int = 512,
+                      test_proposals: int = 1000, score_thresh: float = 0.05, detections_per_img: int = 100,
+                      **transform: Any) -> PVTCascadeMaskRCNN:
     """Cascade Mask R-CNN with a ``backbone`` PVT and ``num_classes`` object classes (background not counted).
 
     ``anchor_size``: the RPN's smallest anchor (P2; 32 px, doubling up to 512). ``rois_per_image``: RoIs
     sampled per image per stage in training (the paper's 512). ``test_proposals``: RPN proposals kept per
     image at test (the paper's 1000). Small images (the built-in shapes) need fewer of both; neither
-    changes a parameter.
+    changes a parameter. ``transform``: ``min_size`` / ``max_size`` of
+    :func:`~pvt.dense.backbone.detector_transform`.
     """
     if test_proposals < 1:
         raise ValueError(f"test_proposals={test_proposals!r}: expected at least 1")
-    body = build_backbone(backbone, pretrained, drop_path_rate)
-    neck = PVTWithFPN(body, levels=(0, 1, 2, 3), extra="pool")
-    rpn = RegionProposalNetwork(
-        rpn_anchors(anchor_size), RPNHead(neck.out_channels, 3),
-        fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
-        pre_nms_top_n={"training": 2000, "testing": test_proposals},
-        post_nms_top_n={"training": 2000, "testing": test_proposals}, nms_thresh=0.7,
-    )
-    levels = ["0", "1", "2", "3"]
-    stages = [CascadeStage(num_classes, iou, weight, stds)
-              for iou, weight, stds in zip(STAGE_IOUS, STAGE_LOSS_WEIGHTS, STAGE_STDS)]
-    heads = CascadeRoIHeads(stages, num_classes, MultiScaleRoIAlign(levels, 7, 0), MultiScaleRoIAlign(levels, 14, 0),
-                            rois_per_image=rois_per_image, score_thresh=score_thresh,
-                            detections_per_img=detections_per_img)
-    transform = GeneralizedRCNNTransform(min_size, max_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
-    model = PVTCascadeMaskRCNN(neck, rpn, heads, transform)
-    model.backbone_name = backbone
-    model.num_classes = num_classes
-    return model
+
+    def assemble(neck: PVTWithFPN, classes: int) -> PVTCascadeMaskRCNN:
+        rpn = RegionProposalNetwork(
+            rpn_anchors(anchor_size), RPNHead(neck.out_channels, 3),
+            fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+            pre_nms_top_n={"training": 2000, "testing": test_proposals},
+            post_nms_top_n={"training": 2000, "testing": test_proposals}, nms_thresh=0.7,
+        )
+        levels = ["0", "1", "2", "3"]
+        stages = [CascadeStage(classes, iou, weight, stds)
+                  for iou, weight, stds in zip(STAGE_IOUS, STAGE_LOSS_WEIGHTS, STAGE_STDS)]
+        heads = CascadeRoIHeads(stages, classes, MultiScaleRoIAlign(levels, 7, 0), MultiScaleRoIAlign(levels, 14, 0),
+                                rois_per_image=rois_per_image, score_thresh=score_thresh,
+                                detections_per_img=detections_per_img)
+        return PVTCascadeMaskRCNN(neck, rpn, heads, detector_transform(**transform))
+
+    return build_on_pvt(assemble, backbone, num_classes, pretrained, drop_path_rate, levels=(0, 1, 2, 3), extra="pool")

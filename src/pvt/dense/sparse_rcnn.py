@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -35,9 +36,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import (MultiScaleRoIAlign, box_convert, clip_boxes_to_image, generalized_box_iou,
                              generalized_box_iou_loss, roi_align, sigmoid_focal_loss)
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..flops import mark_uncounted
-from .backbone import PVTWithFPN, build_backbone
+from .backbone import PVTWithFPN, build_on_pvt, detector_transform
 from .inputs import check_images
 
 __all__ = ["DynamicConv", "DIIStage", "HungarianMatcher", "PVTSparseRCNN", "sparse_rcnn"]
@@ -277,24 +277,14 @@ class PVTSparseRCNN(nn.Module):
         return outs
 
 
-def sparse_rcnn(
-    backbone: str,
-    num_classes: int = 80,
-    pretrained: str | Path | None = None,
-    min_size: int | tuple[int, ...] = 800,
-    max_size: int = 1333,
-    drop_path_rate: float = 0.1,
-    num_proposals: int = 300,
-    num_stages: int = 6,
-) -> PVTSparseRCNN:
+def sparse_rcnn(backbone: str, num_classes: int = 80, pretrained: str | Path | None = None, drop_path_rate: float = 0.1,
+                num_proposals: int = 300, num_stages: int = 6, **transform: Any) -> PVTSparseRCNN:
     """Sparse R-CNN with a ``backbone`` PVT and ``num_classes`` object classes.
 
     ``num_proposals``: learned proposals (the paper's 300; small images with few objects need fewer,
     and the count sets the proposal embeddings' size); ``num_stages``: refinement stages (the paper's 6).
+    ``transform``: ``min_size`` / ``max_size`` of :func:`~pvt.dense.backbone.detector_transform`.
     """
-    body = build_backbone(backbone, pretrained, drop_path_rate)
-    neck = PVTWithFPN(body, levels=(0, 1, 2, 3), extra=None)
-    transform = GeneralizedRCNNTransform(min_size, max_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
-    model = PVTSparseRCNN(neck, num_classes, transform, num_proposals=num_proposals, num_stages=num_stages)
-    model.backbone_name = backbone
-    return model
+    return build_on_pvt(PVTSparseRCNN, backbone, num_classes, pretrained, drop_path_rate, levels=(0, 1, 2, 3),
+                        extra=None, transform=detector_transform(**transform), num_proposals=num_proposals,
+                        num_stages=num_stages)
