@@ -3,6 +3,7 @@ Hungarian matcher on hand-made cases, training and inference at odd sizes, image
 head's recipe, and learning floors (a few training images fitted; held-out images under ``-m slow``)."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -180,3 +181,98 @@ def test_recipe_of_the_official_config():
     cascade = resolve_config(model="cascade_mask_rcnn_pvt_v2_b2", data="/some/coco")
     assert cascade.task == "instance" and (cascade.epochs, cascade.weight_decay, cascade.lr) == (36, 0.05, 1e-4)
     assert create_task(cascade)._crop() is not None and create_task(cascade)._anchor_size() == 32
+
+
+def _still(model):
+    """Zero every stage's box regressor: all deltas 0, so every stage returns the boxes it was given."""
+    for s in model.stages:
+        torch.nn.init.zeros_(s.fc_reg.weight)
+        torch.nn.init.zeros_(s.fc_reg.bias)
+    return model
+
+
+def test_zero_deltas_keep_the_whole_real_image_proposals(odd_batch, one_thread):
+    """Box conventions between the stages: the learned proposals start as the whole image, in pixels of the
+    resized image (not the padded batch), and zero deltas decode every stage back to its input boxes."""
+    images, _, sizes = odd_batch()
+    model = _still(_small()).eval()
+    with torch.no_grad():
+        for det, (h, w) in zip(model(images), sizes):  # back in the original images' pixels
+            assert torch.allclose(det["boxes"], torch.tensor([0.0, 0.0, w, h]).expand(20, 4), atol=1e-3)
+        batch, _ = model.transform(images)
+        assert batch.tensors.shape[-2:] != tuple(batch.image_sizes[0])  # padded to a multiple of 32
+        feats = model.backbone(batch.tensors)
+        whwh = torch.tensor([[w, h, w, h] for h, w in batch.image_sizes], dtype=torch.float32)
+        outs = model._stages(feats, batch.image_sizes, whwh)
+    assert len(outs) == 6
+    for logits, boxes in outs:
+        assert logits.shape == (2, 20, 3)
+        for b, (h, w) in zip(boxes, batch.image_sizes):
+            assert torch.allclose(b, torch.tensor([0.0, 0.0, w, h]).expand(20, 4), atol=1e-4)
+    b = torch.tensor([[3.0, 4.0, 20.0, 30.0], [-5.0, 1.5, 70.0, 9.0]])
+    assert torch.allclose(model.coder.decode_single(torch.zeros(2, 4), b), b)
+    # deltas (stds 0.5, 0.5, 1, 1): dx = 2 moves the centre by one width, dw = log 2 doubles the width
+    moved = model.coder.decode_single(torch.tensor([[2.0, 0.0, math.log(2.0), 0.0]]), b[:1])
+    assert torch.allclose(moved, torch.tensor([[11.5, 4.0, 45.5, 30.0]]))
+
+
+def test_ground_truth_proposals_score_full_map_through_eval(shapes_fit, one_thread):
+    """The evaluation path (last stage's sigmoid scores, top-k over proposals x classes, labels 0..K-1 as the
+    COCO evaluator maps them, boxes back to the original size): proposals on the ground truth with a confident
+    right class score box mAP 100; the same boxes with every label shifted by one score 0."""
+    torch.manual_seed(0)
+    fit = shapes_fit(2)
+    model = _still(_small(min_size=80, max_size=80, num_proposals=8))  # 64 px images resized to 80
+    gt = [t["boxes"] for t in fit.targets]
+
+    def initial(whwh):  # proposal j of image i: ground-truth box j (in the resized image), the rest the whole image
+        out = whwh[:, None] * torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(len(gt), 8, 1)
+        for i, g in enumerate(gt):
+            out[i, : len(g)] = g * whwh[i] / 64
+        return out
+
+    model._initial_boxes = initial
+    last, shift = model.stages[-1], [0]
+    forward = last.forward
+
+    def confident(roi_feats, features):
+        logits, deltas, feats = forward(roi_feats, features)
+        logits = torch.full_like(logits, -8.0)
+        for i, t in enumerate(fit.targets):
+            logits[i, torch.arange(len(t["labels"])), (t["labels"] + shift[0]) % 3] = 8.0
+        return logits, deltas, feats
+
+    last.forward = confident
+    assert fit.score(model)["bbox"] == pytest.approx(100.0)
+    shift[0] = 1
+    assert fit.score(model)["bbox"] == 0.0
+
+
+def test_losses_vanish_on_the_ground_truth_and_match_it(odd_batch, one_thread):
+    """Training conventions: boxes on the ground truth (in a shuffled order) with confident right classes are
+    matched to it one-to-one, and their L1 (normalised) and GIoU losses are 0 and the focal loss near 0; the
+    whole-image box is charged the L1 of the normalised corners."""
+    _, targets, sizes = odd_batch()
+    model = _small()
+    whwh = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=torch.float32)
+    perm = torch.tensor([3, 0, 2, 1])
+    boxes = torch.stack([torch.cat([t["boxes"], whwh[i, None] * torch.tensor([0.0, 0, 1, 1]),
+                                    torch.tensor([[1.0, 1.0, 3.0, 3.0]])])[perm] for i, t in enumerate(targets)])
+    logits = torch.full((2, 4, 3), -10.0)
+    for i, t in enumerate(targets):
+        for j, lab in enumerate(t["labels"]):
+            logits[i, (perm == j).nonzero()[0, 0], lab] = 10.0
+    for i, t in enumerate(targets):
+        pred, gt = model.matcher(logits[i], boxes[i], t["boxes"], t["labels"], whwh[i])
+        assert sorted(zip(gt.tolist(), pred.tolist())) == [(0, 1), (1, 3)]
+    losses = model.losses(logits, boxes, targets, whwh)
+    assert float(losses["loss_bbox"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(losses["loss_iou"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(losses["loss_cls"]) < 1e-3
+    # one ground-truth box against the whole image: L1 x 5 on corners / (w, h, w, h), divided by 1 match
+    h, w = sizes[0]
+    one = [{"boxes": targets[0]["boxes"][:1], "labels": targets[0]["labels"][:1]}]
+    whole = whwh[:1, None] * torch.tensor([0.0, 0, 1, 1])
+    got = model.losses(torch.full((1, 1, 3), -10.0), whole, one, whwh[:1])["loss_bbox"]
+    want = 5 * float((targets[0]["boxes"][0] / whwh[0] - torch.tensor([0.0, 0, 1, 1])).abs().sum())
+    assert float(got) == pytest.approx(want, rel=1e-5)
