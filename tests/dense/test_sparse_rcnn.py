@@ -152,6 +152,20 @@ def test_loss_falls_on_a_few_training_images(shapes_fit, one_thread):
     assert last < 0.7 * first, losses
 
 
+def test_zero_regressors_fit_a_few_training_images(shapes_fit, one_thread):
+    """With the box regressors starting at zero (the built-in shapes' preset), every stage starts by keeping
+    its boxes, and 2 images are fitted: measured box mAP 12.2, mAP@0.5 39.9 after 32 steps (lr 2e-4, clip 1);
+    with the official Xavier start the last stage's boxes collapse and the mAP stays 0."""
+    torch.manual_seed(0)
+    fit = shapes_fit(2)
+    model = _small(min_size=64, max_size=64, drop_path_rate=0.0, num_proposals=30, zero_reg_init=True)
+    assert all(float(s.fc_reg.weight.abs().sum()) == 0 for s in model.stages)
+    assert fit.score(model)["bbox"] < 1
+    fit.train(model, 32, 2e-4, 1.0)
+    score = fit.score(model)
+    assert score["bbox_50"] > 20, score
+
+
 def test_recipe_of_the_official_config():
     from pvt.tasks import create_task, resolve_config
 
@@ -160,7 +174,7 @@ def test_recipe_of_the_official_config():
     assert (cfg.lr, cfg.weight_decay, cfg.clip_grad, cfg.epochs, cfg.batch_size) == (2.5e-5 / 1.4, 1e-4, 1.0, 36, 1)
     task = create_task(cfg)
     assert task._crop() is not None and task._sizes()["min_size"] == tuple(range(480, 801, 32))
-    assert task._head_options() == {}  # the builder's defaults: the paper's 300 proposals
+    assert task._head_options() == {}  # the builder's defaults: the paper's 300 proposals, Xavier regressors
     # the options override the recipe; on the built-in shapes the head's preset applies
     no_crop = resolve_config(model="sparse_rcnn_pvt_v2_b2", data="/c", task_options={"crop": False})
     assert create_task(no_crop)._crop() is None

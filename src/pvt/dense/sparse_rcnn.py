@@ -85,11 +85,14 @@ class DIIStage(nn.Module):
 
     ``(roi_feats (B*P, C, 7, 7), features (B, P, C)) -> (logits (B, P, K), deltas (B, P, 4),
     features (B, P, C))``. Initialised as mmdet: Xavier-uniform for every weight matrix, default biases,
-    the classifier's bias at a 1 % prior.
+    the classifier's bias at a 1 % prior; ``zero_reg_init``: the box regressor at zero instead, so every
+    stage starts by keeping its input boxes (from scratch, random deltas compound over the six stages and
+    collapse the last stage's boxes, the ones evaluation scores; docs/detectors_cascade_sparse.md).
     """
 
     def __init__(self, num_classes: int, channels: int = 256, num_heads: int = 8, ffn_channels: int = 2048,
-                 feat_channels: int = 64, roi_size: int = 7, num_cls_fcs: int = 1, num_reg_fcs: int = 3):
+                 feat_channels: int = 64, roi_size: int = 7, num_cls_fcs: int = 1, num_reg_fcs: int = 3,
+                 zero_reg_init: bool = False):
         super().__init__()
         self.attention = nn.MultiheadAttention(channels, num_heads, batch_first=True)
         mark_uncounted(self.attention, "nn.MultiheadAttention: mmcv 1.3 has no FLOP rule for it")
@@ -107,6 +110,9 @@ class DIIStage(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
         nn.init.constant_(self.fc_cls.bias, -math.log((1 - 0.01) / 0.01))
+        if zero_reg_init:
+            nn.init.zeros_(self.fc_reg.weight)
+            nn.init.zeros_(self.fc_reg.bias)
 
     def forward(self, roi_feats: Tensor, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, p, c = features.shape
@@ -172,7 +178,7 @@ class PVTSparseRCNN(nn.Module):
 
     def __init__(self, backbone: PVTWithFPN, num_classes: int, transform: GeneralizedRCNNTransform,
                  num_proposals: int = 300, num_stages: int = 6, roi_size: int = 7, sampling_ratio: int = 2,
-                 detections_per_img: int | None = None):
+                 detections_per_img: int | None = None, zero_reg_init: bool = False):
         super().__init__()
         if num_proposals < 1 or num_stages < 1:
             raise ValueError(f"num_proposals={num_proposals!r}, num_stages={num_stages!r}: expected at least 1 each")
@@ -184,7 +190,8 @@ class PVTSparseRCNN(nn.Module):
         nn.init.constant_(self.init_proposal_bboxes.weight[:, 2:], 1.0)
         self.init_proposal_features = nn.Embedding(num_proposals, c)
         self.box_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], roi_size, sampling_ratio)
-        self.stages = nn.ModuleList(DIIStage(num_classes, c, roi_size=roi_size) for _ in range(num_stages))
+        self.stages = nn.ModuleList(DIIStage(num_classes, c, roi_size=roi_size, zero_reg_init=zero_reg_init)
+                                    for _ in range(num_stages))
         self.coder = BoxCoder((2.0, 2.0, 1.0, 1.0))  # target stds 0.5, 0.5, 1, 1
         self.matcher = HungarianMatcher()
         self.loss_weights = {"cls": 2.0, "bbox": 5.0, "iou": 2.0}
@@ -278,13 +285,16 @@ class PVTSparseRCNN(nn.Module):
 
 
 def sparse_rcnn(backbone: str, num_classes: int = 80, pretrained: str | Path | None = None, drop_path_rate: float = 0.1,
-                num_proposals: int = 300, num_stages: int = 6, **transform: Any) -> PVTSparseRCNN:
+                num_proposals: int = 300, num_stages: int = 6, zero_reg_init: bool = False,
+                **transform: Any) -> PVTSparseRCNN:
     """Sparse R-CNN with a ``backbone`` PVT and ``num_classes`` object classes.
 
     ``num_proposals``: learned proposals (the paper's 300; small images with few objects need fewer,
     and the count sets the proposal embeddings' size); ``num_stages``: refinement stages (the paper's 6).
-    ``transform``: ``min_size`` / ``max_size`` of :func:`~pvt.dense.backbone.detector_transform`.
+    ``zero_reg_init``: the box regressors start at zero (see :class:`DIIStage`; the official
+    initialisation is Xavier, the default). ``transform``: ``min_size`` / ``max_size`` of
+    :func:`~pvt.dense.backbone.detector_transform`.
     """
     return build_on_pvt(PVTSparseRCNN, backbone, num_classes, pretrained, drop_path_rate, levels=(0, 1, 2, 3),
                         extra=None, transform=detector_transform(**transform), num_proposals=num_proposals,
-                        num_stages=num_stages)
+                        num_stages=num_stages, zero_reg_init=zero_reg_init)

@@ -18,7 +18,8 @@ paths); built-in data ``num_train`` (default 1024), ``num_val`` (50), ``shapes_s
 img_size). Head options, for the heads whose builder takes them (the paper's values by default on real
 data, :data:`SHAPES_HEADS` on the built-in shapes): ``num_proposals`` (Sparse R-CNN's learned proposals),
 ``rois_per_image`` (Cascade Mask R-CNN's RoIs sampled per image per stage), ``test_proposals`` (its RPN
-proposals per image at test).
+proposals per image at test), ``zero_reg_init`` (Sparse R-CNN's box regressors starting at zero: on by
+default on the built-in shapes, which train from scratch).
 """
 
 from __future__ import annotations
@@ -62,14 +63,15 @@ SHAPES_DETECTION: dict[str, Any] = {"img_size": 64, "epochs": 8, "batch_size": 8
 SHAPES_ANCHOR_SIZE = 16
 
 #: options that are keywords of a head's builder (passed to it when the head takes them)
-HEAD_OPTIONS = ("num_proposals", "rois_per_image", "test_proposals")
+HEAD_OPTIONS = ("num_proposals", "rois_per_image", "test_proposals", "zero_reg_init")
+BOOL_HEAD_OPTIONS = frozenset({"zero_reg_init"})
 
 #: built-in shapes, per head: (TrainConfig values, head options) over SHAPES_DETECTION. The paper's values
 #: are tuned for 800 px COCO images with pre-trained backbones; 64 px images with a few objects and a
 #: from-scratch CPU run need fewer proposals / RoIs (see docs/detectors_cascade_sparse.md).
-SHAPES_HEADS: dict[str, tuple[dict[str, Any], dict[str, int]]] = {
+SHAPES_HEADS: dict[str, tuple[dict[str, Any], dict[str, int | bool]]] = {
     "cascade_mask_rcnn": ({"epochs": 2, "warmup_epochs": 0.25}, {"rois_per_image": 32, "test_proposals": 50}),
-    "sparse_rcnn": ({"lr": 1e-3, "clip_grad": 1.0}, {"num_proposals": 30}),
+    "sparse_rcnn": ({"lr": 1e-3, "clip_grad": 1.0}, {"num_proposals": 30, "zero_reg_init": True}),
 }
 
 DETECTION_OPTIONS = frozenset({"max_size", "multiscale", "crop", "anchor_size", "lr_steps", "train_ann", "val_ann",
@@ -92,7 +94,7 @@ class DetectionTask(DenseTask):
         self.cat_ids: list[int] = []
         self.val_ds: CocoDataset | None = None
         self.anchor_size: int | None = None  # set from a checkpoint; else from the options / data
-        self.head_options: dict[str, int] | None = None  # likewise
+        self.head_options: dict[str, int | bool] | None = None  # likewise
 
     @classmethod
     def config_defaults(cls, user: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +185,7 @@ class DetectionTask(DenseTask):
             raise ValueError(f"{self.name} task: option crop={value!r}: expected true or false")
         return RandomCropPolicy.scaled(self.cfg.img_size) if value else None
 
-    def _head_options(self) -> dict[str, int]:
+    def _head_options(self) -> dict[str, int | bool]:
         """Keywords for the head's builder (:data:`HEAD_OPTIONS`): a checkpoint's, else the options, else the
         head's :data:`SHAPES_HEADS` values on the built-in data (else the builder's defaults, the paper's).
         A ValueError for an option the head does not take or a value that is not a positive integer."""
@@ -201,7 +203,10 @@ class DetectionTask(DenseTask):
             if key not in takes:
                 raise ValueError(f"{self.name} task: option {key}: {head.description} does not take it "
                                  f"(its head options: {', '.join(k for k in HEAD_OPTIONS if k in takes) or 'none'})")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if key in BOOL_HEAD_OPTIONS:
+                if not isinstance(value, bool):
+                    raise ValueError(f"{self.name} task: option {key}={value!r}: expected true or false")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{self.name} task: option {key}={value!r}: expected a positive integer")
             out[key] = value
         return out
@@ -340,7 +345,8 @@ class DetectionTask(DenseTask):
         recorded = extra.get("anchor_size", paper)
         self.anchor_size = None if recorded is None else int(recorded)
         if isinstance(extra.get("head_options"), dict):  # absent before the option existed: the paper's
-            self.head_options = {str(k): int(v) for k, v in extra["head_options"].items()}
+            self.head_options = {str(k): bool(v) if k in BOOL_HEAD_OPTIONS else int(v)
+                                 for k, v in extra["head_options"].items() if k in HEAD_OPTIONS}
 
 
 class InstanceTask(DetectionTask):
