@@ -27,10 +27,24 @@ def table4():
         def count(**kw):
             return pvt.count_flops(model, spec.head.flops_input, method=spec.head.flops_method, **kw)
 
-        return SimpleNamespace(model=model, spec=spec, params=_count(model), flops=count(),
-                               all_flops=count(uncounted=False), count=_count)
+        built = SimpleNamespace(model=model, spec=spec, params=_count(model), flops=count(),
+                                all_flops=count(uncounted=False), count=_count)
+        built.params_match = lambda exact: _params_match(built, exact)
+        built.gflops_match = lambda facts: _gflops_match(built, facts)
+        return built
 
     return build
+
+
+def _params_match(built, exact):
+    """The exact count of the rebuilt official config (PAPER_FACTS), rounding to the paper's millions."""
+    assert built.params == exact and round(exact / 1e6) == built.spec.paper_params_m
+
+
+def _gflops_match(built, facts):
+    """Within 1 % of the paper's Table 4 GFLOPs and 0.1 of PAPER_FACTS' figure."""
+    assert built.flops.gflops == pytest.approx(built.spec.paper_gflops, rel=0.01)
+    assert built.flops.gflops == pytest.approx(facts, abs=0.1)
 
 
 @pytest.fixture
