@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -19,8 +20,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["TMP_SUFFIX", "DiskFullError", "atomic_write", "atomic_via", "atomic_save_torch", "load_torch", "read_json",
-           "remove_temporaries"]
+__all__ = ["TMP_SUFFIX", "DiskFullError", "atomic_write", "atomic_via", "atomic_save_torch", "atomic_folder",
+           "check_apart", "load_torch", "open_log", "read_json", "refuse_link", "remove_temporaries"]
 
 
 TMP_SUFFIX = ".tmp"
@@ -41,23 +42,42 @@ def _disk_full(e: BaseException) -> bool:
     return isinstance(e, Exception) and any(t in str(e).lower() for t in _FULL_TEXT)
 
 
-def _default_mode() -> int:
-    """The mode a plain ``open(..., "w")`` would give (0o666 less the umask); mkstemp uses 0o600."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give (0o666 less the umask); mkstemp uses 0o600."""
+    return 0o666 & ~_umask()
 
 
 def _commit(tmp: str, path: Path) -> None:
     """Make the finished temporary file ``tmp`` the file at ``path``, durably."""
     os.chmod(tmp, _default_mode())
     os.replace(tmp, path)
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    _sync_dir(path.parent)  # make the rename itself durable
+
+
+def refuse_link(path: str | Path) -> None:
+    """A one-line ValueError when ``path`` is a symbolic link: no pvt write goes through a link (one in a run
+    or output folder could point anywhere outside it; replacing it would silently cut it)."""
+    if os.path.islink(path):
+        raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}): pvt writes no file through a link, "
+                         "so that nothing outside the folder is touched; remove the link or name the file itself")
+
+
+def open_log(path: str | Path):
+    """``path`` opened for appending text as UTF-8 (whatever the locale), refusing a symbolic link
+    (``O_NOFOLLOW``) with a one-line ValueError."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            refuse_link(path)
+        raise
+    return open(fd, "a", encoding="utf-8", errors="backslashreplace")
 
 
 @contextlib.contextmanager
@@ -65,6 +85,7 @@ def _atomic_path(path: str | Path) -> Iterator[str]:
     """Yield a temporary path beside ``path``; once the body has written it, fsync it and rename it over
     ``path``. On any exception (a kill included) the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
+    refuse_link(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
@@ -101,6 +122,83 @@ def atomic_via(path: str | Path, writer: Callable[[str], None]) -> None:
 def atomic_save_torch(obj: Any, path: str | Path) -> None:
     """``torch.save`` made atomic (for training state: optimiser, scheduler, RNG)."""
     atomic_via(path, lambda tmp: torch.save(obj, tmp))
+
+
+def check_apart(out: str | Path, source: str | Path, what: str = "--out") -> None:
+    """A one-line ValueError when the output folder ``out`` is, contains or lies inside ``source`` (a file or a
+    folder): replacing ``out`` must never remove what it is made from (a run and its sibling runs)."""
+    o, s = Path(out).expanduser().resolve(), Path(source).expanduser().resolve()
+    if o == s or s.is_relative_to(o) or o.is_relative_to(s):
+        rel = "is" if o == s else "contains" if s.is_relative_to(o) else "lies inside"
+        raise ValueError(f"{what} {out} {rel} the source {source}: pvt never replaces a folder its source is part "
+                         f"of; choose an {what} outside it")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system cannot."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable."""
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` (``.<name>-<random>-tmp``: no file suffix); once the body has filled
+    it, it becomes ``path`` in one swap and the previous folder at ``path`` (if any) is removed. An exception
+    (an interruption, a full disk) anywhere in the body removes the temporary folder and leaves ``path`` as
+    it was. The caller decides beforehand whether ``path`` may be replaced."""
+    path = Path(path)
+    refuse_link(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", suffix="-tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # a plain mkdir's mode (mkdtemp uses 0o700)
+        if not (path.is_dir() and any(path.iterdir())):
+            os.replace(tmp, path)  # over an empty folder or none: one rename
+            _sync_dir(path.parent)
+            return
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if _exchange(tmp, path):  # tmp now holds the previous folder
+        _sync_dir(path.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # no atomic exchange here: the previous folder moves aside and the new one in (back on failure)
+    aside = tmp.with_name(tmp.name + "-old")
+    try:
+        os.replace(path, aside)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if not path.exists():
+                os.replace(aside, path)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _sync_dir(path.parent)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def read_json(path: str | Path, expect: type = dict, what: str = "a JSON object") -> Any:

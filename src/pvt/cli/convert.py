@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_classes is not None and args.num_classes < 0:
         raise ValueError(f"--num-classes must be >= 0, got {args.num_classes}")
-    ckpt = read_checkpoint(resolve_source(args.src))
+    src = resolve_source(args.src)
+    ckpt = read_checkpoint(src)
     model = create_pretrained(args.model, ckpt, num_classes=args.num_classes)
     labels = source_labels(ckpt.extra, ckpt.source)
     if labels is not None and len(labels) != model.num_classes:
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if extra.get("task") not in (None, "classification"):  # a detector's or segmenter's backbone: no longer that run
         extra = {k: v for k, v in extra.items() if k not in ("task", "task_model", "train_config", "class_names")}
     done = export_weights(model, args.to, args.dst, class_names=labels, force=args.force,
-                          preprocessing=Preprocessing.of(model.config, ckpt.extra), extra=extra or None)
+                          preprocessing=Preprocessing.of(model.config, ckpt.extra), extra=extra or None,
+                          source=src)
     n = sum(p.numel() for p in model.parameters())
     print(
         f"wrote {done.path}: {model.variant_name}, {n:,} parameters, {model.num_classes} classes "

@@ -11,7 +11,6 @@ the run, and how to load the repository in pvt, timm and transformers.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,12 @@ import yaml
 
 from ..checkpoint import resolve_checkpoint
 from ..hub import check_repo_id
-from ..io import atomic_write
+from ..io import atomic_folder, atomic_write
 from ..model import PyramidVisionTransformer
 from ..variants import VARIANTS
 from .files import Checkpoint, read_checkpoint
 from .loading import create_pretrained
-from .writing import Preprocessing, export_weights, source_labels
+from .writing import Preprocessing, check_replaceable, export_weights, source_labels
 
 __all__ = ["PUSH_FORMATS", "PushFolder", "prepare_push", "model_card"]
 
@@ -87,11 +86,13 @@ def _run_of(source: Path, ckpt: Checkpoint, weights: Path) -> _Run:
             config = None
     records = []
     if (run_dir / "metrics.jsonl").is_file():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        for line in (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                continue  # the card shows what it can read (pvt train --resume refuses a damaged file)
+            if isinstance(record, dict):
+                records.append(record)
     return _Run(config if isinstance(config, dict) else None, records, weights)
 
 
@@ -188,25 +189,27 @@ def prepare_push(
     """Write at ``out`` the folder that ``pvt push`` uploads to ``repo_id``: the weights of ``source`` (a
     run folder or a checkpoint file) in ``to``'s layout (``"hf"`` or ``"timm"``) and a ``README.md`` model
     card. ``model``: the variant, when the source records none its shapes tell apart. ``out`` must be
-    absent or empty unless ``force``."""
+    absent or empty unless ``force``; it is never a folder that is, contains or lies inside the source, nor
+    one holding files other than those pvt writes there; it is written beside and swapped in as a whole."""
     check_repo_id(repo_id)
     if to not in PUSH_FORMATS:
         raise ValueError(f"--to {to!r}: a hub repository holds one of {', '.join(PUSH_FORMATS)}")
-    out = Path(out)
+    out, source = Path(out), Path(source)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ValueError(f"{out} exists and is not an empty folder; pass --force to replace it")
-    source = Path(source)
     weights = resolve_checkpoint(source)
+    for part in (source, weights):
+        check_replaceable(out, part, "--out")
     ckpt = read_checkpoint(weights)
     net = create_pretrained(model, ckpt)
     labels = source_labels(ckpt.extra, ckpt.source)
     labels = labels if labels is not None and len(labels) == net.num_classes else None
     pre = Preprocessing.of(net.config, ckpt.extra)
-    if out.exists() and force:
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    done = export_weights(net, to, out, class_names=labels, preprocessing=pre)
-    card = model_card(net, repo_id, to, _run_of(source, ckpt, weights), labels, pre, done.notes)
-    with atomic_write(out / "README.md", "w") as f:
-        f.write(card)
-    return PushFolder(out, [*done.files, out / "README.md"], done.notes, net)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder")
+    with atomic_folder(out) as tmp:  # written beside, swapped in whole: an interruption keeps the old folder
+        done = export_weights(net, to, tmp, class_names=labels, preprocessing=pre)
+        card = model_card(net, repo_id, to, _run_of(source, ckpt, weights), labels, pre, done.notes)
+        with atomic_write(tmp / "README.md", "w") as f:
+            f.write(card)
+    return PushFolder(out, [*(out / p.name for p in done.files), out / "README.md"], done.notes, net)

@@ -37,14 +37,14 @@ from torch import Tensor
 from ..checkpoint import save_model
 from ..config import PVTConfig
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..io import atomic_save_torch, atomic_via, atomic_write
+from ..io import TMP_SUFFIX, atomic_folder, atomic_save_torch, atomic_via, atomic_write, check_apart
 from ..model import PyramidVisionTransformer
 from ..variants import VARIANTS
 from .hf_config import hf_model_type, pvt_to_hf_config
 from .keys import StateDict, from_pvt
 
-__all__ = ["EXPORT_FORMATS", "Export", "Preprocessing", "export_weights", "eps_drift", "source_labels",
-           "timm_architecture"]
+__all__ = ["EXPORT_FORMATS", "FOLDER_FILES", "Export", "Preprocessing", "check_replaceable", "export_weights",
+           "eps_drift", "source_labels", "timm_architecture"]
 
 EXPORT_FORMATS: dict[str, str] = {
     "pvt": "this library's own format: one .safetensors file with the config in its metadata",
@@ -374,6 +374,31 @@ def _mm_meta(model: PyramidVisionTransformer, layout: str) -> dict[str, Any]:
     return meta
 
 
+FOLDER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
+"""Every file pvt writes in a weights folder (hf, timm, and the model card of ``pvt push``): a folder that
+holds anything else is not replaced (it is the user's, not an export)."""
+
+
+def is_folder_output(fmt: str, dst: Path) -> bool:
+    """Whether ``fmt`` at ``dst`` is a folder, written (and replaced) as a whole (:func:`pvt.io.atomic_folder`)."""
+    return fmt == "hf" or (fmt == "timm" and dst.suffix != ".safetensors")
+
+
+def check_replaceable(folder: Path, source: str | Path | None = None, what: str = "DST") -> None:
+    """A one-line ValueError unless the weights folder ``folder`` may be replaced as a whole: it is absent
+    or holds only :data:`FOLDER_FILES` (and temporaries), and it is not, does not contain and does not lie
+    inside ``source``."""
+    if source is not None:
+        check_apart(folder, source, what)
+    if folder.is_dir():
+        other = sorted(p.name for p in folder.iterdir()
+                       if p.name not in FOLDER_FILES and not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)))
+        if other:
+            shown = ", ".join(other[:5]) + (", ..." if len(other) > 5 else "")
+            raise ValueError(f"{what} {folder} holds files pvt did not write ({shown}): a weights folder is written "
+                             f"and replaced as a whole, so name a new or empty folder")
+
+
 def _targets(fmt: str, dst: Path) -> list[Path]:
     """The paths a format writes at ``dst`` (checked before anything is written)."""
     if fmt == "hf":
@@ -393,6 +418,7 @@ def export_weights(
     preprocessing: Preprocessing | None = None,
     extra: dict[str, Any] | None = None,
     force: bool = False,
+    source: str | Path | None = None,
 ) -> Export:
     """Write ``model``'s weights in format ``fmt`` (a key of :data:`EXPORT_FORMATS`) at ``dst``.
 
@@ -401,7 +427,10 @@ def export_weights(
     written beside it. ``class_names`` (one per output of the head) become HF's ``id2label`` and timm's
     ``label_names``; ``preprocessing`` the input the configs describe (default: ImageNet's at the
     config's size); ``extra`` more metadata for the own format. Existing files are replaced only with
-    ``force``. Returns what was written and the notes for the user (see the module doc).
+    ``force``. A folder (hf, timm) is written beside ``dst`` and swapped in as a whole, so an interruption
+    leaves the previous one intact; a folder holding other files, or that is, contains or lies inside
+    ``source`` (the file or folder read), is never replaced. Returns what was written and the notes for the
+    user (see the module doc).
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; accepted: {', '.join(EXPORT_FORMATS)}")
@@ -417,6 +446,9 @@ def export_weights(
     existing = [p for p in _targets(fmt, dst) if p.exists()]
     if existing and not force:
         raise ValueError(f"{existing[0]} exists; pass --force to overwrite it")
+    folder = is_folder_output(fmt, dst)
+    if folder:
+        check_replaceable(dst, source)
     cfg = model.config
     labels = _labels(cfg.num_classes, class_names)
     pre = preprocessing or Preprocessing.of(cfg)
@@ -431,8 +463,10 @@ def export_weights(
                        pre.img_size)
     if fmt == "pvt":
         files = [save_model(model, dst, extra={**(extra or {}), **({"class_names": labels} if labels else {})})]
-    elif fmt == "hf":
-        files = _write_hf(model, dst, labels, pre)
+    elif folder:  # written beside, then swapped in whole: an interruption leaves the previous folder intact
+        with atomic_folder(dst) as tmp:
+            write = _write_hf if fmt == "hf" else _write_timm
+            files = [dst / p.name for p in write(model, tmp, labels, pre)]
     elif fmt == "timm":
         files = _write_timm(model, dst, labels, pre)
     elif fmt == "official":
