@@ -128,3 +128,27 @@ def test_cli_export_int8(tmp_path, capsys, make_stripes):
     assert out.is_file()
     assert main(["export", "pvt_v2_b0", "--format", "torchscript", "--quantize", "int8"]) == 2
     assert "ONNX" in capsys.readouterr().err
+
+
+def test_float_export_creates_a_missing_parent_folder_as_int8_export_does(tmp_path):
+    out = tmp_path / "new" / "sub" / "w.pt"
+    assert export_model(tiny("pvt_v2_b0"), "torchscript", out) == out and out.is_file()
+
+
+def test_sigterm_during_export_leaves_no_temporary_file(tmp_path):
+    """SIGTERM stops pvt export as Ctrl-C does (exit 143, one line), so the writer removes its temporary
+    file; it arrives here at the write point (the commit of the written file)."""
+    import os
+    import subprocess
+    import sys
+
+    save_model(tiny("pvt_v2_b0"), tmp_path / "w.safetensors", variant="pvt_v2_b0")
+    out = tmp_path / "out" / "w.pt"
+    code = ("import os, signal, sys, pvt.io; real = pvt.io._commit\n"
+            "def commit(tmp, path):\n    os.kill(os.getpid(), signal.SIGTERM)\n    real(tmp, path)\n"
+            "pvt.io._commit = commit\nfrom pvt.cli import main\nsys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "export", str(tmp_path / "w.safetensors"), "--format",
+                           "torchscript", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 143 and proc.stderr.strip() == "pvt export: interrupted", proc.stderr[-2000:]
+    assert list(out.parent.iterdir()) == []  # neither the file nor its temporary

@@ -129,8 +129,7 @@ def export_model(
     out = Path(out)
     if fmt == "exported-program" and out.suffix != ".pt2":
         raise ValueError(f"{out}: ExportedProgram files must end in .pt2 (torch.export.load insists)")
-    if out.parent and not out.parent.exists():
-        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    # a missing parent folder is created (by the atomic writer), as for every other output
     model = model.eval().float().cpu()
     x = _example(model, example_size or model.config.img_size)
     with torch.no_grad(), warnings.catch_warnings():

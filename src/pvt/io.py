@@ -180,7 +180,12 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if _exchange(tmp, path):  # tmp now holds the previous folder
+    try:
+        swapped = _exchange(tmp, path)  # then tmp holds the previous folder
+    except BaseException:  # (before the swap tmp is the new folder, after it the old one: both may go)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if swapped:
         _sync_dir(path.parent)
         shutil.rmtree(tmp, ignore_errors=True)
         return

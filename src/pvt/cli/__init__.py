@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 
 from . import bench, convert, data, models, push, train
@@ -27,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # an ASCII locale: a non-ASCII name is escaped, not a traceback
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -34,14 +39,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         from ..accel.runtime import configure_allocator
+        from ..engine.signals import stop_signals
 
         configure_allocator(getattr(args, "allocator", None))
-        return int(args.func(args) or 0)
+        # SIGTERM stops every command as Ctrl-C does (an exception, not a sudden death), so that writers
+        # remove their temporary files (pvt export, convert, push); training installs its own handlers
+        with stop_signals():
+            return int(args.func(args) or 0)
     except (ValueError, OSError, FloatingPointError) as e:
         # bad input, a file that cannot be read or written (disk full included), a diverged training
         print(f"pvt {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during training (pvt.engine.signals)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (pvt.engine.signals)
+        if argv is None:  # the process is ours and stopping: another Ctrl-C must not break its exit (atexit)
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
         if not getattr(e, "reported", False):
             print(f"pvt {args.command}: interrupted", file=sys.stderr)
         return 128 + int(getattr(e, "signum", 2))

@@ -288,6 +288,9 @@ def _check_cross(cfg: TrainConfig) -> None:
     if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name or name != name.strip()):
         raise ValueError(f"config value name={name!r}: expected a folder name (no / or \\, not . or ..): the run "
                          "folder is made inside output")
+    if name is not None and any(not c.isprintable() for c in name):
+        raise ValueError(f"config value name={name!r}: expected printable characters (no newline, tab or other "
+                         "control character: the name is printed in every message and log line)")
     if cfg.min_lr > cfg.peak_lr() and cfg.lr is not None:
         raise ValueError(f"config value min_lr={cfg.min_lr!r}: expected <= lr ({cfg.lr!r})")
     dev = cfg.device

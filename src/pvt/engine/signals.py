@@ -4,6 +4,10 @@ Schedulers, ``kill``, containers and torchrun send SIGTERM on preemption; a term
 Ctrl-C. While :func:`stop_signals` is active, either raises :class:`Interrupted` (a KeyboardInterrupt)
 in the main thread, except inside :meth:`StopSignals.hold`, where it is deferred until the block ends,
 so that the files an epoch writes are all written or none.
+
+Once a stop has been raised, the run is stopping: a second Ctrl-C (or SIGTERM) is swallowed, so that it
+cannot cut the clean-up short (a half-removed run folder, a log handler closed twice); :meth:`StopSignals.shield`
+does the same for the clean-up after an error.
 """
 
 from __future__ import annotations
@@ -38,12 +42,26 @@ class StopSignals:
     def __init__(self) -> None:
         self._held = 0
         self._pending: int | None = None
+        self._stopping = False
 
     def _handle(self, signum: int, frame) -> None:
+        if self._stopping:
+            return  # already stopping: see the module docstring
         if self._held:
             self._pending = signum
             return
+        self._stopping = True
         raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def shield(self) -> Iterator[None]:
+        """For the clean-up of a run that is stopping (after an error or a first signal): SIGINT / SIGTERM
+        in the block are swallowed, as are any deferred by :meth:`hold`."""
+        stopping, self._stopping = self._stopping, True
+        try:
+            yield
+        finally:
+            self._stopping, self._pending = stopping, None
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -56,6 +74,7 @@ class StopSignals:
             self._held -= 1
         if not self._held and self._pending is not None:
             signum, self._pending = self._pending, None
+            self._stopping = True
             raise Interrupted(signum)
 
 

@@ -9,10 +9,12 @@ Run folder::
     best.safetensors    weights of the epoch with the highest val_<task.best_metric>
     state.pt            resumable state: model, optimiser, scheduler, scaler, EMA, RNG, epoch
     learning_curves.png
-    train.log
+    train.log           appended as UTF-8
+    .pvt-train.lock     while a process trains in the folder (a second one is refused)
 
 Every file is written atomically (temporary file + rename), so a kill at any moment leaves the previous
-version intact; ``state.pt`` is self-contained, so resuming never mixes two epochs.
+version intact; ``state.pt`` is self-contained, so resuming never mixes two epochs. No write follows a
+symbolic link (a link could point outside the folder): one is refused with a one-line error.
 
 An epoch is committed in one order: ``metrics.jsonl`` (lines past the committed epoch are dropped on
 resume), then ``state.pt`` (the commit), then ``last.safetensors`` and ``best.safetensors`` (both hold the
@@ -28,6 +30,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import sys
@@ -49,7 +52,7 @@ from .curves import plot_curves
 from .divergence import TrainingDiverged, finite_batch, non_finite
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
 from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
-from .run_folder import RESUME_MAY_CHANGE, read_records, resume_config, saved_epoch
+from .run_folder import LOCK_FILE, RESUME_MAY_CHANGE, LogFile, read_records, resume_config, run_lock, saved_epoch
 from .signals import Interrupted, StopSignals, stop_signals
 from .state import load_state, missing_keys, rng_state, save_state, set_rng_state
 from .task import Task
@@ -169,7 +172,8 @@ class Trainer:
         run_dir = Path(cfg.output).expanduser() / name
         taken = None
         if self.dist.is_main:  # (rank 0 decides, before it makes the folder that the others would see)
-            if run_dir.exists() and (set(run_dir.iterdir()) - set(run_dir.glob(f".*{TMP_SUFFIX}"))):
+            left = set(run_dir.glob(f".*{TMP_SUFFIX}")) | {run_dir / LOCK_FILE}  # by a process killed before config.yaml
+            if run_dir.exists() and (set(run_dir.iterdir()) - left):
                 taken = (f"run folder {str(run_dir)!r} already exists; choose another --name or continue it with "
                          "--resume")
             elif run_dir.is_dir():
@@ -182,7 +186,7 @@ class Trainer:
     def _setup_logging(self, run_dir: Path) -> logging.Handler | None:
         if not self.dist.is_main:
             return None
-        handler = logging.FileHandler(run_dir / "train.log")
+        handler = LogFile(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         for name in ("pvt.train", "pvt.data"):
             lg = logging.getLogger(name)
@@ -220,34 +224,41 @@ class Trainer:
         # everything that can fail on bad input happens before the run folder exists
         train_ds, val_ds = self.task.build_datasets()
         model = self.task.build_model()
-        if self.resume_dir is not None:
-            run_dir, created = self.resume_dir, False
+        with contextlib.ExitStack() as lock:  # rank 0 holds the run folder's lock until the run ends
+            if self.resume_dir is not None:
+                run_dir, created = self.resume_dir, False
+                if d.is_main:
+                    lock.enter_context(run_lock(run_dir))  # before anything in it is touched
+                    remove_temporaries(run_dir)  # left by a writer that was killed
+                self._load_resume_state(run_dir)
+            else:
+                run_dir, created = self._new_run_dir(), True
+            self.run_dir = run_dir
             if d.is_main:
-                remove_temporaries(run_dir)  # left by a writer that was killed
-            self._load_resume_state(run_dir)
-        else:
-            run_dir, created = self._new_run_dir(), True
-        self.run_dir = run_dir
-        if d.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if created:
-                try:
-                    self._write_record(0)  # first: a folder with a config.yaml can always be resumed
-                except BaseException:
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                    raise
-        barrier(d)
-        handler = self._setup_logging(run_dir)
-        try:
-            return self._fit(model, train_ds, val_ds)
-        except BaseException as e:
-            self._after_failure(e, created)
-            raise
-        finally:
-            if handler is not None:
-                for name in ("pvt.train", "pvt.data"):
-                    logging.getLogger(name).removeHandler(handler)
-                handler.close()
+                run_dir.mkdir(parents=True, exist_ok=True)
+                if created:
+                    lock.enter_context(run_lock(run_dir))  # (a second process racing for the same name stops here)
+                    try:
+                        self._write_record(0)  # first: a folder with a config.yaml can always be resumed
+                    except BaseException:
+                        with self._signals.shield():
+                            _remove_run_dir(run_dir)
+                        raise
+            barrier(d)
+            handler = None
+            try:
+                handler = self._setup_logging(run_dir)
+                return self._fit(model, train_ds, val_ds)
+            except BaseException as e:
+                with self._signals.shield():  # a second Ctrl-C cannot cut the clean-up short
+                    self._after_failure(e, created)
+                raise
+            finally:
+                if handler is not None:
+                    with self._signals.shield():
+                        for name in ("pvt.train", "pvt.data"):
+                            logging.getLogger(name).removeHandler(handler)
+                        handler.close()
 
     def _load_resume_state(self, run_dir: Path) -> None:
         """What a resume continues from: ``state.pt``; else (``fresh_optimizer``) the weights of
@@ -294,7 +305,7 @@ class Trainer:
         run_dir = self.run_dir
         removed = created and self._done == 0 and not (run_dir / "state.pt").exists()
         if removed:
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping
+            _remove_run_dir(run_dir)  # nothing worth keeping
         if not isinstance(e, KeyboardInterrupt):
             return
         how = e.name if isinstance(e, Interrupted) else "SIGINT"
@@ -758,6 +769,17 @@ class Trainer:
         if r.get("skipped_images"):
             parts.append(f"skipped {int(r['skipped_images'])} unreadable images")
         return "  ".join(parts) + ("  *best*" if is_best else "")
+
+
+def _remove_run_dir(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing worth keeping: renamed aside first (one step: the name is free
+    at once and no half-removed folder is left under it), then deleted."""
+    aside = run_dir.with_name(f".{run_dir.name}.removed-{os.getpid()}")
+    try:
+        os.replace(run_dir, aside)
+    except OSError:
+        aside = run_dir
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _seed(seed: int) -> None:
