@@ -144,6 +144,7 @@ def test_sigterm_during_export_leaves_no_temporary_file(tmp_path):
 
     save_model(tiny("pvt_v2_b0"), tmp_path / "w.safetensors", variant="pvt_v2_b0")
     out = tmp_path / "out" / "w.pt"
+    out.parent.mkdir()
     code = ("import os, signal, sys, pvt.io; real = pvt.io._commit\n"
             "def commit(tmp, path):\n    os.kill(os.getpid(), signal.SIGTERM)\n    real(tmp, path)\n"
             "pvt.io._commit = commit\nfrom pvt.cli import main\nsys.exit(main(sys.argv[1:]))")

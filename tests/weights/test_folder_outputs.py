@@ -60,7 +60,7 @@ def test_an_interrupted_forced_convert_leaves_the_previous_folder_intact(sources
     assert cli_main(["convert", str(a), str(dst), "--to", fmt]) == 0
     before = _snapshot(dst)
     assert len(before) == WRITES[fmt]
-    for k in range(WRITES[fmt] + 1):  # every write point, then the swap
+    for k in [*range(1, WRITES[fmt] + 1), 0]:  # every write point, then the swap (k = 0)
         with monkeypatch.context() as m:
             _fail_at(m, k, fault)
             status = cli_main(["convert", str(b), str(dst), "--to", fmt, "--force"])
@@ -125,7 +125,7 @@ def test_push_force_replaces_its_own_folder_as_a_whole(runs, tmp_path, monkeypat
     assert cli_main(argv) == 0
     before = _snapshot(out)
     assert sorted(before) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
-    for k in range(5):  # its 4 files, then the swap
+    for k in [1, 2, 3, 4, 0]:  # its 4 files, then the swap
         with monkeypatch.context() as m:
             _fail_at(m, k, "interrupt")
             assert cli_main([*argv, "--force"]) == 130
