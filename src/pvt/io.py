@@ -131,7 +131,7 @@ def check_apart(out: str | Path, source: str | Path, what: str = "--out") -> Non
     if o == s or s.is_relative_to(o) or o.is_relative_to(s):
         rel = "is" if o == s else "contains" if s.is_relative_to(o) else "lies inside"
         raise ValueError(f"{what} {out} {rel} the source {source}: pvt never replaces a folder its source is part "
-                         f"of; choose an {what} outside it")
+                         f"of; choose another {what} outside it")
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -160,10 +160,11 @@ def _sync_dir(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_folder(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path`` (``.<name>-<random>-tmp``: no file suffix); once the body has filled
-    it, it becomes ``path`` in one swap and the previous folder at ``path`` (if any) is removed. An exception
-    (an interruption, a full disk) anywhere in the body removes the temporary folder and leaves ``path`` as
-    it was. The caller decides beforehand whether ``path`` may be replaced."""
+    """Yield an empty temporary folder beside ``path`` (``.<name>-<random>-tmp``: no file suffix); once the
+    body has filled it, it becomes ``path`` in one swap and the previous folder at ``path`` (if any) is
+    removed. An exception (an interruption, a full disk) anywhere in the body removes the temporary folder
+    and leaves ``path`` as it was; a SIGKILL leaves at most that hidden sibling. The caller decides
+    beforehand whether ``path`` may be replaced."""
     path = Path(path)
     refuse_link(path)
     if path.exists() and not path.is_dir():

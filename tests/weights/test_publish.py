@@ -135,8 +135,13 @@ def test_errors_are_one_line(run, tmp_path, no_network, monkeypatch, capsys):
         (["push", str(tmp_path / "nope"), "--repo-id", "me/b0", "--dry-run", "--out", str(tmp_path / "o")],
          f"pvt push: error: checkpoint {str(tmp_path / 'nope')!r} does not exist"),
         (["push", str(folder), "--repo-id", "me/b0", "--dry-run", "--out", str(folder)],
-         f"pvt push: error: {folder} exists and is not an empty folder; pass --force to replace it"),
+         f"pvt push: error: --out {folder} is the source {folder}: pvt never replaces a folder its source is part "
+         "of; choose another --out outside it"),
+        (["push", str(folder), "--repo-id", "me/b0", "--dry-run", "--out", str(tmp_path / "full")],
+         f"pvt push: error: {tmp_path / 'full'} exists and is not an empty folder; pass --force to replace it"),
     ]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "README.md").write_text("an earlier dry run")
     for argv, expected in cases:
         assert cli_main(argv) == 2
         err = capsys.readouterr().err

@@ -172,7 +172,8 @@ class Trainer:
         run_dir = Path(cfg.output).expanduser() / name
         taken = None
         if self.dist.is_main:  # (rank 0 decides, before it makes the folder that the others would see)
-            left = set(run_dir.glob(f".*{TMP_SUFFIX}")) | {run_dir / LOCK_FILE}  # by a process killed before config.yaml
+            # what a process killed before it wrote config.yaml leaves
+            left = set(run_dir.glob(f".*{TMP_SUFFIX}")) | {run_dir / LOCK_FILE}
             if run_dir.exists() and (set(run_dir.iterdir()) - left):
                 taken = (f"run folder {str(run_dir)!r} already exists; choose another --name or continue it with "
                          "--resume")

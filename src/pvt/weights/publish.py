@@ -195,11 +195,11 @@ def prepare_push(
     if to not in PUSH_FORMATS:
         raise ValueError(f"--to {to!r}: a hub repository holds one of {', '.join(PUSH_FORMATS)}")
     out, source = Path(out), Path(source)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ValueError(f"{out} exists and is not an empty folder; pass --force to replace it")
     weights = resolve_checkpoint(source)
     for part in (source, weights):
         check_replaceable(out, part, "--out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ValueError(f"{out} exists and is not an empty folder; pass --force to replace it")
     ckpt = read_checkpoint(weights)
     net = create_pretrained(model, ckpt)
     labels = source_labels(ckpt.extra, ckpt.source)
