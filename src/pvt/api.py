@@ -92,14 +92,21 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
 
 def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *, topk: int = 5,
             score_thresh: float = 0.3, out_dir: str | Path | None = None, device: str = "auto",
-            precision: str = "float32", calibration: str | Path | None = None) -> list[dict[str, Any]]:
+            precision: str = "float32", calibration: str | Path | None = None, attention: bool = False,
+            attention_block: int = -1, attention_head: int | None = None,
+            attention_query: tuple[float, float] | None = None,
+            default_out_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Predict each image with a model trained by ``pvt train`` (any task): one JSON-able record per image.
 
     Classification: the ``topk`` classes with probabilities (``"top"``). Detection / instance: the
     detections scoring at least ``score_thresh`` (``"detections"``). Segmentation: the share of pixels per
-    class (``"class_fractions"``). With ``out_dir``, dense tasks also draw each prediction there
-    (``<stem>_pred.png``, with folder names added where two images share a stem; named in ``"output"``).
-    ``precision`` and ``calibration``: as for :func:`evaluate`.
+    class (``"class_fractions"``). With ``out_dir``, each prediction is drawn there (``<stem>_pred.png``:
+    the image with its top-k bars, boxes / masks, or class map; folder names added where two images share a
+    stem; named in ``"output"``); ``default_out_dir`` is used instead of a missing ``out_dir`` by the tasks
+    that draw by default (the dense ones). ``attention``: also ``<stem>_attention.png`` there (``"attention"``):
+    each stage's attention (block ``attention_block``, head ``attention_head`` or the head mean, the query
+    under ``attention_query`` = ``(y, x)`` fractions or the mean of every query) and the rollout
+    (:mod:`pvt.tasks.explain`). ``precision`` and ``calibration``: as for :func:`evaluate`.
     """
     from .tasks import load_trained
 
@@ -111,9 +118,23 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
         if not Path(p).is_file():
             raise FileNotFoundError(f"image {str(p)!r} does not exist")
     trained = load_trained(checkpoint, device=device, precision=precision, calibration=calibration)
+    if out_dir is None and getattr(trained.task, "draws_by_default", True):
+        out_dir = default_out_dir
+    if attention and out_dir is None:
+        out_dir = default_out_dir or "predictions"
     with trained.autocast():
-        return trained.task.predict(trained.model, list(images), trained.device, topk=topk,
-                                    score_thresh=score_thresh, out_dir=out_dir)
+        records = trained.task.predict(trained.model, list(images), trained.device, topk=topk,
+                                       score_thresh=score_thresh, out_dir=out_dir)
+        if attention:
+            from .tasks.explain import attention_pictures, backbone_input
+            from .tasks.visualize import drawing_names, save_drawing
+
+            for rec, p, name in zip(records, images, drawing_names(images)):
+                x = backbone_input(trained.task, trained.model, p, trained.device)
+                pics = attention_pictures(trained.model, x, block=attention_block, head=attention_head,
+                                          query=attention_query)
+                rec["attention"] = save_drawing(pics.panel(), out_dir, name.replace("_pred.png", "_attention.png"))
+    return records
 
 
 def quantize(model: Any, calibration: Any = None, *, images: int = 64, **kwargs: Any) -> Any:

@@ -103,6 +103,15 @@ class AttentionMaps:
         kh, kw = self.key_grid[s]
         return a[:, self.key_prefix[s]:].reshape(a.shape[0], kh, kw)
 
+    def on_query_map(self, stage: int = -1, block: int = -1, head: int | None = None,
+                     query: tuple[float, float] | None = None) -> Tensor:
+        """:meth:`map` laid on the stage's query map ``(B, h, w)``: each key cell's weight spread evenly over
+        the query positions its window summarises (what a picture over the image shows)."""
+        s = self._stage(stage)
+        m = self.map(s, block, head, query)
+        h, w = self.query_grid[s]
+        return (m.flatten(1) @ _cover(*self.key_windows[s], h, w)).reshape(m.shape[0], h, w)
+
     def rollout(self, query: tuple[float, float] | None = None, residual: float = 0.5) -> Tensor:
         """Attention rollout (Abnar & Zuidema, 2020) through every block, down to the stage-1 map:
         ``(B, h1, w1)``, summing to 1: how much of the last stage's output comes from each stage-1 token.

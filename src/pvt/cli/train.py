@@ -101,8 +101,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         picked, reason = resolve_precision(args.precision, resolve_device(args.device).type)
         print(f"precision: {picked} ({reason})", file=sys.stderr)
+    from ..tasks.explain import parse_query
+
     preds = predict(args.checkpoint, args.images, topk=args.topk, score_thresh=args.score_thresh,
-                    out_dir=args.out_dir, device=args.device, precision=args.precision, calibration=args.calibration)
+                    out_dir=args.out_dir, device=args.device, precision=args.precision, calibration=args.calibration,
+                    attention=args.attention, attention_block=args.attention_block, attention_head=args.attention_head,
+                    attention_query=parse_query(args.attention_query), default_out_dir="predictions")
     text = json.dumps(preds, indent=1)
     if args.json_out:
         from ..io import atomic_write
@@ -191,7 +195,17 @@ def register(sub) -> None:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.add_argument("--out-dir", default="predictions", help="dense tasks: where <stem>_pred.png go")
+    p.add_argument("--out-dir", default=None,
+                   help="where <stem>_pred.png drawings go (boxes, masks, class maps, top-k bars); default: "
+                        "predictions/ for dense tasks and --attention, none for classification")
+    p.add_argument("--attention", action="store_true",
+                   help="also write <stem>_attention.png: each stage's attention over its reduced key map and the "
+                        "rollout, over the image (docs/attention.md)")
+    p.add_argument("--attention-block", type=int, default=-1, help="block of each stage (default: its last)")
+    p.add_argument("--attention-head", type=int, default=None,
+                   help="one head (where the stage has it; default: the mean of the heads)")
+    p.add_argument("--attention-query", metavar="Y,X",
+                   help="the query under this point, as fractions of the image (default: the mean of every query)")
     p.add_argument("--score-thresh", type=float, default=0.3, help="detection: drop detections below this")
     p.add_argument("--json-out", help="also write the JSON records to this file")
     _precision_flags(p)

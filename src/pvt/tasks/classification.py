@@ -22,6 +22,7 @@ from ..data.shards import ShardDataset, is_shard_folder
 from ..engine.task import Task
 from ..variants import get_variant
 from .backbone import apply_backbone_options
+from .visualize import draw_topk, drawing_names, save_drawing
 
 __all__ = ["ClassificationTask", "DIGITS_DEFAULTS", "build_classifier", "topk_correct"]
 
@@ -83,6 +84,8 @@ class ClassificationTask(Task):
     best_metric = "top1"
     eval_batch_size: ClassVar[int] = 64
     distributed_eval: ClassVar[bool] = True
+    draws_by_default: ClassVar[bool] = False
+    """``pvt predict`` writes top-k pictures only when given ``--out-dir`` (text is the answer here)."""
     collate_fn = staticmethod(collate_skipping)
 
     def __init__(self, cfg):
@@ -345,14 +348,18 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,
                 score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
-        """The ``topk`` classes of each image: ``{"image", "top": [{"class", "index", "prob"}, ...]}``."""
+        """The ``topk`` classes of each image: ``{"image", "top": [{"class", "index", "prob"}, ...]}``; with
+        ``out_dir`` also the image with its top-k bars (``<stem>_pred.png``, named in ``"output"``)."""
         if topk < 1:
             raise ValueError(f"topk={topk!r}: expected an integer >= 1")
         tf = self._eval_tf()
-        batch = []
+        batch, pictures = [], []
         for p in images:
             try:
-                batch.append(tf(load_rgb(p)))
+                img = load_rgb(p)
+                batch.append(tf(img))
+                if out_dir is not None:
+                    pictures.append(img)
             except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; a bomb, MemoryError)
                 raise ValueError(f"image {str(p)!r} cannot be read: {' '.join(str(e).split()) or type(e).__name__}") \
                     from None
@@ -365,6 +372,9 @@ class ClassificationTask(Task):
                 {"class": self.class_names[i], "index": int(i), "prob": float(v)}
                 for v, i in zip(val.tolist(), idx.tolist())
             ]})
+        if out_dir is not None:
+            for rec, img, name in zip(out, pictures, drawing_names(images)):
+                rec["output"] = save_drawing(draw_topk(img, rec["top"]), out_dir, name)
         return out
 
     @classmethod
