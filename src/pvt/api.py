@@ -49,7 +49,8 @@ def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool =
 def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: str = "val",
              batch_size: int | None = None, device: str = "auto", workers: int = 0,
              model: str | None = None, precision: str = "float32",
-             calibration: str | Path | None = None) -> dict[str, Any]:
+             calibration: str | Path | None = None, out_dir: str | Path | None = None,
+             pictures: bool = True) -> dict[str, Any]:
     """Score a model trained by ``pvt train`` (any task) on ``data``.
 
     ``checkpoint``: a ``.safetensors`` it wrote, or its run folder (best, else last). ``data``: default, the
@@ -58,7 +59,9 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
     ``calibration``: a folder of images for static int8 ranges (default: dynamic). Returns the task's scores
     (classification: ``top1``, ``top5``, ``loss``; detection: ``bbox_mAP`` ...; segmentation: ``mIoU`` ...,
     ``per_class_iou``) plus ``task``, ``model``, ``checkpoint``, ``data``, ``images``, ``skipped_images``,
-    ``precision`` and ``precision_reason``.
+    ``precision`` and ``precision_reason``. ``pictures``: tasks that draw their evaluation (classification:
+    a confusion matrix and the worst-classified images) write ``eval_<split>_*.png`` into ``out_dir``, by
+    default the checkpoint's run folder (skipped when that folder cannot be written), named in ``"pictures"``.
     """
     from torch.utils.data import DataLoader
 
@@ -76,6 +79,15 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
         metrics: dict[str, Any] = dict(task.evaluate(trained.model, loader, trained.device))
     skipped = task.end_epoch().get("skipped_images", 0.0)
     metrics.update(task.evaluation_details())
+    draw = getattr(task, "evaluation_pictures", None)
+    if pictures and draw is not None:
+        folder = Path(out_dir) if out_dir is not None else (trained.path.parent)
+        try:
+            metrics["pictures"] = draw(folder, f"eval_{split}")
+        except OSError:
+            if out_dir is not None:
+                raise
+            metrics["pictures"] = {}  # a read-only folder beside a downloaded checkpoint: scores only
     return {
         **metrics,
         "images": int(metrics.get("images", len(ds))),

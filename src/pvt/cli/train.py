@@ -72,7 +72,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..tasks import get_task
 
     r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
-                 workers=args.workers, model=args.model, precision=args.precision, calibration=args.calibration)
+                 workers=args.workers, model=args.model, precision=args.precision, calibration=args.calibration,
+                 out_dir=args.out_dir, pictures=not args.no_pictures)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -82,6 +83,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           + (f"  ({r['skipped_images']} unreadable images skipped)" if r["skipped_images"] else ""))
     if "per_class_iou" in r:
         print("per-class IoU: " + ", ".join(f"{n} {x:.1f}" for n, x in r["per_class_iou"].items()))
+    if r.get("pictures"):
+        print("pictures: " + "  ".join(r["pictures"].values()))
     return 0
 
 
@@ -185,6 +188,9 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out-dir", help="classification: where eval_<split>_confusion.png and eval_<split>_worst.png "
+                                     "go (default: the checkpoint's run folder)")
+    p.add_argument("--no-pictures", action="store_true", help="scores only: no confusion matrix or worst images")
     _precision_flags(p)
 
     p = command(sub, "predict", _cmd_predict,

@@ -22,7 +22,7 @@ from ..data.shards import ShardDataset, is_shard_folder
 from ..engine.task import Task
 from ..variants import get_variant
 from .backbone import apply_backbone_options
-from .visualize import draw_topk, drawing_names, save_drawing
+from .visualize import as_viewable, draw_confusion, draw_image_grid, draw_topk, drawing_names, save_drawing
 
 __all__ = ["ClassificationTask", "DIGITS_DEFAULTS", "build_classifier", "topk_correct"]
 
@@ -77,6 +77,31 @@ def build_classifier(model_name: str, num_classes: int, *, img_size: int, drop_p
                         drop_rate=drop, img_size=img_size)
 
 
+class EvalLooks:
+    """What an evaluation pass shows besides its scores: the ``(K, K)`` confusion counts (rows: true class)
+    and the ``keep`` images with the highest loss (the worst classified), as
+    ``(loss, image (C, H, W) on the CPU, true index, predicted index, predicted probability)``."""
+
+    def __init__(self, num_classes: int, keep: int = 16):
+        self.counts = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.keep = keep
+        self.worst: list[tuple[float, Tensor, int, int, float]] = []
+
+    def add(self, logits: Tensor, targets: Tensor, losses: Tensor, images: Tensor) -> None:
+        k = self.counts.shape[0]
+        pred = logits.argmax(1)
+        self.counts += torch.bincount((targets * k + pred).cpu(), minlength=k * k).reshape(k, k)
+        floor = self.worst[-1][0] if len(self.worst) >= self.keep else -math.inf
+        losses = losses.detach().cpu()
+        top = losses.topk(min(self.keep, len(losses))).indices.tolist()
+        prob = logits.softmax(1).max(1).values.cpu()
+        for i in top:
+            if float(losses[i]) > floor:
+                self.worst.append((float(losses[i]), images[i].detach().float().cpu(), int(targets[i]), int(pred[i]),
+                                   float(prob[i])))
+        self.worst = sorted(self.worst, key=lambda w: -w[0])[: self.keep]
+
+
 class ClassificationTask(Task):
     """Image classification; best checkpoint by validation top-1."""
 
@@ -97,6 +122,7 @@ class ClassificationTask(Task):
         self._criterion: nn.Module | None = None
         self._eval_input: dict[str, Any] = {}  # a checkpoint's recorded evaluation input (restore_extra)
         self._device_aug = None  # DeviceAugment when cfg.device_augment
+        self._looks: EvalLooks | None = None  # the last evaluation's confusion counts and worst images
 
     @classmethod
     def data_defaults(cls, data: str | None) -> dict[str, Any]:
@@ -243,13 +269,16 @@ class ClassificationTask(Task):
         and ``loss_sum`` (float64), which add up exactly over any split of the data."""
         n = top1 = top5 = 0
         loss_sum = 0.0
+        self._looks = looks = EvalLooks(len(self.class_names))
         for images, targets, skipped in loader:
             self._skipped += skipped
             if len(targets) == 0:
                 continue
             images, targets = self._to(images, device), targets.to(device)
             logits = model(images).float()
-            loss_sum += float(F.cross_entropy(logits, targets, reduction="none").double().sum())
+            losses = F.cross_entropy(logits, targets, reduction="none")
+            loss_sum += float(losses.double().sum())
+            looks.add(logits, targets, losses, images)
             c1, c5 = topk_correct(logits, targets, (1, 5))
             top1, top5, n = top1 + c1, top5 + c5, n + len(targets)
         return {"images": n, "top1": top1, "top5": top5, "loss_sum": loss_sum}
@@ -376,6 +405,21 @@ class ClassificationTask(Task):
             for rec, img, name in zip(out, pictures, drawing_names(images)):
                 rec["output"] = save_drawing(draw_topk(img, rec["top"]), out_dir, name)
         return out
+
+    def evaluation_pictures(self, out_dir: str | Path, prefix: str = "eval") -> dict[str, str]:
+        """The last evaluation's pictures: ``<prefix>_confusion.png`` (true class x predicted class counts) and
+        ``<prefix>_worst.png`` (the images with the highest loss, with their true and predicted classes).
+        Returns ``{"confusion": path, "worst": path}``; nothing before an evaluation."""
+        looks = self._looks
+        if looks is None or int(looks.counts.sum()) == 0:
+            return {}
+        names = self.class_names
+        tiles = [as_viewable(img) for _, img, _, _, _ in looks.worst]
+        captions = [f"{names[t][:9]}->{names[p][:9]} {100 * q:.0f}%" for _, _, t, p, q in looks.worst]
+        return {
+            "confusion": save_drawing(draw_confusion(looks.counts.numpy(), names), out_dir, f"{prefix}_confusion.png"),
+            "worst": save_drawing(draw_image_grid(tiles, captions), out_dir, f"{prefix}_worst.png"),
+        }
 
     @classmethod
     def summary(cls, metrics: dict[str, Any]) -> str:
