@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["train", "evaluate", "predict", "quantize"]
+__all__ = ["train", "evaluate", "predict", "load_predictor", "Predictor", "quantize"]
 
 
 def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool = False,
@@ -120,8 +120,15 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
     under ``attention_query`` = ``(y, x)`` fractions or the mean of every query) and the rollout
     (:mod:`pvt.tasks.explain`). ``precision`` and ``calibration``: as for :func:`evaluate`.
     """
-    from .tasks import load_trained
+    images = _image_list(images)  # before the (slower) loading
+    return load_predictor(checkpoint, device=device, precision=precision, calibration=calibration).predict(
+        images, topk=topk, score_thresh=score_thresh, out_dir=out_dir, attention=attention,
+        attention_block=attention_block, attention_head=attention_head, attention_query=attention_query,
+        default_out_dir=default_out_dir)
 
+
+def _image_list(images: Sequence[str | Path] | str | Path) -> list[str | Path]:
+    """One path or several -> a list of existing files (a ValueError / FileNotFoundError otherwise)."""
     if isinstance(images, (str, Path)):
         images = [images]
     if not images:
@@ -129,24 +136,88 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
     for p in images:
         if not Path(p).is_file():
             raise FileNotFoundError(f"image {str(p)!r} does not exist")
-    trained = load_trained(checkpoint, device=device, precision=precision, calibration=calibration)
-    if out_dir is None and getattr(trained.task, "draws_by_default", True):
-        out_dir = default_out_dir
-    if attention and out_dir is None:
-        out_dir = default_out_dir or "predictions"
-    with trained.autocast():
-        records = trained.task.predict(trained.model, list(images), trained.device, topk=topk,
-                                       score_thresh=score_thresh, out_dir=out_dir)
+    return list(images)
+
+
+class Predictor:
+    """A model trained by ``pvt train``, loaded once to predict many images (:func:`load_predictor`; what
+    :func:`predict` and ``pvt app`` use)."""
+
+    def __init__(self, trained: Any):
+        self.trained = trained
+
+    @property
+    def task(self) -> str:
+        return self.trained.task.name
+
+    @property
+    def name(self) -> str:
+        return self.trained.name
+
+    @property
+    def precision(self) -> str:
+        """The precision path and why, e.g. ``float32 (default)``, on which device."""
+        t = self.trained
+        return f"{t.precision} ({t.precision_reason}) on {t.device}"
+
+    def predict(self, images: Sequence[str | Path] | str | Path, *, topk: int = 5, score_thresh: float = 0.3,
+                out_dir: str | Path | None = None, attention: bool = False, attention_block: int = -1,
+                attention_head: int | None = None, attention_query: tuple[float, float] | None = None,
+                default_out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        """As :func:`predict`, with this loaded model."""
+        images = _image_list(images)
+        trained = self.trained
+        if out_dir is None and getattr(trained.task, "draws_by_default", True):
+            out_dir = default_out_dir
+        if attention and out_dir is None:
+            out_dir = default_out_dir or "predictions"
+        with trained.autocast():
+            records = trained.task.predict(trained.model, list(images), trained.device, topk=topk,
+                                           score_thresh=score_thresh, out_dir=out_dir)
         if attention:
-            from .tasks.explain import attention_pictures, backbone_input
             from .tasks.visualize import drawing_names, save_drawing
 
             for rec, p, name in zip(records, images, drawing_names(images)):
-                x = backbone_input(trained.task, trained.model, p, trained.device)
-                pics = attention_pictures(trained.model, x, block=attention_block, head=attention_head,
-                                          query=attention_query)
+                pics = self.attention(p, block=attention_block, head=attention_head, query=attention_query)
                 rec["attention"] = save_drawing(pics.panel(), out_dir, name.replace("_pred.png", "_attention.png"))
-    return records
+        return records
+
+    def attention(self, image: str | Path, *, block: int = -1, head: int | None = None,
+                  query: tuple[float, float] | None = None):
+        """The attention pictures of ``image`` (:class:`pvt.tasks.explain.AttentionPictures`): the input as
+        the model's PVT received it, each stage's attention, the rollout."""
+        from .tasks.explain import attention_pictures, backbone_input
+
+        t = self.trained
+        with t.autocast():
+            x = backbone_input(t.task, t.model, image, t.device)
+        return attention_pictures(t.model, x, block=block, head=head, query=query)
+
+    def example_images(self, limit: int = 4) -> list[str]:
+        """Up to ``limit`` images of the held-out split of the data the model was trained on (the built-in
+        digits or shapes when it was), spread over the split; none when that data is not on this machine."""
+        from .data import IMG_EXTENSIONS
+
+        try:
+            ds = self.trained.task.eval_dataset("val")
+        except (ValueError, OSError):
+            return []
+        if hasattr(ds, "samples"):
+            first = [s[0] if isinstance(s, (tuple, list)) else s for s in ds.samples]
+            files = [str(f) for f in first if isinstance(f, (str, Path))]
+        else:
+            folder = Path(getattr(ds, "image_dir", None) or getattr(ds, "root", None) or ".")
+            files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        step = max(1, len(files) // max(limit, 1))
+        return files[::step][:limit]
+
+
+def load_predictor(checkpoint: str | Path, *, device: str = "auto", precision: str = "float32",
+                   calibration: str | Path | None = None) -> Predictor:
+    """Load a model trained by ``pvt train`` (any task) once, for :meth:`Predictor.predict` on many images."""
+    from .tasks import load_trained
+
+    return Predictor(load_trained(checkpoint, device=device, precision=precision, calibration=calibration))
 
 
 def quantize(model: Any, calibration: Any = None, *, images: int = 64, **kwargs: Any) -> Any:

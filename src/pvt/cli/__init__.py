@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, convert, data, models, push, train
+from . import app, bench, convert, data, models, push, train
 
 __all__ = ["main", "build_parser"]
 
-_MODULES = (models, convert, push, train, data, bench)
+_MODULES = (models, convert, push, train, data, bench, app)
 
 
 class UsageError(ValueError):

@@ -56,16 +56,20 @@ class AttentionPictures:
     titles: list[str]
     """Per stage: what its picture shows (key grid, head)."""
 
-    def panel(self, size: int = 192) -> Image.Image:
-        """Input, every stage and the rollout side by side, each with a title."""
+    def panel(self, size: int = 192, columns: int | None = None) -> Image.Image:
+        """Input, every stage and the rollout, ``columns`` per row (default: all in one row), each ``size``
+        pixels high under its title."""
         tiles = [("input", self.input), *zip(self.titles, self.stages), ("rollout", self.rollout)]
+        cols = columns or len(tiles)
+        rows = -(-len(tiles) // cols)
         font = ImageFont.load_default()
         w = max(1, round(size * self.input.size[0] / self.input.size[1]))
-        out = Image.new("RGB", (len(tiles) * (w + 4), size + 16), (255, 255, 255))
+        out = Image.new("RGB", (cols * (w + 4), rows * (size + 16)), (255, 255, 255))
         draw = ImageDraw.Draw(out)
         for i, (title, im) in enumerate(tiles):
-            out.paste(im.resize((w, size), Image.Resampling.NEAREST), (i * (w + 4), 16))
-            draw.text((i * (w + 4) + 2, 2), title, fill=(0, 0, 0), font=font)
+            x, y = (i % cols) * (w + 4), (i // cols) * (size + 16)
+            out.paste(im.resize((w, size), Image.Resampling.NEAREST), (x, y + 16))
+            draw.text((x + 2, y + 2), title, fill=(0, 0, 0), font=font)
         return out
 
 
