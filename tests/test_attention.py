@@ -115,8 +115,14 @@ def test_rollout_follows_attention():
             a.zero_()
             a[..., 0] = 1.0
     r = maps.rollout(residual=0.0)[0]
-    # stage 1's key cell 0 covers its 8 x 8 top-left tokens (sr_ratio 8)
+    # stage 1's key cell 0 covers its 8 x 8 top-left tokens (sr_ratio 8), evenly
     assert float(r[:8, :8].sum()) == pytest.approx(1.0)
+    torch.testing.assert_close(r[:8, :8], torch.full((8, 8), 1 / 64))
+    # attention spread evenly over every key rolls out to an even map (no border pattern)
+    for stage in maps.weights:
+        for a in stage:
+            a.fill_(1.0 / a.shape[-1])
+    torch.testing.assert_close(maps.rollout()[0], torch.full((16, 16), 1 / 256))
 
 
 def test_acceleration_does_not_change_maps(perturb):

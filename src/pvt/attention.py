@@ -121,7 +121,7 @@ class AttentionMaps:
         residual * v``, with ``A`` the head-mean attention and ``P`` spreading each key cell's weight evenly
         over the query tokens its window covers (the reduced keys upsampled to the query map; the residual
         path is the identity). Between stages, each token's weight is spread evenly over the
-        previous stage's tokens inside its patch embedding's window; weight left on a class token (it has
+        previous stage's tokens of its patch embedding's stride footprint; weight left on a class token (it has
         no position below) is dropped and the rest renormalised."""
         last = self.num_stages - 1
         b = self.weights[last][-1].shape[0]
@@ -179,12 +179,13 @@ def _key_windows(module: SpatialReductionAttention, h: int, w: int):
     return [(i * r, i * r + r) for i in range(h // r)], [(j * r, j * r + r) for j in range(w // r)]
 
 
-def _embed_windows(stage, h: int, w: int, out_h: int, out_w: int):
+def _embed_windows(stage, out_h: int, out_w: int):
     """The ``[start, stop)`` rows and columns of the previous map that each token of ``stage``'s patch
-    embedding sees (its convolution's kernel window)."""
-    conv = stage.patch_embed.proj
-    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-    return [(i * s - p, i * s - p + k) for i in range(out_h)], [(j * s - p, j * s - p + k) for j in range(out_w)]
+    embedding stands for: its ``S x S`` stride footprint (v2's overlapping kernel reaches ``S - 1`` cells
+    further on each side; the rollout counts a token for the cells it sits on, so that uniform attention
+    rolls out to a uniform map instead of the kernels' border pattern)."""
+    s = stage.patch_embed.proj.stride[0]
+    return [(i * s, i * s + s) for i in range(out_h)], [(j * s, j * s + s) for j in range(out_w)]
 
 
 def attention_weights(module: SpatialReductionAttention, x: Tensor, h: int, w: int) -> Tensor:
@@ -259,7 +260,7 @@ def attention_maps(model: nn.Module, image: Tensor) -> AttentionMaps:
         pvt.train(was_training)
     embed = [([], [])]
     for s in range(1, n_st):
-        embed.append(_embed_windows(pvt.stages[s], *grids[s - 1], *grids[s]))
+        embed.append(_embed_windows(pvt.stages[s], *grids[s]))
     return AttentionMaps(
         weights=weights,
         query_grid=grids,

@@ -44,7 +44,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def answer(predictors: list[Any], image: str | None, query: tuple[float, float] | None = None,
-           out_dir: str | Path | None = None) -> tuple[str, list[dict[str, Any]]]:
+           out_dir: str | Path | None = None, score_thresh: float = 0.3) -> tuple[str, list[dict[str, Any]]]:
     """What the page shows for ``image`` (a file path): a status line and, per predictor, ``{"top": {class:
     prob} or None, "picture": path or None, "attention": PIL image or None, "info": markdown}``. Bad input
     never raises: the status line says what was wrong and every column is left empty."""
@@ -56,7 +56,7 @@ def answer(predictors: list[Any], image: str | None, query: tuple[float, float] 
     for pr in predictors:
         try:
             t0 = time.perf_counter()
-            rec = pr.predict([image], topk=5, out_dir=out_dir)[0]
+            rec = pr.predict([image], topk=5, out_dir=out_dir, score_thresh=score_thresh)[0]
             took = time.perf_counter() - t0
             t1 = time.perf_counter()
             pics = pr.attention(image, query=query)
@@ -92,6 +92,7 @@ def build_page(predictors: list[Any], checkpoints: list[str], examples: list[str
                 one_query = gr.Checkbox(label="attention of one query (else: the mean of every query)", value=False)
                 qy = gr.Slider(0, 1, value=0.5, step=0.01, label="query y (fraction of the height)")
                 qx = gr.Slider(0, 1, value=0.5, step=0.01, label="query x (fraction of the width)")
+                thresh = gr.Slider(0, 1, value=0.3, step=0.05, label="detections: lowest score shown")
         status = gr.Markdown(elem_id="status")
         outputs: list[Any] = [status]
         with gr.Row():
@@ -107,8 +108,9 @@ def build_page(predictors: list[Any], checkpoints: list[str], examples: list[str
         if examples:
             gr.Examples(examples=[[e] for e in examples], inputs=[upload], label="examples (held-out images)")
 
-        def run(path, use_query, y, x):
-            text, shown = answer(predictors, path, (float(y), float(x)) if use_query else None)
+        def run(path, use_query, y, x, score):
+            text, shown = answer(predictors, path, (float(y), float(x)) if use_query else None,
+                                 score_thresh=float(score))
             values: list[Any] = [text]
             for pr, s in zip(predictors, shown):
                 if pr.task == "classification":
@@ -116,8 +118,8 @@ def build_page(predictors: list[Any], checkpoints: list[str], examples: list[str
                 values += [s["picture"], s["attention"], s["info"]]
             return values
 
-        for trigger in (upload.change, one_query.change, qy.release, qx.release):
-            trigger(run, inputs=[upload, one_query, qy, qx], outputs=outputs)
+        for trigger in (upload.change, one_query.change, qy.release, qx.release, thresh.release):
+            trigger(run, inputs=[upload, one_query, qy, qx, thresh], outputs=outputs)
     return page
 
 
