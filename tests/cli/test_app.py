@@ -158,3 +158,29 @@ def test_browser_upload_shows_predict_top5(model, tmp_path, capsys):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_answer_for_dense_checkpoints(task, tmp_path):
+    """A detector / Semantic FPN checkpoint (untrained, written as pvt train writes one) answers on the page:
+    its drawing, its attention maps (of the PVT backbone), no top-5."""
+    from pvt.checkpoint import save_model
+    from pvt.tasks import create_task, resolve_config
+
+    cfg = resolve_config(task=task, model="pvt_v2_b0", img_size=64, data_dir=str(tmp_path / "cache"), workers=0,
+                         task_options={"num_train": 2, "num_val": 2, "shapes_size": 64})
+    t = create_task(cfg)
+    t.build_datasets()
+    path = save_model(t.build_model().eval(), tmp_path / "run" / "best.safetensors", variant=cfg.model,
+                      extra=dict(t.checkpoint_extra(), train_config=cfg.to_dict(), epoch=1))
+    predictor = load_predictor(path, device="cpu")
+    examples = predictor.example_images(2)
+    assert len(examples) == 2 and all(Path(e).is_file() for e in examples)
+    assert "annotations" not in examples[0]  # images, not label maps
+    status, shown = answer([predictor], examples[0], out_dir=tmp_path, score_thresh=0.0)
+    assert status == f"`{Path(examples[0]).name}`", status
+    s = shown[0]
+    assert s["top"] is None and Path(s["picture"]).name.endswith("_pred.png")
+    assert Image.open(s["picture"]).size == Image.open(examples[0]).size
+    assert s["attention"].size[0] > 0
+    assert ("detections" if task == "detection" else "pixels: ") in s["info"]

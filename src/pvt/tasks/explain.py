@@ -35,7 +35,9 @@ def backbone_input(task: Any, model: nn.Module, image: str | Path, device: torch
     """What the PVT inside ``model`` receives for ``image`` when ``task`` predicts it: ``(3, H, W)``
     (resized, cropped, padded and normalised as that task does it)."""
     seen: list[Tensor] = []
-    handle = find_pvt(model).register_forward_pre_hook(lambda m, args: seen.append(args[0][0].detach()))
+    # the first stage, not the PVT's forward: detectors call its stages through their own feature methods
+    first = find_pvt(model).stages[0]
+    handle = first.register_forward_pre_hook(lambda m, args: seen.append(args[0][0].detach()))
     try:
         task.predict(model, [image], device)
     finally:
