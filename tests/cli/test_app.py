@@ -57,7 +57,8 @@ def test_answer_refuses_bad_uploads_and_keeps_answering(model, tmp_path):
     assert status == "`0.png`"
     top = pvt.predict(ckpt, good, device="cpu")[0]["top"]
     assert shown[0]["top"] == {t["class"]: t["prob"] for t in top} == shown[1]["top"]
-    assert Path(shown[0]["picture"]).is_file() and shown[0]["attention"].size == (3 * (200 + 4), 2 * (200 + 16))  # 6 tiles
+    assert shown[0]["picture"].size == (320, 320 + 3 * 16 + 6)  # the image with its 3 bars, already 320 wide
+    assert shown[0]["attention"].size == (3 * (200 + 4), 2 * (200 + 16))  # 6 tiles
     assert re.search(r"prediction \*\*[\d.]+ ms\*\*", shown[0]["info"]) and "float32 (default) on cpu" in shown[0]["info"]
 
 
@@ -180,7 +181,8 @@ def test_answer_for_dense_checkpoints(task, tmp_path):
     status, shown = answer([predictor], examples[0], out_dir=tmp_path, score_thresh=0.0)
     assert status == f"`{Path(examples[0]).name}`", status
     s = shown[0]
-    assert s["top"] is None and Path(s["picture"]).name.endswith("_pred.png")
-    assert Image.open(s["picture"]).size == Image.open(examples[0]).size
+    drawn = tmp_path / "0" / Path(examples[0]).with_suffix("").name
+    assert s["top"] is None and Path(f"{drawn}_pred.png").is_file()
+    assert s["picture"].size == tuple(6 * v for v in Image.open(examples[0]).size)  # 64 px shapes, enlarged x6
     assert s["attention"].size[0] > 0
     assert ("detections" if task == "detection" else "pixels: ") in s["info"]

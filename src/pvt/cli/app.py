@@ -43,20 +43,34 @@ def _one_line(e: BaseException) -> str:
     return " ".join((str(e) or type(e).__name__).split())
 
 
+def _enlarged(path: str | None, side: int = 384):
+    """The drawing at ``path`` scaled up by a whole factor (nearest) until its short side reaches ``side``
+    pixels: the built-in data's 32 and 64 px images are otherwise specks on the page."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    img = Image.open(path)
+    img.load()
+    k = max(1, side // max(1, min(img.size)))
+    return img if k == 1 else img.resize((img.size[0] * k, img.size[1] * k), Image.Resampling.NEAREST)
+
+
 def answer(predictors: list[Any], image: str | None, query: tuple[float, float] | None = None,
            out_dir: str | Path | None = None, score_thresh: float = 0.3) -> tuple[str, list[dict[str, Any]]]:
     """What the page shows for ``image`` (a file path): a status line and, per predictor, ``{"top": {class:
-    prob} or None, "picture": path or None, "attention": PIL image or None, "info": markdown}``. Bad input
+    prob} or None, "picture": PIL image or None, "attention": PIL image or None, "info": markdown}``. Bad input
     never raises: the status line says what was wrong and every column is left empty."""
     empty = [{"top": None, "picture": None, "attention": None, "info": ""} for _ in predictors]
     if not image:
         return "Drop an image above, or pick an example.", empty
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="pvt-app-"))
     shown = []
-    for pr in predictors:
+    for i, pr in enumerate(predictors):
         try:
             t0 = time.perf_counter()
-            rec = pr.predict([image], topk=5, out_dir=out_dir, score_thresh=score_thresh)[0]
+            # a folder per column: the drawings of one image by two models share a name
+            rec = pr.predict([image], topk=5, out_dir=out_dir / str(i), score_thresh=score_thresh)[0]
             took = time.perf_counter() - t0
             t1 = time.perf_counter()
             pics = pr.attention(image, query=query)
@@ -73,7 +87,7 @@ def answer(predictors: list[Any], image: str | None, query: tuple[float, float] 
                 f"{d['class']} {d['score']:.2f}" for d in rec["detections"][:10]))
         if "class_fractions" in rec:
             lines.append("pixels: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in rec["class_fractions"].items()))
-        shown.append({"top": top, "picture": rec.get("output"), "attention": pics.panel(size=200, columns=3),
+        shown.append({"top": top, "picture": _enlarged(rec.get("output")), "attention": pics.panel(size=200, columns=3),
                       "info": "  \n".join(lines)})
     return f"`{Path(image).name}`", shown
 
@@ -101,7 +115,7 @@ def build_page(predictors: list[Any], checkpoints: list[str], examples: list[str
                     gr.Markdown(f"### {pr.name} ({pr.task})\n`{ck}`")
                     if pr.task == "classification":
                         outputs.append(gr.Label(num_top_classes=5, label="top-5", elem_id=f"top5-{i}"))
-                    outputs.append(gr.Image(label="prediction", type="filepath", elem_id=f"picture-{i}"))
+                    outputs.append(gr.Image(label="prediction", type="pil", elem_id=f"picture-{i}"))
                     outputs.append(gr.Image(label="attention: input, stages 1-4, rollout", type="pil",
                                             elem_id=f"attention-{i}"))
                     outputs.append(gr.Markdown(elem_id=f"info-{i}"))
