@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .command import command
-from .train import _precision_flags
+from .command import command, precision_flags
 
 __all__ = ["register", "find_demo_checkpoint", "answer", "build_page"]
 
@@ -168,11 +166,6 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default="auto")
-    _precision_flags(p)
+    precision_flags(p)
     p.add_argument("--examples", type=int, default=6, help="example images from each model's held-out data")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from . import main
-
-    sys.exit(main())

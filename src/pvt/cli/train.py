@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .command import command
+from .command import command, precision_flags
 
 __all__ = ["register"]
 
@@ -152,15 +152,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _precision_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "int8", "auto", "fp32", "bf16"],
-                   help="inference precision: auto = bfloat16 where the CPU multiplies it natively (AVX-512 BF16, "
-                        "AMX) or on a GPU, else float32; int8 = quantised linear layers on the CPU (default: float32)")
-    p.add_argument("--calibration", metavar="DIR",
-                   help="int8: a folder of images (searched recursively, up to 64) for static activation ranges "
-                        "(default: dynamic ranges, measured on every batch)")
-
-
 def register(sub) -> None:
     """Add ``train``, ``eval``, ``predict`` and ``demo`` to the pvt parser."""
     p = command(sub, "train", _cmd_train,
@@ -191,7 +182,7 @@ def register(sub) -> None:
     p.add_argument("--out-dir", help="classification: where eval_<split>_confusion.png and eval_<split>_worst.png "
                                      "go (default: the checkpoint's run folder)")
     p.add_argument("--no-pictures", action="store_true", help="scores only: no confusion matrix or worst images")
-    _precision_flags(p)
+    precision_flags(p)
 
     p = command(sub, "predict", _cmd_predict,
             "predict images with a model trained by pvt train: top-k classes, or drawn "
@@ -214,7 +205,7 @@ def register(sub) -> None:
                    help="the query under this point, as fractions of the image (default: the mean of every query)")
     p.add_argument("--score-thresh", type=float, default=0.3, help="detection: drop detections below this")
     p.add_argument("--json-out", help="also write the JSON records to this file")
-    _precision_flags(p)
+    precision_flags(p)
 
     p = command(sub, "demo", _cmd_demo,
             "train PVTv2-B0 on the built-in digits, evaluate, predict (a few minutes)")
