@@ -147,7 +147,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for path, p in zip(samples, predict(run.best_checkpoint, samples, topk=3, device=args.device or "auto")):
         tops = "  ".join(f"{t['class']} {100 * t['prob']:5.1f}%" for t in p["top"])
         print(f"   val/{path.parent.name}/{path.name} (a {path.parent.name}):  {tops}")
-    print(f"\nrun folder: {run.run_dir}  (metrics.jsonl, learning_curves.png, eval_val_confusion.png, eval_val_worst.png, best/last.safetensors, config.yaml)")
+    print(f"\nrun folder: {run.run_dir}  (metrics.jsonl, learning_curves.png, eval_val_confusion.png, "
+          "eval_val_worst.png, best/last.safetensors, config.yaml)")
     print(f"next: pvt eval --checkpoint {run.best_checkpoint}   |   pvt predict --checkpoint {run.best_checkpoint} IMAGE")
     print("      pvt app   (a web page to try it: top-5, attention maps; needs the app extra, docs/app.md)")
     return 0
