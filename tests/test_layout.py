@@ -22,7 +22,7 @@ RANKS: dict[str, int] = {
     "pvt.accel.capability": 1,
     # models and weights
     "pvt.model": 2, "pvt.features": 2, "pvt.variants": 2, "pvt.accel": 2, "pvt.registry": 2, "pvt.weights": 2,
-    "pvt.hub": 2, "pvt.checkpoint": 2, "pvt.flops": 2, "pvt.dense": 2, "pvt.export": 2,
+    "pvt.hub": 2, "pvt.checkpoint": 2, "pvt.flops": 2, "pvt.dense": 2, "pvt.export": 2, "pvt.attention": 2,
     # tasks and engine (and the tools built on the models)
     "pvt.data": 3, "pvt.engine": 3, "pvt.tasks": 3, "pvt.reports": 3, "pvt.bench": 3,
     "pvt.api": 4,

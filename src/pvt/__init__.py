@@ -20,6 +20,7 @@ __all__ = [
     "tune_cpu_allocator",
     "accelerate",
     "quantize",
+    "attention_maps",
 ]
 
 
@@ -41,6 +42,10 @@ def __getattr__(name: str):
         from .accel import accelerate
 
         return accelerate
+    if name == "attention_maps":
+        from .attention import attention_maps
+
+        return attention_maps
     if name in ("train", "evaluate", "predict", "quantize"):
         from . import api
 

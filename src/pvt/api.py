@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["train", "evaluate", "predict", "quantize"]
+__all__ = ["train", "evaluate", "predict", "load_predictor", "Predictor", "quantize"]
 
 
 def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool = False,
@@ -49,7 +49,8 @@ def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool =
 def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: str = "val",
              batch_size: int | None = None, device: str = "auto", workers: int = 0,
              model: str | None = None, precision: str = "float32",
-             calibration: str | Path | None = None) -> dict[str, Any]:
+             calibration: str | Path | None = None, out_dir: str | Path | None = None,
+             pictures: bool = True) -> dict[str, Any]:
     """Score a model trained by ``pvt train`` (any task) on ``data``.
 
     ``checkpoint``: a ``.safetensors`` it wrote, or its run folder (best, else last). ``data``: default, the
@@ -58,7 +59,9 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
     ``calibration``: a folder of images for static int8 ranges (default: dynamic). Returns the task's scores
     (classification: ``top1``, ``top5``, ``loss``; detection: ``bbox_mAP`` ...; segmentation: ``mIoU`` ...,
     ``per_class_iou``) plus ``task``, ``model``, ``checkpoint``, ``data``, ``images``, ``skipped_images``,
-    ``precision`` and ``precision_reason``.
+    ``precision`` and ``precision_reason``. ``pictures``: tasks that draw their evaluation (classification:
+    a confusion matrix and the worst-classified images) write ``eval_<split>_*.png`` into ``out_dir``, by
+    default the checkpoint's run folder (skipped when that folder cannot be written), named in ``"pictures"``.
     """
     from torch.utils.data import DataLoader
 
@@ -76,6 +79,15 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
         metrics: dict[str, Any] = dict(task.evaluate(trained.model, loader, trained.device))
     skipped = task.end_epoch().get("skipped_images", 0.0)
     metrics.update(task.evaluation_details())
+    draw = getattr(task, "evaluation_pictures", None)
+    if pictures and draw is not None:
+        folder = Path(out_dir) if out_dir is not None else (trained.path.parent)
+        try:
+            metrics["pictures"] = draw(folder, f"eval_{split}")
+        except OSError:
+            if out_dir is not None:
+                raise
+            metrics["pictures"] = {}  # a read-only folder beside a downloaded checkpoint: scores only
     return {
         **metrics,
         "images": int(metrics.get("images", len(ds))),
@@ -92,17 +104,31 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
 
 def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *, topk: int = 5,
             score_thresh: float = 0.3, out_dir: str | Path | None = None, device: str = "auto",
-            precision: str = "float32", calibration: str | Path | None = None) -> list[dict[str, Any]]:
+            precision: str = "float32", calibration: str | Path | None = None, attention: bool = False,
+            attention_block: int = -1, attention_head: int | None = None,
+            attention_query: tuple[float, float] | None = None,
+            default_out_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Predict each image with a model trained by ``pvt train`` (any task): one JSON-able record per image.
 
     Classification: the ``topk`` classes with probabilities (``"top"``). Detection / instance: the
     detections scoring at least ``score_thresh`` (``"detections"``). Segmentation: the share of pixels per
-    class (``"class_fractions"``). With ``out_dir``, dense tasks also draw each prediction there
-    (``<stem>_pred.png``, with folder names added where two images share a stem; named in ``"output"``).
-    ``precision`` and ``calibration``: as for :func:`evaluate`.
+    class (``"class_fractions"``). With ``out_dir``, each prediction is drawn there (``<stem>_pred.png``:
+    the image with its top-k bars, boxes / masks, or class map; folder names added where two images share a
+    stem; named in ``"output"``); ``default_out_dir`` is used instead of a missing ``out_dir`` by the tasks
+    that draw by default (the dense ones). ``attention``: also ``<stem>_attention.png`` there (``"attention"``):
+    each stage's attention (block ``attention_block``, head ``attention_head`` or the head mean, the query
+    under ``attention_query`` = ``(y, x)`` fractions or the mean of every query) and the rollout
+    (:mod:`pvt.tasks.explain`). ``precision`` and ``calibration``: as for :func:`evaluate`.
     """
-    from .tasks import load_trained
+    images = _image_list(images)  # before the (slower) loading
+    return load_predictor(checkpoint, device=device, precision=precision, calibration=calibration).predict(
+        images, topk=topk, score_thresh=score_thresh, out_dir=out_dir, attention=attention,
+        attention_block=attention_block, attention_head=attention_head, attention_query=attention_query,
+        default_out_dir=default_out_dir)
 
+
+def _image_list(images: Sequence[str | Path] | str | Path) -> list[str | Path]:
+    """One path or several -> a list of existing files (a ValueError / FileNotFoundError otherwise)."""
     if isinstance(images, (str, Path)):
         images = [images]
     if not images:
@@ -110,10 +136,88 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
     for p in images:
         if not Path(p).is_file():
             raise FileNotFoundError(f"image {str(p)!r} does not exist")
-    trained = load_trained(checkpoint, device=device, precision=precision, calibration=calibration)
-    with trained.autocast():
-        return trained.task.predict(trained.model, list(images), trained.device, topk=topk,
-                                    score_thresh=score_thresh, out_dir=out_dir)
+    return list(images)
+
+
+class Predictor:
+    """A model trained by ``pvt train``, loaded once to predict many images (:func:`load_predictor`; what
+    :func:`predict` and ``pvt app`` use)."""
+
+    def __init__(self, trained: Any):
+        self.trained = trained
+
+    @property
+    def task(self) -> str:
+        return self.trained.task.name
+
+    @property
+    def name(self) -> str:
+        return self.trained.name
+
+    @property
+    def precision(self) -> str:
+        """The precision path and why, e.g. ``float32 (default)``, on which device."""
+        t = self.trained
+        return f"{t.precision} ({t.precision_reason}) on {t.device}"
+
+    def predict(self, images: Sequence[str | Path] | str | Path, *, topk: int = 5, score_thresh: float = 0.3,
+                out_dir: str | Path | None = None, attention: bool = False, attention_block: int = -1,
+                attention_head: int | None = None, attention_query: tuple[float, float] | None = None,
+                default_out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        """As :func:`predict`, with this loaded model."""
+        images = _image_list(images)
+        trained = self.trained
+        if out_dir is None and getattr(trained.task, "draws_by_default", True):
+            out_dir = default_out_dir
+        if attention and out_dir is None:
+            out_dir = default_out_dir or "predictions"
+        with trained.autocast():
+            records = trained.task.predict(trained.model, list(images), trained.device, topk=topk,
+                                           score_thresh=score_thresh, out_dir=out_dir)
+        if attention:
+            from .tasks.visualize import drawing_names, save_drawing
+
+            for rec, p, name in zip(records, images, drawing_names(images)):
+                pics = self.attention(p, block=attention_block, head=attention_head, query=attention_query)
+                rec["attention"] = save_drawing(pics.panel(), out_dir, name.replace("_pred.png", "_attention.png"))
+        return records
+
+    def attention(self, image: str | Path, *, block: int = -1, head: int | None = None,
+                  query: tuple[float, float] | None = None):
+        """The attention pictures of ``image`` (:class:`pvt.tasks.explain.AttentionPictures`): the input as
+        the model's PVT received it, each stage's attention, the rollout."""
+        from .tasks.explain import attention_pictures, backbone_input
+
+        t = self.trained
+        with t.autocast():
+            x = backbone_input(t.task, t.model, image, t.device)
+        return attention_pictures(t.model, x, block=block, head=head, query=query)
+
+    def example_images(self, limit: int = 4) -> list[str]:
+        """Up to ``limit`` images of the held-out split of the data the model was trained on (the built-in
+        digits or shapes when it was), spread over the split; none when that data is not on this machine."""
+        from .data import IMG_EXTENSIONS
+
+        try:
+            ds = self.trained.task.eval_dataset("val")
+        except (ValueError, OSError):
+            return []
+        if hasattr(ds, "samples"):
+            first = [s[0] if isinstance(s, (tuple, list)) else s for s in ds.samples]
+            files = [str(f) for f in first if isinstance(f, (str, Path))]
+        else:
+            folder = Path(getattr(ds, "image_dir", None) or getattr(ds, "root", None) or ".")
+            files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        step = max(1, len(files) // max(limit, 1))
+        return files[::step][:limit]
+
+
+def load_predictor(checkpoint: str | Path, *, device: str = "auto", precision: str = "float32",
+                   calibration: str | Path | None = None) -> Predictor:
+    """Load a model trained by ``pvt train`` (any task) once, for :meth:`Predictor.predict` on many images."""
+    from .tasks import load_trained
+
+    return Predictor(load_trained(checkpoint, device=device, precision=precision, calibration=calibration))
 
 
 def quantize(model: Any, calibration: Any = None, *, images: int = 64, **kwargs: Any) -> Any:

@@ -7,11 +7,11 @@ import contextlib
 import signal
 import sys
 
-from . import bench, convert, data, models, push, train
+from . import app, bench, convert, data, models, push, train
 
 __all__ = ["main", "build_parser"]
 
-_MODULES = (models, convert, push, train, data, bench)
+_MODULES = (models, convert, push, train, data, bench, app)
 
 
 class UsageError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-__all__ = ["command"]
+__all__ = ["command", "precision_flags"]
 
 
 def command(sub, name: str, func: Callable[[argparse.Namespace], int], summary: str, details: str | None = None,
@@ -17,3 +17,13 @@ def command(sub, name: str, func: Callable[[argparse.Namespace], int], summary: 
     p = sub.add_parser(name, help=summary, description=details or summary, **kwargs)
     p.set_defaults(func=func)
     return p
+
+
+def precision_flags(p: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--calibration``, as every inference command takes them."""
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "int8", "auto", "fp32", "bf16"],
+                   help="inference precision: auto = bfloat16 where the CPU multiplies it natively (AVX-512 BF16, "
+                        "AMX) or on a GPU, else float32; int8 = quantised linear layers on the CPU (default: float32)")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="int8: a folder of images (searched recursively, up to 64) for static activation ranges "
+                        "(default: dynamic ranges, measured on every batch)")

@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .command import command
+from .command import command, precision_flags
 
 __all__ = ["register"]
 
@@ -72,7 +72,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..tasks import get_task
 
     r = evaluate(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
-                 workers=args.workers, model=args.model, precision=args.precision, calibration=args.calibration)
+                 workers=args.workers, model=args.model, precision=args.precision, calibration=args.calibration,
+                 out_dir=args.out_dir, pictures=not args.no_pictures)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -82,6 +83,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
           + (f"  ({r['skipped_images']} unreadable images skipped)" if r["skipped_images"] else ""))
     if "per_class_iou" in r:
         print("per-class IoU: " + ", ".join(f"{n} {x:.1f}" for n, x in r["per_class_iou"].items()))
+    if r.get("pictures"):
+        print("pictures: " + "  ".join(r["pictures"].values()))
     return 0
 
 
@@ -101,8 +104,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         picked, reason = resolve_precision(args.precision, resolve_device(args.device).type)
         print(f"precision: {picked} ({reason})", file=sys.stderr)
+    from ..tasks.explain import parse_query
+
     preds = predict(args.checkpoint, args.images, topk=args.topk, score_thresh=args.score_thresh,
-                    out_dir=args.out_dir, device=args.device, precision=args.precision, calibration=args.calibration)
+                    out_dir=args.out_dir, device=args.device, precision=args.precision, calibration=args.calibration,
+                    attention=args.attention, attention_block=args.attention_block, attention_head=args.attention_head,
+                    attention_query=parse_query(args.attention_query), default_out_dir="predictions")
     text = json.dumps(preds, indent=1)
     if args.json_out:
         from ..io import atomic_write
@@ -140,18 +147,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for path, p in zip(samples, predict(run.best_checkpoint, samples, topk=3, device=args.device or "auto")):
         tops = "  ".join(f"{t['class']} {100 * t['prob']:5.1f}%" for t in p["top"])
         print(f"   val/{path.parent.name}/{path.name} (a {path.parent.name}):  {tops}")
-    print(f"\nrun folder: {run.run_dir}  (metrics.jsonl, learning_curves.png, best/last.safetensors, config.yaml)")
+    print(f"\nrun folder: {run.run_dir}  (metrics.jsonl, learning_curves.png, eval_val_confusion.png, "
+          "eval_val_worst.png, best/last.safetensors, config.yaml)")
     print(f"next: pvt eval --checkpoint {run.best_checkpoint}   |   pvt predict --checkpoint {run.best_checkpoint} IMAGE")
+    print("      pvt app   (a web page to try it: top-5, attention maps; needs the app extra, docs/app.md)")
     return 0
-
-
-def _precision_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "int8", "auto", "fp32", "bf16"],
-                   help="inference precision: auto = bfloat16 where the CPU multiplies it natively (AVX-512 BF16, "
-                        "AMX) or on a GPU, else float32; int8 = quantised linear layers on the CPU (default: float32)")
-    p.add_argument("--calibration", metavar="DIR",
-                   help="int8: a folder of images (searched recursively, up to 64) for static activation ranges "
-                        "(default: dynamic ranges, measured on every batch)")
 
 
 def register(sub) -> None:
@@ -181,7 +181,10 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    _precision_flags(p)
+    p.add_argument("--out-dir", help="classification: where eval_<split>_confusion.png and eval_<split>_worst.png "
+                                     "go (default: the checkpoint's run folder)")
+    p.add_argument("--no-pictures", action="store_true", help="scores only: no confusion matrix or worst images")
+    precision_flags(p)
 
     p = command(sub, "predict", _cmd_predict,
             "predict images with a model trained by pvt train: top-k classes, or drawn "
@@ -191,10 +194,20 @@ def register(sub) -> None:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.add_argument("--out-dir", default="predictions", help="dense tasks: where <stem>_pred.png go")
+    p.add_argument("--out-dir", default=None,
+                   help="where <stem>_pred.png drawings go (boxes, masks, class maps, top-k bars); default: "
+                        "predictions/ for dense tasks and --attention, none for classification")
+    p.add_argument("--attention", action="store_true",
+                   help="also write <stem>_attention.png: each stage's attention over its reduced key map and the "
+                        "rollout, over the image (docs/attention.md)")
+    p.add_argument("--attention-block", type=int, default=-1, help="block of each stage (default: its last)")
+    p.add_argument("--attention-head", type=int, default=None,
+                   help="one head (where the stage has it; default: the mean of the heads)")
+    p.add_argument("--attention-query", metavar="Y,X",
+                   help="the query under this point, as fractions of the image (default: the mean of every query)")
     p.add_argument("--score-thresh", type=float, default=0.3, help="detection: drop detections below this")
     p.add_argument("--json-out", help="also write the JSON records to this file")
-    _precision_flags(p)
+    precision_flags(p)
 
     p = command(sub, "demo", _cmd_demo,
             "train PVTv2-B0 on the built-in digits, evaluate, predict (a few minutes)")

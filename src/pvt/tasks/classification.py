@@ -22,6 +22,7 @@ from ..data.shards import ShardDataset, is_shard_folder
 from ..engine.task import Task
 from ..variants import get_variant
 from .backbone import apply_backbone_options
+from .visualize import as_viewable, draw_confusion, draw_image_grid, draw_topk, drawing_names, save_drawing
 
 __all__ = ["ClassificationTask", "DIGITS_DEFAULTS", "build_classifier", "topk_correct"]
 
@@ -76,6 +77,31 @@ def build_classifier(model_name: str, num_classes: int, *, img_size: int, drop_p
                         drop_rate=drop, img_size=img_size)
 
 
+class EvalLooks:
+    """What an evaluation pass shows besides its scores: the ``(K, K)`` confusion counts (rows: true class)
+    and the ``keep`` images with the highest loss (the worst classified), as
+    ``(loss, image (C, H, W) on the CPU, true index, predicted index, predicted probability)``."""
+
+    def __init__(self, num_classes: int, keep: int = 16):
+        self.counts = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.keep = keep
+        self.worst: list[tuple[float, Tensor, int, int, float]] = []
+
+    def add(self, logits: Tensor, targets: Tensor, losses: Tensor, images: Tensor) -> None:
+        k = self.counts.shape[0]
+        pred = logits.argmax(1)
+        self.counts += torch.bincount((targets * k + pred).cpu(), minlength=k * k).reshape(k, k)
+        floor = self.worst[-1][0] if len(self.worst) >= self.keep else -math.inf
+        losses = losses.detach().cpu()
+        top = losses.topk(min(self.keep, len(losses))).indices.tolist()
+        prob = logits.softmax(1).max(1).values.cpu()
+        for i in top:
+            if float(losses[i]) > floor:
+                self.worst.append((float(losses[i]), images[i].detach().float().cpu(), int(targets[i]), int(pred[i]),
+                                   float(prob[i])))
+        self.worst = sorted(self.worst, key=lambda w: -w[0])[: self.keep]
+
+
 class ClassificationTask(Task):
     """Image classification; best checkpoint by validation top-1."""
 
@@ -83,6 +109,8 @@ class ClassificationTask(Task):
     best_metric = "top1"
     eval_batch_size: ClassVar[int] = 64
     distributed_eval: ClassVar[bool] = True
+    draws_by_default: ClassVar[bool] = False
+    """``pvt predict`` writes top-k pictures only when given ``--out-dir`` (text is the answer here)."""
     collate_fn = staticmethod(collate_skipping)
 
     def __init__(self, cfg):
@@ -94,6 +122,7 @@ class ClassificationTask(Task):
         self._criterion: nn.Module | None = None
         self._eval_input: dict[str, Any] = {}  # a checkpoint's recorded evaluation input (restore_extra)
         self._device_aug = None  # DeviceAugment when cfg.device_augment
+        self._looks: EvalLooks | None = None  # the last evaluation's confusion counts and worst images
 
     @classmethod
     def data_defaults(cls, data: str | None) -> dict[str, Any]:
@@ -240,13 +269,16 @@ class ClassificationTask(Task):
         and ``loss_sum`` (float64), which add up exactly over any split of the data."""
         n = top1 = top5 = 0
         loss_sum = 0.0
+        self._looks = looks = EvalLooks(len(self.class_names))
         for images, targets, skipped in loader:
             self._skipped += skipped
             if len(targets) == 0:
                 continue
             images, targets = self._to(images, device), targets.to(device)
             logits = model(images).float()
-            loss_sum += float(F.cross_entropy(logits, targets, reduction="none").double().sum())
+            losses = F.cross_entropy(logits, targets, reduction="none")
+            loss_sum += float(losses.double().sum())
+            looks.add(logits, targets, losses, images)
             c1, c5 = topk_correct(logits, targets, (1, 5))
             top1, top5, n = top1 + c1, top5 + c5, n + len(targets)
         return {"images": n, "top1": top1, "top5": top5, "loss_sum": loss_sum}
@@ -345,14 +377,18 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,
                 score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
-        """The ``topk`` classes of each image: ``{"image", "top": [{"class", "index", "prob"}, ...]}``."""
+        """The ``topk`` classes of each image: ``{"image", "top": [{"class", "index", "prob"}, ...]}``; with
+        ``out_dir`` also the image with its top-k bars (``<stem>_pred.png``, named in ``"output"``)."""
         if topk < 1:
             raise ValueError(f"topk={topk!r}: expected an integer >= 1")
         tf = self._eval_tf()
-        batch = []
+        batch, pictures = [], []
         for p in images:
             try:
-                batch.append(tf(load_rgb(p)))
+                img = load_rgb(p)
+                batch.append(tf(img))
+                if out_dir is not None:
+                    pictures.append(img)
             except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; a bomb, MemoryError)
                 raise ValueError(f"image {str(p)!r} cannot be read: {' '.join(str(e).split()) or type(e).__name__}") \
                     from None
@@ -365,7 +401,25 @@ class ClassificationTask(Task):
                 {"class": self.class_names[i], "index": int(i), "prob": float(v)}
                 for v, i in zip(val.tolist(), idx.tolist())
             ]})
+        if out_dir is not None:
+            for rec, img, name in zip(out, pictures, drawing_names(images)):
+                rec["output"] = save_drawing(draw_topk(img, rec["top"]), out_dir, name)
         return out
+
+    def evaluation_pictures(self, out_dir: str | Path, prefix: str = "eval") -> dict[str, str]:
+        """The last evaluation's pictures: ``<prefix>_confusion.png`` (true class x predicted class counts) and
+        ``<prefix>_worst.png`` (the images with the highest loss, with their true and predicted classes).
+        Returns ``{"confusion": path, "worst": path}``; nothing before an evaluation."""
+        looks = self._looks
+        if looks is None or int(looks.counts.sum()) == 0:
+            return {}
+        names = self.class_names
+        tiles = [as_viewable(img) for _, img, _, _, _ in looks.worst]
+        captions = [f"{names[t][:9]}->{names[p][:9]} {100 * q:.0f}%" for _, _, t, p, q in looks.worst]
+        return {
+            "confusion": save_drawing(draw_confusion(looks.counts.numpy(), names), out_dir, f"{prefix}_confusion.png"),
+            "worst": save_drawing(draw_image_grid(tiles, captions), out_dir, f"{prefix}_worst.png"),
+        }
 
     @classmethod
     def summary(cls, metrics: dict[str, Any]) -> str:

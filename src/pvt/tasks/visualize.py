@@ -1,4 +1,5 @@
-"""Drawings of dense predictions over their image: boxes with labels, instance masks, class maps."""
+"""Drawings of predictions over their image: boxes with labels, instance masks, class maps, top-k bars,
+attention heat maps; and the pictures of a classifier's evaluation (confusion matrix, worst images)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["palette", "draw_detections", "draw_segmentation", "drawing_names", "save_drawing"]
+__all__ = ["palette", "draw_detections", "draw_segmentation", "draw_topk", "heat_overlay", "as_viewable",
+           "draw_confusion", "draw_image_grid", "drawing_names", "save_drawing"]
 
 
 def palette(n: int, seed: int = 3) -> np.ndarray:
@@ -134,3 +136,108 @@ def save_drawing(drawing: Image.Image, out_dir: str | Path, name: str) -> str:
     with atomic_write(target, "wb") as f:
         drawing.save(f, format="PNG")
     return str(target)
+
+
+def draw_topk(image, top: Sequence[dict], width: int = 320) -> Image.Image:
+    """``image`` scaled to ``width`` pixels wide above one bar per ``{"class", "prob"}`` of ``top``."""
+    img = _as_pil(image)
+    scale = width / img.size[0]
+    img = img.resize((width, max(1, round(img.size[1] * scale))), Image.Resampling.NEAREST if scale > 2 else
+                     Image.Resampling.BILINEAR)
+    row = 16
+    out = Image.new("RGB", (width, img.size[1] + row * len(top) + 6), (255, 255, 255))
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    y = img.size[1] + 4
+    for t in top:
+        p = float(t["prob"])
+        draw.rectangle([0, y + 1, round((width - 1) * p), y + row - 2], fill=(90, 140, 230))
+        draw.text((3, y + 2), f"{t['class']}  {100 * p:.1f}%", fill=(0, 0, 0), font=font)
+        y += row
+    return out
+
+
+def as_viewable(x) -> Image.Image:
+    """A model's normalised ``(3, H, W)`` input as a picture: each channel stretched to [0, 255] (the
+    framing, crop and resolution the model saw, without knowing its normalisation)."""
+    a = np.asarray(x.detach().float().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
+    lo = a.reshape(a.shape[0], -1).min(1)[:, None, None]
+    hi = a.reshape(a.shape[0], -1).max(1)[:, None, None]
+    a = (a - lo) / np.maximum(hi - lo, 1e-12)
+    return Image.fromarray((a.transpose(1, 2, 0) * 255).round().astype(np.uint8))
+
+
+def _heat_colours(v: np.ndarray) -> np.ndarray:
+    """``v`` in [0, 1] -> RGB float (black, purple, orange, yellow: the 'inferno' look)."""
+    stops = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
+    pos = np.clip(v, 0, 1) * (len(stops) - 1)
+    i = np.minimum(pos.astype(int), len(stops) - 2)
+    f = (pos - i)[..., None]
+    return stops[i] * (1 - f) + stops[i + 1] * f
+
+
+def heat_overlay(image, heat, alpha: float = 0.6, mark: tuple[float, float] | None = None) -> Image.Image:
+    """``heat (h, w)`` (any scale; shown relative to its maximum) stretched over ``image`` with nearest
+    neighbours (one heat cell stays one block) and blended in; ``mark``: a ``(y, x)`` fraction of the image
+    to circle (the query)."""
+    img = _as_pil(image)
+    hm = np.asarray(heat.detach().float().cpu() if hasattr(heat, "detach") else heat, dtype=np.float32)
+    hm = hm / max(float(hm.max()), 1e-12)
+    big = np.asarray(Image.fromarray((hm * 255).astype(np.uint8)).resize(img.size, Image.Resampling.NEAREST),
+                     np.float32) / 255
+    arr = (1 - alpha) * np.asarray(img, np.float32) + alpha * _heat_colours(big)
+    out = Image.fromarray(arr.round().astype(np.uint8))
+    if mark is not None:
+        draw = ImageDraw.Draw(out)
+        cy, cx = mark[0] * img.size[1], mark[1] * img.size[0]
+        r = max(3, min(img.size) // 20)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=(0, 255, 255), width=max(1, r // 3))
+    return out
+
+
+def draw_confusion(counts: np.ndarray, class_names: Sequence[str]) -> Image.Image:
+    """A confusion matrix (rows: true class, columns: predicted) with its counts written in each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    k = len(class_names)
+    side = min(14, 2.5 + 0.45 * k)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=90 if k > 6 else 0)
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{int(counts.sum())} images, {int(np.trace(counts))} right")
+    if k <= 30:
+        top = counts.max() or 1
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8,
+                        color="white" if counts[i, j] > top / 2 else "black")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def draw_image_grid(tiles: Sequence[Image.Image], captions: Sequence[str], tile: int = 128,
+                    columns: int = 4) -> Image.Image:
+    """``tiles`` scaled to ``tile`` pixels wide, ``columns`` per row, each above its caption line."""
+    font = ImageFont.load_default()
+    cap = 14
+    rows = max(1, -(-len(tiles) // columns))
+    out = Image.new("RGB", (columns * tile, rows * (tile + cap)), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    for n, (t, c) in enumerate(zip(tiles, captions)):
+        x, y = (n % columns) * tile, (n // columns) * (tile + cap)
+        out.paste(_as_pil(t).resize((tile, tile), Image.Resampling.BILINEAR), (x, y))
+        draw.text((x + 2, y + tile + 1), c, fill=(0, 0, 0), font=font)
+    return out
