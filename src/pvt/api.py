@@ -12,10 +12,13 @@ The ``pvt train / eval / predict / demo`` commands only wrap these::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["train", "evaluate", "predict", "quantize"]
+
+log = logging.getLogger("pvt")
 
 
 def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool = False,
@@ -92,8 +95,14 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
 
 def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *, topk: int = 5,
             score_thresh: float = 0.3, out_dir: str | Path | None = None, device: str = "auto",
-            precision: str = "float32", calibration: str | Path | None = None) -> list[dict[str, Any]]:
+            precision: str = "float32", calibration: str | Path | None = None,
+            progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """Predict each image with a model trained by ``pvt train`` (any task): one JSON-able record per image.
+
+    ``images``: image files and folders (a folder stands for the images under it, recursively, sorted).
+    They are read in batches; one that cannot be read is logged with its reason and left out (the others
+    are predicted; a ValueError only when none can be). ``progress(done, total)`` is called as images are
+    done.
 
     Classification: the ``topk`` classes with probabilities (``"top"``). Detection / instance: the
     detections scoring at least ``score_thresh`` (``"detections"``). Segmentation: the share of pixels per
@@ -103,17 +112,33 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
     """
     from .tasks import load_trained
 
+    from .data import image_files
+
     if isinstance(images, (str, Path)):
         images = [images]
     if not images:
-        raise ValueError("no images given; pass one or more image paths")
+        raise ValueError("no images given; pass one or more image paths or folders")
+    files: list[str | Path] = []
     for p in images:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"image {str(p)!r} does not exist")
+        if Path(p).is_dir():
+            files += image_files(p)
+        elif Path(p).is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"image {str(p)!r} does not exist (expected an image file or a folder of images)")
     trained = load_trained(checkpoint, device=device, precision=precision, calibration=calibration)
     with trained.autocast():
-        return trained.task.predict(trained.model, list(images), trained.device, topk=topk,
-                                    score_thresh=score_thresh, out_dir=out_dir)
+        records = trained.task.predict(trained.model, files, trained.device, topk=topk,
+                                       score_thresh=score_thresh, out_dir=out_dir, progress=progress)
+    errors = [r["error"] for r in records if "error" in r]
+    if errors and len(errors) == len(records):
+        raise ValueError(errors[0] + (f" (and the other {len(errors) - 1} images cannot be read either)"
+                                      if len(errors) > 1 else ""))
+    for e in errors:
+        log.warning("skipped %s", e)
+    if errors:
+        log.warning("skipped %d unreadable image(s) of %d", len(errors), len(records))
+    return [r for r in records if "error" not in r]
 
 
 def quantize(model: Any, calibration: Any = None, *, images: int = 64, **kwargs: Any) -> Any:

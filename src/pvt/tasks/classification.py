@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..accel import accelerate
 from ..checkpoint import build_pvt, read_metadata
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..data import ImageFolderDataset, collate_skipping, digits_folder, eval_transform, load_rgb, train_transform
+from ..data import (ImageFolderDataset, collate_skipping, digits_folder, eval_transform, load_rgb,
+                    readable_images, train_transform)
 from ..data.shards import ShardDataset, is_shard_folder
 from ..engine.task import Task
 from ..variants import get_variant
@@ -344,27 +345,36 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,
-                score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
-        """The ``topk`` classes of each image: ``{"image", "top": [{"class", "index", "prob"}, ...]}``."""
+                score_thresh: float = 0.3, out_dir: str | Path | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+        """The ``topk`` classes of each image: ``{"image", "top": [{"class", "index", "prob"}, ...]}``, in
+        batches of :attr:`eval_batch_size`; ``{"image", "error"}`` for an image that cannot be read."""
         if topk < 1:
             raise ValueError(f"topk={topk!r}: expected an integer >= 1")
         tf = self._eval_tf()
-        batch = []
-        for p in images:
-            try:
-                batch.append(tf(load_rgb(p)))
-            except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; a bomb, MemoryError)
-                raise ValueError(f"image {str(p)!r} cannot be read: {' '.join(str(e).split()) or type(e).__name__}") \
-                    from None
-        probs = model(torch.stack(batch).to(device)).float().softmax(-1).cpu()
+        out: list[dict[str, Any]] = []
+        batch: list[tuple[str | Path, Tensor | None, str | None]] = []
+        for i, item in enumerate(readable_images(images, lambda p: tf(load_rgb(p))), start=1):
+            batch.append(item)
+            if len(batch) == self.eval_batch_size or i == len(images):
+                good = [x for _, x, _ in batch if x is not None]
+                tops = iter(self._top(model(torch.stack(good).to(device)), topk) if good else [])
+                out += [{"image": str(p), "error": why} if x is None else {"image": str(p), "top": next(tops)}
+                        for p, x, why in batch]
+                batch = []
+            if progress is not None:
+                progress(i, len(images))
+        return out
+
+    def _top(self, logits: Tensor, topk: int) -> list[list[dict[str, Any]]]:
+        """The ``topk`` classes of each row of ``logits``."""
+        probs = logits.float().softmax(-1).cpu()
         k = min(topk, probs.shape[1])
         out = []
-        for p, row in zip(images, probs):
+        for row in probs:
             val, idx = row.topk(k)
-            out.append({"image": str(p), "top": [
-                {"class": self.class_names[i], "index": int(i), "prob": float(v)}
-                for v, i in zip(val.tolist(), idx.tolist())
-            ]})
+            out.append([{"class": self.class_names[i], "index": int(i), "prob": float(v)}
+                        for v, i in zip(val.tolist(), idx.tolist())])
         return out
 
     @classmethod
