@@ -105,11 +105,12 @@ def test_unreadable_ade_images_and_label_maps_are_skipped_and_counted(shapes, tm
     shutil.copytree(shapes / "ade", dst)
     _truncate(dst / "images" / "training" / "00001.png")
     _truncate(dst / "annotations" / "training" / "00002.png")
+    Image.new("1", (20000, 20000)).save(dst / "images" / "training" / "00003.png")  # 400M pixels, ~60 KB
     ds = ADE20KDataset(dst, "training", train=True, crop_size=32, scale=(128, 32))
     items = [ds[i] for i in range(len(ds))]
-    assert [x is None for x in items] == [False, True, True, False]
+    assert [x is None for x in items] == [False, True, True, True]
     images, labels, skipped = segmentation_collate(items)
-    assert images.shape == (2, 3, 32, 32) and labels.shape == (2, 32, 32) and skipped == 2
+    assert images.shape == (1, 3, 32, 32) and labels.shape == (1, 32, 32) and skipped == 3
     assert segmentation_collate([None, None]) == ([], [], 2)
     assert ds.check_labels() == 1  # the truncated label map is counted, the others are fine
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # every 64x64 image is now a decompression bomb
