@@ -208,6 +208,28 @@ def test_an_interrupted_make_shards_leaves_no_files_and_a_rerun_is_consistent(ma
     assert len(listed) == 3 + 2  # 9 train images in shards of 4, 6 val images
 
 
+def test_sigterm_during_make_shards_removes_what_it_wrote(make_stripes, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    from pathlib import Path
+
+    src = make_stripes(tmp_path / "src", n_train=3, n_val=2, size=16)
+    out = tmp_path / "out"
+    read_bytes, calls = Path.read_bytes, []
+
+    def terminated(self):  # SIGTERM (a scheduler, kill) while the second shard is being written
+        calls.append(self)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return read_bytes(self)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(Path, "read_bytes", terminated)
+    assert main(["make-shards", str(src), str(out), "--shard-size", "2"]) == 128 + signal.SIGTERM
+    assert not out.exists() and len(calls) == 4
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
 def test_a_split_name_cannot_leave_the_output_folder(make_stripes, tmp_path):
     src = make_stripes(tmp_path / "src", n_train=1, n_val=1, size=16)
     with pytest.raises(ValueError, match="plain folder name"):
