@@ -135,7 +135,8 @@ def write_shards(folder: str | Path, out: str | Path, *, shard_size: int = 1000,
 
 def _shard_pattern(splits: tuple[str, ...]) -> re.Pattern[str]:
     """The names :func:`write_shards` gives shards of ``splits`` (``train-000000.tar``) and their temporaries."""
-    return re.compile(rf"\.?(?:{'|'.join(map(re.escape, splits))})-\d{{6}}\.tar(?:\.tmp)?|\.{re.escape(INDEX_NAME)}\.tmp")
+    names = "|".join(map(re.escape, splits))
+    return re.compile(rf"\.?(?:{names})-\d{{6}}\.tar(?:\.tmp)?|\.{re.escape(INDEX_NAME)}\.tmp")
 
 
 def _clear_leftovers(out: Path, splits: tuple[str, ...]) -> None:
@@ -238,7 +239,8 @@ def check_index(index: dict[str, Any], where: str | Path = INDEX_NAME) -> None:
     ``unreadable`` (a list of strings). A one-line ValueError naming ``where`` and the field otherwise."""
     def bad(field: str, value: Any, expected: str) -> ValueError:
         shown = repr(value)
-        return ValueError(f"{where}: {field} is {shown[:80] + '...' if len(shown) > 80 else shown}; expected {expected}")
+        shown = shown[:80] + "..." if len(shown) > 80 else shown
+        return ValueError(f"{where}: {field} is {shown}; expected {expected}")
 
     version = index.get("version")
     if version != _VERSION or isinstance(version, bool):
