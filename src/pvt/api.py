@@ -12,10 +12,13 @@ The ``pvt train / eval / predict / demo`` commands only wrap these::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["train", "evaluate", "predict", "load_predictor", "Predictor", "quantize"]
+
+log = logging.getLogger("pvt")
 
 
 def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool = False,
@@ -107,8 +110,14 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
             precision: str = "float32", calibration: str | Path | None = None, attention: bool = False,
             attention_block: int = -1, attention_head: int | None = None,
             attention_query: tuple[float, float] | None = None,
-            default_out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+            default_out_dir: str | Path | None = None,
+            progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """Predict each image with a model trained by ``pvt train`` (any task): one JSON-able record per image.
+
+    ``images``: image files and folders (a folder stands for the images under it, recursively, sorted).
+    They are read in batches; one that cannot be read is logged with its reason and left out (the others
+    are predicted; a ValueError only when none can be). ``progress(done, total)`` is called as images are
+    done.
 
     Classification: the ``topk`` classes with probabilities (``"top"``). Detection / instance: the
     detections scoring at least ``score_thresh`` (``"detections"``). Segmentation: the share of pixels per
@@ -124,19 +133,27 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | str | Path, *
     return load_predictor(checkpoint, device=device, precision=precision, calibration=calibration).predict(
         images, topk=topk, score_thresh=score_thresh, out_dir=out_dir, attention=attention,
         attention_block=attention_block, attention_head=attention_head, attention_query=attention_query,
-        default_out_dir=default_out_dir)
+        default_out_dir=default_out_dir, progress=progress)
 
 
 def _image_list(images: Sequence[str | Path] | str | Path) -> list[str | Path]:
-    """One path or several -> a list of existing files (a ValueError / FileNotFoundError otherwise)."""
+    """Paths of image files and folders -> the list of image files (a folder stands for the images under it,
+    recursively, sorted); a ValueError / FileNotFoundError naming what is missing."""
+    from .data import image_files
+
     if isinstance(images, (str, Path)):
         images = [images]
     if not images:
-        raise ValueError("no images given; pass one or more image paths")
+        raise ValueError("no images given; pass one or more image paths or folders")
+    files: list[str | Path] = []
     for p in images:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"image {str(p)!r} does not exist")
-    return list(images)
+        if Path(p).is_dir():
+            files += image_files(p)
+        elif Path(p).is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"image {str(p)!r} does not exist (expected an image file or a folder of images)")
+    return files
 
 
 class Predictor:
@@ -163,8 +180,9 @@ class Predictor:
     def predict(self, images: Sequence[str | Path] | str | Path, *, topk: int = 5, score_thresh: float = 0.3,
                 out_dir: str | Path | None = None, attention: bool = False, attention_block: int = -1,
                 attention_head: int | None = None, attention_query: tuple[float, float] | None = None,
-                default_out_dir: str | Path | None = None) -> list[dict[str, Any]]:
-        """As :func:`predict`, with this loaded model."""
+                default_out_dir: str | Path | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+        """As :func:`predict`, with this loaded model: images that cannot be read are logged and left out."""
         images = _image_list(images)
         trained = self.trained
         if out_dir is None and getattr(trained.task, "draws_by_default", True):
@@ -173,14 +191,27 @@ class Predictor:
             out_dir = default_out_dir or "predictions"
         with trained.autocast():
             records = trained.task.predict(trained.model, list(images), trained.device, topk=topk,
-                                           score_thresh=score_thresh, out_dir=out_dir)
+                                           score_thresh=score_thresh, out_dir=out_dir, progress=progress)
+        errors = [r["error"] for r in records if "error" in r]
+        if errors and len(errors) == len(records):
+            raise ValueError(errors[0] + (f" (and the other {len(errors) - 1} images cannot be read either)"
+                                          if len(errors) > 1 else ""))
+        for e in errors:
+            log.warning("skipped %s", e)
+        if errors:
+            log.warning("skipped %d unreadable image(s) of %d", len(errors), len(records))
         if attention:
             from .tasks.visualize import drawing_names, save_drawing
 
-            for rec, p, name in zip(records, images, drawing_names(images)):
-                pics = self.attention(p, block=attention_block, head=attention_head, query=attention_query)
-                rec["attention"] = save_drawing(pics.panel(), out_dir, name.replace("_pred.png", "_attention.png"))
-        return records
+            names = dict(zip(map(str, images), drawing_names(images)))
+            for rec in records:
+                if "error" in rec:
+                    continue
+                pics = self.attention(rec["image"], block=attention_block, head=attention_head,
+                                      query=attention_query)
+                rec["attention"] = save_drawing(pics.panel(), out_dir,
+                                                names[rec["image"]].replace("_pred.png", "_attention.png"))
+        return [r for r in records if "error" not in r]
 
     def attention(self, image: str | Path, *, block: int = -1, head: int | None = None,
                   query: tuple[float, float] | None = None):

@@ -83,8 +83,8 @@ def test_coco_dataset_items(shapes):
     for box, m in zip(t["boxes"], t["masks"]):  # exact boxes around exact masks
         ys, xs = torch.nonzero(m, as_tuple=True)
         assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
-    images, targets = detection_collate([ds[0], ds[1]])
-    assert len(images) == len(targets) == 2
+    images, targets, skipped = detection_collate([ds[0], None, ds[1]])
+    assert len(images) == len(targets) == 2 and skipped == 1
 
 
 def test_coco_polygons_and_flip(shapes, tmp_path):

@@ -22,6 +22,7 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
     import time
 
     from ..data.shards import write_shards
+    from ..engine.signals import stop_signals
 
     t0 = time.perf_counter()
 
@@ -29,8 +30,9 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             print(f"\r{split}: {done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    index = write_shards(args.folder, args.out, shard_size=args.shard_size, shuffle=args.shuffle, seed=args.seed,
-                         splits=tuple(args.splits.split(",")), progress=progress)
+    with stop_signals():  # SIGTERM as Ctrl-C: write_shards then removes what it wrote
+        index = write_shards(args.folder, args.out, shard_size=args.shard_size, shuffle=args.shuffle,
+                             seed=args.seed, splits=tuple(args.splits.split(",")), progress=progress)
     for split, info in index["splits"].items():
         skipped = f", {len(info['unreadable'])} unreadable files left out" if info["unreadable"] else ""
         print(f"{split}: {info['count']} images of {len(index['classes'])} classes in {len(info['shards'])} shards"

@@ -106,10 +106,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"precision: {picked} ({reason})", file=sys.stderr)
     from ..tasks.explain import parse_query
 
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty() and total > 1:
+            print(f"\rpredict: {done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
     preds = predict(args.checkpoint, args.images, topk=args.topk, score_thresh=args.score_thresh,
                     out_dir=args.out_dir, device=args.device, precision=args.precision, calibration=args.calibration,
                     attention=args.attention, attention_block=args.attention_block, attention_head=args.attention_head,
-                    attention_query=parse_query(args.attention_query), default_out_dir="predictions")
+                    attention_query=parse_query(args.attention_query), default_out_dir="predictions",
+                    progress=progress)
     text = json.dumps(preds, indent=1)
     if args.json_out:
         from ..io import atomic_write
@@ -190,7 +195,9 @@ def register(sub) -> None:
             "predict images with a model trained by pvt train: top-k classes, or drawn "
             "boxes / masks / class maps")
     p.add_argument("--checkpoint", required=True, help="a .safetensors written by pvt train, or its run folder")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files or folders of images (searched recursively); unreadable files are skipped "
+                        "with a message")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print a JSON list")

@@ -2,7 +2,8 @@
 transforms (and their batched version on the training device, :mod:`pvt.data.device`)."""
 
 from .builtin import DIGITS_CLASSES, default_cache_dir, digits_folder
-from .folder import IMG_EXTENSIONS, ImageFolderDataset, collate_skipping, find_classes, load_rgb, read_image
+from .folder import (IMG_EXTENSIONS, ImageFolderDataset, collate_skipping, find_classes, image_files, load_rgb,
+                     read_image, readable_images)
 from .shards import ShardDataset, is_shard_folder, read_index, write_shards
 from .transforms import eval_transform, train_transform
 
@@ -16,10 +17,12 @@ __all__ = [
     "digits_folder",
     "eval_transform",
     "find_classes",
+    "image_files",
     "is_shard_folder",
     "load_rgb",
     "read_image",
     "read_index",
+    "readable_images",
     "train_transform",
     "write_shards",
 ]

@@ -15,11 +15,15 @@ rescaled to ``scale`` (aspect kept), the label at its original size.
 ``dataset[i]`` -> ``(image (3, H, W) float in [0, 1], label (H', W') int64)``.
 
 Errors (naming the file): an image without its label map (or the reverse), sizes that differ, a label
-map that is not single-channel, label values beyond the class count (other than 255).
+map that is not single-channel, label values beyond the class count (other than 255);
+:meth:`ADE20KDataset.check_labels` finds the last two in every label map at once (the segmentation task
+runs it on the validation split before the first epoch). A sample whose image or label map cannot be
+decoded (truncated, a decompression bomb) is skipped and counted, as classification skips them.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Sequence
@@ -32,10 +36,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..io import read_json
+from .coco import UnreadableImage
 
 __all__ = ["ADE20KDataset", "segmentation_collate", "IGNORE_INDEX", "ADE_SPLITS"]
 
+log = logging.getLogger("pvt.data")
+
 IGNORE_INDEX = 255
+_LABEL_MODES = ("L", "P", "I", "I;16")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 ADE_SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
 
@@ -103,19 +111,29 @@ class ADE20KDataset(Dataset):
 
     # ------------------------------------------------------------------ loading
     def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
-        """The image and its checked, reduced label map ``(H, W)`` int64 (255 = ignore)."""
+        """The image and its checked, reduced label map ``(H, W)`` int64 (255 = ignore);
+        :class:`~pvt.data.coco.UnreadableImage` when either file cannot be decoded (truncated, a
+        decompression bomb)."""
         img_path, ann_path = self.samples[index]
         try:
-            img = Image.open(img_path).convert("RGB")
-            ann = Image.open(ann_path)
-        except OSError as e:
-            raise ValueError(f"unreadable file in sample {img_path.name}: {e}") from None
-        if ann.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"{ann_path}: label map must be single-channel (mode L or P), got mode {ann.mode}")
-        if ann.size != img.size:
-            raise ValueError(f"{ann_path}: label size {ann.size[0]}x{ann.size[1]} differs from image "
+            with Image.open(img_path) as opened:
+                img = opened.convert("RGB")
+            with Image.open(ann_path) as opened:
+                ann_mode, ann_size = opened.mode, opened.size
+                raw = np.asarray(opened) if ann_mode in _LABEL_MODES else None
+        except Exception as e:  # noqa: BLE001  (PIL's errors have no common base: bombs, truncated data)
+            raise UnreadableImage(f"unreadable file in sample {img_path.name} ({type(e).__name__}: "
+                                  f"{' '.join(str(e).split())})") from None
+        if raw is None:
+            raise ValueError(f"{ann_path}: label map must be single-channel (mode L or P), got mode {ann_mode}")
+        if ann_size != img.size:
+            raise ValueError(f"{ann_path}: label size {ann_size[0]}x{ann_size[1]} differs from image "
                              f"{img_path.name} {img.size[0]}x{img.size[1]}")
-        label = np.asarray(ann, dtype=np.int64).copy()
+        return img, self._reduce(raw, ann_path)
+
+    def _reduce(self, raw: np.ndarray, ann_path: Path) -> np.ndarray:
+        """The label map's values reduced (reduce-zero-label) and checked against the classes."""
+        label = raw.astype(np.int64)
         if self.reduce_zero_label:
             label[label == 0] = 256
             label -= 1
@@ -129,10 +147,33 @@ class ADE20KDataset(Dataset):
                 f"{self.num_classes if self.reduce_zero_label else self.num_classes - 1}"
                 f"{', 0 = ignore' if self.reduce_zero_label else ''}, and 255 = ignore)"
             )
-        return img, label
+        return label
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        img, label = self.load(index)
+    def check_labels(self) -> int:
+        """Check every label map's mode and values now (before the first epoch rather than when the sample
+        is first met); returns how many could not be decoded (skipped later, when read)."""
+        unreadable = 0
+        for img_path, ann_path in self.samples:
+            try:
+                with Image.open(ann_path) as opened:
+                    mode = opened.mode
+                    raw = np.asarray(opened) if mode in _LABEL_MODES else None
+            except Exception:  # noqa: BLE001  (skipped and counted when read)
+                unreadable += 1
+                continue
+            if raw is None:
+                raise ValueError(f"{ann_path}: label map must be single-channel (mode L or P), got mode {mode}")
+            self._reduce(raw, ann_path)
+        return unreadable
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | None:
+        """``(image, label)``, or None when a file of the sample cannot be decoded:
+        :func:`segmentation_collate` drops and counts it, as classification does."""
+        try:
+            img, label = self.load(index)
+        except UnreadableImage as e:
+            log.warning("skipped %s", e)
+            return None
         return self._train(img, label) if self.train else self._eval(img, label)
 
     # ------------------------------------------------------------------ pipelines
@@ -170,9 +211,13 @@ def _to_tensor(img: Image.Image) -> Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 
 
-def segmentation_collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor | list[Tensor], Tensor | list[Tensor]]:
-    """Stack when every sample has the same size (training crops), else lists (evaluation)."""
-    images, labels = zip(*batch)
-    if len({tuple(i.shape) for i in images}) == 1 and len({tuple(t.shape) for t in labels}) == 1:
-        return torch.stack(images), torch.stack(labels)
-    return list(images), list(labels)
+def segmentation_collate(batch: list[tuple[Tensor, Tensor] | None],
+                         ) -> tuple[Tensor | list[Tensor], Tensor | list[Tensor], int]:
+    """Stack when every sample has the same size (training crops), else lists (evaluation); and the number
+    of unreadable samples (None) left out."""
+    good = [b for b in batch if b is not None]
+    images, labels = [b[0] for b in good], [b[1] for b in good]
+    skipped = len(batch) - len(good)
+    if good and len({tuple(i.shape) for i in images}) == 1 and len({tuple(t.shape) for t in labels}) == 1:
+        return torch.stack(images), torch.stack(labels), skipped
+    return images, labels, skipped

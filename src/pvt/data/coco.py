@@ -6,10 +6,14 @@ pixels), ``labels`` ``(N,)`` int64 contiguous class indices ``0 .. K-1`` (catego
 ``masks`` ``(N, H, W)`` uint8 when ``masks=True``, ``image_id`` int.
 
 The file is checked when the dataset is made. Errors (ValueError / FileNotFoundError naming the file
-and the record): invalid JSON, missing keys, an image id that is not an integer or appears twice, a
+and the record): invalid JSON, missing keys, an image, category or annotation id that is not an
+integer or appears twice, an ``iscrowd`` other than 0 / 1, a non-finite ``area``, a
 ``file_name`` that leaves the image folder (absolute, or with ``..``), an annotation whose image or category
 does not exist, a ``bbox`` that is not four finite numbers (JSON allows NaN and Infinity), a polygon with a
-non-finite coordinate, a mask whose size differs from its image, a missing image file.
+non-finite coordinate or one far outside the image, an RLE whose size is not [height, width] of its
+image or whose counts do not add up, a missing image file.
+An image that cannot be decoded (truncated, a decompression bomb) is skipped and counted
+(``None`` from ``dataset[i]``, dropped by :func:`detection_collate`), as classification skips them.
 Counted skips, as mmdetection does them (``dataset.skipped``): crowd regions and boxes that are empty
 or entirely outside the image are left out of training (they stay in the ground truth for COCOeval);
 boxes partly outside are clipped; training skips images with no boxes left.
@@ -31,7 +35,8 @@ from torch.utils.data import Dataset
 
 from ..io import read_json
 
-__all__ = ["CocoDataset", "load_coco_json", "decode_mask", "detection_collate", "hflip_detection"]
+__all__ = ["CocoDataset", "load_coco_json", "check_segmentation", "decode_mask", "detection_collate",
+           "hflip_detection"]
 
 log = logging.getLogger("pvt.data")
 
@@ -45,17 +50,12 @@ def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{ann_file}: missing or non-list key {key!r} (COCO needs images, annotations, categories)")
-    first: dict[int, int] = {}
     for i, img in enumerate(data["images"]):
         for key in ("id", "file_name", "width", "height"):
             if not isinstance(img, dict) or key not in img:
                 raise ValueError(f"{ann_file}: images[{i}] lacks {key!r}")
-        if not _is_int(img["id"]):
-            raise ValueError(f"{ann_file}: images[{i}] has id {img['id']!r}; COCO image ids are integers")
-        if img["id"] in first:
-            raise ValueError(f"{ann_file}: images[{i}] has id {img['id']}, as images[{first[img['id']]}] does: "
-                             "image ids must be unique")
-        first[img["id"]] = i
+    _check_ids(ann_file, data["images"], "images", "image")
+    for i, img in enumerate(data["images"]):
         name = img["file_name"]
         if not isinstance(name, str) or not _inside(name):
             raise ValueError(f"{ann_file}: images[{i}] (id {img['id']}) has file_name {name!r}: expected a path "
@@ -69,7 +69,40 @@ def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
             raise ValueError(f"{ann_file}: categories[{i}] needs 'id' and 'name'")
     if not data["categories"]:
         raise ValueError(f"{ann_file}: no categories")
+    _check_ids(ann_file, data["categories"], "categories", "category")
+    for k, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict):
+            raise ValueError(f"{ann_file}: annotations[{k}] is not an object")
+        for key in ("image_id", "category_id"):
+            if key in a and not _is_int(a[key]):
+                raise ValueError(f"{ann_file}: annotations[{k}] has {key} {a[key]!r}; COCO {key}s are integers")
+    _check_ids(ann_file, data["annotations"], "annotations", "annotation")
+    for k, a in enumerate(data["annotations"]):
+        if a.get("iscrowd", 0) not in (0, 1) or isinstance(a.get("iscrowd"), float):
+            raise ValueError(f"{ann_file}: annotations[{k}] has iscrowd {a['iscrowd']!r}; expected 0 or 1")
+        if "area" in a and not (isinstance(a["area"], (int, float)) and not isinstance(a["area"], bool)
+                                and math.isfinite(a["area"]) and a["area"] >= 0):
+            raise ValueError(f"{ann_file}: annotations[{k}] has area {a['area']!r}; expected a finite number >= 0")
     return data
+
+
+def _check_ids(ann_file: Path, records: list[dict], section: str, what: str) -> None:
+    """Every ``id`` of ``records`` (the ``section`` list) an integer, and unique (annotations may lack one)."""
+    first: dict[int, int] = {}
+    for i, r in enumerate(records):
+        if "id" not in r:
+            continue
+        if not _is_int(r["id"]):
+            raise ValueError(f"{ann_file}: {section}[{i}] has id {r['id']!r}; COCO {what} ids are integers")
+        if r["id"] in first:
+            raise ValueError(f"{ann_file}: {section}[{i}] has id {r['id']}, as {section}[{first[r['id']]}] does: "
+                             f"{what} ids must be unique")
+        first[r["id"]] = i
+
+
+class UnreadableImage(ValueError):
+    """An image file that cannot be decoded (truncated, corrupt, a decompression bomb): skipped and counted
+    in training and evaluation."""
 
 
 def _is_int(v: Any) -> bool:
@@ -83,26 +116,62 @@ def _inside(name: str) -> bool:
             and ".." not in parts)
 
 
-def decode_mask(segm: Any, height: int, width: int, where: str) -> np.ndarray:
-    """A COCO ``segmentation`` (polygons, RLE or uncompressed RLE) -> ``(height, width)`` uint8 mask."""
-    from pycocotools import mask as mask_utils
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+
+def check_segmentation(segm: Any, height: int, width: int, where: str) -> None:
+    """Check a COCO ``segmentation`` before pycocotools sees it (its C code trusts its input: a polygon
+    coordinate of 1e10 kills the process): polygons are lists of >= 3 finite (x, y) pairs within one image
+    size of the ``width`` x ``height`` image; an RLE has ``size`` [height, width] and ``counts``, a string
+    (compressed) or integers >= 0 adding up to height * width. A one-line ValueError naming ``where``."""
     if isinstance(segm, list):
         polys = [p for p in segm if isinstance(p, list)]
-        if not polys or any(len(p) < 6 or len(p) % 2 for p in polys):
+        if not polys or len(polys) != len(segm) or any(len(p) < 6 or len(p) % 2 for p in polys):
             raise ValueError(f"{where}: polygon segmentation needs lists of >= 3 (x, y) pairs")
-        rles = mask_utils.frPyObjects(polys, height, width)
-        return mask_utils.decode(mask_utils.merge(rles))
+        for poly in polys:
+            for j, v in enumerate(poly):
+                if not _is_number(v):
+                    raise ValueError(f"{where}: a segmentation polygon holds a non-finite or non-numeric "
+                                     f"coordinate ({v!r})")
+                side = height if j % 2 else width
+                if not -side <= v <= 2 * side:
+                    raise ValueError(f"{where}: polygon coordinate {v!r} lies far outside the {width}x{height} "
+                                     f"image (accepted: {-side}..{2 * side}, within one image size of it)")
+        return
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
-        if [int(s) for s in segm["size"]] != [height, width]:
-            raise ValueError(
-                f"{where}: mask size {list(segm['size'])} differs from its image size [{height}, {width}] (h, w)"
-            )
-        rle = mask_utils.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm
-        if isinstance(rle.get("counts"), str):
-            rle = dict(rle, counts=rle["counts"].encode("ascii"))
-        return mask_utils.decode(rle)
+        size, counts = segm["size"], segm["counts"]
+        if not (isinstance(size, list) and len(size) == 2 and all(map(_is_int, size))):
+            raise ValueError(f"{where}: RLE size {size!r}; expected [height, width], two integers")
+        if size != [height, width]:
+            raise ValueError(f"{where}: mask size {size} differs from its image size [{height}, {width}] (h, w)")
+        if isinstance(counts, list):
+            if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+                raise ValueError(f"{where}: RLE counts must be integers >= 0 adding up to height * width "
+                                 f"({height * width})")
+        elif not isinstance(counts, str) or not counts.isascii():
+            raise ValueError(f"{where}: RLE counts {type(counts).__name__}; expected a compressed string or a list "
+                             "of integers")
+        return
     raise ValueError(f"{where}: segmentation must be polygons or an RLE dict with 'size' and 'counts'")
+
+
+def decode_mask(segm: Any, height: int, width: int, where: str) -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, RLE or uncompressed RLE) -> ``(height, width)`` uint8 mask,
+    checked first by :func:`check_segmentation`."""
+    from pycocotools import mask as mask_utils
+
+    check_segmentation(segm, height, width, where)
+    if isinstance(segm, list):
+        rles = mask_utils.frPyObjects(segm, height, width)
+        return mask_utils.decode(mask_utils.merge(rles))
+    rle = mask_utils.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm
+    if isinstance(rle.get("counts"), str):
+        rle = dict(rle, counts=rle["counts"].encode("ascii"))
+    try:
+        return mask_utils.decode(rle)
+    except ValueError as e:  # a compressed string that does not decode to height * width pixels
+        raise ValueError(f"{where}: RLE counts do not decode to a {height}x{width} mask ({e})") from None
 
 
 def hflip_detection(image: Tensor, target: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -162,21 +231,11 @@ class CocoDataset(Dataset):
                 raise ValueError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
             if not all(math.isfinite(v) for v in bbox):
                 raise ValueError(f"{where}: bbox {bbox!r} holds a non-finite number; expected four finite numbers")
-            segm = a.get("segmentation")
-            if isinstance(segm, list) and not all(
-                    isinstance(v, (int, float)) and math.isfinite(v) for poly in segm if isinstance(poly, list)
-                    for v in poly):
-                raise ValueError(f"{where}: a segmentation polygon holds a non-finite or non-numeric coordinate")
             if masks and "segmentation" not in a and not a.get("iscrowd"):
                 raise ValueError(f"{where}: lacks 'segmentation' (needed for instance masks)")
-            segm = a.get("segmentation")
-            if masks and isinstance(segm, dict) and "size" in segm:
+            if "segmentation" in a:
                 im = self.images[a["image_id"]]
-                if [int(v) for v in segm["size"]] != [int(im["height"]), int(im["width"])]:
-                    raise ValueError(
-                        f"{where}: mask size {list(segm['size'])} differs from image {im['id']}'s size "
-                        f"[{im['height']}, {im['width']}] (h, w)"
-                    )
+                check_segmentation(a["segmentation"], im["height"], im["width"], f"{where} (image {im['id']})")
             per_image[a["image_id"]].append(dict(a, _where=where))
         self.annotations = per_image
         missing = [im for im in self.images.values() if not (self.image_dir / im["file_name"]).is_file()]
@@ -237,8 +296,9 @@ class CocoDataset(Dataset):
             from pycocotools.coco import COCO
 
             data = load_coco_json(self.ann_file)
+            free = max((a["id"] for a in data["annotations"] if "id" in a), default=0) + 1
             for k, a in enumerate(data["annotations"]):
-                a.setdefault("id", k + 1)
+                a.setdefault("id", free + k)  # unique, beside the ids the file gives
                 a.setdefault("iscrowd", 0)
                 if "area" not in a:
                     a["area"] = float(a["bbox"][2] * a["bbox"][3])
@@ -253,13 +313,16 @@ class CocoDataset(Dataset):
         return self._coco
 
     def load_image(self, image_id: int) -> Image.Image:
+        """The image of ``image_id`` as RGB; :class:`UnreadableImage` when it cannot be decoded, a
+        ValueError when its size differs from the annotation file's."""
         im = self.images[image_id]
         path = self.image_dir / im["file_name"]
         try:
             with Image.open(path) as opened:
                 img = opened.convert("RGB")
         except Exception as e:  # noqa: BLE001  (PIL's errors have no common base: bombs, truncated data)
-            raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {' '.join(str(e).split())})") from None
+            raise UnreadableImage(f"{path}: unreadable image ({type(e).__name__}: {' '.join(str(e).split())})") \
+                from None
         if img.size != (im["width"], im["height"]):
             raise ValueError(
                 f"{self.ann_file}: image id {image_id} says {im['width']}x{im['height']} but "
@@ -267,9 +330,15 @@ class CocoDataset(Dataset):
             )
         return img
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """``(image, target)``, or None when the image cannot be decoded (truncated, a decompression bomb):
+        :func:`detection_collate` drops and counts it, as classification does."""
         image_id = self.ids[index]
-        img = self.load_image(image_id)
+        try:
+            img = self.load_image(image_id)
+        except UnreadableImage as e:
+            log.warning("skipped %s", e)
+            return None
         w, h = img.size
         boxes, labels, masks = [], [], []
         for a in self.annotations[image_id]:
@@ -304,7 +373,8 @@ class CocoDataset(Dataset):
         return self.skipped
 
 
-def detection_collate(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
-    """Lists of images and targets (torchvision detectors take lists of any sizes)."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
+def detection_collate(batch: list[tuple[Tensor, dict] | None]) -> tuple[list[Tensor], list[dict], int]:
+    """Lists of images and targets (torchvision detectors take lists of any sizes), and the number of
+    unreadable images (None) left out."""
+    good = [b for b in batch if b is not None]
+    return [b[0] for b in good], [b[1] for b in good], len(batch) - len(good)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = ["IMG_EXTENSIONS", "MAX_ASPECT", "ImageFolderDataset", "collate_skipping", "load_rgb", "read_image",
-           "find_classes"]
+           "find_classes", "image_files", "readable_images"]
 
 log = logging.getLogger("pvt.data")
 
@@ -73,6 +73,30 @@ def read_image(path: str | Path) -> Tensor:
     except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; MemoryError is one)
         raise ValueError(f"image {str(p)!r} cannot be read: {' '.join(str(e).split()) or type(e).__name__}") from None
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+
+
+def readable_images(paths: Sequence[str | Path], load: Callable[[str | Path], Any] = read_image,
+                    ) -> Iterator[tuple[str | Path, Any, str | None]]:
+    """``(path, load(path), None)`` for each path in turn, or ``(path, None, reason)`` for a file ``load``
+    cannot read (whatever it raises: truncated data, a decompression bomb, memory), so that one bad file
+    never stops the rest; ``reason`` names the file."""
+    for p in paths:
+        try:
+            yield p, load(p), None
+        except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; MemoryError is one)
+            reason = " ".join(str(e).split()) or type(e).__name__
+            yield p, None, reason if str(p) in reason else f"image {str(p)!r} cannot be read: {reason}"
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files under ``folder`` (recursively, sorted; hidden files and folders left out); a
+    ValueError naming the accepted extensions when there are none."""
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if _is_image(p)
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise ValueError(f"folder {str(root)!r} holds no images ({', '.join(IMG_EXTENSIONS)})")
+    return files
 
 
 def _is_image(p: Path) -> bool:

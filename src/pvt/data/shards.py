@@ -24,22 +24,30 @@ stream reads exactly the number of samples it was given (as many as the samplers
 :mod:`pvt.engine.samplers` would), dealt to the workers in whole batches; with repeated augmentation each
 image is repeated in the stream (the copies stay on one process, where the sampler spreads them over
 processes). Encoded images then pass a shuffle buffer per worker before they are decoded and augmented.
-An evaluation stream reads every image of its stretch once. WebDataset provides the tar reading
-(``tarfile_samples``, which also opens ``pipe:`` and remote URLs) and writing (``TarWriter``); the order,
+An evaluation stream reads every image of its stretch once. WebDataset provides the tar parsing
+(``tar_file_expander``, ``group_by_keys``) and writing (``TarWriter``), always of files this module opened
+itself: its URL opener, which would run a ``pipe:`` name through a shell, is never used; the order,
 the split over processes and workers and the exact counts are this module's, because WebDataset's
 resampling and per-node splitting give neither equal step counts per process nor an order that depends
 on the epoch alone.
+
+``index.json`` is untrusted input: :func:`check_index` checks its types, ranges and shard names (plain
+file names inside the folder) before anything uses them, and each sample's label is checked against the
+classes when it is read (a missing or out-of-range label is skipped and counted, like an unreadable image).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import json
 import logging
 import math
 import os
 import random
+import re
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -51,7 +59,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .folder import ImageFolderDataset, find_classes, load_rgb
 
-__all__ = ["INDEX_NAME", "FORMAT", "write_shards", "read_index", "is_shard_folder", "ShardDataset"]
+__all__ = ["INDEX_NAME", "FORMAT", "write_shards", "read_index", "check_index", "is_shard_folder", "ShardDataset"]
 
 log = logging.getLogger("pvt.data")
 
@@ -84,13 +92,18 @@ def write_shards(folder: str | Path, out: str | Path, *, shard_size: int = 1000,
     gives them; files whose header cannot be read are left out and listed. The training images are
     shuffled across shards with ``seed`` unless ``shuffle`` is False; other splits keep the folder's
     order. Each shard is written under a temporary name and renamed, and ``index.json`` comes last, so a
-    folder with an index is complete. ``progress(split, done, total)`` is called after each shard.
+    folder with an index is complete; an interrupted write (Ctrl-C, SIGTERM under the CLI, an error)
+    removes every file it wrote, and shard files without an index (a killed write's) are refused.
+    ``progress(split, done, total)`` is called after each shard.
     """
     folder, out = Path(folder).expanduser(), Path(out).expanduser()
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size!r}: expected an integer >= 1")
     if not folder.is_dir():
         raise FileNotFoundError(f"data folder {str(folder)!r} does not exist")
+    bad = [s for s in splits if not _plain_name(s)]
+    if bad:
+        raise ValueError(f"split name {bad[0]!r}: expected a plain folder name (no '/', ':' or leading '.')")
     missing = [s for s in splits if not (folder / s).is_dir()]
     if missing:
         raise ValueError(f"data folder {str(folder)!r} has no {' or '.join(s + '/' for s in missing)}; expected "
@@ -100,7 +113,56 @@ def write_shards(folder: str | Path, out: str | Path, *, shard_size: int = 1000,
     TarWriter = _webdataset("writing shards").TarWriter
 
     classes = find_classes(folder / splits[0])
+    _clear_leftovers(out, splits)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []  # removed again if the write is interrupted, so no partial folder stays
+    try:
+        index = _write_splits(folder, out, classes, splits, shard_size, shuffle, seed, progress, TarWriter, written)
+        tmp = out / f".{INDEX_NAME}.tmp"
+        written.append(tmp)
+        tmp.write_text(json.dumps(index, indent=1))
+        os.replace(tmp, out / INDEX_NAME)
+    except BaseException:  # Ctrl-C, SIGTERM (as KeyboardInterrupt), a full disk, an unreadable file
+        for p in written:
+            p.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty
+        raise
+    return index
+
+
+def _shard_pattern(splits: tuple[str, ...]) -> re.Pattern[str]:
+    """The names :func:`write_shards` gives shards of ``splits`` (``train-000000.tar``) and their temporaries."""
+    names = "|".join(map(re.escape, splits))
+    return re.compile(rf"\.?(?:{names})-\d{{6}}\.tar(?:\.tmp)?|\.{re.escape(INDEX_NAME)}\.tmp")
+
+
+def _clear_leftovers(out: Path, splits: tuple[str, ...]) -> None:
+    """Before writing into ``out`` (which holds no index): remove the temporaries a killed write left
+    (``.train-000000.tar.tmp``); refuse shard files without an index, which a killed ``make-shards`` (or
+    another tool) left and which a new index would not list."""
+    if not out.is_dir():
+        return
+    pattern = _shard_pattern(splits)
+    ours = sorted(p for p in out.iterdir() if pattern.fullmatch(p.name) and not p.is_dir())
+    for p in ours:
+        if p.name.startswith("."):
+            p.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted pvt make-shards", p)
+    stale = [p for p in ours if not p.name.startswith(".")]
+    if stale:
+        raise ValueError(f"{str(out)!r} holds {len(stale)} shard file(s) without an {INDEX_NAME} (e.g. "
+                         f"{stale[0].name!r}: left by a killed pvt make-shards or another tool); remove them or "
+                         "choose another folder")
+
+
+def _write_splits(folder: Path, out: Path, classes: list[str], splits: tuple[str, ...], shard_size: int,
+                  shuffle: bool, seed: int, progress: Callable[[str, int, int], None] | None, TarWriter: Any,
+                  written: list[Path]) -> dict[str, Any]:
+    """Write every split's shards into ``out`` (appending each file to ``written`` before it is created);
+    returns the index."""
     index: dict[str, Any] = {"format": FORMAT, "version": _VERSION, "classes": classes, "source": str(folder),
                              "splits": {}}
     for split in splits:
@@ -113,7 +175,9 @@ def write_shards(folder: str | Path, out: str | Path, *, shard_size: int = 1000,
         for first in range(0, len(samples), shard_size):
             name = f"{split}-{first // shard_size:06d}.tar"
             tmp = out / f".{name}.tmp"
-            with TarWriter(str(tmp), encoder=False, mtime=0.0) as sink:
+            written += [tmp, out / name]
+            # an open file, not a name: TarWriter would read a name as a URL (pipe:, http:, ...)
+            with open(tmp, "wb") as f, TarWriter(f, encoder=False, mtime=0.0) as sink:
                 for key, (path, label) in enumerate(samples[first:first + shard_size], start=first):
                     rel = Path(path).relative_to(folder).as_posix()
                     sink.write({"__key__": f"{key:08d}", "cls": str(label).encode(),
@@ -129,9 +193,6 @@ def write_shards(folder: str | Path, out: str | Path, *, shard_size: int = 1000,
             "seed": seed if shuffled else None,
             "unreadable": [Path(p).relative_to(folder).as_posix() for p in ds.unreadable],
         }
-    tmp = out / f".{INDEX_NAME}.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out / INDEX_NAME)
     return index
 
 
@@ -141,18 +202,85 @@ def is_shard_folder(path: str | Path) -> bool:
 
 
 def read_index(root: str | Path) -> dict[str, Any]:
-    """The ``index.json`` of the shard folder ``root``; ValueError when it is not one."""
+    """The ``index.json`` of the shard folder ``root``, checked by :func:`check_index`; ValueError when it
+    is not one."""
     path = Path(root).expanduser() / INDEX_NAME
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{str(root)!r} is not a shard folder (no {INDEX_NAME}); write one with "
                                 "pvt make-shards FOLDER OUT") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{str(path)!r}: JSON nested too deeply") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a pvt shard index (expected format {FORMAT!r})")
+    check_index(index, path)
     return index
+
+
+def _plain_name(name: Any) -> bool:
+    """Whether ``name`` is one plain file name: no folder part, no drive or URL scheme (``pipe:``,
+    ``http:``), not hidden, no control characters."""
+    return (isinstance(name, str) and bool(name) and not name.startswith(".") and not any(c in name for c in "/\\:")
+            and all(c >= " " for c in name))
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_index(index: dict[str, Any], where: str | Path = INDEX_NAME) -> None:
+    """Check a shard index's types, ranges and names before anything uses it: ``classes`` a non-empty
+    list of distinct strings; ``splits`` an object of splits, each with ``shards`` (``file``: a plain file
+    name, as ``write_shards`` gives them, listed once; ``count``: an integer >= 0), ``class_counts`` (one
+    integer >= 0 per class, adding up to the images of the shards), optional ``count`` (their sum) and
+    ``unreadable`` (a list of strings). A one-line ValueError naming ``where`` and the field otherwise."""
+    def bad(field: str, value: Any, expected: str) -> ValueError:
+        shown = repr(value)
+        shown = shown[:80] + "..." if len(shown) > 80 else shown
+        return ValueError(f"{where}: {field} is {shown}; expected {expected}")
+
+    version = index.get("version")
+    if version != _VERSION or isinstance(version, bool):
+        raise bad("'version'", version, f"{_VERSION} (this pvt reads shard index version {_VERSION})")
+    classes = index.get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise bad("'classes'", classes, "a non-empty list of class names")
+    if len(set(classes)) != len(classes):
+        raise bad("'classes'", classes, "distinct class names")
+    splits = index.get("splits")
+    if not (isinstance(splits, dict) and splits):
+        raise bad("'splits'", splits, "an object of splits (train, val, ...), as pvt make-shards writes")
+    for split, info in splits.items():
+        at = f"splits[{split!r}]"
+        if not isinstance(info, dict):
+            raise bad(at, info, "an object with shards and class_counts")
+        shards = info.get("shards")
+        if not isinstance(shards, list):
+            raise bad(f"{at}['shards']", shards, "a list of {\"file\": NAME, \"count\": N}")
+        seen = set()
+        for k, s in enumerate(shards):
+            if not (isinstance(s, dict) and _plain_name(s.get("file"))):
+                raise bad(f"{at}['shards'][{k}]", s, "{\"file\": NAME, \"count\": N} with NAME a plain file name "
+                          "inside the shard folder (no '/', '..', ':' or absolute path)")
+            if s["file"] in seen:
+                raise bad(f"{at}['shards'][{k}]['file']", s["file"], "each shard listed once")
+            seen.add(s["file"])
+            if not _is_count(s.get("count")):
+                raise bad(f"{at}['shards'][{k}]['count']", s.get("count"), "an integer >= 0")
+        total = sum(s["count"] for s in shards)
+        counts = info.get("class_counts")
+        if not (isinstance(counts, list) and len(counts) == len(classes) and all(map(_is_count, counts))):
+            raise bad(f"{at}['class_counts']", counts, f"a list of {len(classes)} integers >= 0 (one per class)")
+        if sum(counts) != total:
+            raise bad(f"{at}['class_counts']", counts, f"counts adding up to the shards' {total} images")
+        if info.get("count", total) != total or isinstance(info.get("count"), bool):
+            raise bad(f"{at}['count']", info.get("count"), f"the shards' {total} images")
+        unreadable = info.get("unreadable", [])
+        if not (isinstance(unreadable, list) and all(isinstance(u, str) for u in unreadable)):
+            raise bad(f"{at}['unreadable']", unreadable, "a list of file names")
 
 
 def _buffered(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -215,6 +343,13 @@ class ShardDataset(IterableDataset):
         if missing:
             raise FileNotFoundError(f"shard folder {str(self.root)!r} lacks {len(missing)} shard(s) its index "
                                     f"lists, e.g. {missing[0]!r}")
+        inside = self.root.resolve()
+        outside = [f for f in self.shards if (self.root / f).resolve().parent != inside]
+        if outside:
+            raise ValueError(f"shard {outside[0]!r} of {str(self.root)!r} is a link to "
+                             f"{str((self.root / outside[0]).resolve())!r}, outside the shard folder; shards must "
+                             "be files inside it")
+        self._bad_labels = 0
         self.distribute(0, 1)
         self.epoch = 0
 
@@ -268,8 +403,6 @@ class ShardDataset(IterableDataset):
     def _read(self, order: list[int], first: int, count: int) -> Iterator[dict[str, Any]]:
         """``count`` raw samples of this process's stretch from its position ``first`` on, wrapping
         around at the stretch's end; each shard is opened once per run of consecutive reads."""
-        tarfile_samples = _webdataset("reading shards").tariterators.tarfile_samples
-
         n = len(self)
         lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
         if count and hi == lo:
@@ -288,22 +421,56 @@ class ShardDataset(IterableDataset):
             keys = range(self.starts[j] + skip, self.starts[j] + skip + take)
             wanted = {f"{x:08d}" for x in keys}
             got = 0
-            for sample in tarfile_samples([{"url": str(self.root / self.shards[j])}],
-                                          select_files=lambda f: f.partition(".")[0] in wanted):
-                yield sample
-                got += 1
-                if got == take:
-                    break
+            samples = self._shard_samples(j, wanted)
+            try:
+                for sample in samples:
+                    yield sample
+                    got += 1
+                    if got == take:
+                        break
+            finally:
+                samples.close()
             if got < take:
                 raise ValueError(f"shard {str(self.root / self.shards[j])!r} holds fewer images than its index "
                                  f"says ({self.counts[j]}); write the shards again")
             pos += take
             count -= take
 
+    def _shard_samples(self, j: int, wanted: set[str]) -> Iterator[dict[str, Any]]:
+        """The samples of shard ``j`` whose keys are in ``wanted``, parsed from the file opened here (a
+        local file, whatever its name: WebDataset's URL opener, which runs ``pipe:`` names through a
+        shell, is never called)."""
+        wds = _webdataset("reading shards").tariterators
+        path = self.root / self.shards[j]
+        with open(path, "rb") as f:
+            files = wds.tar_file_expander([{"url": str(path), "stream": f}],
+                                          select_files=lambda name: name.partition(".")[0] in wanted)
+            try:
+                yield from wds.group_by_keys(files)
+            except tarfile.TarError as e:
+                raise ValueError(f"shard {str(path)!r} is not a readable tar file ({e}); write the shards "
+                                 "again") from None
+
+    def _label(self, sample: dict[str, Any]) -> int | None:
+        """The sample's label in :attr:`class_names`, or None (logged, then skipped and counted) when its
+        ``.cls`` member is missing, not an integer, or outside the index's classes."""
+        raw = sample.get("cls")
+        label = int(raw) if isinstance(raw, bytes) and re.fullmatch(rb"\s*-?\d{1,9}\s*", raw) else None
+        if label is not None and 0 <= label < len(self._label_map):
+            return self._label_map[label]
+        self._bad_labels += 1
+        if self._bad_labels <= 3:
+            what = "no .cls label" if raw is None else f"label {raw[:20]!r}"
+            log.warning("skipped sample %s of shard %s: %s; expected an integer 0..%d (the index's %d classes)%s",
+                        sample.get("__key__"), sample.get("__url__"), what, len(self._label_map) - 1,
+                        len(self._label_map), "; further ones are counted without a message"
+                        if self._bad_labels == 3 else "")
+        return None
+
     def _decode(self, sample: dict[str, Any]) -> tuple[Any, int] | None:
-        label = self._label_map[int(sample["cls"])]
+        label = self._label(sample)
         key = next((k for k in sample if not k.startswith("__") and k not in ("cls", "json")), None)
-        if key is None or label < 0:
+        if key is None or label is None or label < 0:
             return None
         if self.raw:
             return torch.frombuffer(bytearray(sample[key]), dtype=torch.uint8), label

@@ -219,9 +219,12 @@ class Task:
         return self.build_datasets()[1]
 
     def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *,
-                topk: int = 5, score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
-        """One JSON-able record per image (``{"image": path, ...}``); with ``out_dir``, also a drawing of
-        each prediction there. ``topk`` and ``score_thresh`` apply to the tasks they fit."""
+                topk: int = 5, score_thresh: float = 0.3, out_dir: str | Path | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+        """One JSON-able record per image, in order (``{"image": path, ...}``; ``{"image": path, "error":
+        reason}`` for one that cannot be read); with ``out_dir``, also a drawing of each prediction there. ``topk`` and
+        ``score_thresh`` apply to the tasks they fit; ``progress(done, total)`` is called as images are
+        done. Memory stays bounded however many images there are (they are read in batches)."""
         raise NotImplementedError
 
     def evaluation_details(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,9 @@ def load_trained(checkpoint: str | Path, *, device: str = "auto", data: str | No
 
 def calibration_batch(folder: str | Path, transform: Any, limit: int = 64) -> torch.Tensor:
     """Up to ``limit`` images from ``folder`` (recursively; evenly spread over the sorted file list, so
-    that every class folder is represented), each through ``transform`` (image -> tensor): ``(N, C, H, W)``."""
+    that every class folder is represented), each through ``transform`` (image -> tensor): ``(N, C, H, W)``.
+    Files that cannot be decoded (truncated, a decompression bomb) are skipped with a warning that counts
+    them; a ValueError when none can."""
     from ..data import IMG_EXTENSIONS, load_rgb
 
     root = Path(folder).expanduser()
@@ -162,4 +165,16 @@ def calibration_batch(folder: str | Path, transform: Any, limit: int = 64) -> to
     if not files:
         raise ValueError(f"calibration folder {str(root)!r} has no images ({', '.join(sorted(IMG_EXTENSIONS))})")
     step = max(1, len(files) // limit)
-    return torch.stack([transform(load_rgb(p)) for p in files[::step][:limit]])
+    images, unreadable = [], []
+    for p in files[::step][:limit]:
+        try:
+            images.append(transform(load_rgb(p)))
+        except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; a bomb, MemoryError)
+            unreadable.append(f"{p} ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
+    if unreadable:
+        logging.getLogger("pvt").warning("calibration: skipped %d unreadable image(s) of %d, e.g. %s",
+                                         len(unreadable), len(unreadable) + len(images), unreadable[0])
+    if not images:
+        raise ValueError(f"calibration folder {str(root)!r}: none of its {len(unreadable)} images can be read, "
+                         f"e.g. {unreadable[0]}")
+    return torch.stack(images)

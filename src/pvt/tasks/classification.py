@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..accel import accelerate
 from ..checkpoint import build_pvt, read_metadata
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..data import ImageFolderDataset, collate_skipping, digits_folder, eval_transform, load_rgb, train_transform
+from ..data import (ImageFolderDataset, collate_skipping, digits_folder, eval_transform, load_rgb,
+                    readable_images, train_transform)
 from ..data.shards import ShardDataset, is_shard_folder
 from ..engine.task import Task
 from ..variants import get_variant
@@ -376,34 +377,49 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,
-                score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
-        """The ``topk`` classes of each image: ``{"image", "top": [{"class", "index", "prob"}, ...]}``; with
+                score_thresh: float = 0.3, out_dir: str | Path | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+        """The ``topk`` classes of each image: ``{"image", "top": [{"class", "index", "prob"}, ...]}``, in
+        batches of :attr:`eval_batch_size`; ``{"image", "error"}`` for an image that cannot be read. With
         ``out_dir`` also the image with its top-k bars (``<stem>_pred.png``, named in ``"output"``)."""
         if topk < 1:
             raise ValueError(f"topk={topk!r}: expected an integer >= 1")
         tf = self._eval_tf()
-        batch, pictures = [], []
-        for p in images:
-            try:
-                img = load_rgb(p)
-                batch.append(tf(img))
-                if out_dir is not None:
-                    pictures.append(img)
-            except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; a bomb, MemoryError)
-                raise ValueError(f"image {str(p)!r} cannot be read: {' '.join(str(e).split()) or type(e).__name__}") \
-                    from None
-        probs = model(torch.stack(batch).to(device)).float().softmax(-1).cpu()
+        names = drawing_names(images) if out_dir is not None else None
+
+        def load(p: str | Path) -> tuple[Any, Tensor]:
+            img = load_rgb(p)
+            return (img if out_dir is not None else None), tf(img)
+
+        out: list[dict[str, Any]] = []
+        batch: list[tuple[int, str | Path, Any, str | None]] = []
+        for i, (p, item, why) in enumerate(readable_images(images, load), start=1):
+            batch.append((i - 1, p, item, why))
+            if len(batch) == self.eval_batch_size or i == len(images):
+                good = [x[1] for _, _, x, _ in batch if x is not None]
+                tops = iter(self._top(model(torch.stack(good).to(device)), topk) if good else [])
+                for j, p, x, why in batch:
+                    if x is None:
+                        out.append({"image": str(p), "error": why})
+                        continue
+                    rec = {"image": str(p), "top": next(tops)}
+                    if names is not None:
+                        rec["output"] = save_drawing(draw_topk(x[0], rec["top"]), out_dir, names[j])
+                    out.append(rec)
+                batch = []
+            if progress is not None:
+                progress(i, len(images))
+        return out
+
+    def _top(self, logits: Tensor, topk: int) -> list[list[dict[str, Any]]]:
+        """The ``topk`` classes of each row of ``logits``."""
+        probs = logits.float().softmax(-1).cpu()
         k = min(topk, probs.shape[1])
         out = []
-        for p, row in zip(images, probs):
+        for row in probs:
             val, idx = row.topk(k)
-            out.append({"image": str(p), "top": [
-                {"class": self.class_names[i], "index": int(i), "prob": float(v)}
-                for v, i in zip(val.tolist(), idx.tolist())
-            ]})
-        if out_dir is not None:
-            for rec, img, name in zip(out, pictures, drawing_names(images)):
-                rec["output"] = save_drawing(draw_topk(img, rec["top"]), out_dir, name)
+            out.append([{"class": self.class_names[i], "index": int(i), "prob": float(v)}
+                        for v, i in zip(val.tolist(), idx.tolist())])
         return out
 
     def evaluation_pictures(self, out_dir: str | Path, prefix: str = "eval") -> dict[str, str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
+
+from torch import Tensor
 
 from ..dense import DENSE_MODELS, HEADS, DenseModelSpec, get_dense_spec
 from ..engine.task import Task
@@ -64,6 +66,22 @@ def dense_drop_path(cfg) -> float:
     return cfg.drop_path if cfg.drop_path is not None else 0.1  # the official dense backbones' rate
 
 
+def predict_inputs(images: Sequence[str | Path], records: list[dict[str, Any]],
+                   progress: Callable[[int, int], None] | None) -> Iterator[tuple[str | Path, Tensor, str]]:
+    """``(path, image, drawing name)`` of each readable image in turn, for a dense task's ``predict``; an
+    unreadable one adds ``{"image", "error"}`` to ``records``; ``progress(done, total)`` after each."""
+    from ..data import readable_images
+    from .visualize import drawing_names
+
+    for i, ((p, img, why), name) in enumerate(zip(readable_images(images), drawing_names(images)), start=1):
+        if progress is not None:
+            progress(i, len(images))
+        if img is None:
+            records.append({"image": str(p), "error": why})
+        else:
+            yield p, img, name
+
+
 class DenseTask(Task):
     """What every dense task shares: ``--model`` naming a dense model (``<head>_<backbone>``) or just a
     backbone (then the task's default head), named options, the built-in shapes preset when no data is
@@ -79,6 +97,18 @@ class DenseTask(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.class_names: list[str] = []
+        self._skipped = 0  # unreadable images left out of batches since the last end_epoch
+
+    def batch_size_of(self, batch: Any) -> int:
+        """Images this step trains on (0: the engine skips the batch); also counts the batch's unreadable
+        images (the collate functions' third item; the engine calls this once per batch)."""
+        self._skipped += batch[2]
+        return len(batch[0])
+
+    def end_epoch(self) -> dict[str, float]:
+        out = {"skipped_images": float(self._skipped)} if self._skipped else {}
+        self._skipped = 0
+        return out
 
     @classmethod
     def data_defaults(cls, data: str | None) -> dict[str, Any]:

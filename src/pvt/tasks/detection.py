@@ -30,20 +30,19 @@ import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import read_image
 from ..data.coco import CocoDataset, detection_collate
 from ..data.detection_transforms import RandomCropPolicy
 from .backbone import apply_backbone_options
-from .common import DENSE_COMMON, DenseTask, dense_drop_path, resolve_dense_model, shapes_root
+from .common import DENSE_COMMON, DenseTask, dense_drop_path, predict_inputs, resolve_dense_model, shapes_root
 from .metrics import coco_map, detections_to_coco
 from .schedules import MultiStepLR
-from .visualize import draw_detections, drawing_names, save_drawing
+from .visualize import draw_detections, save_drawing
 
 __all__ = ["DetectionTask", "InstanceTask", "DETECTION_DEFAULTS", "SHAPES_DETECTION", "SHAPES_ANCHOR_SIZE",
            "SHAPES_HEADS", "HEAD_OPTIONS"]
@@ -266,11 +265,8 @@ class DetectionTask(DenseTask):
         return MultiStepLR(optimizer, [int(s * steps_per_epoch) for s in steps], 0.1, warmup, min(ratio, 1.0))
 
     # -- steps
-    def batch_size_of(self, batch: Any) -> int:
-        return len(batch[0])
-
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
-        images, targets = batch
+        images, targets, _ = batch
         images = [i.to(device, non_blocking=True) for i in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         losses = model(images, targets)
@@ -284,14 +280,15 @@ class DetectionTask(DenseTask):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,
-                score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+                score_thresh: float = 0.3, out_dir: str | Path | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
         """Detections scoring at least ``score_thresh``: ``{"class", "label", "score", "box"}`` (x1, y1, x2, y2
-        pixels; ``mask_area`` with masks); with ``out_dir`` the boxes (and masks) drawn over each image."""
+        pixels; ``mask_area`` with masks); with ``out_dir`` the boxes (and masks) drawn over each image.
+        ``{"image", "error"}`` for an image that cannot be read."""
         if not 0 <= score_thresh <= 1:
             raise ValueError(f"score_thresh={score_thresh!r}: expected a number in [0, 1]")
-        records = []
-        for p, name in zip(images, drawing_names(images)):
-            img = read_image(p)
+        records: list[dict[str, Any]] = []
+        for p, img, name in predict_inputs(images, records, progress):
             det = self.predict_batch(model, [img], device)[0]
             keep = det["scores"] >= score_thresh
             boxes = det["boxes"][keep].cpu().tolist()
@@ -321,7 +318,10 @@ class DetectionTask(DenseTask):
             raise ValueError("detection evaluation needs a CocoDataset loader")
         results: list[dict[str, Any]] = []
         ids: list[int] = []
-        for images, targets in loader:
+        for images, targets, skipped in loader:
+            self._skipped += skipped
+            if not images:  # every image of the batch was unreadable
+                continue
             for t, det in zip(targets, self.predict_batch(model, images, device)):
                 ids.append(int(t["image_id"]))
                 results += detections_to_coco(ids[-1], det, ds.cat_ids, masks=self.masks)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -16,13 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import read_image
 from ..data.ade import IGNORE_INDEX, ADE20KDataset, segmentation_collate
 from .backbone import apply_backbone_options
-from .common import DENSE_COMMON, DenseTask, dense_drop_path, shapes_root
+from .common import DENSE_COMMON, DenseTask, dense_drop_path, predict_inputs, shapes_root
 from .metrics import ConfusionMatrix
 from .schedules import PolyLR
-from .visualize import draw_segmentation, drawing_names, save_drawing
+from .visualize import draw_segmentation, save_drawing
 
 __all__ = ["SegmentationTask", "SEGMENTATION_DEFAULTS", "SHAPES_SEGMENTATION"]
 
@@ -65,6 +64,7 @@ class SegmentationTask(DenseTask):
                               reduce_zero_label=rz, hflip=cfg.hflip)
         val = ADE20KDataset(root, "validation", train=False, scale=self._scale(test), reduce_zero_label=rz,
                             num_classes=train.num_classes)
+        val.check_labels()  # a bad validation label map stops the run now, not after the first epoch
         self.class_names = train.class_names
         return train, val
 
@@ -85,7 +85,7 @@ class SegmentationTask(DenseTask):
                       warmup_ratio=ratio)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
-        images, labels = batch
+        images, labels, _ = batch
         if isinstance(images, list):
             raise ValueError("segmentation training needs equal-size crops (got a list of sizes)")
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -101,7 +101,8 @@ class SegmentationTask(DenseTask):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         cm = ConfusionMatrix(len(self.class_names), IGNORE_INDEX)
-        for images, labels in loader:
+        for images, labels, skipped in loader:
+            self._skipped += skipped
             for img, lab in zip(images, labels):
                 pred = self.predict_logits(model, img, tuple(lab.shape[-2:]), device).argmax(0)
                 cm.update(pred, lab)
@@ -114,12 +115,12 @@ class SegmentationTask(DenseTask):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,
-                score_thresh: float = 0.3, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+                score_thresh: float = 0.3, out_dir: str | Path | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
         """The fraction of each image's pixels per predicted class (``class_fractions``); with ``out_dir``
-        the class map drawn over each image."""
-        records = []
-        for p, name in zip(images, drawing_names(images)):
-            img = read_image(p)
+        the class map drawn over each image. ``{"image", "error"}`` for an image that cannot be read."""
+        records: list[dict[str, Any]] = []
+        for p, img, name in predict_inputs(images, records, progress):
             seg = self.predict_logits(model, img, tuple(img.shape[-2:]), device).argmax(0).cpu().numpy()
             counts = np.bincount(seg.reshape(-1), minlength=len(self.class_names)) / seg.size
             rec: dict[str, Any] = {"image": str(p), "class_fractions": {
