@@ -85,7 +85,7 @@ def readable_images(paths: Sequence[str | Path], load: Callable[[str | Path], An
             yield p, load(p), None
         except Exception as e:  # noqa: BLE001  (PIL's errors have no common base; MemoryError is one)
             reason = " ".join(str(e).split()) or type(e).__name__
-            yield p, None, reason if str(p) in reason else f"image {str(p)!r} cannot be read: {reason}"
+            yield p, None, reason if "cannot be read" in reason else f"image {str(p)!r} cannot be read: {reason}"
 
 
 def image_files(folder: str | Path) -> list[Path]:
