@@ -95,12 +95,10 @@ def quantize(
     cannot = cpu.kernels_fail(torch.float32, int8=True)
     if cannot:
         raise ValueError(f"int8 cannot run here: {cannot}")
-    no_bf16 = bf16_kernels(flags)
+    no_bf16 = bf16_kernels(flags) or cpu.kernels_fail(torch.bfloat16, int8=True)  # also under CPU autocast
     if compute == "auto":
         compute = "bfloat16" if has_bf16(flags) and no_bf16 is None else "float32"
     note = ""
-    if compute == "bfloat16" and no_bf16 is None:
-        no_bf16 = cpu.kernels_fail(torch.bfloat16, int8=True)
     if compute == "bfloat16" and no_bf16:
         compute, note = "float32", f"int8 with float32 around it instead of bfloat16: {no_bf16}"
     from . import _apply
