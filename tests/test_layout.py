@@ -16,10 +16,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # rank of each module (longest prefix wins); a module may import modules of its own rank or below
 RANKS: dict[str, int] = {
     # base: facts and helpers with no PVT knowledge
-    "pvt.config": 0, "pvt.constants": 0, "pvt.naming": 0, "pvt.tracing": 0, "pvt.io": 0,
+    "pvt.config": 0, "pvt.constants": 0, "pvt.naming": 0, "pvt.tracing": 0, "pvt.io": 0, "pvt.cores": 0,
     # layers: the plain building blocks, and the kernels / process settings the accelerated paths use
     "pvt.layers": 1, "pvt.accel.kernels": 1, "pvt.accel.runtime": 1, "pvt.accel.cache": 1,
-    "pvt.accel.capability": 1,
     # models and weights
     "pvt.model": 2, "pvt.features": 2, "pvt.variants": 2, "pvt.accel": 2, "pvt.registry": 2, "pvt.weights": 2,
     "pvt.hub": 2, "pvt.checkpoint": 2, "pvt.flops": 2, "pvt.dense": 2, "pvt.export": 2, "pvt.attention": 2,

@@ -22,7 +22,8 @@ def test_a_dense_models_backbone_takes_the_precision(monkeypatch):
         ref = model(x)
     bodies = [m for m in model.modules() if isinstance(m, pvt.PyramidVisionTransformer)]
     assert len(bodies) == 1
-    assert set_precision(model, "bf16") == ("bfloat16", "requested")
+    picked, reason = set_precision(model, "bf16")
+    assert picked == "bfloat16" and reason.startswith("requested")  # and why it is slow on CPUs without bf16
     assert bodies[0].acceleration.precision == "bfloat16"
     with torch.inference_mode():
         out = model(x)

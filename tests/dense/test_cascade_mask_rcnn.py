@@ -150,14 +150,17 @@ def test_bad_input_is_named():
 
 
 def test_fits_a_few_training_images(shapes_fit, one_thread):
-    """From scratch, 2 shapes images (64 px), 16 AdamW steps (lr 5e-4, clip 10), 16 RoIs per image: box and
-    mask mAP on those images far above the untrained model's 0 (measured: 38.8 and 32.9 after 16 steps,
-    9.0 and 7.9 after 8; ~25 CPU-seconds on one thread)."""
+    """From scratch, 2 shapes images (64 px), 32 AdamW steps (lr 5e-4, clip 10), 16 RoIs per image: box and
+    mask mAP on those images far above the untrained model's 0. After 16 steps the fit is still taking off,
+    and where it then stands differs between machines with the same seed and one thread (box / mask mAP
+    38.8 / 32.9 measured when this test was written on an AVX-512 Zen 5; 10.0 / 13.3 on an AVX2 Zen 3, 0.0
+    in another Zen 3 run), so the floor is checked after 32 (that Zen 3: 30.4 / 47.9 after 24 steps,
+    46.3 / 54.4 after 32; ~50 CPU-seconds on one thread)."""
     torch.manual_seed(0)
     fit = shapes_fit(2, masks=True)
     model = _small(min_size=64, max_size=64, drop_path_rate=0.0, test_proposals=50, detections_per_img=20)
     before = fit.score(model)
-    losses = fit.train(model, 16, 5e-4, 10.0)
+    losses = fit.train(model, 32, 5e-4, 10.0)
     after = fit.score(model)
     assert all(v == v and abs(v) < 1e4 for v in losses) and losses[-1] < losses[0]
     assert before["bbox"] < 2 and before["segm"] < 2

@@ -26,6 +26,7 @@ from torch import nn
 from ..layers import Block, PatchEmbed
 from ..model import PVTStage, PyramidVisionTransformer
 from .cache import WeightCache
+from .cpu import kernels_fail
 from .modules import (
     AcceleratedBlock,
     AcceleratedPatchEmbed,
@@ -52,6 +53,7 @@ def accelerate(
     gpu: bool = True,
     chunk_bytes: int | None = None,
     precision: str = "float32",
+    flags: frozenset[str] | None = None,
 ) -> PyramidVisionTransformer:
     """Give ``model`` the accelerated paths, in place; returns ``model``.
 
@@ -68,6 +70,11 @@ def accelerate(
             activations and cached bf16 weights: fast only on CPUs with native bf16, see
             :mod:`pvt.accel.capability`); ``auto`` (bfloat16 where the CPU has it, else float32).
             int8 takes calibration or a choice of dynamic ranges: :func:`pvt.accel.quant.quantize`.
+        flags: CPU feature flags to decide by (default: this CPU's, :mod:`pvt.accel.capability`).
+
+    Where oneDNN's fused bfloat16 kernels do not run (AVX2-only CPUs), bfloat16 runs as the plain
+    modules under CPU bf16 autocast; where this PyTorch lacks the fused operators, the CPU path is off
+    (the plain float32 model runs). Either way ``model.acceleration.note`` says so in one line.
 
     What was done is recorded in ``model.acceleration``; an accelerated model is re-accelerated
     with the new settings (a quantised model goes back to float32 unless ``precision="int8"`` is
@@ -77,15 +84,23 @@ def accelerate(
         raise TypeError(f"accelerate() takes a PyramidVisionTransformer, got {type(model).__name__}")
     if chunk_bytes is not None and (isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 0):
         raise ValueError(f"chunk_bytes must be None or an integer >= 0, got {chunk_bytes!r}")
-    if precision == "auto":
-        from .capability import resolve_precision
+    from .capability import bf16_kernels, resolve_precision
 
-        precision = resolve_precision("auto")[0]
+    if precision == "auto":
+        precision = resolve_precision("auto", flags=flags)[0]
     if precision not in ("float32", "bfloat16"):
         hint = " (int8: pvt.accel.quant.quantize(model, ...))" if precision == "int8" else ""
         raise ValueError(f"accelerate(precision={precision!r}): choose from float32, bfloat16, auto{hint}")
-    return _apply(model, Acceleration(cpu=bool(cpu), gpu=bool(gpu), chunk_bytes=chunk_bytes, precision=precision,
-                                      compute=precision))
+    cpu_off = kernels_fail(torch.float32) if cpu else None
+    no_bf16 = bf16_kernels(flags)
+    note = ""
+    if cpu_off:
+        note = f"CPU path off, the plain float32 model runs: {cpu_off}"
+        precision = "float32"
+    elif precision == "bfloat16" and no_bf16:
+        note = f"bfloat16 runs as the plain modules under CPU autocast: {no_bf16}"
+    return _apply(model, Acceleration(cpu=bool(cpu) and not cpu_off, gpu=bool(gpu), chunk_bytes=chunk_bytes,
+                                      precision=precision, compute=precision, bf16_fused=no_bf16 is None, note=note))
 
 
 def _apply(model: PyramidVisionTransformer, record: Acceleration) -> PyramidVisionTransformer:

@@ -7,9 +7,16 @@ with VNNI (``vpdpbusd``: AVX-512 VNNI, AVX-VNNI, AMX-INT8); without it oneDNN's 
 through 16-bit sums that can saturate, so activations are then quantised to 7 bits
 (:mod:`pvt.accel.quant`).
 
+Whether oneDNN's fused bfloat16 kernels run at all is a third question (:func:`bf16_kernels`): they need
+AVX-512 BW/VL/DQ or AVX-NE-CONVERT (emulating bf16 where the CPU does not multiply it). On an AVX2-only
+CPU such as a Zen 3 they refuse to build, so bfloat16 there runs as the plain model under CPU autocast
+and int8's surrounding work stays float32.
+
 The flags come from ``/proc/cpuinfo`` (Linux); elsewhere from PyTorch's own detection
 (``torch.backends.cpu.get_cpu_capability()``, which names the widest vector ISA ATen dispatches to but
-not bf16 arithmetic: there only AMX implies bf16). Tests replace :func:`cpu_flags` to play other CPUs.
+not bf16 arithmetic: there only AMX implies bf16). Every decision here takes ``flags=`` (default: this
+CPU's), and tests replace :func:`cpu_flags` or pass ``flags`` to play CPUs with fewer capabilities;
+what this PyTorch's kernels really do on this CPU is tried once (:func:`pvt.accel.cpu.kernels_fail`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-__all__ = ["PRECISIONS", "cpu_flags", "cpu_model", "has_bf16", "has_vnni", "resolve_precision"]
+__all__ = ["PRECISIONS", "bf16_kernels", "cpu_flags", "cpu_model", "has_bf16", "has_vnni", "resolve_precision"]
 
 PRECISIONS = ("float32", "bfloat16", "int8")
 """The inference precisions of the CPU path (``auto`` resolves to one of the first two)."""
@@ -25,6 +32,8 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 _ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "i8": "int8"}
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _VNNI_FLAGS = ("avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8")
+_BF16_KERNEL_FLAGS = (frozenset({"avx512bw", "avx512vl", "avx512dq"}), frozenset({"avx_ne_convert"}))
+"""Either set lets oneDNN build its bf16 kernels (PyTorch's own check before its fused bf16 operators)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,6 +87,22 @@ def has_vnni(flags: frozenset[str] | None = None) -> bool:
     return any(f in flags for f in _VNNI_FLAGS)
 
 
+def bf16_kernels(flags: frozenset[str] | None = None) -> str | None:
+    """None where the CPU path's fused bfloat16 kernels run here, else why not (one line).
+
+    ``flags`` first (native bf16 implies the AVX-512 subsets); then, whatever the flags say, what this
+    PyTorch's oneDNN really does on this CPU (tried once per process): emulated flags can take a
+    capability away, never add one."""
+    flags = cpu_flags() if flags is None else flags
+    if not (has_bf16(flags) or any(need <= flags for need in _BF16_KERNEL_FLAGS)):
+        return "this CPU has neither avx512bw/avx512vl/avx512dq nor avx_ne_convert, which oneDNN's fused bfloat16 kernels need"
+    import torch
+
+    from .cpu import kernels_fail
+
+    return kernels_fail(torch.bfloat16)
+
+
 def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str] | None = None) -> tuple[str, str]:
     """``(precision, reason)`` for a requested ``float32`` / ``bfloat16`` / ``int8`` / ``auto`` (aliases
     fp32, bf16) on ``device``.
@@ -96,6 +121,14 @@ def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str]
         if wanted == "auto":
             return "bfloat16", f"auto: {device} runs bfloat16 under autocast"
         return wanted, "requested"
+    if wanted == "int8":
+        import torch
+
+        from .cpu import kernels_fail
+
+        cannot = kernels_fail(torch.float32, int8=True)
+        if cannot:
+            raise ValueError(f"int8 cannot run here: {cannot}; choose float32 or bfloat16")
     flags = cpu_flags() if flags is None else flags
     bf16 = has_bf16(flags)
     native = [f for f in _BF16_FLAGS if f in flags]
@@ -104,6 +137,9 @@ def resolve_precision(requested: str, device: str = "cpu", flags: frozenset[str]
             return "bfloat16", f"auto: this CPU has {'/'.join(native)}"
         return "float32", "auto: this CPU has no native bfloat16 arithmetic (avx512_bf16 / amx_bf16), bfloat16 would be slower"
     if wanted == "bfloat16" and not bf16:
+        if bf16_kernels(flags) is not None:
+            return wanted, ("requested; this CPU has no native bfloat16 arithmetic nor oneDNN's fused bf16 kernels, "
+                            "so it runs as the plain model under CPU autocast, emulated and slow")
         return wanted, "requested; this CPU has no native bfloat16 arithmetic, so it runs emulated and slow"
     if wanted == "int8" and not has_vnni(flags):
         return wanted, "requested; this CPU has no VNNI: 7-bit activations, slower int8 products"

@@ -31,6 +31,7 @@ per-sample results are unchanged (except for dynamic int8, whose activation rang
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from .runtime import MMAP_THRESHOLD, allocator_mode
 __all__ = [
     "FUSED_OPS",
     "INT8_OPS",
+    "kernels_fail",
     "DEFAULT_PIECE_BYTES",
     "Plan",
     "plan",
@@ -116,6 +118,55 @@ tokens) run faster in bf16 (measurements: docs/speed.md)."""
 
 
 F32 = plan("float32", torch.float32)
+BF16 = plan("bfloat16", torch.bfloat16)
+AUTOCAST_BF16 = plan("autocast", torch.bfloat16)
+"""bfloat16 where oneDNN's fused bf16 kernels do not run (:func:`pvt.accel.capability.bf16_kernels`):
+the plain modules under CPU bf16 autocast, with the fused path's float32 outputs."""
+
+
+# ------------------------------------------------------------------------- what runs here
+def kernels_fail(dtype: torch.dtype, int8: bool = False) -> str | None:
+    """None where the CPU path's oneDNN kernels run in ``dtype`` (with ``int8``: the u8 x s8 products
+    with ``dtype`` around them) in this PyTorch on this CPU; else why not, in one line.
+
+    The operators must exist (:data:`FUSED_OPS`, :data:`INT8_OPS`; older PyTorch builds lack some) and
+    build: oneDNN refuses bf16 kernels on CPUs without AVX-512 BW/VL/DQ or AVX-NE-CONVERT, and calling
+    conventions change between PyTorch versions. Each kind is tried once per process on tiny tensors,
+    through the same calls the kernels make."""
+    if not FUSED_OPS:
+        return "this PyTorch has no fused oneDNN operators (torch.ops.mkldnn._linear_pointwise / _convolution_pointwise)"
+    if int8 and not INT8_OPS:
+        return "this PyTorch has no oneDNN quantised linear operators (torch.ops.onednn.qlinear_pointwise)"
+    return _try_kernels(dtype, int8)
+
+
+@functools.lru_cache(maxsize=None)
+def _try_kernels(dtype: torch.dtype, int8: bool) -> str | None:
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(dtype, str(dtype))
+    what = f"int8 with {name}" if int8 else name
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(2, 5, 16, generator=g).to(dtype)
+            w, b = torch.randn(32, 16, generator=g), torch.randn(32, generator=g)
+            residual = torch.randn(2, 5, 32, generator=g).to(dtype)
+            for act in ("none", "relu", "gelu"):
+                _fused_linear(x, w.to(dtype), b.to(dtype), act)
+            _fused_linear(x, w.to(dtype), b.to(dtype), residual=residual)
+            if int8:
+                weights, qx = _int8_weights(w, b), _quantize(x.float(), 0.05, 64)
+                for act in ("none", "relu", "gelu"):
+                    _qlinear(qx, 0.05, 64, weights, dtype, act)
+                _qlinear(qx, 0.05, 64, weights, dtype, residual=residual)
+            m = torch.randn(1, 8, 5, 4, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+            dw = torch.randn(8, 1, 3, 3, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+            _fused_conv_gelu(m, dw, torch.zeros(8, dtype=dtype), [1, 1], [1, 1], [1, 1], 8)
+            F.conv2d(m, torch.randn(4, 8, 2, 2, generator=g).to(dtype).contiguous(memory_format=torch.channels_last),
+                     None, 2)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # oneDNN's advice cut off
+        return f"oneDNN's fused {what} kernels do not run here ({first[:160]})"
+    return None
 
 
 # ----------------------------------------------------------------------------------- pieces
@@ -242,24 +293,34 @@ def _linear(
         _observe(module, key, x)
     if p.precision == "int8" and not p.observe and _width(layer, weights) >= p.min_width:
         sources, make = weights or _layer_weights(layer)
-        packed, w_scale, w_zero, bias = module.weight_cache.get((key, "int8"), sources, lambda: _int8_weights(*make()))
+        int8 = module.weight_cache.get((key, "int8"), sources, lambda: _int8_weights(*make()))
         scale, zero = _activation_qparams(module, key, x, p)
-        qx = _quantize(x, scale, zero)
-        if residual is None:
-            return torch.ops.onednn.qlinear_pointwise(
-                qx, scale, zero, packed, w_scale, w_zero, bias, 1.0, 0, p.dtype, act, [], "none"
-            )
-        return torch.ops.onednn.qlinear_pointwise.binary(
-            qx, scale, zero, packed, w_scale, w_zero, residual, bias, 1.0, 0, p.dtype, 1.0, 0, "add", 1.0,
-            "none", [], "",
-        )
+        return _qlinear(_quantize(x, scale, zero), scale, zero, int8, p.dtype, act, residual)
     if p.dtype == torch.float32 and weights is None:
         w, b = layer.weight, layer.bias
     else:
         w, b = _cast(module, key, *(weights or _layer_weights(layer)), p.dtype)
+    return _fused_linear(x, w, b, act, residual)
+
+
+def _fused_linear(x: Tensor, w: Tensor, b: Tensor | None, act: str = "none", residual: Tensor | None = None) -> Tensor:
+    """oneDNN's ``act(x @ w.T + b)`` or ``residual + x @ w.T + b`` (one home for the operators' calling convention)."""
     if residual is None:
         return torch.ops.mkldnn._linear_pointwise(x, w, b, act, [], "none")
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
+
+
+def _qlinear(qx: Tensor, scale: float, zero: int, int8: tuple, dtype: torch.dtype, act: str = "none",
+             residual: Tensor | None = None) -> Tensor:
+    """oneDNN's u8 x s8 product of the uint8 codes ``qx`` (``scale``, ``zero``) and the :func:`_int8_weights`
+    ``int8``, output in ``dtype``: ``act(...)`` or ``residual + ...``."""
+    packed, w_scale, w_zero, bias = int8
+    if residual is None:
+        return torch.ops.onednn.qlinear_pointwise(qx, scale, zero, packed, w_scale, w_zero, bias, 1.0, 0, dtype, act,
+                                                  [], "none")
+    return torch.ops.onednn.qlinear_pointwise.binary(
+        qx, scale, zero, packed, w_scale, w_zero, residual, bias, 1.0, 0, dtype, 1.0, 0, "add", 1.0, "none", [], "",
+    )
 
 
 def _conv_weights(module: nn.Module, key: str, conv: nn.Conv2d, dtype: torch.dtype) -> WeightPair:
@@ -286,9 +347,12 @@ def _conv_gelu(module: nn.Module, key: str, conv: nn.Conv2d, x: Tensor, p: Plan)
         weight, bias = conv.weight, conv.bias
     else:
         weight, bias = _conv_weights(module, key, conv, p.dtype)
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
-    )
+    return _fused_conv_gelu(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+
+
+def _fused_conv_gelu(x: Tensor, weight: Tensor, bias: Tensor | None, padding, stride, dilation, groups: int) -> Tensor:
+    """oneDNN's ``gelu(conv2d(x))`` (exact GELU)."""
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups, "gelu", [], "none")
 
 
 def _stacked_qkv(attn: SpatialReductionAttention) -> tuple[tuple[Tensor | None, ...], Callable[[], WeightPair]]:

@@ -12,7 +12,9 @@ Which path a call takes (:func:`inference_path`):
   in the model's precision (:attr:`Acceleration.precision`: float32, bfloat16 or int8); under
   ``torch.autocast("cpu", dtype=torch.bfloat16)`` in bfloat16 (int8 models: int8 with bfloat16
   around it); a bfloat16 tensor (what one accelerated module hands the next) where the precision in
-  effect is not float32;
+  effect is not float32. Where oneDNN's fused bf16 kernels do not run (:attr:`Acceleration.bf16_fused`,
+  e.g. AVX2-only CPUs) bfloat16 is the plain modules under CPU bf16 autocast, and int8 keeps float32
+  around its products;
 * the GPU path (:mod:`pvt.accel.gpu`) for a CUDA tensor under ``torch.autocast("cuda")`` without
   autograd;
 * otherwise the plain forward: training, float16 CPU autocast, other dtypes and devices, and whenever
@@ -27,7 +29,7 @@ Which path a call takes (:func:`inference_path`):
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +39,7 @@ from torchvision.ops import StochasticDepth
 from ..layers import Block, PatchEmbed, SpatialReductionAttention
 from ..model import PVTStage, PyramidVisionTransformer
 from ..tracing import is_tracing
-from . import cpu, gpu
+from . import capability, cpu, gpu
 from .cache import WeightCache
 
 __all__ = [
@@ -73,6 +75,11 @@ class Acceleration:
     int8_min_width: int = 0
     """int8: the linear layers with at least this many outputs run int8, the others in ``compute``
     (:data:`pvt.accel.cpu.INT8_MIN_WIDTH`)."""
+    bf16_fused: bool = field(default_factory=lambda: capability.bf16_kernels() is None)
+    """Whether bfloat16 (the precision, or CPU bf16 autocast) runs oneDNN's fused kernels here; False:
+    the plain modules under CPU autocast, and int8 with float32 around it (:func:`~.capability.bf16_kernels`)."""
+    note: str = ""
+    """One line on what runs differently from what was asked for, and why (empty: as asked)."""
 
     def piece_budget(self) -> int:
         """The piece budget in effect now (:func:`pvt.accel.cpu.piece_budget`)."""
@@ -81,11 +88,11 @@ class Acceleration:
     def cpu_plan(self, autocast_bf16: bool = False) -> cpu.Plan:
         """The :class:`~pvt.accel.cpu.Plan` of a CPU-path call (``autocast_bf16``: under CPU bf16 autocast)."""
         if self.precision == "int8":
-            dtype = torch.bfloat16 if autocast_bf16 or self.compute == "bfloat16" else torch.float32
-            return cpu.plan("int8", dtype, self.int8 == "static", self.reduce_range, observe=self.int8 == "observe",
-                            min_width=self.int8_min_width)
+            bf16 = self.bf16_fused and (autocast_bf16 or self.compute == "bfloat16")
+            return cpu.plan("int8", torch.bfloat16 if bf16 else torch.float32, self.int8 == "static",
+                            self.reduce_range, observe=self.int8 == "observe", min_width=self.int8_min_width)
         if autocast_bf16 or self.precision == "bfloat16":
-            return cpu.plan("bfloat16", torch.bfloat16)
+            return cpu.BF16 if self.bf16_fused else cpu.AUTOCAST_BF16
         return cpu.F32
 
     def __repr__(self) -> str:
@@ -101,7 +108,8 @@ class Acceleration:
         elif self.precision == "int8":
             width = f", layers >= {self.int8_min_width} wide" if self.int8_min_width else ""
             precision = f", precision=int8 ({self.int8}, {self.compute} around it{width}{', 7-bit' if self.reduce_range else ''})"
-        return f"Acceleration(cpu={self.cpu}, gpu={self.gpu}, cpu_pieces={pieces}{precision})"
+        note = f", note={self.note!r}" if self.note else ""
+        return f"Acceleration(cpu={self.cpu}, gpu={self.gpu}, cpu_pieces={pieces}{precision}{note})"
 
 
 def _mib(n: int) -> str:
@@ -188,6 +196,11 @@ def _no_cpu_autocast():
     return torch.autocast("cpu", enabled=False) if torch.is_autocast_enabled("cpu") else nullcontext()
 
 
+def _plain_bf16(p: cpu.Plan | None):
+    """CPU bf16 autocast around the plain modules for :data:`pvt.accel.cpu.AUTOCAST_BF16`, else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if p is cpu.AUTOCAST_BF16 else nullcontext()
+
+
 class Accelerated:
     """Base of the accelerated classes: the attributes :func:`pvt.accel.accelerate` gives each module."""
 
@@ -212,8 +225,12 @@ class AcceleratedPatchEmbed(Accelerated, PatchEmbed):
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
         path = inference_path(self, x, cpu_path=True, gpu_path=True)
         if path == "cpu":
+            p = cpu_plan(self)  # before autocast goes off: it decides the plan
+            if p is cpu.AUTOCAST_BF16:
+                with _plain_bf16(p):
+                    return super().forward(x)
             with _no_cpu_autocast():
-                return cpu.patch_embed(self, x, cpu_plan(self))
+                return cpu.patch_embed(self, x, p)
         if path == "gpu":
             return gpu.patch_embed(self, x, torch.get_autocast_dtype("cuda"))
         return super().forward(_plain_input(x))
@@ -225,8 +242,12 @@ class AcceleratedBlock(Accelerated, AcceleratedInt8, Block):
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         path = inference_path(self, x, cpu_path=True, gpu_path=True)
         if path == "cpu":
+            p = cpu_plan(self)  # before autocast goes off: it decides the plan
+            if p is cpu.AUTOCAST_BF16:
+                with _plain_bf16(p):
+                    return super().forward(x, h, w)
             with _no_cpu_autocast():
-                return cpu.block(self, x, h, w, cpu_plan(self))
+                return cpu.block(self, x, h, w, p)
         if path == "gpu":
             return gpu.block(self, x, h, w, torch.get_autocast_dtype("cuda"))
         return super().forward(_plain_input(x), h, w)
@@ -267,11 +288,13 @@ class AcceleratedPyramidVisionTransformer(Accelerated, PyramidVisionTransformer)
     def _logits(self, x: Tensor, p: cpu.Plan | None) -> Tensor:
         if p is None or p.dtype == torch.float32:
             return PyramidVisionTransformer.forward(self, x)
-        _, tokens = self.forward_tokens(x)  # lower-precision tokens: the head gets float32 (or autocast's)
+        with _plain_bf16(p):
+            _, tokens = self.forward_tokens(x)  # lower-precision tokens: the head gets float32 (or autocast's)
         return self.forward_head(self.pool(tokens.float()))
 
     def _maps(self, x: Tensor, p: cpu.Plan | None) -> list[Tensor]:
-        maps = PyramidVisionTransformer.forward_features(self, x)
+        with _plain_bf16(p):
+            maps = PyramidVisionTransformer.forward_features(self, x)
         return maps if p is None or p.dtype == torch.float32 else [m.float() for m in maps]
 
     def forward_features(self, x: Tensor) -> list[Tensor]:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..model import PyramidVisionTransformer
 from . import cpu
-from .capability import has_bf16, has_vnni
+from .capability import bf16_kernels, has_bf16, has_vnni
 from .modules import Accelerated, AcceleratedBlock, Acceleration
 
 __all__ = ["quantize", "dequantize", "calibrate", "is_quantized"]
@@ -77,7 +77,8 @@ def quantize(
             prepared as the model's input, or an iterable of such batches (a DataLoader of ``(images,
             targets)``). None: dynamic ranges, measured on every call.
         compute: dtype of the non-int8 work: ``auto`` (bfloat16 where the CPU has native bf16, else
-            float32), ``bfloat16`` or ``float32``.
+            float32), ``bfloat16`` (float32 where oneDNN's fused bf16 kernels do not run, e.g. on AVX2-only
+            CPUs: ``model.acceleration.note`` says so) or ``float32``.
         min_width: run int8 only the linear layers with at least this many outputs, the others in
             ``compute`` (None: where int8 pays beside ``compute``, :data:`pvt.accel.cpu.INT8_MIN_WIDTH`;
             0: every linear layer).
@@ -89,12 +90,17 @@ def quantize(
     """
     if not isinstance(model, PyramidVisionTransformer):
         raise TypeError(f"quantize() takes a PyramidVisionTransformer, got {type(model).__name__}")
-    if not cpu.INT8_OPS:
-        raise RuntimeError("this PyTorch build has no oneDNN quantised linear operators (onednn::qlinear_pointwise)")
-    if compute == "auto":
-        compute = "bfloat16" if has_bf16(flags) else "float32"
-    if compute not in ("float32", "bfloat16"):
+    if compute not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"quantize(compute={compute!r}): choose from auto, float32, bfloat16")
+    cannot = cpu.kernels_fail(torch.float32, int8=True)
+    if cannot:
+        raise ValueError(f"int8 cannot run here: {cannot}")
+    no_bf16 = bf16_kernels(flags) or cpu.kernels_fail(torch.bfloat16, int8=True)  # also under CPU autocast
+    if compute == "auto":
+        compute = "bfloat16" if has_bf16(flags) and no_bf16 is None else "float32"
+    note = ""
+    if compute == "bfloat16" and no_bf16:
+        compute, note = "float32", f"int8 with float32 around it instead of bfloat16: {no_bf16}"
     from . import _apply
 
     base = _record(model)
@@ -103,7 +109,8 @@ def quantize(
     if min_width < 0:
         raise ValueError(f"quantize(min_width={min_width}): expected >= 0")
     record = dataclasses.replace(base, cpu=True, precision="int8", compute=compute, reduce_range=not has_vnni(flags),
-                                 int8="dynamic" if calibration is None else "observe", int8_min_width=min_width)
+                                 int8="dynamic" if calibration is None else "observe", int8_min_width=min_width,
+                                 bf16_fused=no_bf16 is None, note=note)
     _apply(model, record)
     if calibration is not None:
         calibrate(model, calibration, batch_size=batch_size)

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if argv is None:  # the command itself (not a call from Python, whose process settings are the caller's)
+        _use_available_cores(args)
     try:
         from ..accel.runtime import configure_allocator
         from ..engine.signals import stop_signals
@@ -57,6 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(e, "reported", False):
             print(f"pvt {args.command}: interrupted", file=sys.stderr)
         return 128 + int(getattr(e, "signum", 2))
+
+
+def _use_available_cores(args: argparse.Namespace) -> None:
+    """Threads from the cores this process may use, idle OpenMP threads asleep (:mod:`pvt.cores`), set
+    before torch loads; where the user chose (``--threads``, ``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``) that
+    stays as it is."""
+    import os
+
+    from ..cores import use_available_cores
+
+    if not getattr(args, "threads", None) and not os.environ.get("OMP_NUM_THREADS", "").strip():
+        use_available_cores()
 
 
 def _one_line(e: BaseException) -> str:
