@@ -129,6 +129,8 @@ def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = 
         raise ValueError(f"{path} is empty (0 bytes): not a {kind}")
     if magic != b"PK" and magic[:1] != b"\x80":  # a torch zip archive / a legacy pickle
         raise ValueError(f"{path} is not a {kind}: neither a zip archive nor a pickle (it starts with bytes {magic!r})")
+    if magic == b"PK":
+        _check_zip_sizes(path, kind)
     try:
         with warnings.catch_warnings():  # its note on unusual pickle protocols is no concern of the user's
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -151,6 +153,25 @@ def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = 
             IndexError, KeyError, MemoryError, OverflowError) as e:
         msg = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable {kind} (corrupt or truncated?): {msg}") from None
+
+
+def _check_zip_sizes(path: Path, kind: str) -> None:
+    """A ValueError when the zip archive ``path`` would expand to much more than its own size: torch.save
+    stores tensors uncompressed, so members that inflate (a 1 MB DEFLATE member holding 1 GiB of zeros)
+    are a crafted file, refused from the central directory before torch.load reads any member. A zip that
+    cannot be opened is left to torch.load, whose error is reported as for any corrupt file."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return
+    total = sum(m.file_size for m in members)
+    if total > 2 * size + (1 << 20):
+        big = max(members, key=lambda m: m.file_size)
+        raise ValueError(f"{path} is not a {kind} this library reads: its zip members expand to {total} bytes, "
+                         f"{total / max(size, 1):.0f} times the file's {size} (e.g. {big.filename!r}: {big.file_size} "
+                         f"bytes from {big.compress_size}); torch.save stores tensors uncompressed")
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:
