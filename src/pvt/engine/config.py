@@ -27,13 +27,9 @@ from typing import Any, Callable
 import yaml
 
 from ..constants import INTERPOLATIONS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS, MAX_WORKERS
+from ..io import YAML_LIMITS, safe_yaml
 
-__all__ = ["TrainConfig", "resolve_layers", "load_yaml", "parse_value", "safe_yaml", "YAML_LIMITS"]
-
-YAML_LIMITS: dict[str, int] = {"bytes": 1 << 20, "depth": 32, "nodes": 100_000}
-"""What a YAML text (a ``--config`` file, a run's config.yaml, a command-line value) may hold before it is
-built: its size, its nesting and its node count with every alias expanded (an anchor bomb of a few hundred
-bytes expands to billions of nodes). A TrainConfig is about 60 values, 3 deep."""
+__all__ = ["TrainConfig", "resolve_layers", "load_yaml", "parse_value"]
 
 
 def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -258,43 +254,6 @@ def parse_value(text: str) -> Any:
         except ValueError:
             pass
     return value
-
-
-def safe_yaml(text: str, source: str) -> Any:
-    """``yaml.safe_load(text)`` once its events show it within :data:`YAML_LIMITS` (size, nesting, nodes with
-    every alias expanded); a ValueError naming ``source`` and the limit otherwise. The events are read
-    without recursion, so neither an anchor bomb nor deep nesting reaches the (recursive) builder."""
-    if len(text) > YAML_LIMITS["bytes"]:
-        raise ValueError(f"{source}: {len(text)} characters of YAML, more than the {YAML_LIMITS['bytes']} allowed")
-    sizes: dict[str, int] = {}  # anchor -> nodes it expands to
-    stack: list[list[Any]] = []  # open collections: [anchor, nodes so far]
-    total = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            stack.append([event.anchor, 1])
-            if len(stack) > YAML_LIMITS["depth"]:
-                raise ValueError(f"{source}: YAML nested more than {YAML_LIMITS['depth']} levels deep")
-            continue
-        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            anchor, n = stack.pop()
-        elif isinstance(event, yaml.ScalarEvent):
-            anchor, n = event.anchor, 1
-        elif isinstance(event, yaml.AliasEvent):
-            if event.anchor not in sizes:  # an alias inside its own anchor: a structure that contains itself
-                raise ValueError(f"{source}: YAML alias *{event.anchor} refers to a collection that contains it")
-            anchor, n = None, sizes[event.anchor]
-        else:
-            continue
-        if anchor is not None:
-            sizes[anchor] = n
-        if stack:
-            stack[-1][1] += n
-        else:
-            total += n
-        if (stack[0][1] if stack else total) > YAML_LIMITS["nodes"]:
-            raise ValueError(f"{source}: YAML of more than {YAML_LIMITS['nodes']} values once its aliases "
-                             "(*name) are expanded")
-    return yaml.safe_load(text)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
