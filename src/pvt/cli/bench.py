@@ -118,8 +118,6 @@ def _benchmark(args: argparse.Namespace) -> int:
         raise ValueError("--device auto: name the device to time, e.g. cpu or cuda")
     resolve_device(args.device)  # a device this machine lacks fails here, on one line
     threads = args.threads or []
-    if any(t < 1 for t in threads):
-        raise ValueError(f"--threads must be >= 1, got {' '.join(map(str, threads))}")
     # unknown names fail here, with close matches, before anything runs
     args.models = [get_dense_spec(n).name if "_pvt_" in n else get_variant(n).name for n in args.models]
     dense = [n for n in args.models if is_dense(n)]
@@ -127,8 +125,6 @@ def _benchmark(args: argparse.Namespace) -> int:
                   or args.precision or args.runtimes):
         raise ValueError(f"{', '.join(dense)}: dense models are timed for PyTorch inference of ours alone "
                          "(no --compare, --mode train, --compile, --backend, --precision or --runtimes)")
-    if min(args.batch_size) < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     sizes = [parse_size(s) for s in args.img_size]
     if args.onnx is not None and args.backend != "onnxruntime":
         raise ValueError("--onnx FILE goes with --backend onnxruntime")
