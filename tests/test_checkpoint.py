@@ -1,7 +1,10 @@
 """Crafted own-format files (issue 14, finding 6): a small file whose metadata asks for a huge model (a
 million blocks, 16384 channels, a billion classes, 100000-pixel inputs, a million class names) or holds
 values that do not fit (too few class names, JSON nested too deeply) is refused by every command that reads
-it, on one line, before anything is built: shapes first, build second. Run under a memory limit, so a reader
+it, on one line, before anything is built: shapes first, build second. Issue 18 adds the values nobody bounded
+(an 8192-pixel evaluation input, a NaN LayerNorm eps, a std of 1e-30, a mean that is a word, a NaN size or
+crop, an unknown model name): every reader refuses them through one check of the metadata
+(``pvt.checkpoint.check_metadata``), naming the file and the field. Run under a memory limit, so a reader
 that builds first fails this test instead of the machine."""
 
 from __future__ import annotations
@@ -48,9 +51,20 @@ CRAFTED = {
     "img_size": (dict(config__img_size=100_000, img_size=100_000), "its config asks for img_size 100000"),
     "few_names": (dict(class_names=["a"]), "names 1 classes but its head has 3 outputs"),
     "many_names": (dict(class_names=[f"c{i}" for i in range(300_000)]), "names 300000 classes but its head has 3"),
-    "not_names": (dict(class_names={"a": 1}), "its class_names are not a list of names"),
-    "eval_size": (dict(img_size=100_000), "config value img_size=100000: expected an integer <= 8192"),
+    "not_names": (dict(class_names={"a": 1}), "its metadata value class_names={'a': 1}: expected a list of names"),
+    "eval_size": (dict(img_size=100_000), "its metadata value img_size=100000: expected an integer 16..4096"),
     "nested": (dict(class_names=b"[" * 100_000 + b"]" * 100_000), "is nested too deeply"),
+    # issue 18, items 8, 10 and 12: numbers nobody bounded, an unknown model name, messages naming no field
+    "eval_size_8192": (dict(img_size=8192), "its metadata value img_size=8192: expected an integer 16..4096"),
+    "eps_nan": (dict(config__layer_norm_eps=float("nan")),
+                "invalid PVT config: layer_norm_eps must be a finite number in (0, 1) (typically 1e-6), got nan"),
+    "std_tiny": (dict(std=[1e-30] * 3), "its metadata value std=[1e-30, 1e-30, 1e-30]: expected three numbers "
+                                        "0.001..1"),
+    "mean_word": (dict(mean=["tiny", 0.5, 0.5]), "its metadata value mean=['tiny', 0.5, 0.5]: expected three numbers"),
+    "size_nan": (dict(img_size=float("nan")), "its metadata value img_size=nan: expected an integer 16..4096"),
+    "crop_nan": (dict(crop_pct=float("nan")), "its metadata value crop_pct=nan: expected a number 0.1..1"),
+    "variant": (dict(variant=b"pvt_v2_bzz"), "its metadata names an unknown model 'pvt_v2_bzz'; did you mean "
+                                             "pvt_v2_b5"),
 }
 
 
@@ -104,7 +118,7 @@ def test_every_command_refuses_every_crafted_file_on_one_line_under_a_memory_lim
         lines = err.strip().splitlines()
         if name == "good":
             ok = code == 0
-        elif name in ("few_names", "many_names", "not_names", "eval_size") and command not in ("predict", "eval"):
+        elif name in ("few_names", "many_names") and command not in ("predict", "eval"):
             ok = code == 0  # values only predict and eval read: the other commands need not refuse them
         else:
             ok = code == 2 and len(lines) == 1 and CRAFTED[name][1] in lines[0]
@@ -140,5 +154,5 @@ def test_an_hf_folder_asking_for_huge_inputs_is_refused_before_its_position_embe
         "num_attention_heads": [1, 2, 5, 8], "mlp_ratios": [8, 8, 4, 4], "sequence_reduction_ratios": [8, 4, 2, 1],
         "strides": [4, 2, 2, 2], "patch_sizes": [4, 2, 2, 2], "image_size": 100_000}))
     save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(ValueError, match="config.json': its config asks for img_size 100000, beyond the 8192"):
+    with pytest.raises(ValueError, match="config.json: image_size 100000: expected an integer 16..4096"):
         read_checkpoint(tmp_path)

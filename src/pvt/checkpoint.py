@@ -13,6 +13,7 @@ file itself holds.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,19 @@ from typing import Any
 import torch
 
 from .config import PVTConfig
+from .constants import INTERPOLATIONS, MAX_IMG_SIZE
 from .io import atomic_via
 from .model import PyramidVisionTransformer
 
 __all__ = ["OWN_FORMAT", "FILE_LIMITS", "save_model", "is_safetensors", "read_metadata", "read_header",
-           "read_own_format", "check_file_limits", "check_file_config", "build_pvt", "load_pvt", "resolve_checkpoint"]
+           "read_own_format", "check_metadata", "check_file_limits", "check_file_config", "build_pvt", "load_pvt",
+           "resolve_checkpoint"]
 
 OWN_FORMAT = "pvt"
 
 FILE_LIMITS: dict[str, int] = {
     "num_stages": 8, "depths": 1024, "embed_dims": 16384, "num_heads": 1024, "mlp_ratios": 64, "sr_ratios": 64,
-    "patch_strides": 64, "img_size": 8192, "in_chans": 64, "num_classes": 1_000_000, "pool_size": 1024,
+    "patch_strides": 64, "img_size": MAX_IMG_SIZE, "in_chans": 64, "num_classes": 1_000_000, "pool_size": 1024,
 }
 """The largest value a config read from a file may hold, per field (per stage for the tuples): generous
 bounds on the published variants (at most 40 blocks a stage, 512 channels, 1000 classes), far below what
@@ -99,7 +102,62 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[int, 
             except RecursionError:
                 raise ValueError(f"checkpoint {str(path)!r}: its metadata value {k!r} is nested too deeply to "
                                  "be a pvt record") from None
+    check_metadata(decoded, path)
     return decoded, shapes
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# the values a pvt file's metadata may record besides its config, each with what is accepted
+_META_CHECKS: dict[str, tuple[Any, str]] = {
+    "config": (lambda v: isinstance(v, dict), "a JSON object (the PVT config)"),
+    "variant": (lambda v: isinstance(v, str) and 0 < len(v) <= 200, "a model name"),
+    "task": (lambda v: isinstance(v, str) and 0 < len(v) <= 200, "a task name"),
+    "class_names": (lambda v: isinstance(v, list) and 0 < len(v) <= FILE_LIMITS["num_classes"]
+                    and all(isinstance(n, str) for n in v), "a list of names"),
+    "img_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= MAX_IMG_SIZE,
+                 f"an integer 16..{MAX_IMG_SIZE}"),
+    "crop_pct": (lambda v: _number(v) and 0.1 <= v <= 1.0, "a number 0.1..1"),
+    "interpolation": (lambda v: v in INTERPOLATIONS, f"one of {', '.join(INTERPOLATIONS)}"),
+    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) and 0 <= x <= 1 for x in v),
+             "three numbers 0..1 (the RGB mean of inputs in [0, 1])"),
+    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) and 1e-3 <= x <= 1 for x in v),
+            "three numbers 0.001..1 (the RGB standard deviation of inputs in [0, 1])"),
+    "epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 10**9, "an integer >= 0"),
+    "train_config": (lambda v: isinstance(v, dict), "a JSON object (the training config)"),
+}
+
+
+def check_metadata(meta: dict[str, Any], source: str | Path) -> None:
+    """A one-line ValueError naming ``source`` and the field unless every value ``meta`` (an own-format
+    file's decoded metadata) records is of its type and range: the model name (a registered variant or
+    dense-prediction model), the class names, the evaluation input (``img_size``, ``crop_pct``,
+    ``interpolation``, ``mean``, ``std``), the epoch, and the config (:class:`PVTConfig`'s own checks, finite
+    numbers included, and :data:`FILE_LIMITS`). Every reader of a pvt file goes through it (:func:`read_header`)."""
+    where = f"checkpoint {str(source)!r}"
+    for key, (ok, accepted) in _META_CHECKS.items():
+        if key in meta and not ok(meta[key]):
+            shown = repr(meta[key])
+            shown = shown[:80] + "..." if len(shown) > 80 else shown
+            raise ValueError(f"{where}: its metadata value {key}={shown}: expected {accepted}")
+        if key == "config" and key in meta:  # the architecture first, then what it is evaluated on
+            check_file_limits(_file_config(meta, source), source)
+    name = meta.get("variant")
+    if name is not None:
+        from .variants import VARIANTS
+
+        if name not in VARIANTS:
+            from .dense.zoo import DENSE_MODELS, get_dense_spec
+            from .naming import unknown_name
+
+            try:
+                get_dense_spec(name)
+            except ValueError:
+                known = unknown_name("model", name, [*VARIANTS, *DENSE_MODELS],
+                                     "accepted: a registered variant (pvt models) or dense-prediction model")
+                raise ValueError(f"{where}: its metadata names an {known}") from None
 
 
 def is_safetensors(path: str | Path) -> bool:

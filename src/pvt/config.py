@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -113,8 +114,8 @@ class PVTConfig:
         for name in ("embed_dims", "depths", "num_heads", "sr_ratios", "patch_strides"):
             if any(v < 1 for v in getattr(self, name)):
                 raise ValueError(f"{name} must be positive integers, got {getattr(self, name)}")
-        if any(r <= 0 for r in self.mlp_ratios):
-            raise ValueError(f"mlp_ratios must be positive, got {self.mlp_ratios}")
+        if not all(0 < r <= 1024 for r in self.mlp_ratios):  # NaN fails too
+            raise ValueError(f"mlp_ratios must be positive numbers (at most 1024), got {self.mlp_ratios}")
         for c, h in zip(self.embed_dims, self.num_heads):
             if c % h:
                 raise ValueError(f"embed_dims {self.embed_dims} must be divisible by num_heads {self.num_heads}")
@@ -139,8 +140,8 @@ class PVTConfig:
             set_(name, float(v))
         for name in ("layer_norm_eps", "embed_norm_eps"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number in (0, 1) (typically 1e-6), got {v!r}")
             set_(name, float(v))
 
     @property

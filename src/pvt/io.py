@@ -1,7 +1,11 @@
 """Atomic file writes: every write goes to a temporary file in the same folder, is flushed to disk and
 then renamed over the target, so a kill at any moment leaves either the old file or the new one, never
 a broken one. A full disk is reported as one :class:`DiskFullError` naming the file (the writers' own
-messages differ: ``No space left on device``, torch's ``unexpected pos``)."""
+messages differ: ``No space left on device``, torch's ``unexpected pos``).
+
+And the readers of untrusted files, each bounded before anything is built from them: JSON
+(:func:`read_json`), YAML (:func:`safe_yaml`: size, nesting, aliases expanded) and PyTorch files
+(:func:`load_torch`: weights only, zip members no larger than the file allows)."""
 
 from __future__ import annotations
 
@@ -19,9 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+import yaml
 
 __all__ = ["TMP_SUFFIX", "DiskFullError", "atomic_write", "atomic_via", "atomic_save_torch", "atomic_folder",
-           "check_apart", "load_torch", "open_log", "read_json", "refuse_link", "remove_temporaries"]
+           "check_apart", "load_torch", "open_log", "read_json", "refuse_link", "remove_temporaries", "safe_yaml",
+           "YAML_LIMITS"]
 
 
 TMP_SUFFIX = ".tmp"
@@ -222,6 +228,49 @@ def read_json(path: str | Path, expect: type = dict, what: str = "a JSON object"
     return value
 
 
+YAML_LIMITS: dict[str, int] = {"bytes": 1 << 20, "depth": 32, "nodes": 100_000}
+"""What a YAML text (a ``--config`` file, a run's config.yaml, a command-line value) may hold before it is
+built: its size, its nesting and its node count with every alias expanded (an anchor bomb of a few hundred
+bytes expands to billions of nodes). A training config is about 60 values, 3 deep."""
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)`` once its events show it within :data:`YAML_LIMITS` (size, nesting, nodes with
+    every alias expanded); a ValueError naming ``source`` and the limit otherwise. The events are read
+    without recursion, so neither an anchor bomb nor deep nesting reaches the (recursive) builder."""
+    if len(text) > YAML_LIMITS["bytes"]:
+        raise ValueError(f"{source}: {len(text)} characters of YAML, more than the {YAML_LIMITS['bytes']} allowed")
+    sizes: dict[str, int] = {}  # anchor -> nodes it expands to
+    stack: list[list[Any]] = []  # open collections: [anchor, nodes so far]
+    total = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([event.anchor, 1])
+            if len(stack) > YAML_LIMITS["depth"]:
+                raise ValueError(f"{source}: YAML nested more than {YAML_LIMITS['depth']} levels deep")
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, n = stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, n = event.anchor, 1
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in sizes:  # an alias inside its own anchor: a structure that contains itself
+                raise ValueError(f"{source}: YAML alias *{event.anchor} refers to a collection that contains it")
+            anchor, n = None, sizes[event.anchor]
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = n
+        if stack:
+            stack[-1][1] += n
+        else:
+            total += n
+        if (stack[0][1] if stack else total) > YAML_LIMITS["nodes"]:
+            raise ValueError(f"{source}: YAML of more than {YAML_LIMITS['nodes']} values once its aliases "
+                             "(*name) are expanded")
+    return yaml.safe_load(text)
+
+
 def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = "") -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, with one-line ValueErrors naming the file (``kind``
     names what it should be): empty, not a PyTorch file, refused as unsafe because it holds Python objects
@@ -233,6 +282,8 @@ def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = 
         raise ValueError(f"{path} is empty (0 bytes): not a {kind}")
     if magic != b"PK" and magic[:1] != b"\x80":  # a torch zip archive / a legacy pickle
         raise ValueError(f"{path} is not a {kind}: neither a zip archive nor a pickle (it starts with bytes {magic!r})")
+    if magic == b"PK":
+        _check_zip_sizes(path, kind)
     try:
         with warnings.catch_warnings():  # its note on unusual pickle protocols is no concern of the user's
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -255,6 +306,25 @@ def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = 
             IndexError, KeyError, MemoryError, OverflowError) as e:
         msg = str(e).strip().splitlines()[0].split(". ")[0][:160] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable {kind} (corrupt or truncated?): {msg}") from None
+
+
+def _check_zip_sizes(path: Path, kind: str) -> None:
+    """A ValueError when the zip archive ``path`` would expand to much more than its own size: torch.save
+    stores tensors uncompressed, so members that inflate (a 1 MB DEFLATE member holding 1 GiB of zeros)
+    are a crafted file, refused from the central directory before torch.load reads any member. A zip that
+    cannot be opened is left to torch.load, whose error is reported as for any corrupt file."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return
+    total = sum(m.file_size for m in members)
+    if total > 2 * size + (1 << 20):
+        big = max(members, key=lambda m: m.file_size)
+        raise ValueError(f"{path} is not a {kind} this library reads: its zip members expand to {total} bytes, "
+                         f"{total / max(size, 1):.0f} times the file's {size} (e.g. {big.filename!r}: {big.file_size} "
+                         f"bytes from {big.compress_size}); torch.save stores tensors uncompressed")
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:

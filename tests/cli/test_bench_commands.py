@@ -35,14 +35,18 @@ def test_cli_benchmark_json_and_errors(tmp_path, capsys, monkeypatch):
         (["--precision", "int8", "--mode", "train"], "CPU inference"),
         (["--busy-cores", "1", "--compile"], "--in-process for those"),
         (["--threads", "1", "2"], "several --threads"),
-        (["--threads", "0"], "--threads must be >= 1"),
-        (["-b", "0"], "--batch-size must be >= 1"),
         (["--img-size", "big"], "is not N or HxW"),
         (["--backend", "onnxruntime", "--onnx", str(tmp_path / "none.onnx")], "does not exist"),
     ]:
         assert main(["benchmark", *bad]) == 2, bad
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1 and err.startswith("pvt benchmark: error: ") and message in err
+    # sizes out of their bounds are usage errors of the option itself (tests/cli/test_bounds.py)
+    for bad, message in [(["--threads", "0"], "argument --threads: '0': expected an integer 1..1024"),
+                         (["-b", "0"], "argument --batch-size/-b: '0': expected an integer 1..8192")]:
+        with pytest.raises(SystemExit) as e:
+            main(["benchmark", *bad])
+        assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == f"pvt benchmark: error: {message}"
 
 
 def test_cli_benchmark_onnxruntime_compare(tmp_path, capsys):

@@ -89,7 +89,7 @@ CASES = {
     "train-seed": (["train", "--seed", "99999999999999999999"],
                    "config value seed=99999999999999999999: expected an integer <= 4294967295 and >= 0"),
     "train-name": (["train", "--name", "../../x"], "config value name='../../x': expected a folder name"),
-    "train-img-size": (["train", "--img-size", "100000"], "config value img_size=100000: expected an integer <= 8192"),
+    "train-img-size": (["train", "--img-size", "100000"], "config value img_size=100000: expected an integer <= 4096"),
 }
 if not torch.cuda.is_available():
     CASES["eval-cuda"] = (["eval", "--checkpoint", "{root}/run", "--device", "cuda"],

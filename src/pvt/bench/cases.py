@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..constants import MAX_IMG_SIZE
 from ..dense.zoo import DENSE_MODELS, create_dense_model
 from ..model import PyramidVisionTransformer
 from ..registry import create_model
@@ -116,8 +117,8 @@ def parse_size(text: str) -> tuple[int, int]:
         sizes = [int(p) for p in parts]
     except ValueError:
         raise ValueError(f"input size {text!r} is not N or HxW (e.g. 224 or 800x1333)") from None
-    if len(sizes) not in (1, 2) or min(sizes) <= 0:
-        raise ValueError(f"input size {text!r} is not N or HxW with positive integers (e.g. 224 or 800x1333)")
+    if len(sizes) not in (1, 2) or min(sizes) <= 0 or max(sizes) > MAX_IMG_SIZE:
+        raise ValueError(f"input size {text!r} is not N or HxW with integers 1..{MAX_IMG_SIZE} (e.g. 224 or 800x1333)")
     return (sizes[0], sizes[-1])
 
 

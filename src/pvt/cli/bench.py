@@ -9,7 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+from ..checkpoint import FILE_LIMITS
+from ..constants import MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS
 from .command import command
+from .options import bounded
 
 _RUNTIMES = ("pvt", "timm", "hf", "onnxruntime", "openvino")
 
@@ -23,17 +26,17 @@ def register(sub) -> None:
             "transformers' implementations with the same (random) weights, checks their logits against ours "
             "and prints our throughput over theirs (ours/x) from the same run.", show_defaults=True)
     p.add_argument("models", nargs="*", default=["pvt_v2_b0"], help="registered model names")
-    p.add_argument("--batch-size", "-b", type=int, nargs="+", default=[8])
-    p.add_argument("--img-size", nargs="+", default=["224"], help="N or HxW, e.g. 224 800x1333")
+    p.add_argument("--batch-size", "-b", nargs="+", default=[8], **bounded(int, 1, MAX_BATCH, "images per batch"))
+    p.add_argument("--img-size", nargs="+", default=["224"], help=f"N or HxW, e.g. 224 800x1333 (each 1..{MAX_IMG_SIZE})")
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
                    help="bfloat16 runs under torch.autocast")
     p.add_argument("--mode", nargs="+", default=["infer"], choices=["infer", "train"],
                    help="train: forward, cross-entropy, backward and one AdamW step")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, nargs="+", default=None,
-                   help="CPU threads (default: torch's); several values only with the runtime runners")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", nargs="+", default=None, **bounded(
+        int, 1, MAX_THREADS, "CPU threads (default: torch's); several values only with the runtime runners"))
+    p.add_argument("--warmup", default=2, **bounded(int, 0, 10_000, "untimed rounds first"))
+    p.add_argument("--repeats", default=5, **bounded(int, 1, 10_000, "timed rounds"))
     p.add_argument("--compare", action="store_true",
                    help="also time the peers: for CPU inference timm, HF, ONNX Runtime and OpenVINO, each in its own "
                         "process (the runtime runners below); with --in-process, --mode train, --device cuda or "
@@ -60,9 +63,9 @@ def register(sub) -> None:
                         "with --compare every runtime that offers the precision runs it")
     g.add_argument("--runtimes", nargs="+", choices=list(_RUNTIMES),
                    help="runtimes to run (default: pvt, and with --compare all of them)")
-    g.add_argument("--rounds", type=int, default=None, help="processes per runner, alternating (default 2)")
-    g.add_argument("--busy-cores", type=int, default=None,
-                   help="keep N cores busy with spinning processes during the run (a shared machine)")
+    g.add_argument("--rounds", default=None, **bounded(int, 1, 1000, "processes per runner, alternating (default 2)"))
+    g.add_argument("--busy-cores", default=None, **bounded(
+        int, 0, MAX_THREADS, "keep N cores busy with spinning processes during the run (a shared machine)"))
     g.add_argument("--wait-policy", default=None, metavar="{default,passive,active,spin=N}",
                    help="OpenMP waiting of the runners: OMP_WAIT_POLICY passive (idle threads sleep at once) / "
                         "active, or spin=N: GOMP_SPINCOUNT=N (spin N times, then sleep)")
@@ -80,7 +83,8 @@ def register(sub) -> None:
     e.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "torchscript", "exported-program"])
     e.add_argument("--out", type=Path, help="output file (default: <name>.onnx / .pt / .pt2)")
     e.add_argument("--model", help="variant of a checkpoint that does not record one")
-    e.add_argument("--num-classes", type=int, help="classifier size (default: the checkpoint's or 1000)")
+    e.add_argument("--num-classes", **bounded(int, 0, FILE_LIMITS["num_classes"],
+                                              "classifier size (default: the checkpoint's or 1000)"))
     e.add_argument("--opset", type=int, default=18, help="ONNX opset (18 and newer; see pvt.export.ONNX_OPSETS)")
     e.add_argument("--check", action="store_true", help="run the exported file at two sizes and compare")
     e.add_argument("--quantize", choices=["int8"], default=None,
@@ -114,8 +118,6 @@ def _benchmark(args: argparse.Namespace) -> int:
         raise ValueError("--device auto: name the device to time, e.g. cpu or cuda")
     resolve_device(args.device)  # a device this machine lacks fails here, on one line
     threads = args.threads or []
-    if any(t < 1 for t in threads):
-        raise ValueError(f"--threads must be >= 1, got {' '.join(map(str, threads))}")
     # unknown names fail here, with close matches, before anything runs
     args.models = [get_dense_spec(n).name if "_pvt_" in n else get_variant(n).name for n in args.models]
     dense = [n for n in args.models if is_dense(n)]
@@ -123,8 +125,6 @@ def _benchmark(args: argparse.Namespace) -> int:
                   or args.precision or args.runtimes):
         raise ValueError(f"{', '.join(dense)}: dense models are timed for PyTorch inference of ours alone "
                          "(no --compare, --mode train, --compile, --backend, --precision or --runtimes)")
-    if min(args.batch_size) < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     sizes = [parse_size(s) for s in args.img_size]
     if args.onnx is not None and args.backend != "onnxruntime":
         raise ValueError("--onnx FILE goes with --backend onnxruntime")

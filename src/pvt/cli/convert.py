@@ -7,7 +7,9 @@ import argparse
 
 from ..weights.keys import FORMATS
 from ..weights.writing import EXPORT_FORMATS
+from ..checkpoint import FILE_LIMITS
 from .command import command
+from .options import bounded
 
 _HOW_TO_LOAD = {
     "pvt": "pvt.create_model(name, pretrained='{dst}')",
@@ -42,8 +44,9 @@ def register(sub) -> None:
         help="variant name (see `pvt models`); default: the one SRC records or its shapes fit",
     )
     p.add_argument(
-        "--num-classes", type=int, default=None, metavar="N",
-        help="classifier size; default: the checkpoint's (another size drops its head)",
+        "--num-classes", default=None, metavar="N",
+        **bounded(int, 0, FILE_LIMITS["num_classes"], "classifier size; default: the checkpoint's (another size "
+                                                      "drops its head)"),
     )
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
 

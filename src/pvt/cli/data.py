@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE, MAX_OBJECTS
 from .command import command
+from .options import bounded
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
@@ -46,10 +48,10 @@ def register(sub) -> None:
     p = command(sub, "make-data", _cmd_make_data,
             "write the built-in shapes data set (COCO + ADE20K formats)")
     p.add_argument("--output", default=None, help="folder (default: $PVT_CACHE/shapes or ~/.cache/pvt/shapes)")
-    p.add_argument("--num-train", type=int, default=200)
-    p.add_argument("--num-val", type=int, default=50)
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
-    p.add_argument("--max-objects", type=int, default=4)
+    p.add_argument("--num-train", default=200, **bounded(int, 1, MAX_BUILTIN_IMAGES, "training images"))
+    p.add_argument("--num-val", default=50, **bounded(int, 1, MAX_BUILTIN_IMAGES, "validation images"))
+    p.add_argument("--size", default=128, **bounded(int, 32, MAX_IMG_SIZE, "image side in pixels"))
+    p.add_argument("--max-objects", default=4, **bounded(int, 1, MAX_OBJECTS, "most objects per image"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a folder made with other parameters")
 

@@ -11,7 +11,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from ..constants import MAX_BATCH, MAX_WORKERS
 from .command import command, precision_flags
+from .options import bounded, describe_range
 
 __all__ = ["register"]
 
@@ -27,7 +29,10 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        kind = typing.get_args(hints[f.name])[0] if typing.get_args(hints[f.name]) else hints[f.name]
+        rng = f"; {describe_range(kind, lo, hi)}" if kind in (int, float) and (lo, hi) != (None, None) else ""
+        help_ = f"{f.metadata.get('help', '')} (default: {default}{rng})"
         if hints[f.name] is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_)
@@ -182,8 +187,9 @@ def register(sub) -> None:
                                   "a folder of <split>/<class>/ or <class>/ images")
     p.add_argument("--split", default="val", help="classification: split folder inside --data (default: val)")
     p.add_argument("--model", help="fail unless the checkpoint is this variant")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 64 (classification), 2 (dense tasks)")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--batch-size", default=None, **bounded(int, 1, MAX_BATCH,
+                                                           "default: 64 (classification), 2 (dense tasks)"))
+    p.add_argument("--workers", default=0, **bounded(int, 0, MAX_WORKERS, "data-loading processes"))
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out-dir", help="classification: where eval_<split>_confusion.png and eval_<split>_worst.png "
@@ -198,7 +204,7 @@ def register(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files or folders of images (searched recursively); unreadable files are skipped "
                         "with a message")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", default=5, **bounded(int, 1, 1000, "classes listed per image"))
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("--out-dir", default=None,
@@ -207,12 +213,14 @@ def register(sub) -> None:
     p.add_argument("--attention", action="store_true",
                    help="also write <stem>_attention.png: each stage's attention over its reduced key map and the "
                         "rollout, over the image (docs/attention.md)")
-    p.add_argument("--attention-block", type=int, default=-1, help="block of each stage (default: its last)")
+    p.add_argument("--attention-block", default=-1,
+                   **bounded(int, -1000, 1000, "block of each stage (default: its last)"))
     p.add_argument("--attention-head", type=int, default=None,
                    help="one head (where the stage has it; default: the mean of the heads)")
     p.add_argument("--attention-query", metavar="Y,X",
                    help="the query under this point, as fractions of the image (default: the mean of every query)")
-    p.add_argument("--score-thresh", type=float, default=0.3, help="detection: drop detections below this")
+    p.add_argument("--score-thresh", default=0.3,
+                   **bounded(float, 0.0, 1.0, "detection: drop detections below this"))
     p.add_argument("--json-out", help="also write the JSON records to this file")
     precision_flags(p)
 

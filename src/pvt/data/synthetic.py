@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE, MAX_OBJECTS
+
 __all__ = ["SHAPE_CLASSES", "make_shapes_dataset", "default_shapes_root", "render_sample"]
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
@@ -157,11 +159,13 @@ def make_shapes_dataset(
     root = Path(root) if root is not None else default_shapes_root()
     params = {"version": FORMAT_VERSION, "num_train": num_train, "num_val": num_val, "size": size,
               "max_objects": max_objects, "seed": seed, "classes": list(SHAPE_CLASSES)}
-    for key in ("num_train", "num_val", "size", "max_objects"):
-        if int(params[key]) < 1:
-            raise ValueError(f"make_shapes_dataset: {key} must be >= 1, got {params[key]!r}")
-    if size < 32:
-        raise ValueError(f"make_shapes_dataset: size must be >= 32 pixels, got {size}")
+    bounds = {"num_train": (1, MAX_BUILTIN_IMAGES), "num_val": (1, MAX_BUILTIN_IMAGES), "size": (32, MAX_IMG_SIZE),
+              "max_objects": (1, MAX_OBJECTS)}
+    for key, (lo, hi) in bounds.items():
+        v = params[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"make_shapes_dataset: {key} {v!r}: expected an integer {lo}..{hi}"
+                             + (" (pixels)" if key == "size" else ""))
     done = root / "DONE.json"
     if done.is_file():
         if json.loads(done.read_text()) == params:

@@ -17,6 +17,7 @@ what is accepted.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+from ..constants import INTERPOLATIONS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS, MAX_WORKERS
+from ..io import YAML_LIMITS, safe_yaml
 
 __all__ = ["TrainConfig", "resolve_layers", "load_yaml", "parse_value"]
 
@@ -50,16 +54,16 @@ class TrainConfig:
     output: str = _f("runs", "parent folder of run folders")
     name: str | None = _f(None, "run folder name, inside output (default: <model>-<task>-<timestamp>)")
     # schedule
-    epochs: int = _f(300, "training epochs", min=1)
-    batch_size: int = _f(128, "images per process per step", min=1)
+    epochs: int = _f(300, "training epochs", min=1, max=100_000)
+    batch_size: int = _f(128, "images per process per step", min=1, max=MAX_BATCH)
     micro_batch: int = _f(0, "images per forward/backward pass, gradients summed over the batch (tasks that "
                           "allow it: classification); 0: auto (on CPU, pieces whose stage-1 activations stay "
-                          "under 32 MiB, so a step touches no new memory pages; whole batches on GPU)", min=0)
-    lr: float | None = _f(None, "peak learning rate (None: base_lr * global batch / 512)", min=0.0)
-    base_lr: float = _f(5e-4, "learning rate per 512 images of global batch", min=0.0)
-    min_lr: float = _f(1e-5, "learning rate at the end of the cosine", min=0.0)
-    warmup_lr: float = _f(1e-6, "learning rate at the start of warm-up", min=0.0)
-    warmup_epochs: float = _f(5.0, "linear warm-up length in epochs", min=0.0)
+                          "under 32 MiB, so a step touches no new memory pages; whole batches on GPU)", min=0, max=MAX_BATCH)
+    lr: float | None = _f(None, "peak learning rate (None: base_lr * global batch / 512)", min=0.0, max=10.0)
+    base_lr: float = _f(5e-4, "learning rate per 512 images of global batch", min=0.0, max=10.0)
+    min_lr: float = _f(1e-5, "learning rate at the end of the cosine", min=0.0, max=10.0)
+    warmup_lr: float = _f(1e-6, "learning rate at the start of warm-up", min=0.0, max=10.0)
+    warmup_epochs: float = _f(5.0, "linear warm-up length in epochs", min=0.0, max=100_000)
     weight_decay: float = _f(0.05, "AdamW weight decay (not on norms, biases, embeddings)", min=0.0)
     opt_eps: float = _f(1e-8, "AdamW epsilon", min=0.0)
     clip_grad: float | None = _f(None, "gradient-norm clip (None: the task's default, for classification the "
@@ -68,8 +72,8 @@ class TrainConfig:
     drop_path: float | None = _f(None, "stochastic depth (None: the variant's official rate)", min=0.0, max=1.0)
     drop: float = _f(0.0, "dropout before the head", min=0.0, max=1.0)
     smoothing: float = _f(0.1, "label smoothing", min=0.0, max=1.0)
-    mixup: float = _f(0.8, "mixup alpha (0: off)", min=0.0)
-    cutmix: float = _f(1.0, "cutmix alpha (0: off)", min=0.0)
+    mixup: float = _f(0.8, "mixup alpha (0: off)", min=0.0, max=100.0)
+    cutmix: float = _f(1.0, "cutmix alpha (0: off)", min=0.0, max=100.0)
     mixup_prob: float = _f(1.0, "probability of mixup or cutmix per batch", min=0.0, max=1.0)
     mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup", min=0.0, max=1.0)
     aa: str = _f("rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none': off)")
@@ -80,8 +84,8 @@ class TrainConfig:
     hflip: float = _f(0.5, "horizontal-flip probability", min=0.0, max=1.0)
     scale: list[float] = _f(None, "random-resized-crop area range", factory=lambda: [0.08, 1.0])
     ratio: list[float] = _f(None, "random-resized-crop aspect-ratio range", factory=lambda: [0.75, 4 / 3])
-    interpolation: str = _f("bicubic", "resize interpolation", choices=("bicubic", "bilinear", "nearest"))
-    img_size: int = _f(224, "training and evaluation crop size", min=16, max=8192)
+    interpolation: str = _f("bicubic", "resize interpolation", choices=INTERPOLATIONS)
+    img_size: int = _f(224, "training and evaluation crop size", min=16, max=MAX_IMG_SIZE)
     crop_pct: float = _f(0.875, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
     repeated_aug: bool = _f(True, "repeated augmentation (the official sampler): each image 3 times per epoch in "
                             "different augmentations, spread over the processes, the epoch cut to the data's "
@@ -103,12 +107,12 @@ class TrainConfig:
     device: str = _f("auto", "device: auto, cpu, cuda, cuda:N, mps")
     amp: str = _f("auto", "mixed precision (auto: bf16 on CUDA, off on CPU)", choices=("auto", "none", "bf16", "fp16"))
     channels_last: bool = _f(False, "channels-last memory format")
-    workers: int = _f(2, "data-loading processes per training process", min=0)
+    workers: int = _f(2, "data-loading processes per training process", min=0, max=MAX_WORKERS)
     shuffle: bool = _f(True, "shuffle the training data every epoch (off: the stored order, e.g. to compare "
                        "folder and shard runs)")
     shuffle_buffer: int = _f(1000, "shard data: encoded images each loader worker shuffles among, on top of the "
                              "shard order (0: shard order only)", min=0)
-    threads: int = _f(0, "CPU threads for torch ops (0: torch's default)", min=0)
+    threads: int = _f(0, "CPU threads for torch ops (0: torch's default)", min=0, max=MAX_THREADS)
     seed: int = _f(0, "random seed", min=0, max=2**32 - 1)
     task_options: dict[str, Any] = _f(None, "task-specific options (--opt KEY=VALUE)", factory=dict)
 
@@ -195,16 +199,21 @@ def _check(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     elif base_origin is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad(_type_name(tp))
-        out = float(value)
+        try:
+            out = float(value)
+        except OverflowError:  # an integer beyond any float
+            out = math.inf
+        if not math.isfinite(out):
+            raise bad("a finite number")
     elif base_origin is str:
         out = str(value)
     elif base_origin is list:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
         ):
-            raise bad("a list of numbers, e.g. 0.08,1.0")
+            raise bad("a list of finite numbers, e.g. 0.08,1.0")
         out = [float(v) for v in value]
         if f.name == "scale" and (len(out) != 2 or not 0 < out[0] <= out[1] <= 1):
             raise bad("two numbers 0 < lo <= hi <= 1, e.g. 0.08,1.0")
@@ -236,7 +245,7 @@ def parse_value(text: str) -> Any:
     if "," in text and not text.strip().startswith(("[", "{")):
         return [parse_value(t) for t in text.split(",")]
     try:
-        value = yaml.safe_load(text)
+        value = safe_yaml(text, "command-line value")
     except yaml.YAMLError:
         return text
     if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
@@ -252,8 +261,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    if path.stat().st_size > YAML_LIMITS["bytes"]:
+        raise ValueError(f"config file {str(path)!r} is {path.stat().st_size} bytes, more than the "
+                         f"{YAML_LIMITS['bytes']} a config may have")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_yaml(path.read_text(), f"config file {str(path)!r}") or {}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -311,21 +311,13 @@ class ClassificationTask(Task):
         }
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
-        """The class names and evaluation input a checkpoint records, each checked (a ValueError otherwise)."""
-        from ..engine.config import TrainConfig
-
+        """The class names and evaluation input a checkpoint records (their types and ranges were checked
+        when the file was read: :func:`pvt.checkpoint.check_metadata`); a ValueError without class names."""
         names = extra.get("class_names")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise ValueError("its class_names are not a list of names")
         self.class_names = list(names)
-        e = {k: extra[k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std") if k in extra}
-        TrainConfig.from_dict({k: v for k, v in e.items() if k in ("img_size", "crop_pct", "interpolation")})
-        for k in ("mean", "std"):
-            v = e.get(k, IMAGENET_MEAN)
-            if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                             and 0 <= x <= 1e3 for x in v) and (k == "mean" or min(v) > 0)):
-                raise ValueError(f"its {k} {v!r} is not three numbers" + (" > 0" if k == "std" else ""))
-        self._eval_input = e
+        self._eval_input = {k: extra[k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std") if k in extra}
 
     # -- trained models -----------------------------------------------------------------------
     def load_model(self, state: dict[str, Tensor], meta: dict[str, Any], source: str | Path) -> nn.Module:

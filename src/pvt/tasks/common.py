@@ -9,13 +9,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 from torch import Tensor
 
+from ..constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE
 from ..dense import DENSE_MODELS, HEADS, DenseModelSpec, get_dense_spec
 from ..engine.task import Task
 from ..naming import unknown_name
 from ..variants import VARIANTS
 
 __all__ = ["DENSE_COMMON", "SHAPES_NUM_TRAIN", "SHAPES_NUM_VAL", "DenseTask", "resolve_dense_model", "shapes_root",
-           "check_options", "dense_drop_path"]
+           "check_options", "check_size_options", "SIZE_OPTIONS", "dense_drop_path"]
 
 #: every dense recipe: AdamW 1e-4, weight decay 1e-4, no classification augmentation (repeated augmentation
 #: included: the official dense code samples each image once per epoch), no clipping, no EMA.
@@ -35,6 +36,23 @@ def shapes_root(cfg) -> Path:
           "size": int(opts.get("shapes_size", cfg.img_size))}
     base = Path(cfg.data_dir).expanduser() / "shapes" if cfg.data_dir else default_shapes_root()
     return make_shapes_dataset(base.with_name(f"shapes-{kw['num_train']}-{kw['num_val']}-{kw['size']}"), **kw)
+
+
+#: the task options that are sizes (built-in data counts, image sides), each with its bounds
+SIZE_OPTIONS: dict[str, tuple[int, int]] = {
+    "num_train": (1, MAX_BUILTIN_IMAGES), "num_val": (1, MAX_BUILTIN_IMAGES), "shapes_size": (32, MAX_IMG_SIZE),
+    "test_size": (16, MAX_IMG_SIZE), "max_size": (16, 2 * MAX_IMG_SIZE)}
+
+
+def check_size_options(task: Task) -> None:
+    """A ValueError naming the first size option of ``task.cfg.task_options`` (:data:`SIZE_OPTIONS`) that is
+    not an integer within its bounds (``1e12`` built-in images would run for days)."""
+    for key, (lo, hi) in SIZE_OPTIONS.items():
+        v = task.cfg.task_options.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not lo <= v <= hi or v != int(v):
+            raise ValueError(f"{task.name} task: option {key}={v!r}: expected an integer {lo}..{hi}")
 
 
 def check_options(task: Task, accepted: set[str]) -> None:
@@ -131,3 +149,4 @@ class DenseTask(Task):
     def validate(self) -> None:
         self.spec  # noqa: B018  (a ValueError naming close names when the model is unknown)
         check_options(self, set(self.options))
+        check_size_options(self)

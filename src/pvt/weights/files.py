@@ -173,11 +173,18 @@ def _weights_in(folder: Path) -> list[Path]:
             return [folder / name]
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).is_file():
-            try:
-                shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, AttributeError) as e:
-                raise ValueError(f"{folder / index} is not a valid shard index: {e}") from None
-            return [folder / s for s in shards]
+            weight_map = read_json(folder / index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError(f"{folder / index} is not a valid shard index: its weight_map is not an object "
+                                 "of tensor name: file name")
+            shards = set(weight_map.values())
+            # plain file names in this folder, opened as files: never a path that leaves it
+            bad = [s for s in shards if not isinstance(s, str) or s in ("", ".", "..") or "/" in s or "\\" in s
+                   or "\0" in s or not s.endswith(WEIGHT_SUFFIXES)]
+            if bad:
+                raise ValueError(f"{folder / index}: its weight_map names {bad[0]!r}: expected the file name of a "
+                                 f"weight file in the same folder ({', '.join(WEIGHT_SUFFIXES)})")
+            return [folder / s for s in sorted(shards)]
     return []
 
 

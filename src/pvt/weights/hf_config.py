@@ -8,8 +8,10 @@ from an HF folder matches HF exactly; writing records the block eps (HF has no s
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from ..checkpoint import FILE_LIMITS
 from ..config import PVTConfig
 
 __all__ = ["hf_config_to_pvt", "pvt_to_hf_config", "hf_model_type"]
@@ -60,8 +62,39 @@ def pvt_to_hf_config(cfg: PVTConfig) -> dict[str, Any]:
     return out
 
 
+def _field(cfg: dict[str, Any], key: str, default: Any, source: str, kind: type, *, each: bool = False,
+           lo: float | None = None, hi: float | None = None, entries: int = FILE_LIMITS["num_stages"]) -> Any:
+    """``cfg[key]`` (``default`` when absent) checked to be a ``kind`` (a list of them with ``each``) within
+    ``lo``..``hi``, finite (a list of 1..``entries``); a ValueError naming ``source`` and the field otherwise."""
+    value = cfg.get(key, default)
+    items = value if each else [value]
+
+    def fits(v: Any) -> bool:
+        if kind is bool:
+            return isinstance(v, bool)
+        if isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else kind):
+            return False
+        if kind is str:
+            return True
+        return math.isfinite(v) and (lo is None or v >= lo) and (hi is None or v <= hi)
+
+    if not (isinstance(items, list) and 0 < len(items) <= entries if each else True) \
+            or not all(fits(v) for v in items):
+        what = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
+        if lo is not None or hi is not None:
+            g = lambda v: "" if v is None else str(int(v)) if float(v).is_integer() else f"{v:g}"  # noqa: E731
+            what += f" {g(lo)}..{g(hi)}"
+        if each:
+            what = f"a list of 1..{entries} entries, each {what}"
+        shown = repr(value)
+        raise ValueError(f"{source}: {key} {shown[:80] + '...' if len(shown) > 80 else shown}: expected {what}")
+    return list(value) if each else value
+
+
 def hf_config_to_pvt(cfg: dict[str, Any], source: str = "config.json") -> PVTConfig:
     """An HF transformers ``config.json`` (``model_type`` ``pvt_v2`` or ``pvt``) as a :class:`PVTConfig`.
+    Every field is checked for its type, finiteness and range first (a ValueError naming ``source`` and the
+    field); the limits on sizes are :data:`pvt.checkpoint.FILE_LIMITS`.
 
     HF uses ``layer_norm_eps`` (1e-6) in every LayerNorm, so both eps fields take it.
     """
@@ -71,54 +104,63 @@ def hf_config_to_pvt(cfg: dict[str, Any], source: str = "config.json") -> PVTCon
     act = cfg.get("hidden_act", "gelu")
     if act != "gelu":
         raise ValueError(f"{source}: hidden_act {act!r} is not supported (PVT uses 'gelu')")
+    for key in ("hidden_sizes", "depths", "num_attention_heads", "mlp_ratios",
+                "sr_ratios" if kind == "pvt_v2" else "sequence_reduction_ratios"):
+        if key not in cfg:
+            raise ValueError(f"{source}: the {kind} config lacks the field {key!r}")
+    lim = FILE_LIMITS
+    f = lambda key, default, kind_, **kw: _field(cfg, key, default, source, kind_, **kw)  # noqa: E731
+    dims = f("hidden_sizes", None, int, each=True, lo=1, hi=lim["embed_dims"])
+    strides = f("strides", [4, 2, 2, 2], int, each=True, lo=1, hi=lim["patch_strides"])
+    patch = f("patch_sizes", [7, 3, 3, 3] if kind == "pvt_v2" else [4, 2, 2, 2], int, each=True, lo=1,
+              hi=2 * lim["patch_strides"])
+    eps = f("layer_norm_eps", 1e-6, float, lo=1e-12, hi=0.1)
+    labels = cfg.get("id2label")
+    if labels is not None and not isinstance(labels, dict):
+        raise ValueError(f"{source}: id2label is a JSON {type(labels).__name__}: expected an object of index: name")
+    num_labels = len(labels) if labels else f("num_labels", 1000, int, lo=0, hi=lim["num_classes"])
+    architectures = f("architectures", [], str, each=True, entries=16) if cfg.get("architectures") else []
+    classifier = any(a.endswith("ForImageClassification") for a in architectures)
+    common = dict(
+        embed_dims=dims,
+        depths=f("depths", None, int, each=True, lo=1, hi=lim["depths"]),
+        num_heads=f("num_attention_heads", None, int, each=True, lo=1, hi=lim["num_heads"]),
+        mlp_ratios=f("mlp_ratios", None, float, each=True, lo=0, hi=lim["mlp_ratios"]),
+        patch_strides=strides,
+        in_chans=f("num_channels", 3, int, lo=1, hi=lim["in_chans"]),
+        qkv_bias=f("qkv_bias", True, bool),
+        layer_norm_eps=float(eps),
+        embed_norm_eps=float(eps),
+        num_classes=num_labels if classifier else 0,
+    )
     try:
-        dims = list(cfg["hidden_sizes"])
-        strides = list(cfg.get("strides", [4, 2, 2, 2]))
-        patch = list(cfg.get("patch_sizes", [7, 3, 3, 3] if kind == "pvt_v2" else [4, 2, 2, 2]))
-        eps = float(cfg.get("layer_norm_eps", 1e-6))
-        labels = cfg.get("id2label")
-        num_labels = len(labels) if isinstance(labels, dict) else int(cfg.get("num_labels", 1000))
-        classifier = any(a.endswith("ForImageClassification") for a in cfg.get("architectures") or [])
-        common = dict(
-            embed_dims=dims,
-            depths=list(cfg["depths"]),
-            num_heads=list(cfg["num_attention_heads"]),
-            mlp_ratios=list(cfg["mlp_ratios"]),
-            patch_strides=strides,
-            in_chans=int(cfg.get("num_channels", 3)),
-            qkv_bias=bool(cfg.get("qkv_bias", True)),
-            layer_norm_eps=eps,
-            embed_norm_eps=eps,
-            num_classes=num_labels if classifier else 0,
-        )
         if kind == "pvt_v2":
             if patch != [2 * s - 1 for s in strides]:
-                raise ValueError(
-                    f"{source}: patch_sizes {patch} with strides {strides} are not PVT v2's overlapping "
-                    "embedding (kernel 2S-1); not supported"
-                )
+                raise ValueError(f"patch_sizes {patch} with strides {strides} are not PVT v2's overlapping "
+                                 "embedding (kernel 2S-1); not supported")
             return PVTConfig(
                 **common,
-                sr_ratios=list(cfg["sr_ratios"]),
+                sr_ratios=f("sr_ratios", None, int, each=True, lo=1, hi=lim["sr_ratios"]),
                 overlap_patch_embed=True,
                 conv_ffn=True,
-                linear_sra=bool(cfg.get("linear_attention", False)),
+                linear_sra=f("linear_attention", False, bool),
                 pos_embed=False,
                 cls_token=False,
             )
         if patch != strides:
-            raise ValueError(f"{source}: patch_sizes {patch} differ from strides {strides}; PVT v1 needs them equal")
+            raise ValueError(f"patch_sizes {patch} differ from strides {strides}; PVT v1 needs them equal")
         size = cfg.get("image_size", 224)
+        size = f("image_size", 224, int, each=True, lo=16, hi=lim["img_size"])[0] if isinstance(size, list) \
+            else f("image_size", 224, int, lo=16, hi=lim["img_size"])
         return PVTConfig(
             **common,
-            sr_ratios=list(cfg["sequence_reduction_ratios"]),
+            sr_ratios=f("sequence_reduction_ratios", None, int, each=True, lo=1, hi=lim["sr_ratios"]),
             overlap_patch_embed=False,
             conv_ffn=False,
             pos_embed=True,
             cls_token=True,
-            img_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+            img_size=size,
         )
-    except KeyError as e:
-        raise ValueError(f"{source}: the {kind} config lacks the field {e.args[0]!r}") from None
-    except TypeError as e:
-        raise ValueError(f"{source}: malformed {kind} config: {e}") from None
+    except ValueError as e:
+        text = str(e)
+        raise ValueError(text if text.startswith(source) else f"{source}: {text}") from None

@@ -111,6 +111,8 @@ def _file_eps(ckpt: Checkpoint) -> dict[str, float]:
 def _guess(ckpt: Checkpoint) -> tuple[list[str], str]:
     arch = infer_architecture(ckpt.state_dict)
     if arch is None:
+        if "stages.0.patch_embed.proj.weight" in ckpt.state_dict:
+            return [], "tensors of ranks no PVT has, e.g. a patch embedding that is not a 4-D convolution weight"
         return [], "no PVT patch embedding"
     # a v1 backbone without its class token (official dense-prediction v1) is still that v1 variant
     like = {**arch, "cls_token": True} if arch["pos_embed"] and not arch["cls_token"] else arch

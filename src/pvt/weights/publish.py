@@ -19,7 +19,7 @@ import yaml
 
 from ..checkpoint import resolve_checkpoint
 from ..hub import check_repo_id
-from ..io import atomic_folder, atomic_write
+from ..io import atomic_folder, atomic_write, safe_yaml
 from ..model import PyramidVisionTransformer
 from ..variants import VARIANTS
 from .files import Checkpoint, read_checkpoint
@@ -79,10 +79,10 @@ def _run_of(source: Path, ckpt: Checkpoint, weights: Path) -> _Run:
     run_dir = source if source.is_dir() else source.parent
     config = ckpt.extra.get("train_config")
     if not isinstance(config, dict) and (run_dir / "config.yaml").is_file():
-        try:
-            loaded = yaml.safe_load((run_dir / "config.yaml").read_text())
+        try:  # bounded: a hostile config.yaml (an anchor bomb) is skipped like a broken one
+            loaded = safe_yaml((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
             config = loaded if isinstance(loaded, dict) else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):
             config = None
     records = []
     if (run_dir / "metrics.jsonl").is_file():

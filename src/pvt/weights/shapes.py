@@ -35,7 +35,8 @@ ARCH_FIELDS = (
 def infer_architecture(sd: dict[str, Tensor]) -> dict[str, Any] | None:
     """Architecture fields read from tensor shapes, plus ``num_classes`` and ``in_chans``.
 
-    ``None`` if ``sd`` does not have the ``stages.{i}.patch_embed.proj.weight`` layout.
+    ``None`` if ``sd`` does not have the ``stages.{i}.patch_embed.proj.weight`` layout, or its tensors are not
+    of the ranks a PVT's are (a crafted file: a 1-D patch embedding, a 0-D MLP weight).
     """
     n = 0
     while f"stages.{n}.patch_embed.proj.weight" in sd:
@@ -43,6 +44,11 @@ def infer_architecture(sd: dict[str, Tensor]) -> dict[str, Any] | None:
     if n == 0:
         return None
     proj = [sd[f"stages.{i}.patch_embed.proj.weight"] for i in range(n)]
+    ranks = {"mlp.fc1.weight": 2, "attn.sr.weight": 4}
+    if any(p.ndim != 4 for p in proj) or any(
+            k.endswith(f".blocks.0.{name}") and getattr(v, "ndim", -1) != rank for k, v in sd.items()
+            for name, rank in ranks.items()):
+        return None
     dims = tuple(int(p.shape[0]) for p in proj)
     kernels = [int(p.shape[-1]) for p in proj]
     overlap = kernels[0] % 2 == 1 and kernels[0] > 1  # v2: 2S-1 (odd); v1: S
