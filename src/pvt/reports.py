@@ -248,7 +248,7 @@ def dense_info(name: str, input_size: tuple[int, int] | None = None) -> dict[str
     from .dense import create_dense_model, get_dense_spec
 
     spec = get_dense_spec(name)
-    size = input_size or spec.head.flops_input
+    size = input_size or spec.flops_input
     with torch.device("meta"):
         model = create_dense_model(spec.name)
     method = spec.head.flops_method

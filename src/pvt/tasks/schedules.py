@@ -17,7 +17,7 @@ __all__ = ["MultiStepLR", "PolyLR"]
 class _PerStep:
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = optimizer
-        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.base_lrs = [g["lr"] * g.get("lr_scale", 1.0) for g in optimizer.param_groups]  # timm's per-group scale
         self.step_update(0)
 
     def factor(self, t: int) -> float:  # pragma: no cover - abstract

@@ -1,0 +1,75 @@
+"""SegFormer: MiT-B0..B5 rows, the All-MLP head on any backbone, its counts and GFLOPs against the SegFormer
+paper (Table 2) and transformers' classes, the recipe, and transformers' weights both ways."""
+
+import pytest
+import torch
+
+import pvt
+from pvt.dense import create_dense_model, get_dense_spec
+from pvt.engine.trainer import param_groups
+
+# transformers 5.25 on the meta device: SegformerForSemanticSegmentation (150 labels) and
+# SegformerForImageClassification (1000 labels), as issue 20 lists them
+SEGFORMER = {0: 3_752_694, 1: 13_715_798, 2: 27_461_974, 3: 47_337_814, 4: 64_108_374, 5: 84_708_694}
+MIT_1000 = {0: 3_576_392, 1: 13_664_424, 2: 24_709_288, 3: 44_585_128, 4: 61_355_688, 5: 81_956_008}
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("b", range(6))
+def test_segformer_and_mit_counts_are_transformers_exactly(b):
+    with torch.device("meta"):
+        seg = create_dense_model(f"segformer_mit_b{b}")
+        mit = pvt.create_model(f"mit_b{b}")
+    assert _count(seg) == SEGFORMER[b] and round(SEGFORMER[b] / 1e5) / 10 == get_dense_spec(f"segformer_mit_b{b}").paper_params_m
+    assert _count(mit) == MIT_1000[b] == pvt.get_variant(f"mit_b{b}").num_params
+    assert mit.config.mlp_ratios == (4, 4, 4, 4) and seg.head.linear_fuse.out_channels == (256 if b < 2 else 768)
+
+
+def test_mit_b5_is_pvt_v2_b5_and_eps_are_the_official_ones():
+    assert pvt.get_variant("mit_b5").config == pvt.get_variant("pvt_v2_b5").config
+    cfg = pvt.get_variant("mit_b0").config
+    assert (cfg.layer_norm_eps, cfg.embed_norm_eps) == (1e-6, 1e-5)
+    assert cfg.replace(mlp_ratios=(8, 8, 4, 4)) == pvt.get_variant("pvt_v2_b0").config
+
+
+@pytest.mark.parametrize("b, paper", [(0, 8.4), (1, 15.9), (2, 62.4), (3, 79.0), (4, 95.7), (5, 183.3)])
+def test_gflops_within_one_percent_of_the_paper(b, paper):
+    """Whole model, one multiply-add = one FLOP, attention products counted; B5 at 640x640 (its ADE20K crop)."""
+    spec = get_dense_spec(f"segformer_mit_b{b}")
+    with torch.device("meta"):
+        model = create_dense_model(spec.name)
+    got = pvt.count_flops(model, spec.flops_input).gflops
+    assert spec.flops_input == ((640, 640) if b == 5 else (512, 512)) and spec.paper_gflops == paper
+    assert got == pytest.approx(paper, rel=0.01)
+
+
+def test_any_backbone_any_size_and_the_head_learns_ten_times_faster():
+    torch.manual_seed(0)
+    model = create_dense_model("segformer_pvt_v2_b0", num_classes=5).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 67, 93))
+    assert out.shape == (2, 5, 67, 93) and torch.isfinite(out).all()
+    groups = param_groups(model, 0.01)
+    head = {id(p) for p in model.head.parameters()}
+    scaled = [g for g in groups if g.get("lr_scale") == 10.0]
+    assert {id(p) for g in scaled for p in g["params"]} == head
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert [g["weight_decay"] for g in scaled] == [0.01, 0.0]  # conv / linear weights decay, biases and BN do not
+
+
+def test_recipe_is_segformers():
+    from pvt.tasks import create_task, resolve_config
+
+    cfg = resolve_config(model="segformer_mit_b0", data="/nonexistent/ade")
+    assert cfg.task == "segmentation"
+    assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.img_size, cfg.batch_size) == (6e-5, 0.01, 127, 512, 2)
+    assert "poly_power" not in cfg.task_options
+    task = create_task(cfg)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=6e-5)
+    sched = task.build_scheduler(opt, 100)
+    assert sched.power == 1.0 and sched.warmup_ratio == pytest.approx(1e-6) and sched.warmup_steps == 120
+    semfpn = create_task(resolve_config(model="semfpn_mit_b0", data="/nonexistent/ade"))
+    assert semfpn.build_scheduler(opt, 100).power == 0.9
