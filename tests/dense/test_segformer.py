@@ -73,3 +73,104 @@ def test_recipe_is_segformers():
     assert sched.power == 1.0 and sched.warmup_ratio == pytest.approx(1e-6) and sched.warmup_steps == 120
     semfpn = create_task(resolve_config(model="semfpn_mit_b0", data="/nonexistent/ade"))
     assert semfpn.build_scheduler(opt, 100).power == 0.9
+
+
+def _perturbed(model):
+    """Random BatchNorm statistics too, so that a mis-mapped buffer shows."""
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _pixels(x):
+    from pvt.constants import IMAGENET_MEAN, IMAGENET_STD
+
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("size", ["b0", pytest.param("b2", marks=pytest.mark.slow)])
+def test_transformers_segformer_both_ways(size, tmp_path):
+    """transformers' SegformerForSemanticSegmentation (random weights) -> pvt: logits within 1e-4 once both are
+    upsampled to the input; pvt -> transformers: the same."""
+    transformers = pytest.importorskip("transformers")
+    from pvt.dense.hf import load_hf_task_model, save_hf_task_model
+
+    kw = {} if size == "b0" else dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], decoder_hidden_size=768)
+    torch.manual_seed(0)
+    hf = _perturbed(transformers.SegformerForSemanticSegmentation(transformers.SegformerConfig(num_labels=7, **kw)))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_hf_task_model(tmp_path / "hf")
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        want = torch.nn.functional.interpolate(hf(pixel_values=_pixels(x)).logits, size=(64, 96), mode="bilinear",
+                                               align_corners=False)
+        got = ours(x)
+    assert got.shape == want.shape == (2, 7, 64, 96)
+    assert (got - want).abs().max() < 1e-4
+    save_hf_task_model(ours, tmp_path / "back")
+    again = transformers.SegformerForSemanticSegmentation.from_pretrained(tmp_path / "back").eval()
+    with torch.no_grad():
+        assert (again(pixel_values=_pixels(x)).logits - hf(pixel_values=_pixels(x)).logits).abs().max() < 1e-6
+
+
+def test_transformers_mit_classifier_both_ways(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from pvt.dense.hf import load_hf_task_model, save_hf_task_model
+
+    torch.manual_seed(0)
+    hf = transformers.SegformerForImageClassification(transformers.SegformerConfig(num_labels=5)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_hf_task_model(tmp_path / "hf")
+    assert isinstance(ours, pvt.PyramidVisionTransformer) and ours.config.mlp_ratios == (4, 4, 4, 4)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want = hf(pixel_values=x).logits
+        assert (ours(x) - want).abs().max() < 1e-4
+    save_hf_task_model(ours, tmp_path / "back")
+    again = transformers.SegformerForImageClassification.from_pretrained(tmp_path / "back").eval()
+    with torch.no_grad():
+        assert torch.equal(again(pixel_values=x).logits, want)
+
+
+def test_a_foreign_folder_is_a_one_line_error(tmp_path):
+    from pvt.dense.hf import load_hf_task_model
+
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="model_type 'bert' is not one of segformer, glpn"):
+        load_hf_task_model(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ GLPN
+def test_glpn_default_count_is_transformers():
+    with torch.device("meta"):
+        model = create_dense_model("glpn_mit_b4")
+    assert _count(model) == 61_220_903  # transformers' GLPNForDepthEstimation(GLPNConfig(MiT-b4 sizes))
+
+
+def test_transformers_glpn_both_ways(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from pvt.dense.hf import load_hf_task_model, save_hf_task_model
+
+    torch.manual_seed(0)
+    config = transformers.GLPNConfig(hidden_sizes=[32, 64, 160, 256], depths=[1, 1, 1, 1], decoder_hidden_size=32,
+                                     max_depth=10)
+    hf = _perturbed(transformers.GLPNForDepthEstimation(config))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_hf_task_model(tmp_path / "hf")
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        want = hf(pixel_values=_pixels(x)).predicted_depth
+        got = ours(x)
+    assert got.shape == want.shape == (2, 64, 96)
+    assert (got - want).abs().max() < 1e-4 and want.std() > 0
+    save_hf_task_model(ours, tmp_path / "back")
+    again = transformers.GLPNForDepthEstimation.from_pretrained(tmp_path / "back").eval()
+    with torch.no_grad():
+        assert (again(pixel_values=_pixels(x)).predicted_depth - want).abs().max() < 1e-6
+    with torch.no_grad():
+        assert ours(torch.rand(1, 3, 67, 93)).shape == (1, 67, 93)  # odd sizes too

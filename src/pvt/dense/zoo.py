@@ -35,7 +35,7 @@ class Head:
 
     name: str
     task: str
-    """The training task that trains it: ``detection``, ``instance`` or ``segmentation``."""
+    """The training task that trains it: ``detection``, ``instance``, ``segmentation`` or ``depth``."""
     builder: str
     """``module:function`` in :mod:`pvt.dense` building it: ``function(backbone_name, num_classes=..., ...)``."""
     num_classes: int
@@ -89,6 +89,7 @@ HEADS: dict[str, Head] = {h.name: h for h in [
          "SegFormer All-MLP head (SegFormer Table 2)",
          recipe=(("lr", 6e-5), ("weight_decay", 0.01), ("epochs", 127), ("warmup_epochs", 1.2), ("warmup_lr", 6e-11),
                  ("poly_power", 1.0))),
+    Head("glpn", "depth", "pvt.dense.glpn:glpn", 1, (480, 640), None, None, "GLPN monocular depth (NYU Depth v2)"),
 ]}
 """The heads by name, in table order."""
 
