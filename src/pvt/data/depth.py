@@ -57,7 +57,7 @@ def check_depth_pair(image: Tensor, depth: Tensor, source: str) -> None:
 
 
 def _to_tensors(img: np.ndarray, depth: np.ndarray) -> tuple[Tensor, Tensor]:
-    return torch.from_numpy(img).permute(2, 0, 1).float() / 255.0, torch.from_numpy(depth)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0, torch.from_numpy(np.array(depth))
 
 
 class SyntheticDepth(Dataset):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import read_image
 from .common import DENSE_COMMON, SHAPES_NUM_TRAIN, SHAPES_NUM_VAL, DenseTask, dense_drop_path
-from .schedules import PolyLR
+from .schedules import poly_schedule
 from .visualize import drawing_names, save_drawing
 
 __all__ = ["DepthTask", "silog_loss", "depth_metrics", "colourise_depth", "DEPTH_METRICS"]
@@ -112,11 +112,7 @@ class DepthTask(DenseTask):
         return apply_backbone_options(model, self.cfg)
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
-        cfg = self.cfg
-        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-        ratio = min(cfg.warmup_lr / max(cfg.peak_lr(), 1e-12), 1.0)
-        return PolyLR(optimizer, cfg.epochs * steps_per_epoch, power=0.9, min_lr=0.0, warmup_steps=warmup,
-                      warmup_ratio=ratio)
+        return poly_schedule(self.cfg, optimizer, steps_per_epoch)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, depths = batch
@@ -170,8 +166,7 @@ class DepthTask(DenseTask):
         return "  ".join(f"{k} {metrics[k]:.3f}" for k in ("abs_rel", "rmse", "delta1") if k in metrics)
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"task": self.name, "task_model": self.spec.name, "class_names": ["depth"],
-                "img_size": self.cfg.img_size}
+        return {"task": self.name, "task_model": self.spec.name, "class_names": ["depth"], "img_size": self.cfg.img_size}
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
         self.class_names = ["depth"]

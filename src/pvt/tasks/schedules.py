@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["MultiStepLR", "PolyLR"]
+__all__ = ["MultiStepLR", "PolyLR", "poly_schedule"]
 
 
 class _PerStep:
@@ -70,3 +70,11 @@ class PolyLR(_PerStep):
         if t < self.warmup_steps:
             lr *= self.warmup_ratio + (1 - self.warmup_ratio) * t / self.warmup_steps
         return lr
+
+
+def poly_schedule(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int, power: float = 0.9) -> PolyLR:
+    """mmseg's poly over ``cfg.epochs`` to 0, after ``cfg.warmup_epochs`` of linear warm-up from ``cfg.warmup_lr``."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    ratio = min(cfg.warmup_lr / max(cfg.peak_lr(), 1e-12), 1.0)
+    return PolyLR(optimizer, cfg.epochs * steps_per_epoch, power=power, min_lr=0.0, warmup_steps=warmup,
+                  warmup_ratio=ratio)

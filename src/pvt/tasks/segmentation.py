@@ -21,7 +21,7 @@ from ..data.ade import IGNORE_INDEX, ADE20KDataset, segmentation_collate
 from .backbone import apply_backbone_options
 from .common import DENSE_COMMON, DenseTask, dense_drop_path, shapes_root
 from .metrics import ConfusionMatrix
-from .schedules import PolyLR
+from .schedules import poly_schedule
 from .visualize import draw_segmentation, drawing_names, save_drawing
 
 __all__ = ["SegmentationTask", "SEGMENTATION_DEFAULTS", "SHAPES_SEGMENTATION"]
@@ -84,13 +84,9 @@ class SegmentationTask(DenseTask):
         return apply_backbone_options(model, self.cfg)
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
-        cfg = self.cfg
-        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-        ratio = min(cfg.warmup_lr / max(cfg.peak_lr(), 1e-12), 1.0)
         # mmseg's poly power: 0.9 (Semantic FPN), 1.0 (SegFormer's recipe); --opt poly_power=P overrides
-        power = float(cfg.task_options.get("poly_power", dict(self.spec.head.recipe).get("poly_power", 0.9)))
-        return PolyLR(optimizer, cfg.epochs * steps_per_epoch, power=power, min_lr=0.0, warmup_steps=warmup,
-                      warmup_ratio=ratio)
+        power = float(self.cfg.task_options.get("poly_power", dict(self.spec.head.recipe).get("poly_power", 0.9)))
+        return poly_schedule(self.cfg, optimizer, steps_per_epoch, power)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, labels = batch
