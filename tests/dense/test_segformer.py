@@ -136,6 +136,26 @@ def test_transformers_mit_classifier_both_ways(tmp_path):
         assert torch.equal(again(pixel_values=x).logits, want)
 
 
+def test_pvt_convert_to_hf_reads_and_writes_segformer_folders(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    from pvt.cli import main
+
+    torch.manual_seed(0)
+    hf = _perturbed(transformers.SegformerForSemanticSegmentation(transformers.SegformerConfig(
+        num_labels=3, depths=[1, 1, 1, 1], id2label={0: "sky", 1: "road", 2: "car"})))
+    hf.save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "out"), "--to", "hf"]) == 0
+    hf_count = sum(p.numel() for p in hf.parameters())
+    assert f"SegFormer, {hf_count:,} parameters" in capsys.readouterr().out
+    again = transformers.SegformerForSemanticSegmentation.from_pretrained(tmp_path / "out").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again(pixel_values=x).logits, hf(pixel_values=x).logits)
+    assert again.config.id2label == {0: "sky", 1: "road", 2: "car"}
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "x.safetensors")]) == 2
+    assert "converts with --to hf" in capsys.readouterr().err
+
+
 def test_a_foreign_folder_is_a_one_line_error(tmp_path):
     from pvt.dense.hf import load_hf_task_model
 

@@ -65,8 +65,9 @@ def test_nyu_layout_and_its_bad_inputs(tmp_path):
         NYUDepthFolder(tmp_path / "empty", "test", 24, train=False)
 
 
+@pytest.mark.slow
 def test_glpn_trains_and_predicts_on_the_builtin_depth_set(tmp_path):
-    """Two tiny epochs through the engine (the code path of pvt train --task depth), then a coloured depth map."""
+    """One tiny epoch through the engine (the code path of pvt train --task depth), then a coloured depth map."""
     from pvt.engine.trainer import Trainer
     from pvt.tasks import load_trained
 
@@ -85,3 +86,14 @@ def test_glpn_trains_and_predicts_on_the_builtin_depth_set(tmp_path):
     assert 0 < rec["depth_min"] <= rec["depth_median"] <= rec["depth_max"] < 10
     with Image.open(rec["output"]) as im:
         assert im.size == (94, 33)
+    # pvt convert --to hf: the trained GLPN as transformers' folder, the same depth there
+    transformers = pytest.importorskip("transformers")
+    from pvt.cli import main
+
+    assert main(["convert", str(res.run_dir), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    hf = transformers.GLPNForDepthEstimation.from_pretrained(tmp_path / "hf").eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ours = trained.model(x)
+        theirs = hf(pixel_values=(x - trained.model.mean) / trained.model.std).predicted_depth
+    assert (ours - theirs).abs().max() < 1e-4
