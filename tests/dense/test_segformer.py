@@ -198,15 +198,14 @@ def test_transformers_glpn_both_ways(tmp_path):
 
 @pytest.mark.slow
 def test_segformer_learns_held_out(tmp_path):
-    """SegFormer-B0 (MiT-B0 + All-MLP head) from scratch on the built-in shapes preset (64 px, 1024 images): held-out
-    mIoU far above the untrained model's and above background-everywhere (21.7 on these 50 images). Measured
-    figures: docs/segformer_glpn.md."""
+    """SegFormer-B0 (MiT-B0 + All-MLP head) from scratch with the built-in shapes preset (64 px, 1024 images, 8
+    epochs, lr 2e-3, head x10): held-out mIoU far above background-everywhere (21.7 on these 50 images) and the
+    untrained model (~3). Measured once (CPU, one thread, 30 min): 52.2 (docs/segformer_glpn.md)."""
     from pvt.engine.trainer import Trainer
     from pvt.tasks import create_task, resolve_config
 
     cfg = resolve_config(model="segformer_mit_b0", output=str(tmp_path / "runs"), data_dir=str(tmp_path / "cache"),
-                         epochs=2, warmup_epochs=0.25, seed=0,
-                         task_options={"num_train": 1024, "num_val": 50, "shapes_size": 64})
-    assert cfg.task == "segmentation" and cfg.img_size == 64
+                         seed=0, task_options={"num_train": 1024, "num_val": 50, "shapes_size": 64})
+    assert cfg.task == "segmentation" and (cfg.img_size, cfg.epochs) == (64, 8)
     res = Trainer(cfg, create_task(cfg), quiet=True).fit()
-    assert max(r["val_mIoU"] for r in res.metrics) > 25
+    assert max(r["val_mIoU"] for r in res.metrics) > 40

@@ -38,7 +38,7 @@ def test_synthetic_depth_is_known_and_deterministic():
     again = render_depth_sample(3, 64)
     assert np.array_equal(img, again[0]) and np.array_equal(depth, again[1])
     assert img.shape == (64, 64, 3) and depth.shape == (64, 64) and 1.5 <= depth.min() and depth.max() <= 10
-    assert len(SyntheticDepth(5, 32, "val")) == 5 and SyntheticDepth(5, 32)[0][1].shape == (32, 32)
+    assert len(list(SyntheticDepth(5, 32, "val"))) == 5 and SyntheticDepth(5, 32)[0][1].shape == (32, 32)
     assert colourise_depth(depth, 10.0).shape == (64, 64, 3)
 
 

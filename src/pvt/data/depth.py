@@ -71,6 +71,8 @@ class SyntheticDepth(Dataset):
         return self.num
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= i < self.num:
+            raise IndexError(f"sample {i} of a {self.num}-sample synthetic depth set")  # ends plain iteration
         img, depth = _to_tensors(*render_depth_sample(self.offset + i, self.size))
         if self.hflip and torch.rand(()) < self.hflip:
             img, depth = img.flip(-1), depth.flip(-1)
