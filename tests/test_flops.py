@@ -22,7 +22,7 @@ from pvt.variants import VARIANTS
 
 
 # ------------------------------------------------------------------------------ Table 2
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", [n for n, v in VARIANTS.items() if v.paper.gflops is not None])
 def test_table2_gflops_reproduced_to_the_printed_digit(name):
     ours = paper_convention_gflops(name)
     paper = VARIANTS[name].paper.gflops

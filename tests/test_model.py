@@ -21,8 +21,9 @@ def test_registry_lists_every_variant():
     assert ALL == [
         "pvt_v1_tiny", "pvt_v1_small", "pvt_v1_medium", "pvt_v1_large",
         "pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5",
+        "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5",
     ]
-    assert pvt.list_models("*b2*") == ["pvt_v2_b2", "pvt_v2_b2_li"]
+    assert pvt.list_models("*b2*") == ["pvt_v2_b2", "pvt_v2_b2_li", "mit_b2"]
 
 
 @pytest.mark.parametrize(

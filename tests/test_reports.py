@@ -39,6 +39,8 @@ def test_model_rows_cover_every_variant_with_its_own_counts(rows):
 
 def test_model_rows_match_table2_to_the_printed_digit(rows):
     for name, r in rows.items():
+        if r["paper"]["gflops"] is None:  # SegFormer's MiT rows: no ImageNet figures in its paper
+            continue
         assert round(r["gflops"], 1) == r["paper"]["gflops"], name
         counted = {round(r["params"] / 1e6, 1), round(r["params_without_head"] / 1e6, 1)}
         if name == "pvt_v2_b1":  # Table 2's B1 size matches neither count, with or without the head

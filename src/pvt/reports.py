@@ -101,15 +101,18 @@ _DENSE_COLUMNS = (
 )
 
 
+def _dash(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def _dense_cells(row: dict[str, Any]) -> list[str]:
-    dash = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
     values = dict(
         row,
         params_m=row["params"] / 1e6,
         size="x".join(map(str, row["input_size"])),
-        paper_params=dash(row["paper"]["params_m"]),
-        paper_gflops=dash(row["paper"]["gflops"]),
-        paper_metric=dash(row["paper"]["metric"]),
+        paper_params=_dash(row["paper"]["params_m"]),
+        paper_gflops=_dash(row["paper"]["gflops"]),
+        paper_metric=_dash(row["paper"]["metric"]),
     )
     return [fmt.format(**values) for _, fmt in _DENSE_COLUMNS]
 
@@ -118,16 +121,18 @@ _COLUMNS = (
     ("model", "{name}"),
     ("params (M)", "{params_m:.2f}"),
     ("w/o head (M)", "{nohead_m:.2f}"),
-    ("paper params (M)", "{paper[params_m]:.1f}"),
+    ("paper params (M)", "{paper_params}"),
     ("GFLOPs", "{gflops:.2f}"),
     ("modules only", "{gflops_modules_only:.2f}"),
-    ("paper GFLOPs", "{paper[gflops]:.1f}"),
-    ("paper top-1 (%)", "{paper[top1]:.1f}"),
+    ("paper GFLOPs", "{paper_gflops}"),
+    ("paper top-1 (%)", "{paper_top1}"),
 )
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
-    values = dict(row, params_m=row["params"] / 1e6, nohead_m=row["params_without_head"] / 1e6)
+    values = dict(row, params_m=row["params"] / 1e6, nohead_m=row["params_without_head"] / 1e6,
+                  paper_params=_dash(row["paper"]["params_m"]), paper_gflops=_dash(row["paper"]["gflops"]),
+                  paper_top1=_dash(row["paper"]["top1"]))
     return [fmt.format(**values) for _, fmt in _COLUMNS]
 
 
@@ -243,7 +248,7 @@ def dense_info(name: str, input_size: tuple[int, int] | None = None) -> dict[str
     from .dense import create_dense_model, get_dense_spec
 
     spec = get_dense_spec(name)
-    size = input_size or spec.head.flops_input
+    size = input_size or spec.flops_input
     with torch.device("meta"):
         model = create_dense_model(spec.name)
     method = spec.head.flops_method

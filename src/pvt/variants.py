@@ -20,10 +20,10 @@ class PaperFigures:
     """What the papers report for a variant on ImageNet-1K at 224x224 (the dense-prediction tables are
     :data:`pvt.dense.paper.PAPER`)."""
 
-    params_m: float
-    """Parameters in millions."""
-    gflops: float
-    top1: float
+    params_m: float | None
+    """Parameters in millions (None: the paper gives none, as for SegFormer's MiT encoders)."""
+    gflops: float | None
+    top1: float | None
     """Top-1 accuracy in percent."""
     source: str = "PVT v2, Table 2"
 
@@ -88,6 +88,21 @@ def _v1(size: str, *, depths: tuple[int, ...], params: int, paper: PaperFigures,
 
 
 _WIDE = (64, 128, 320, 512)
+_MIT_PAPER = PaperFigures(params_m=None, gflops=None, top1=None,
+                          source="SegFormer (Xie et al., 2021) reports no ImageNet figures for its MiT encoders")
+
+
+def _mit(size: int, *, dims: tuple[int, ...], depths: tuple[int, ...], params: int) -> Variant:
+    """SegFormer's Mix Transformer MiT-B<size>: PVT v2-B<size> with MLP ratio 4 in every stage (v2: 8, 8, 4, 4;
+    MiT-B5 is PVT v2-B5 exactly). The official MiT code has PVT v2's LayerNorm eps (1e-6 in blocks and stage
+    norms, 1e-5 in patch-embedding and spatial-reduction norms): the config's defaults. ``num_params``: transformers'
+    ``SegformerForImageClassification`` with 1000 labels, counted."""
+    cfg = PVTConfig(**dict(_V2, embed_dims=dims, depths=depths, mlp_ratios=(4, 4, 4, 4)))
+    return Variant(
+        name=f"mit_b{size}", config=cfg, num_params=params, paper=_MIT_PAPER, drop_path_rate=0.1,
+        clip_grad=None, hf_hub_id=f"nvidia/mit-b{size}", timm_hub_id=None, official_url=None,
+        description=f"MiT-B{size} (SegFormer encoder)",
+    )
 _V1_PAPER = "PVT v1, Table 2 (as quoted in PVT v2 Table 2)"
 
 
@@ -120,6 +135,13 @@ VARIANTS: dict[str, Variant] = {
             paper=_paper(62.6, 10.1, 83.6), drop_path=0.3, clip=1.0),
         _v2("pvt_v2_b5", dims=_WIDE, depths=(3, 6, 40, 3), mlp=(4, 4, 4, 4), params=81_956_008,
             paper=_paper(82.0, 11.8, 83.8), drop_path=0.3, clip=1.0),
+        # SegFormer's encoders; drop path 0.1, the rate of every SegFormer config (its ImageNet recipe is unpublished)
+        _mit(0, dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), params=3_576_392),
+        _mit(1, dims=_WIDE, depths=(2, 2, 2, 2), params=13_664_424),
+        _mit(2, dims=_WIDE, depths=(3, 4, 6, 3), params=24_709_288),
+        _mit(3, dims=_WIDE, depths=(3, 4, 18, 3), params=44_585_128),
+        _mit(4, dims=_WIDE, depths=(3, 8, 27, 3), params=61_355_688),
+        _mit(5, dims=_WIDE, depths=(3, 6, 40, 3), params=81_956_008),
     ]
 }
 

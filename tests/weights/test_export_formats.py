@@ -23,7 +23,8 @@ from pvt.weights import create_pretrained, read_checkpoint
 from pvt.weights.writing import EXPORT_FORMATS, Preprocessing, eps_drift, export_weights
 
 TOL = 1e-4
-SLOW = {"pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", "pvt_v1_medium", "pvt_v1_large", "pvt_v2_b1", "pvt_v1_small"}
+SLOW = {"pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", "pvt_v1_medium", "pvt_v1_large", "pvt_v2_b1", "pvt_v1_small",
+        "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"}
 VARIANTS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in pvt.list_models()]
 DST = {"pvt": "w.safetensors", "hf": "hf", "timm": "timm", "official": "w.pth", "mmdet": "mm.pth", "mmseg": "mm.pth"}
 EPS = {"hf": (1e-6, 1e-6), "mmdet": (1e-6, 1e-6), "mmseg": (1e-6, 1e-6)}  # their models' LayerNorm eps

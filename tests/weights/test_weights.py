@@ -189,7 +189,9 @@ def _references(name: str) -> list[tuple[str, str | None, dict[str, torch.Tensor
         refs = [("hf_v2" if v2 else "hf_v1", None, hf.state_dict(), 1000),
                 ("hf_v2" if v2 else "hf_v1", "", getattr(hf, kind).state_dict(), 0)]
         if v2:
-            refs.append(("timm", None, timm.create_model(name, pretrained=False).state_dict(), 1000))
+            mlp = pvt.get_variant(name).config.mlp_ratios  # timm has no MiT rows: PVT v2's with MiT's ratios
+            refs.append(("timm", None, timm.create_model(name.replace("mit_", "pvt_v2_"), pretrained=False,
+                                                         mlp_ratios=mlp).state_dict(), 1000))
     return refs
 
 
@@ -321,7 +323,8 @@ def test_a_layout_with_its_own_indices_and_a_fused_projection():
 @pytest.mark.parametrize("name", ALL)
 def test_shapes_identify_every_variant(name):
     arch = infer_architecture(meta_sd(name, num_classes=7))
-    assert matching_variants(arch) == [name]
+    first = next(n for n, v in pvt.VARIANTS.items() if v.config == pvt.get_variant(name).config)  # mit_b5: pvt_v2_b5
+    assert matching_variants(arch) == [first]
     assert arch["num_classes"] == 7 and arch["in_chans"] == 3
 
 

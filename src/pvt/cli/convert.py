@@ -51,6 +51,36 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
 
 
+def _task_model(src: str):
+    """The SegFormer / GLPN model SRC holds (a transformers Segformer / GLPN folder, or a ``pvt train`` run of
+    such a model), else None: those convert to ``--to hf`` as whole models (:mod:`pvt.dense.hf`)."""
+    import json
+    from pathlib import Path
+
+    from ..checkpoint import read_header, resolve_checkpoint
+    from ..dense.hf import load_hf_task_model
+
+    p = Path(src).expanduser()
+    if (p / "config.json").is_file() and not (p / "best.safetensors").is_file():
+        try:
+            kind = json.loads((p / "config.json").read_text()).get("model_type")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return None
+        return load_hf_task_model(p) if kind in ("segformer", "glpn") else None
+    try:
+        header = read_header(resolve_checkpoint(p))
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    name = str(((header or ({}, {}))[0]).get("task_model", ""))
+    if not name.startswith(("segformer_", "glpn_")):
+        return None
+    from ..tasks import load_trained
+
+    trained = load_trained(p)
+    trained.model.class_names = list(trained.task.class_names)
+    return trained.model
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -60,6 +90,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_classes is not None and args.num_classes < 0:
         raise ValueError(f"--num-classes must be >= 0, got {args.num_classes}")
+    task_model = _task_model(args.src)
+    if task_model is not None:
+        from ..dense.hf import save_hf_task_model
+
+        if args.to != "hf":
+            raise ValueError(f"{args.src}: a SegFormer / GLPN model converts with --to hf (transformers' folder) only")
+        done = save_hf_task_model(task_model.cpu(), args.dst, force=args.force)
+        n = sum(p.numel() for p in task_model.parameters())
+        print(f"wrote {done}: {type(task_model).__name__}, {n:,} parameters, as transformers' "
+              f"{'GLPN' if type(task_model).__name__ == 'GLPN' else 'Segformer'} folder (config.json, model.safetensors)")
+        return 0
     src = resolve_source(args.src)
     ckpt = read_checkpoint(src)
     model = create_pretrained(args.model, ckpt, num_classes=args.num_classes)

@@ -8,7 +8,8 @@
 * :mod:`.cascade_mask_rcnn`: Cascade Mask R-CNN (Table 4) from torchvision's parts and our cascade of box and
   mask heads; :mod:`.sparse_rcnn`: Sparse R-CNN (Table 4), learned proposals refined by six dynamic
   stages; :mod:`.inputs`: checks of a detector's input images.
-* :mod:`.semantic_fpn`: Semantic FPN for segmentation.
+* :mod:`.semantic_fpn`: Semantic FPN for segmentation; :mod:`.segformer`: SegFormer's All-MLP head;
+  :mod:`.glpn`: GLPN's depth decoder; :mod:`.hf`: transformers' Segformer and GLPN folders both ways.
 * :mod:`.zoo`: every (head, backbone) pair as a named model; :mod:`.paper`: the paper's figures for them.
 
 Training, evaluation and prediction of these models are the tasks of :mod:`pvt.tasks`.

@@ -23,6 +23,8 @@ class DenseFigures:
     """Box AP (detectors) or mIoU (Semantic FPN), in percent."""
     mask_metric: float | None = None
     """Mask AP (Mask R-CNN), in percent."""
+    size: tuple[int, int] | None = None
+    """``(H, W)`` the paper counted this row's FLOPs at, where it is not its head's (SegFormer-B5: 640x640)."""
     source: str = ""
 
 
@@ -75,6 +77,14 @@ gfl | PVT v2 Table 4 (GFL 3x, multi-scale) | params_m gflops metric
 pvt_v2_b2     33 261 50.2
 pvt_v2_b2_li  30 197 49.2
 
+segformer | SegFormer Table 2 (ADE20K, 160k iterations, single scale; B5 at 640x640) | params_m gflops metric size
+mit_b0        3.8 8.4 37.4 -
+mit_b1        13.7 15.9 42.2 -
+mit_b2        27.5 62.4 46.5 -
+mit_b3        47.3 79.0 49.4 -
+mit_b4        64.1 95.7 50.3 -
+mit_b5        84.7 183.3 51.0 640
+
 sparse_rcnn | PVT v2 Table 4 (Sparse R-CNN 3x, 300 proposals, multi-scale) | params_m gflops metric
 pvt_v2_b2     107 215 50.1
 pvt_v2_b2_li  104 151 48.9
@@ -88,7 +98,9 @@ def _parse(text: str) -> dict[tuple[str, str], DenseFigures]:
         head, source, columns = (part.strip() for part in header.split("|"))
         for row in rows:
             backbone, *values = row.split()
-            fields = {c: None if v == "-" else float(v) for c, v in zip(columns.split(), values, strict=True)}
+            fields: dict = {c: None if v == "-" else float(v) for c, v in zip(columns.split(), values, strict=True)}
+            if fields.get("size") is not None:
+                fields["size"] = (int(fields["size"]),) * 2
             out[(head, backbone)] = DenseFigures(**fields, source=source)
     return out
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .backbone import PVTWithFPN, build_backbone
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["SemanticFPN", "SemanticFPNHead", "semantic_fpn"]
+__all__ = ["Segmenter", "SemanticFPN", "SemanticFPNHead", "semantic_fpn"]
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -58,19 +58,14 @@ class SemanticFPNHead(nn.Module):
         return self.classifier(self.dropout(out))
 
 
-class SemanticFPN(nn.Module):
-    """PVT + FPN(C2..C5 -> 256) + :class:`SemanticFPNHead`, logits upsampled to the input size.
-
-    FLOPs: feed the whole model a ``(1, 3, 512, 512)`` tensor (Table 5's convention); the final
-    resize to the input is a functional interpolate, not counted, as in mmsegmentation.
-    """
+class Segmenter(nn.Module):
+    """What every segmenter here shares: ``backbone`` (images -> dict of maps) and ``head`` (list of maps ->
+    logits at stride 4), set by the subclass; ImageNet normalisation inside; logits resized to the input."""
 
     task = "segmentation"
 
-    def __init__(self, body: nn.Module, num_classes: int = 150, fpn_channels: int = 256, head_channels: int = 128):
+    def __init__(self, num_classes: int):
         super().__init__()
-        self.backbone = PVTWithFPN(body, levels=(0, 1, 2, 3), out_channels=fpn_channels, extra=None)
-        self.head = SemanticFPNHead(fpn_channels, head_channels, num_classes)
         self.num_classes = num_classes
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -81,6 +76,19 @@ class SemanticFPN(nn.Module):
         x = (images - self.mean) / self.std
         logits = self.head(list(self.backbone(x).values()))
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class SemanticFPN(Segmenter):
+    """PVT + FPN(C2..C5 -> 256) + :class:`SemanticFPNHead`, logits upsampled to the input size.
+
+    FLOPs: feed the whole model a ``(1, 3, 512, 512)`` tensor (Table 5's convention); the final
+    resize to the input is a functional interpolate, not counted, as in mmsegmentation.
+    """
+
+    def __init__(self, body: nn.Module, num_classes: int = 150, fpn_channels: int = 256, head_channels: int = 128):
+        super().__init__(num_classes)
+        self.backbone = PVTWithFPN(body, levels=(0, 1, 2, 3), out_channels=fpn_channels, extra=None)
+        self.head = SemanticFPNHead(fpn_channels, head_channels, num_classes)
 
 
 def semantic_fpn(

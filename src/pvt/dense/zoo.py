@@ -35,7 +35,7 @@ class Head:
 
     name: str
     task: str
-    """The training task that trains it: ``detection``, ``instance`` or ``segmentation``."""
+    """The training task that trains it: ``detection``, ``instance``, ``segmentation`` or ``depth``."""
     builder: str
     """``module:function`` in :mod:`pvt.dense` building it: ``function(backbone_name, num_classes=..., ...)``."""
     num_classes: int
@@ -83,6 +83,13 @@ HEADS: dict[str, Head] = {h.name: h for h in [
                  ("crop", True)), multiscale=(480, 800)),
     Head("semfpn", "segmentation", "pvt.dense.semantic_fpn:semantic_fpn", 150, (512, 512), None, None,
          "Semantic FPN (Table 5)"),
+    # the official SegFormer ADE20K configs: AdamW 6e-5, weight decay 0.01, head lr x10 (the model's lr_scales),
+    # poly power 1 after a 1500-iteration warm-up from 1e-6 of the lr, 160k iterations at batch 16 (~127 epochs), whole-image test
+    Head("segformer", "segmentation", "pvt.dense.segformer:segformer", 150, (512, 512), None, None,
+         "SegFormer All-MLP head (SegFormer Table 2)",
+         recipe=(("lr", 6e-5), ("weight_decay", 0.01), ("epochs", 127), ("warmup_epochs", 1.2), ("warmup_lr", 6e-11),
+                 ("poly_power", 1.0))),
+    Head("glpn", "depth", "pvt.dense.glpn:glpn", 1, (480, 640), None, None, "GLPN monocular depth (NYU Depth v2)"),
 ]}
 """The heads by name, in table order."""
 
@@ -107,6 +114,11 @@ class DenseModelSpec:
     @property
     def default_num_classes(self) -> int:
         return self.head.num_classes
+
+    @property
+    def flops_input(self) -> tuple[int, int]:
+        """``(H, W)`` the paper counted this model's FLOPs at: the row's own size, else its head's."""
+        return self.paper.size if self.paper and self.paper.size else self.head.flops_input
 
     @property
     def paper_params_m(self) -> float | None:

@@ -110,14 +110,23 @@ class _Run:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two AdamW groups: decay for weights of rank >= 2; none for biases, norms, embeddings/tokens
-    and anything the model lists in ``no_weight_decay()``."""
+    and anything the model lists in ``no_weight_decay()``. A model with ``lr_scales`` (``{name prefix: factor}``,
+    e.g. SegFormer's ``{"head.": 10.0}``) gets two more groups per prefix, with ``lr_scale`` (timm's key, which
+    the schedulers multiply every lr by)."""
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
+    scales: dict[str, float] = dict(getattr(model, "lr_scales", {}))
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        scale = next((f for prefix, f in scales.items() if name.startswith(prefix)), 1.0)
+        groups.setdefault((scale, p.ndim <= 1 or name.endswith(".bias") or name in skip), []).append(p)
+    out = [{"params": groups.get((1.0, False), []), "weight_decay": weight_decay},
+           {"params": groups.get((1.0, True), []), "weight_decay": 0.0}]
+    for (scale, no_decay), params in groups.items():
+        if scale != 1.0:
+            out.append({"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale})
+    return out
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

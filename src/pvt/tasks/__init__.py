@@ -33,6 +33,7 @@ TASKS: dict[str, str] = {
     "detection": "pvt.tasks.detection:DetectionTask",
     "instance": "pvt.tasks.detection:InstanceTask",
     "segmentation": "pvt.tasks.segmentation:SegmentationTask",
+    "depth": "pvt.tasks.depth:DepthTask",
 }
 """Task name -> ``module:class`` of its :class:`~pvt.engine.task.Task`."""
 

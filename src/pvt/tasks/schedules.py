@@ -11,13 +11,13 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["MultiStepLR", "PolyLR"]
+__all__ = ["MultiStepLR", "PolyLR", "poly_schedule"]
 
 
 class _PerStep:
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = optimizer
-        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.base_lrs = [g["lr"] * g.get("lr_scale", 1.0) for g in optimizer.param_groups]  # timm's per-group scale
         self.step_update(0)
 
     def factor(self, t: int) -> float:  # pragma: no cover - abstract
@@ -70,3 +70,11 @@ class PolyLR(_PerStep):
         if t < self.warmup_steps:
             lr *= self.warmup_ratio + (1 - self.warmup_ratio) * t / self.warmup_steps
         return lr
+
+
+def poly_schedule(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int, power: float = 0.9) -> PolyLR:
+    """mmseg's poly over ``cfg.epochs`` to 0, after ``cfg.warmup_epochs`` of linear warm-up from ``cfg.warmup_lr``."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    ratio = min(cfg.warmup_lr / max(cfg.peak_lr(), 1e-12), 1.0)
+    return PolyLR(optimizer, cfg.epochs * steps_per_epoch, power=power, min_lr=0.0, warmup_steps=warmup,
+                  warmup_ratio=ratio)

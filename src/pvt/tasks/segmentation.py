@@ -1,7 +1,7 @@
-"""Semantic segmentation as a training task: Semantic FPN on ADE20K-format data (or the built-in
-shapes); best checkpoint by mIoU. Options (``--opt KEY=VALUE``): ``test_size`` (shorter side at
-evaluation, default img_size), ``reduce_zero_label``, and for the built-in data ``num_train``,
-``num_val``, ``shapes_size``."""
+"""Semantic segmentation as a training task: Semantic FPN or SegFormer on ADE20K-format data (or the
+built-in shapes); best checkpoint by mIoU. Options (``--opt KEY=VALUE``): ``test_size`` (shorter side at
+evaluation, default img_size), ``reduce_zero_label``, ``poly_power`` (default: the head's recipe's, else
+0.9), and for the built-in data ``num_train``, ``num_val``, ``shapes_size``."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from ..data.ade import IGNORE_INDEX, ADE20KDataset, segmentation_collate
 from .backbone import apply_backbone_options
 from .common import DENSE_COMMON, DenseTask, dense_drop_path, predict_inputs, shapes_root
 from .metrics import ConfusionMatrix
-from .schedules import PolyLR
-from .visualize import draw_segmentation, save_drawing
+from .schedules import poly_schedule
+from .visualize import draw_segmentation, drawing_names, save_drawing
 
 __all__ = ["SegmentationTask", "SEGMENTATION_DEFAULTS", "SHAPES_SEGMENTATION"]
 
@@ -32,7 +32,7 @@ SEGMENTATION_DEFAULTS: dict[str, Any] = dict(DENSE_COMMON, epochs=32, batch_size
 #: built-in shapes (see the detection task).
 SHAPES_SEGMENTATION: dict[str, Any] = {"img_size": 64, "epochs": 8, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1.0,
                                        "clip_grad": 1.0, "drop_path": 0.0, "workers": 0}
-SEGMENTATION_OPTIONS = frozenset({"test_size", "reduce_zero_label", "num_train", "num_val", "shapes_size"})
+SEGMENTATION_OPTIONS = frozenset({"test_size", "reduce_zero_label", "num_train", "num_val", "shapes_size", "poly_power"})
 
 
 class SegmentationTask(DenseTask):
@@ -49,6 +49,12 @@ class SegmentationTask(DenseTask):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.per_class_iou: list[float] = []
+
+    @classmethod
+    def config_defaults(cls, user: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`DenseTask.config_defaults`, less the task options a head's recipe names (``poly_power``: read
+        from the recipe by :meth:`build_scheduler`)."""
+        return {k: v for k, v in super().config_defaults(user).items() if k not in cls.options}
 
     def _scale(self, size: int) -> tuple[int, int]:
         return (size * 4, size)  # mmseg's (2048, 512) at 512
@@ -78,11 +84,9 @@ class SegmentationTask(DenseTask):
         return apply_backbone_options(model, self.cfg)
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
-        cfg = self.cfg
-        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-        ratio = min(cfg.warmup_lr / max(cfg.peak_lr(), 1e-12), 1.0)
-        return PolyLR(optimizer, cfg.epochs * steps_per_epoch, power=0.9, min_lr=0.0, warmup_steps=warmup,
-                      warmup_ratio=ratio)
+        # mmseg's poly power: 0.9 (Semantic FPN), 1.0 (SegFormer's recipe); --opt poly_power=P overrides
+        power = float(self.cfg.task_options.get("poly_power", dict(self.spec.head.recipe).get("poly_power", 0.9)))
+        return poly_schedule(self.cfg, optimizer, steps_per_epoch, power)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, labels, _ = batch

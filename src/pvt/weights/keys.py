@@ -607,3 +607,67 @@ def from_hf_v1(sd: StateDict) -> StateDict:
 def to_hf_v1(sd: StateDict, prefix: str = "pvt.") -> StateDict:
     """This library's v1 names -> ``PvtForImageClassification`` names (``prefix=""``: ``PvtModel``)."""
     return from_pvt(sd, "hf_v1", prefix)
+
+
+# --------------------------------------------------------------------------- SegFormer and GLPN (transformers)
+# Whole task models, read and written by pvt.dense.hf (not by the backbone loader): the MiT encoder under
+# ``segformer.`` / ``glpn.`` (our ``backbone.body.``; a bare PVT for SegformerForImageClassification, whose
+# ``classifier`` is our ``head``), with PVT v1's HF attention names and the nested depth-wise convolution, and the
+# decode heads. Their models build every LayerNorm with eps 1e-5 (they ignore ``layer_norm_eps``).
+_HF_MIT_BLOCK = _HF_BLOCK + (
+    Rule("attn.q.", "attention.self.query."),
+    Rule("attn.sr.", "attention.self.sr."),
+    Rule("attn.norm.", "attention.self.layer_norm."),
+    Rule("attn.proj.", "attention.output.dense."),
+    _NESTED_DWCONV,
+)
+_HF_MIT_KV = Fuse(".attn.kv.", (".attention.self.key.", ".attention.self.value."))
+
+
+def _hf_mit_rules(ours: str) -> tuple[Rule, ...]:
+    """The MiT encoder's rules with our names under ``ours`` (``""``: a bare PVT)."""
+    return (
+        Rule(f"{ours}stages.{{s}}.patch_embed.proj.", "{prefix}encoder.patch_embeddings.{s}.proj."),
+        Rule(f"{ours}stages.{{s}}.patch_embed.norm.", "{prefix}encoder.patch_embeddings.{s}.layer_norm."),
+        Rule(f"{ours}stages.{{s}}.blocks.{{b}}.", "{prefix}encoder.block.{s}.{b}.", inner=_HF_MIT_BLOCK),
+        Rule(f"{ours}stages.{{s}}.norm.", "{prefix}encoder.layer_norm.{s}."),
+    )
+
+
+def _hf_task(description: str, signature: tuple[str, ...], prefix: str, rules: tuple[Rule, ...]) -> Layout:
+    return Layout(description, signature=signature, prefix=prefix, rules=rules, tensor_steps=(_HF_MIT_KV,), norm_eps=1e-5)
+
+
+HF_TASK_LAYOUTS: dict[str, Layout] = {
+    "hf_mit": _hf_task(
+        "HF transformers SegformerForImageClassification / SegformerModel (a MiT encoder)",
+        (r"(segformer\.)?encoder\.block\.\d+\.\d+\.mlp\.dwconv\.dwconv\.",), "segformer.",
+        _hf_mit_rules("") + (Rule("head.", "classifier."),),
+    ),
+    "hf_segformer": _hf_task(
+        "HF transformers SegformerForSemanticSegmentation", (r"segformer\.encoder\.", r"decode_head\.linear_c\."),
+        "segformer.",
+        _hf_mit_rules("backbone.body.") + (
+            Rule("head.linear_c.{i}.", "decode_head.linear_c.{i}.proj."),
+            Rule("head.linear_fuse.", "decode_head.linear_fuse."),
+            Rule("head.bn.", "decode_head.batch_norm."),
+            Rule("head.classifier.", "decode_head.classifier."),
+        ),
+    ),
+    "hf_glpn": _hf_task(
+        "HF transformers GLPNForDepthEstimation", (r"glpn\.encoder\.", r"decoder\.stages\."), "glpn.",
+        _hf_mit_rules("backbone.body.") + (
+            Rule("decoder.stages.{i}.proj.", "decoder.stages.{i}.convolution."),
+            Rule("decoder.stages.{i}.fusion.", "decoder.stages.{i}.fusion.", inner=(
+                Rule("conv1.", "convolutional_layer1.0."),
+                Rule("bn1.", "convolutional_layer1.1."),
+                Rule("conv2.", "convolutional_layer2.0."),
+                Rule("bn2.", "convolutional_layer2.1."),
+                Rule("conv3.", "convolutional_layer3."),
+            )),
+            Rule("head.conv1.", "head.head.0."),
+            Rule("head.conv2.", "head.head.2."),
+        ),
+    ),
+}
+"""transformers' SegFormer and GLPN task models (and MiT classifiers), as :data:`LAYOUTS` declares backbones."""

@@ -93,8 +93,10 @@ def _same(arch: dict[str, Any], cfg: PVTConfig, ignore_sr: bool) -> bool:
 
 
 def matching_variants(arch: dict[str, Any]) -> list[str]:
-    """Registered variants whose architecture (all but heads) equals ``arch``."""
-    return [name for name, v in VARIANTS.items() if _same(arch, v.config, ignore_sr=v.config.linear_sra)]
+    """Registered variants whose architecture (all but heads) equals ``arch``; of rows with one config
+    (MiT-B5 is PVT v2-B5) only the first registered."""
+    found = {v.config: name for name, v in reversed(VARIANTS.items()) if _same(arch, v.config, v.config.linear_sra)}
+    return [name for name in VARIANTS if name in found.values()]
 
 
 def describe_architecture(arch: dict[str, Any]) -> str:

@@ -1,0 +1,165 @@
+"""transformers' SegFormer and GLPN folders, both ways: ``SegformerForSemanticSegmentation`` <-> :class:`SegFormer`,
+``SegformerForImageClassification`` / ``SegformerModel`` <-> a MiT :class:`PyramidVisionTransformer`,
+``GLPNForDepthEstimation`` <-> :class:`GLPN`.
+
+    >>> model = load_hf_task_model("path/to/segformer-folder")        # config.json + model.safetensors
+    >>> save_hf_task_model(model, "out-folder")                       # loads in transformers again
+
+The key rules are :data:`pvt.weights.keys.HF_TASK_LAYOUTS`. transformers builds every LayerNorm of these models
+with eps 1e-5, so models read from such a folder have both eps fields at 1e-5 (the official MiT: 1e-6 in blocks
+and stage norms); saving writes the tensors as they are. Only ``.safetensors`` weights are read (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config import PVTConfig
+from ..model import PyramidVisionTransformer
+from ..weights.keys import HF_TASK_LAYOUTS
+from .backbone import PVTBackbone
+from .glpn import GLPN
+from .segformer import SegFormer
+
+__all__ = ["load_hf_task_model", "save_hf_task_model", "HF_EPS"]
+
+HF_EPS = 1e-5
+"""The eps of every LayerNorm in transformers' Segformer and GLPN models."""
+_KINDS = {"segformer": ("SegformerForSemanticSegmentation", "SegformerForImageClassification", "SegformerModel"),
+          "glpn": ("GLPNForDepthEstimation",)}
+
+
+def _encoder_config(cfg: dict[str, Any], source: str, num_classes: int) -> PVTConfig:
+    try:
+        strides = list(cfg.get("strides", [4, 2, 2, 2]))
+        if list(cfg.get("patch_sizes", [7, 3, 3, 3])) != [2 * s - 1 for s in strides]:
+            raise ValueError(f"{source}: patch_sizes {cfg.get('patch_sizes')} are not MiT's overlapping 2S-1 kernels")
+        if cfg.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (MiT uses 'gelu')")
+        return PVTConfig(embed_dims=list(cfg["hidden_sizes"]), depths=list(cfg["depths"]),
+                         num_heads=list(cfg["num_attention_heads"]), mlp_ratios=list(cfg["mlp_ratios"]),
+                         sr_ratios=list(cfg["sr_ratios"]), patch_strides=strides,
+                         in_chans=int(cfg.get("num_channels", 3)), num_classes=num_classes,
+                         layer_norm_eps=HF_EPS, embed_norm_eps=HF_EPS)
+    except KeyError as e:
+        raise ValueError(f"{source}: the config lacks the field {e.args[0]!r}") from None
+    except TypeError as e:
+        raise ValueError(f"{source}: malformed config: {e}") from None
+
+
+def _read(folder: Path) -> tuple[dict[str, Any], dict]:
+    from safetensors.torch import load_file
+
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise ValueError(f"{str(folder)!r} is not a transformers folder (expected config.json and model.safetensors)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not a JSON config ({e})") from None
+    if not isinstance(cfg, dict) or cfg.get("model_type") not in _KINDS:
+        raise ValueError(f"{cfg_path}: model_type {cfg.get('model_type') if isinstance(cfg, dict) else None!r} is "
+                         f"not one of {', '.join(_KINDS)}")
+    return cfg, load_file(str(weights))
+
+
+def load_hf_task_model(folder: str | Path) -> nn.Module:
+    """The model a transformers Segformer / GLPN folder holds, with its weights (strict: every tensor used)."""
+    folder = Path(folder).expanduser()
+    cfg, sd = _read(folder)
+    src = str(folder / "config.json")
+    arch = (cfg.get("architectures") or [_KINDS[cfg["model_type"]][0]])[0]
+    labels = cfg.get("id2label")
+    num_labels = len(labels) if isinstance(labels, dict) else int(cfg.get("num_labels", 2))
+    if arch == "GLPNForDepthEstimation":
+        if cfg.get("head_in_index", -1) != -1:
+            raise ValueError(f"{src}: head_in_index {cfg['head_in_index']} is not supported (GLPN's head reads -1)")
+        model: nn.Module = GLPN(PyramidVisionTransformer(_encoder_config(cfg, src, 0)),
+                                int(cfg.get("decoder_hidden_size", 64)), float(cfg.get("max_depth", 10)))
+        layout = HF_TASK_LAYOUTS["hf_glpn"]
+    elif arch == "SegformerForSemanticSegmentation":
+        model = SegFormer(PyramidVisionTransformer(_encoder_config(cfg, src, 0)), num_labels,
+                          int(cfg.get("decoder_hidden_size", 256)))
+        layout = HF_TASK_LAYOUTS["hf_segformer"]
+    elif arch in ("SegformerForImageClassification", "SegformerModel"):
+        classes = num_labels if arch == "SegformerForImageClassification" else 0
+        model = PyramidVisionTransformer(_encoder_config(cfg, src, classes))
+        layout = HF_TASK_LAYOUTS["hf_mit"]
+    else:
+        raise ValueError(f"{src}: architecture {arch!r} is not supported; accepted: "
+                         + ", ".join(a for v in _KINDS.values() for a in v))
+    ours = layout.to_pvt(sd)
+    mine = model.state_dict()
+    missing = sorted(set(mine) - set(ours))
+    extra = sorted(set(ours) - set(mine))
+    bad = [k for k in mine if k in ours and ours[k].shape != mine[k].shape]
+    if missing or extra or bad:
+        raise ValueError(f"{folder}: the weights do not fit its config ({len(missing)} missing, {len(extra)} "
+                         f"unexpected, {len(bad)} of another shape), e.g. {(missing + extra + bad)[0]}")
+    model.load_state_dict(ours)
+    if isinstance(labels, dict):
+        model.class_names = [str(labels.get(str(i), i)) for i in range(num_labels)]
+    return model.eval()
+
+
+def _config(model: nn.Module) -> dict[str, Any]:
+    body: PyramidVisionTransformer = model.backbone.body if isinstance(getattr(model, "backbone", None),
+                                                                        PVTBackbone) else model
+    cfg = body.config
+    if cfg.pos_embed or cfg.cls_token or not (cfg.overlap_patch_embed and cfg.conv_ffn) or cfg.linear_sra:
+        raise ValueError("transformers' Segformer / GLPN encoder is MiT (PVT v2 without linear SRA); this model's "
+                         "backbone is not")
+    out = {"num_channels": cfg.in_chans, "num_encoder_blocks": cfg.num_stages, "depths": list(cfg.depths),
+           "sr_ratios": list(cfg.sr_ratios), "hidden_sizes": list(cfg.embed_dims),
+           "patch_sizes": [2 * s - 1 for s in cfg.patch_strides], "strides": list(cfg.patch_strides),
+           "num_attention_heads": list(cfg.num_heads),
+           "mlp_ratios": [int(r) if float(r).is_integer() else r for r in cfg.mlp_ratios],
+           "hidden_act": "gelu", "layer_norm_eps": 1e-6}
+    return out
+
+
+def save_hf_task_model(model: nn.Module, folder: str | Path, *, force: bool = False) -> Path:
+    """Write ``model`` (a :class:`SegFormer`, :class:`GLPN` or MiT / PVT v2 classifier) as a transformers folder
+    (config.json + model.safetensors) that ``AutoModel...from_pretrained`` loads; atomic per file."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder).expanduser()
+    if folder.exists() and any(folder.iterdir()) and not force:
+        raise FileExistsError(f"{str(folder)!r} exists and is not empty (use force to overwrite)")
+    cfg = _config(model)
+    n = getattr(model, "num_classes", 0)
+    if isinstance(model, GLPN):
+        cfg.update(model_type="glpn", architectures=["GLPNForDepthEstimation"],
+                   decoder_hidden_size=model.head.conv1.in_channels, head_in_index=-1,
+                   max_depth=int(model.max_depth) if model.max_depth.is_integer() else model.max_depth)
+        layout = HF_TASK_LAYOUTS["hf_glpn"]
+    elif isinstance(model, SegFormer):
+        cfg.update(model_type="segformer", architectures=["SegformerForSemanticSegmentation"],
+                   decoder_hidden_size=model.head.linear_fuse.out_channels, num_labels=n, reshape_last_stage=True)
+        layout = HF_TASK_LAYOUTS["hf_segformer"]
+    elif isinstance(model, PyramidVisionTransformer):
+        arch = "SegformerForImageClassification" if model.num_classes else "SegformerModel"
+        cfg.update(model_type="segformer", architectures=[arch], num_labels=model.num_classes or 2)
+        layout = HF_TASK_LAYOUTS["hf_mit"]
+    else:
+        raise ValueError(f"cannot write a {type(model).__name__} as a transformers Segformer / GLPN folder")
+    names = getattr(model, "class_names", None)
+    if names and "num_labels" in cfg and len(names) == cfg["num_labels"]:
+        cfg["id2label"] = {str(i): str(c) for i, c in enumerate(names)}
+        cfg["label2id"] = {str(c): i for i, c in enumerate(names)}
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    theirs = layout.from_pvt(sd, prefix="" if layout is HF_TASK_LAYOUTS["hf_mit"] and not model.num_classes else None)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, write in (("model.safetensors", lambda p: save_file(theirs, p, metadata={"format": "pt"})),
+                        ("config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2)))):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        os.close(fd)
+        write(tmp)
+        os.replace(tmp, folder / name)
+    return folder
