@@ -13,14 +13,13 @@ and stage norms); saving writes the tensors as they are. Only ``.safetensors`` w
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..config import PVTConfig
+from ..io import atomic_folder
 from ..model import PyramidVisionTransformer
 from ..weights.keys import HF_TASK_LAYOUTS
 from .backbone import PVTBackbone
@@ -126,7 +125,7 @@ def _config(model: nn.Module) -> dict[str, Any]:
 
 def save_hf_task_model(model: nn.Module, folder: str | Path, *, force: bool = False) -> Path:
     """Write ``model`` (a :class:`SegFormer`, :class:`GLPN` or MiT / PVT v2 classifier) as a transformers folder
-    (config.json + model.safetensors) that ``AutoModel...from_pretrained`` loads; atomic per file."""
+    (config.json + model.safetensors) that ``AutoModel...from_pretrained`` loads; written beside and swapped in whole."""
     from safetensors.torch import save_file
 
     folder = Path(folder).expanduser()
@@ -155,11 +154,7 @@ def save_hf_task_model(model: nn.Module, folder: str | Path, *, force: bool = Fa
         cfg["label2id"] = {str(c): i for i, c in enumerate(names)}
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     theirs = layout.from_pvt(sd, prefix="" if layout is HF_TASK_LAYOUTS["hf_mit"] and not model.num_classes else None)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, write in (("model.safetensors", lambda p: save_file(theirs, p, metadata={"format": "pt"})),
-                        ("config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2)))):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, folder / name)
+    with atomic_folder(folder) as tmp:  # the whole folder or the previous one, never a mix
+        save_file(theirs, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
     return folder

@@ -71,10 +71,12 @@ def colourise_depth(depth: np.ndarray, max_depth: float) -> np.ndarray:
 
 
 def _collate(batch):
-    images, depths = zip(*batch)
-    if all(i.shape == images[0].shape for i in images):
-        return torch.stack(images), torch.stack(depths)
-    return list(images), list(depths)
+    """``(images, depths, skipped)`` as the other dense tasks' collates (an unreadable sample is None)."""
+    kept = [b for b in batch if b is not None]
+    images, depths = tuple(zip(*kept)) or ((), ())
+    if images and all(i.shape == images[0].shape for i in images):
+        return torch.stack(images), torch.stack(depths), len(batch) - len(kept)
+    return list(images), list(depths), len(batch) - len(kept)
 
 
 class DepthTask(DenseTask):
@@ -115,7 +117,7 @@ class DepthTask(DenseTask):
         return poly_schedule(self.cfg, optimizer, steps_per_epoch)
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
-        images, depths = batch
+        images, depths, _ = batch
         if isinstance(images, list):
             raise ValueError("depth training needs equal-size crops (got a list of sizes)")
         images, depths = images.to(device, non_blocking=True), depths.to(device, non_blocking=True)
@@ -130,7 +132,7 @@ class DepthTask(DenseTask):
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         sums = dict.fromkeys(DEPTH_METRICS, 0.0)
         n = 0
-        for images, depths in loader:
+        for images, depths, _ in loader:
             for img, dep in zip(images, depths):
                 m = depth_metrics(self.predict_depth(model, img, device).cpu(), dep)
                 if m is not None:
