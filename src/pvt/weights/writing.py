@@ -27,6 +27,7 @@ the export goes ahead and a note gives the output difference this causes, measur
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,8 @@ from ..variants import VARIANTS
 from .hf_config import hf_model_type, pvt_to_hf_config
 from .keys import StateDict, from_pvt
 
-__all__ = ["EXPORT_FORMATS", "Export", "Preprocessing", "export_weights", "eps_drift", "source_labels",
-           "timm_architecture"]
+__all__ = ["EXPORT_FORMATS", "Export", "Preprocessing", "export_weights", "eps_drift", "hf_preprocessor",
+           "source_labels", "timm_architecture"]
 
 EXPORT_FORMATS: dict[str, str] = {
     "pvt": "this library's own format: one .safetensors file with the config in its metadata",
@@ -92,6 +93,12 @@ class Preprocessing:
             crop_pct=float(extra.get("crop_pct", 0.875)),
             interpolation=str(extra.get("interpolation", "bicubic")),
         )
+
+    @property
+    def resize_size(self) -> int:
+        """The side the shorter image side is resized to before the centre crop: ``img_size / crop_pct``
+        rounded down, as timm's evaluation transform (and so ``pvt predict``) computes it (256 for 224)."""
+        return math.floor(self.img_size / self.crop_pct)
 
 
 @dataclass
@@ -310,22 +317,39 @@ def _write_hf(model: PyramidVisionTransformer, folder: Path, labels: list[str] |
         if kind == "pvt_v2":
             fields["out_features"] = [f"stage{i + 1}" for i in range(cfg.num_stages)]
             fields["out_indices"] = list(range(cfg.num_stages))
-    preprocessor = {
+    files = [folder / "config.json", folder / "model.safetensors", folder / "preprocessor_config.json"]
+    _write_json(files[0], fields)
+    _save_safetensors(sd, files[1], {"format": "pt"})
+    _write_json(files[2], hf_preprocessor(pre))
+    return files
+
+
+def hf_preprocessor(pre: Preprocessing) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` that makes transformers prepare an image as ``pvt predict`` (timm's
+    evaluation transform) does: the shorter side resized to :attr:`Preprocessing.resize_size` with the
+    checkpoint's interpolation, a centre crop of ``img_size``, ``/255``, mean and std.
+
+    ``PvtImageProcessor`` is what ``AutoImageProcessor`` (and so ``pipeline("image-classification")``)
+    builds for ``pvt`` / ``pvt_v2`` configs; its base class does a ``shortest_edge`` resize and a centre
+    crop for any model, so no other processor type is needed. Two differences remain that no field
+    controls (docs/weights.md has the figures): transformers' default torchvision backend resizes a
+    uint8 tensor, which differs from Pillow's resize by up to 2 of 255 in a pixel (``backend="pil"``
+    uses Pillow, as timm does); and where the resized image is wider (or taller) than the crop by
+    4k+3 pixels, transformers starts the crop one pixel before torchvision's ``CenterCrop`` (it rounds
+    the half pixel down, torchvision to even)."""
+    return {
         "image_processor_type": "PvtImageProcessor",
         "do_resize": True,
-        "size": {"height": pre.img_size, "width": pre.img_size},
+        "size": {"shortest_edge": pre.resize_size},
         "resample": _PIL_RESAMPLE.get(pre.interpolation, 3),
+        "do_center_crop": True,
+        "crop_size": {"height": pre.img_size, "width": pre.img_size},
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
         "image_mean": list(pre.mean),
         "image_std": list(pre.std),
     }
-    files = [folder / "config.json", folder / "model.safetensors", folder / "preprocessor_config.json"]
-    _write_json(files[0], fields)
-    _save_safetensors(sd, files[1], {"format": "pt"})
-    _write_json(files[2], preprocessor)
-    return files
 
 
 def _timm_config(model: PyramidVisionTransformer, arch: str, labels: list[str] | None, pre: Preprocessing) -> dict:
