@@ -170,6 +170,28 @@ def test_export_refuses_what_a_format_cannot_hold(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_features_only_model_cut_short_is_refused_in_one_line(tmp_path):
+    """A features_only model with out_indices=(0, 1) never built stages 3 and 4: a clear error, not a
+    RuntimeError from load_state_dict deep inside the LayerNorm-eps measurement."""
+    cut = pvt.create_model("pvt_v2_b0", features_only=True, out_indices=(0, 1), accelerate=False)
+    for fmt in EXPORT_FORMATS:
+        with pytest.raises(ValueError, match=r"^this features_only model keeps stages 1-2 of 4 \(out_indices=\(0, 1\)\)"):
+            export_weights(cut, fmt, tmp_path / f"x_{DST[fmt]}")
+    whole = pvt.create_model("pvt_v2_b0", features_only=True, out_indices=(1, 3), accelerate=False)
+    assert export_weights(whole, "official", tmp_path / "whole.pth").files == [tmp_path / "whole.pth"]
+
+
+def test_headless_hf_hint_names_what_transformers_has(tmp_path, capsys):
+    """After a headless --to hf export the hint names PvtV2Backbone for v2 only (transformers has none for v1)."""
+    for name, has_backbone in (("pvt_v2_b0", True), ("pvt_v1_tiny", False)):
+        src = tmp_path / f"{name}.safetensors"
+        save_model(pvt.create_model(name, num_classes=0, accelerate=False), src)
+        assert cli_main(["convert", str(src), str(tmp_path / name), "--to", "hf"]) == 0
+        hint = capsys.readouterr().out.splitlines()[-1]
+        assert hint.startswith(f"load it with transformers.AutoModel.from_pretrained('{tmp_path / name}')")
+        assert ("PvtV2Backbone" in hint) is has_backbone and ("no backbone class for PVT v1" in hint) is not has_backbone
+
+
 def test_convert_to_every_format_and_back(tmp_path, perturb, capsys):
     """``pvt convert SRC DST --to FMT`` from an own-format file with class names; the printed lines; an
     existing destination needs --force; each result converts back to the same tensors."""

@@ -119,3 +119,29 @@ def test_centre_crop_offsets():
     theirs = center_crop(img.numpy(), (10, 36), input_data_format="channels_first")
     ours = F.center_crop(img, [10, 36])
     assert theirs[0, 0, 0] == 3 and ours[0, 0, 0] == 4
+
+
+def test_weights_and_dense_docs_name_only_what_exists():
+    """Every ``pvt.<name>`` and ``create_*`` function the two docs name exists (docs/weights.md
+    named ``create_task_model`` long after it was gone)."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for doc in ("docs/weights.md", "docs/dense.md"):
+        text = (root / doc).read_text()
+        for dotted in sorted(set(re.findall(r"\b(pvt(?:\.\w+)+)\(", text))):
+            module, _, attr = dotted.rpartition(".")
+            try:
+                obj = importlib.import_module(module)
+            except ImportError:
+                obj = importlib.import_module(module.rpartition(".")[0])
+                obj = getattr(obj, module.rpartition(".")[2])
+            assert hasattr(obj, attr), f"{doc}: {dotted}"
+        import pvt
+        import pvt.dense
+        import pvt.weights
+
+        for name in sorted(set(re.findall(r"\b(create_\w+)\(", text))):
+            assert any(hasattr(m, name) for m in (pvt, pvt.dense, pvt.weights)), f"{doc}: {name}"

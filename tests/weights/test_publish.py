@@ -75,6 +75,20 @@ def test_dry_run_writes_the_folder_with_a_model_card(run, tmp_path, capsys):
     assert (pre["size"], pre["crop_size"]) == ({"shortest_edge": 73}, {"height": 64, "width": 64})  # 64 / 0.875
 
 
+def test_repository_as_a_positional_argument(run, tmp_path, capsys):
+    """The README's `pvt push runs/<run> me/my-pvt --dry-run`: the repository may be given positionally."""
+    folder, _ = run
+    out = tmp_path / "pos"
+    assert cli_main(["push", str(folder), "me/my-pvt", "--dry-run", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"dry run: wrote the folder that would be uploaded to hf-hub:me/my-pvt: {out}")
+    assert (out / "README.md").read_text().count("# my-pvt") == 1
+    assert cli_main(["push", str(folder), "me/a", "--repo-id", "me/b", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "pvt push: error: two repositories given: me/a and --repo-id me/b; give one\n"
+    assert cli_main(["push", str(folder), "--dry-run"]) == 2
+    assert capsys.readouterr().err == ("pvt push: error: the hub repository is required: pvt push RUN_OR_FILE "
+                                       "OWNER/NAME (or --repo-id OWNER/NAME)\n")
+
+
 def test_model_card_metadata_and_no_local_paths(tmp_path, perturb):
     """The card's front matter names the hub model the run started from, the hub dataset and the run's scores
     (model-index), and the card publishes no local path of the trainer's machine."""

@@ -11,8 +11,7 @@ from .command import command
 
 _HOW_TO_LOAD = {
     "pvt": "pvt.create_model(name, pretrained='{dst}')",
-    "hf": "transformers.AutoModelForImageClassification.from_pretrained('{dst}') (headless: AutoModel, "
-          "PvtV2Backbone)",
+    "hf": "transformers.AutoModelForImageClassification.from_pretrained('{dst}')",
     "timm": "timm.create_model('local-dir:{folder}', pretrained=True)",
     "official": "the whai362/PVT code: model.load_state_dict(torch.load('{dst}')['model'])",
     "mmdet": "an mmdetection config with a PyramidVisionTransformer[V2] backbone: load_from='{dst}'",
@@ -77,5 +76,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if args.to != "pvt":
         folder = done.files[0].parent
-        print("load it with " + _HOW_TO_LOAD[args.to].format(dst=done.path, folder=folder if folder != Path() else "."))
+        how = _HOW_TO_LOAD[args.to] if args.to != "hf" or model.num_classes else _hf_headless(model.config)
+        print("load it with " + how.format(dst=done.path, folder=folder if folder != Path() else "."))
     return 0
+
+
+def _hf_headless(cfg) -> str:
+    """How transformers loads a headless ``--to hf`` folder: v2 also as ``PvtV2Backbone`` (every stage's map);
+    transformers has no backbone class for PVT v1, only ``PvtModel`` (the last stage's tokens)."""
+    from ..weights.hf_config import hf_model_type
+
+    if hf_model_type(cfg) == "pvt_v2":
+        return ("transformers.AutoModel.from_pretrained('{dst}'), or transformers.PvtV2Backbone.from_pretrained('{dst}') "
+                "for the four stage maps")
+    return ("transformers.AutoModel.from_pretrained('{dst}') (PvtModel: transformers has no backbone class for "
+            "PVT v1)")

@@ -408,6 +408,18 @@ def _targets(fmt: str, dst: Path) -> list[Path]:
     return [dst]
 
 
+def _check_whole(model: PyramidVisionTransformer) -> None:
+    """A ValueError for a ``features_only`` model cut after its last ``out_indices`` stage: every format
+    holds a whole backbone (its config says how many stages), and the later stages are not there."""
+    kept, total = len(model.stages), model.config.num_stages
+    if kept < total:
+        raise ValueError(
+            f"this features_only model keeps stages 1-{kept} of {total} (out_indices="
+            f"{tuple(getattr(model, 'out_indices', range(kept)))}): the later stages were never built, and every "
+            "export format holds the whole backbone; export the checkpoint the model was made from (pvt convert "
+            "SRC DST), or a features_only model whose out_indices include the last stage")
+
+
 def export_weights(
     model: PyramidVisionTransformer,
     fmt: str,
@@ -431,6 +443,7 @@ def export_weights(
         raise ValueError(f"unknown export format {fmt!r}; accepted: {', '.join(EXPORT_FORMATS)}")
     if not isinstance(model, PyramidVisionTransformer):
         raise TypeError(f"export_weights takes a PyramidVisionTransformer, got {type(model).__name__}")
+    _check_whole(model)
     dst = Path(dst)
     suffix = {"pvt": ".safetensors", "official": ".pth", "mmdet": ".pth", "mmseg": ".pth"}.get(fmt)
     if suffix is not None and dst.suffix != suffix:
