@@ -14,8 +14,10 @@ _HOW_TO_LOAD = {
     "hf": "transformers.AutoModelForImageClassification.from_pretrained('{dst}')",
     "timm": "timm.create_model('local-dir:{folder}', pretrained=True)",
     "official": "the whai362/PVT code: model.load_state_dict(torch.load('{dst}')['model'])",
-    "mmdet": "an mmdetection config with a PyramidVisionTransformer[V2] backbone: load_from='{dst}'",
-    "mmseg": "an mmsegmentation config with an mmdet.PyramidVisionTransformer[V2] backbone: load_from='{dst}'",
+    "mmdet": "an mmdetection config with a PyramidVisionTransformer[V2] backbone: load_from='{dst}', or the "
+             "backbone's init_cfg=dict(type='Pretrained', checkpoint='{dst}')",
+    "mmseg": "an mmsegmentation config with an mmdet.PyramidVisionTransformer[V2] backbone: load_from='{dst}', or "
+             "the backbone's init_cfg=dict(type='Pretrained', checkpoint='{dst}')",
 }
 
 

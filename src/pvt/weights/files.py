@@ -124,8 +124,23 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, Any] | None]
     return strip_wrappers(_unwrap(_torch_load(path), path)), None
 
 
+def _one_copy(sd: StateDict) -> StateDict:
+    """An OpenMMLab file written by ``pvt convert --to mmdet`` holds each backbone tensor twice, under
+    ``backbone.`` and bare (see :func:`pvt.weights.writing._mm_state_dict`): keep the ``backbone.`` copy.
+    Any other state dict is returned as it is."""
+    bare = [k for k in sd if not k.startswith("backbone.")]
+    if not bare or len(bare) == len(sd):
+        return sd
+    for k in bare:
+        twin = sd.get(f"backbone.{k}")
+        if twin is None or (twin is not sd[k] and (twin.shape != sd[k].shape or not torch.equal(twin, sd[k]))):
+            return sd
+    return {k: v for k, v in sd.items() if k.startswith("backbone.")}
+
+
 def _from_state_dict(sd: StateDict, source: str) -> tuple[StateDict, str, list[str]]:
     """``(tensors in this library's names, format, notes)``; a dense-prediction file gives its backbone."""
+    sd = _one_copy(sd)
     fmt = detect_key_format(sd)
     notes: list[str] = []
     if fmt is None and (split := split_backbone(sd)) is not None:

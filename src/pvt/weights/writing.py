@@ -12,7 +12,8 @@ hf         an HF transformers folder: ``config.json`` (``PvtV2Config`` / ``PvtCo
 timm       ``model.safetensors`` (timm's ``pvt_v2_*`` names) and timm's ``config.json`` beside it: a hub
            folder (``timm.create_model("local-dir:DIR")``), or a file for ``pretrained_cfg_overlay``
 official   ``{"model": state_dict}`` in whai362/PVT's names (``.pth``), v1 and v2
-mmdet      OpenMMLab's PVT backbone names under ``backbone.`` in ``{"state_dict", "meta"}`` (``.pth``);
+mmdet      OpenMMLab's PVT backbone names in ``{"state_dict", "meta"}`` (``.pth``), each tensor under
+           ``backbone.`` (``load_from``) and bare (the backbone's ``init_cfg``); see :func:`_mm_state_dict`
 mmseg      the same file (mmsegmentation uses mmdetection's PVT backbones)
 =========  =================================================================================================
 
@@ -52,7 +53,8 @@ EXPORT_FORMATS: dict[str, str] = {
     "hf": "HF transformers folder: config.json, model.safetensors, preprocessor_config.json",
     "timm": "model.safetensors in timm's pvt_v2_* names and timm's config.json beside it",
     "official": "whai362/PVT checkpoint: {'model': state_dict} (.pth)",
-    "mmdet": "OpenMMLab PVT backbone: {'state_dict': backbone.*, 'meta'} (.pth)",
+    "mmdet": "OpenMMLab PVT backbone: {'state_dict': backbone.* and bare names, 'meta'} (.pth), for load_from "
+             "and for the backbone's init_cfg",
     "mmseg": "OpenMMLab PVT backbone, as mmdet (mmsegmentation configs use mmdet's PVT backbones)",
 }
 """The formats :func:`export_weights` writes, with what each is."""
@@ -387,6 +389,19 @@ def _write_timm(model: PyramidVisionTransformer, dst: Path, labels: list[str] | 
     return files
 
 
+def _mm_state_dict(backbone: StateDict) -> StateDict:
+    """The ``state_dict`` of an OpenMMLab file that both of mmdetection's loading paths fill completely:
+    each backbone tensor under ``backbone.`` (a detector's names: ``load_from``, mmengine's runner loading
+    the whole detector) and under its bare name (the backbone's own names:
+    ``init_cfg=dict(type='Pretrained', checkpoint=...)``, where ``PyramidVisionTransformer.init_weights``
+    in mmdet/models/backbones/pvt.py takes ``checkpoint['state_dict']``, passes names that are not the
+    official ones through ``pvt_convert`` unchanged and loads them into the backbone itself). The two
+    entries are one tensor, so ``torch.save`` stores it once; each path reports the other copy as
+    unexpected keys (mmengine's non-strict load warns, as it warns of the detector's missing neck and
+    heads under ``load_from``)."""
+    return {**{f"backbone.{k}": v for k, v in backbone.items()}, **backbone}
+
+
 def _mm_meta(model: PyramidVisionTransformer, layout: str) -> dict[str, Any]:
     """What the OpenMMLab file's ``meta`` records of its source: the backbone's config and variant."""
     cfg = model.config.replace(num_classes=0)
@@ -478,7 +493,7 @@ def export_weights(
     else:
         sd, dropped = _mm_backbone(model, layout)
         notes = dropped + notes
-        mm = {f"backbone.{k}": v for k, v in _tensors(from_pvt(sd, layout)).items()}
-        atomic_save_torch({"state_dict": mm, "meta": {"pvt": _mm_meta(model, layout)}}, dst)
+        atomic_save_torch({"state_dict": _mm_state_dict(_tensors(from_pvt(sd, layout))),
+                           "meta": {"pvt": _mm_meta(model, layout)}}, dst)
         files = [dst]
     return Export(fmt, dst, files, notes)
