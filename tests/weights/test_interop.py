@@ -145,3 +145,77 @@ def test_weights_and_dense_docs_name_only_what_exists():
 
         for name in sorted(set(re.findall(r"\b(create_\w+)\(", text))):
             assert any(hasattr(m, name) for m in (pvt, pvt.dense, pvt.weights)), f"{doc}: {name}"
+
+
+def _deformable_detr(backbone_config):
+    """The HF seed's example at a tiny size: Deformable DETR with a PVT v2 backbone built by transformers."""
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
+
+    cfg = DeformableDetrConfig(backbone_config=backbone_config, use_timm_backbone=False, use_pretrained_backbone=False,
+                               backbone=None, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                               decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=10,
+                               num_labels=3, num_feature_levels=3)
+    return DeformableDetrForObjectDetection(cfg).eval()
+
+
+def test_load_into_fills_a_deformable_detr_backbone_and_convert_reads_it_back(tmp_path, perturb):
+    """docs/dense.md's example: the detector built from the HF seed's config, filled by one call, run; saved
+    with save_pretrained, `pvt convert` reads its backbone back out."""
+    from transformers import PvtV2Config
+
+    from pvt.weights import load_into, read_checkpoint
+
+    torch.manual_seed(0)
+    ours = perturb(create_model("pvt_v2_b0", num_classes=5, accelerate=False))
+    save_model(ours, tmp_path / "b0.safetensors", variant="pvt_v2_b0")
+    det = _deformable_detr(PvtV2Config(out_features=["stage2", "stage3", "stage4"]))  # PvtV2Config(): B0's shapes
+    done = load_into(det, tmp_path / "b0.safetensors")
+    bb = det.model.backbone.model
+    assert (done.module, done.module_class, len(done.keys)) == ("model.backbone.model", "PvtV2Backbone", 192)
+    assert set(done.keys) == set(bb.state_dict())  # every tensor of their backbone (strict)
+    assert done.notes[0].startswith("LayerNorm eps: the transformers model uses 1e-06 everywhere")
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        maps = bb(pixel_values=x).feature_maps
+        ref = ours.forward_intermediates(x, intermediates_only=True)[1:]
+        out = det(pixel_values=x)
+    assert [m.shape for m in maps] == [r.shape for r in ref]
+    assert max(float((a - b).abs().max()) for a, b in zip(maps, ref)) < 2e-4  # HF's eps 1e-6 in every norm
+    assert out.logits.shape == (1, 10, 3) and torch.isfinite(out.pred_boxes).all()
+
+    det.save_pretrained(tmp_path / "detr")
+    with pytest.warns(UserWarning, match="is a model with a pvt_v2 backbone: took the 192 backbone tensors under "
+                                         r"'model.backbone.conv_encoder.model.' and dropped the other \d+"):
+        assert cli_main_ok("convert", tmp_path / "detr", tmp_path / "back.safetensors")
+    back = read_checkpoint(tmp_path / "back.safetensors").state_dict
+    assert all(torch.equal(back[k], v) for k, v in ours.state_dict().items() if not k.startswith("head."))
+
+
+def cli_main_ok(*argv):
+    return main([str(a) for a in argv]) == 0
+
+
+def test_load_into_refuses_what_does_not_fit(tmp_path, perturb):
+    from transformers import PvtConfig, PvtForImageClassification, PvtV2Config, PvtV2ForImageClassification
+
+    from pvt.weights import load_into
+
+    b1 = create_model("pvt_v2_b1", num_classes=0, accelerate=False)
+    clf = PvtV2ForImageClassification(PvtV2Config(num_labels=3)).eval()  # B0
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^checkpoint a pvt_v2_b1 model \(pvt_v2_b1\) does not fit the PvtV2Model at "
+                                         r"'pvt_v2': mis-shaped \(\d+\): encoder.layers.0.patch_embedding.proj.weight "
+                                         r"file \[64, 3, 7, 7\] vs model \[32, 3, 7, 7\]"):
+        load_into(clf, b1)
+    assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
+    with pytest.raises(ValueError, match="holds PVT v1 but the PvtV2Model at 'pvt_v2' is PVT v2"):
+        load_into(clf, create_model("pvt_v1_tiny", num_classes=0, accelerate=False))
+    with pytest.raises(ValueError, match=r"^Linear holds no PVT model \(transformers' PvtV2Model"):
+        load_into(torch.nn.Linear(2, 2), b1)
+    done = load_into(clf, create_model("pvt_v2_b0", num_classes=0, accelerate=False))  # the head stays theirs
+    assert done.module == "pvt_v2" and torch.equal(clf.classifier.weight, before["classifier.weight"])
+    v1 = PvtForImageClassification(PvtConfig(hidden_sizes=[64, 128, 320, 512], depths=[2, 2, 2, 2],
+                                             num_labels=2)).eval()
+    ours_v1 = perturb(create_model("pvt_v1_tiny", num_classes=0, accelerate=False))
+    assert load_into(v1, ours_v1).module_class == "PvtModel"
+    assert torch.equal(v1.pvt.encoder.patch_embeddings[0].projection.weight, ours_v1.stages[0].patch_embed.proj.weight)
