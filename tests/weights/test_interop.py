@@ -143,7 +143,7 @@ def test_weights_and_dense_docs_name_only_what_exists():
         import pvt.dense
         import pvt.weights
 
-        for name in sorted(set(re.findall(r"\b(create_\w+)\(", text))):
+        for name in sorted(set(re.findall(r"\b(create_\w+)\(", text)) - {"create_transform"}):  # timm's
             assert any(hasattr(m, name) for m in (pvt, pvt.dense, pvt.weights)), f"{doc}: {name}"
 
 
