@@ -267,7 +267,7 @@ def test_mmdet_export_fills_the_backbone_through_init_cfg_and_load_from(name, ba
     export_weights(ours, "mmdet", tmp_path / "bb.pth")
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        ref = ours.forward_features(x)
+        ref = ours.forward_intermediates(x, intermediates_only=True)
 
     theirs = MMBackbone(ours.config).eval()
     assert _mmdet_init_weights(tmp_path / "bb.pth", theirs) == set(theirs.state_dict())

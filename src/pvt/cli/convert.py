@@ -29,7 +29,9 @@ def register(sub) -> None:
             "library's own format, one .safetensors file whose metadata holds the model config). Accepted SRC: "
             + "; ".join(FORMATS.values())
             + ". SRC may be a file, a folder (HF: config.json + model.safetensors or pytorch_model.bin) or "
-            "hf-hub:<repo id>; a detection or segmentation checkpoint gives its backbone. Nothing from SRC is "
+            "hf-hub:<repo id>; a detection or segmentation checkpoint gives its backbone (so does a transformers "
+            "model saved with save_pretrained whose config.json has a PVT backbone_config, e.g. Deformable DETR). "
+            "Nothing from SRC is "
             "executed (torch.load weights_only=True). Formats written: "
             + "; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items())
             + ".")
