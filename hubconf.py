@@ -2,7 +2,9 @@
 
     import torch
     model = torch.hub.load("path/to/this/checkout", "pvt_v2_b2", source="local", pretrained="pvt_v2_b2.pth")
-    print(torch.hub.list("path/to/this/checkout", source="local"))
+
+(``torch.hub.list`` reads GitHub repositories only, it has no ``source``; the entry points are the
+variants: ``pvt.list_models()``, or ``python hubconf.py`` in the checkout prints them.)
 
 Each entry point is ``pvt.create_model(name, ...)``: ``pretrained`` takes a local file or folder in any
 format pvt reads, or ``"hf-hub:<repo id>"``; ``True`` means the variant's published weights on the hub
@@ -43,3 +45,7 @@ def _entry(name):
 
 for _name in _VARIANTS:
     globals()[_name] = _entry(_name)
+
+
+if __name__ == "__main__":
+    print("\n".join(_VARIANTS))

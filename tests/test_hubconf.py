@@ -69,3 +69,17 @@ def test_pretrained_true_means_the_published_weights(monkeypatch, tmp_path):
     for name, repo in (("pvt_v2_b0", "timm/pvt_v2_b0.in1k"), ("pvt_v1_tiny", "Zetatech/pvt-tiny-224")):
         with pytest.raises(ValueError, match=f"cannot fetch hf-hub:{repo}: no network was reachable"):
             torch.hub.load(str(ROOT), name, source="local", pretrained=True)
+
+
+def test_docstring_examples_are_calls_torch_hub_accepts():
+    """The module doc's examples: torch.hub.list takes no ``source`` (GitHub only), so the doc does not call it
+    so; ``python hubconf.py`` prints the entry points instead."""
+    import inspect
+    import subprocess
+    import sys
+
+    assert "source" not in inspect.signature(torch.hub.list).parameters
+    doc = _hubconf().__doc__
+    assert "torch.hub.list(" not in doc and 'torch.hub.load("path/to/this/checkout", "pvt_v2_b2", source="local"' in doc
+    out = subprocess.run([sys.executable, str(ROOT / "hubconf.py")], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == pvt.list_models()

@@ -121,9 +121,10 @@ def test_learns_the_digits_well_above_chance(digits_run):
 
 def test_run_folder_contents(digits_run):
     d = digits_run.run_dir
-    names = sorted(p.name for p in d.iterdir())
+    names = sorted(p.name for p in d.iterdir() if not p.name.startswith("events.out.tfevents."))
     assert names == ["best.safetensors", "classes.json", "config.yaml", "last.safetensors", "learning_curves.png",
                      "metrics.jsonl", "state.pt", "train.log"]  # no temporary files left behind
+    assert len(list(d.glob("events.out.tfevents.*"))) == 1  # TensorBoard's (tensorboard is a test dependency)
     lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1]
     for r in lines:

@@ -110,7 +110,8 @@ def test_transformers_load_our_export_without_missing_or_unexpected_keys(name, t
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     assert hf.config.id2label == {0: "w", 1: "x", 2: "y", 3: "z"}
     proc = transformers.AutoImageProcessor.from_pretrained(tmp_path / "hf")
-    assert (list(proc.image_mean), list(proc.image_std), proc.size["height"]) == ([0.5] * 3, [0.25] * 3, 224)
+    assert (list(proc.image_mean), list(proc.image_std), proc.size["shortest_edge"], proc.crop_size["height"],
+            proc.do_center_crop) == ([0.5] * 3, [0.25] * 3, 256, 224, True)  # 224 / 0.875, then the crop
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         theirs = hf.eval()(x).logits
@@ -169,6 +170,28 @@ def test_export_refuses_what_a_format_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="3 class names given for a 1000-class head"):
         export_weights(b0, "hf", tmp_path / "hf", class_names=["a", "b", "c"])
     assert not any(tmp_path.iterdir())
+
+
+def test_features_only_model_cut_short_is_refused_in_one_line(tmp_path):
+    """A features_only model with out_indices=(0, 1) never built stages 3 and 4: a clear error, not a
+    RuntimeError from load_state_dict deep inside the LayerNorm-eps measurement."""
+    cut = pvt.create_model("pvt_v2_b0", features_only=True, out_indices=(0, 1), accelerate=False)
+    for fmt in EXPORT_FORMATS:
+        with pytest.raises(ValueError, match=r"^this features_only model keeps stages 1-2 of 4 \(out_indices=\(0, 1\)\)"):
+            export_weights(cut, fmt, tmp_path / f"x_{DST[fmt]}")
+    whole = pvt.create_model("pvt_v2_b0", features_only=True, out_indices=(1, 3), accelerate=False)
+    assert export_weights(whole, "official", tmp_path / "whole.pth").files == [tmp_path / "whole.pth"]
+
+
+def test_headless_hf_hint_names_what_transformers_has(tmp_path, capsys):
+    """After a headless --to hf export the hint names PvtV2Backbone for v2 only (transformers has none for v1)."""
+    for name, has_backbone in (("pvt_v2_b0", True), ("pvt_v1_tiny", False)):
+        src = tmp_path / f"{name}.safetensors"
+        save_model(pvt.create_model(name, num_classes=0, accelerate=False), src)
+        assert cli_main(["convert", str(src), str(tmp_path / name), "--to", "hf"]) == 0
+        hint = capsys.readouterr().out.splitlines()[-1]
+        assert hint.startswith(f"load it with transformers.AutoModel.from_pretrained('{tmp_path / name}')")
+        assert ("PvtV2Backbone" in hint) is has_backbone and ("no backbone class for PVT v1" in hint) is not has_backbone
 
 
 def test_convert_to_every_format_and_back(tmp_path, perturb, capsys):

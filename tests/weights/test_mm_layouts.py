@@ -199,7 +199,8 @@ def test_export_to_mm_and_back(tmp_path, perturb):
     assert done.notes[0].startswith("OpenMMLab's PVT v2 backbone has no classifier head: dropped 2 tensors")
     assert "LayerNorm eps: OpenMMLab's backbone uses 1e-06 everywhere" in done.notes[1]
     raw = torch.load(tmp_path / "b0.pth", weights_only=True)
-    assert set(raw) == {"state_dict", "meta"} and all(k.startswith("backbone.layers.") for k in raw["state_dict"])
+    assert set(raw) == {"state_dict", "meta"} and len(raw["state_dict"]) == 2 * 160
+    assert all(raw["state_dict"][f"backbone.{k}"] is v for k, v in raw["state_dict"].items() if k.startswith("layers."))
     assert raw["meta"]["pvt"]["variant"] == "pvt_v2_b0"
     back = create_pretrained(None, tmp_path / "b0.pth", num_classes=0)
     sd = {k: v for k, v in b0.state_dict().items() if not k.startswith("head.")}
@@ -221,3 +222,67 @@ def test_export_to_mm_and_back(tmp_path, perturb):
         with pytest.raises(ValueError, match=match):
             export_weights(m, "mmdet", tmp_path / "x.pth")
     assert not (tmp_path / "x.pth").exists()
+
+
+# ------------------------------------------------------------------ mmdetection's two loading paths, as facts
+# mmdet isn't a test dependency; these reproduce, from mmdetection's source, what each path does with a file.
+_OFFICIAL_PREFIXES = ("head", "norm", "cls_token", "pos_embed", "patch_embed", "block")
+
+
+def _mmdet_init_weights(path, backbone: nn.Module) -> set[str]:
+    """``PyramidVisionTransformer.init_weights`` with ``init_cfg=dict(type='Pretrained', checkpoint=path)``
+    (mmdet/models/backbones/pvt.py, open-mmlab/mmdetection): ``checkpoint['state_dict']`` if present, else
+    ``checkpoint['model']``, else the checkpoint; ``pvt_convert`` (``convert_weights=True``, the default)
+    renames the official names (``patch_embed1.``, ``block1.``, ``norm1``, ``pos_embed1``; ``head``,
+    ``norm.``, ``cls_token`` dropped) and passes every other name through unchanged; mmengine's
+    ``load_state_dict(backbone, sd, strict=False)`` loads the names and shapes that match. Returns the
+    backbone's names that were loaded."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    sd = checkpoint.get("state_dict", checkpoint.get("model", checkpoint))
+    assert not any(k.startswith(_OFFICIAL_PREFIXES) for k in sd)  # the pass-through branch only
+    own = backbone.state_dict()
+    loaded = {k for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    backbone.load_state_dict({k: sd[k] for k in loaded}, strict=False)
+    return loaded
+
+
+def _mmengine_load_from(path, detector: nn.Module) -> set[str]:
+    """``load_from=path``: mmengine's runner loads ``checkpoint['state_dict']`` (``module.`` prefixes
+    removed) into the whole detector with ``strict=False``. Returns the detector's names that were loaded."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    sd = {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()}
+    own = detector.state_dict()
+    loaded = {k for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    detector.load_state_dict({k: sd[k] for k in loaded}, strict=False)
+    return loaded
+
+
+@pytest.mark.parametrize("name,backbone,layout", CASES)
+def test_mmdet_export_fills_the_backbone_through_init_cfg_and_load_from(name, backbone, layout, tmp_path, perturb):
+    """``--to mmdet`` loads every backbone tensor through both of mmdetection's paths (the issue: through
+    ``init_cfg`` the old file loaded 0 of 160), and both give our maps; the file reads back in pvt."""
+    torch.manual_seed(0)
+    ours = perturb(pvt.create_model(name, num_classes=0, accelerate=False, layer_norm_eps=EPS, embed_norm_eps=EPS,
+                                    **backbone))
+    export_weights(ours, "mmdet", tmp_path / "bb.pth")
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = ours.forward_intermediates(x, intermediates_only=True)
+
+    theirs = MMBackbone(ours.config).eval()
+    assert _mmdet_init_weights(tmp_path / "bb.pth", theirs) == set(theirs.state_dict())
+    detector = nn.Module()
+    detector.backbone, detector.neck = MMBackbone(ours.config).eval(), nn.Conv2d(256, 256, 1)
+    loaded = _mmengine_load_from(tmp_path / "bb.pth", detector)
+    assert loaded == {k for k in detector.state_dict() if k.startswith("backbone.")}
+    with torch.no_grad():
+        for m in (theirs, detector.backbone):
+            assert max((a - b).abs().max().item() for a, b in zip(m(x), ref)) < 1e-4
+    # the official layout (what mmdet's own PVT configs name in init_cfg) goes through pvt_convert's renames:
+    # not reproduced here; the old --to mmdet file (backbone.* only) loaded nothing through init_cfg
+    old = {k: v for k, v in torch.load(tmp_path / "bb.pth", weights_only=True)["state_dict"].items()
+           if k.startswith("backbone.")}
+    torch.save({"state_dict": old}, tmp_path / "old.pth")
+    assert _mmdet_init_weights(tmp_path / "old.pth", MMBackbone(ours.config)) == set()
+    back = create_pretrained(None, tmp_path / "bb.pth", num_classes=0)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in ours.state_dict().items())

@@ -71,7 +71,47 @@ def test_dry_run_writes_the_folder_with_a_model_card(run, tmp_path, capsys):
         assert expected in card, expected
     back = pvt.create_model("pvt_v2_b0", pretrained=out)
     assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
-    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 64, "width": 64}
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    assert (pre["size"], pre["crop_size"]) == ({"shortest_edge": 73}, {"height": 64, "width": 64})  # 64 / 0.875
+
+
+def test_repository_as_a_positional_argument(run, tmp_path, capsys):
+    """The README's `pvt push runs/<run> me/my-pvt --dry-run`: the repository may be given positionally."""
+    folder, _ = run
+    out = tmp_path / "pos"
+    assert cli_main(["push", str(folder), "me/my-pvt", "--dry-run", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"dry run: wrote the folder that would be uploaded to hf-hub:me/my-pvt: {out}")
+    assert (out / "README.md").read_text().count("# my-pvt") == 1
+    assert cli_main(["push", str(folder), "me/a", "--repo-id", "me/b", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "pvt push: error: two repositories given: me/a and --repo-id me/b; give one\n"
+    assert cli_main(["push", str(folder), "--dry-run"]) == 2
+    assert capsys.readouterr().err == ("pvt push: error: the hub repository is required: pvt push RUN_OR_FILE "
+                                       "OWNER/NAME (or --repo-id OWNER/NAME)\n")
+
+
+def test_model_card_metadata_and_no_local_paths(tmp_path, perturb):
+    """The card's front matter names the hub model the run started from, the hub dataset and the run's scores
+    (model-index), and the card publishes no local path of the trainer's machine."""
+    model = perturb(pvt.create_model("pvt_v2_b0", num_classes=3, accelerate=False))
+    config = {**CONFIG, "pretrained": "hf-hub:timm/pvt_v2_b0.in1k", "data": "/home/someone/private/flowers",
+              "output": "/home/someone/runs"}
+    extra = {"task": "classification", "class_names": ["a", "b", "c"], "img_size": 64, "train_config": config}
+    save_model(model, tmp_path / "run" / "best.safetensors", variant="pvt_v2_b0", extra=extra)
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_top1": 41.5, "val_top5": 100.0}))
+    prepare_push(tmp_path / "run", "me/pvt-flowers", tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == "timm/pvt_v2_b0.in1k" and "datasets" not in front
+    result = front["model-index"][0]["results"][0]
+    assert front["model-index"][0]["name"] == "pvt-flowers" and result["dataset"]["name"] == "flowers"
+    assert result["metrics"] == [{"type": "accuracy", "name": "top-1 accuracy", "value": 41.5},
+                                 {"type": "accuracy", "name": "top-5 accuracy", "value": 100.0}]
+    assert "/home/someone" not in card and "data: flowers" in card and str(tmp_path) not in card
+    config["data"] = "hf-hub:someone/flowers@v2"
+    save_model(model, tmp_path / "run" / "best.safetensors", variant="pvt_v2_b0", extra=extra)
+    prepare_push(tmp_path / "run", "me/pvt-flowers", tmp_path / "out", force=True)
+    front = yaml.safe_load((tmp_path / "out" / "README.md").read_text().split("---")[1])
+    assert front["datasets"] == ["someone/flowers"]
 
 
 def test_timm_repository_and_a_plain_file(run, tmp_path):

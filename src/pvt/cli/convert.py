@@ -13,12 +13,13 @@ from .options import bounded
 
 _HOW_TO_LOAD = {
     "pvt": "pvt.create_model(name, pretrained='{dst}')",
-    "hf": "transformers.AutoModelForImageClassification.from_pretrained('{dst}') (headless: AutoModel, "
-          "PvtV2Backbone)",
+    "hf": "transformers.AutoModelForImageClassification.from_pretrained('{dst}')",
     "timm": "timm.create_model('local-dir:{folder}', pretrained=True)",
     "official": "the whai362/PVT code: model.load_state_dict(torch.load('{dst}')['model'])",
-    "mmdet": "an mmdetection config with a PyramidVisionTransformer[V2] backbone: load_from='{dst}'",
-    "mmseg": "an mmsegmentation config with an mmdet.PyramidVisionTransformer[V2] backbone: load_from='{dst}'",
+    "mmdet": "an mmdetection config with a PyramidVisionTransformer[V2] backbone: load_from='{dst}', or the "
+             "backbone's init_cfg=dict(type='Pretrained', checkpoint='{dst}')",
+    "mmseg": "an mmsegmentation config with an mmdet.PyramidVisionTransformer[V2] backbone: load_from='{dst}', or "
+             "the backbone's init_cfg=dict(type='Pretrained', checkpoint='{dst}')",
 }
 
 
@@ -30,7 +31,9 @@ def register(sub) -> None:
             "library's own format, one .safetensors file whose metadata holds the model config). Accepted SRC: "
             + "; ".join(FORMATS.values())
             + ". SRC may be a file, a folder (HF: config.json + model.safetensors or pytorch_model.bin) or "
-            "hf-hub:<repo id>; a detection or segmentation checkpoint gives its backbone. Nothing from SRC is "
+            "hf-hub:<repo id>; a detection or segmentation checkpoint gives its backbone (so does a transformers "
+            "model saved with save_pretrained whose config.json has a PVT backbone_config, e.g. Deformable DETR). "
+            "Nothing from SRC is "
             "executed (torch.load weights_only=True). Formats written: "
             + "; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items())
             + ".")
@@ -123,5 +126,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if args.to != "pvt":
         folder = done.files[0].parent
-        print("load it with " + _HOW_TO_LOAD[args.to].format(dst=done.path, folder=folder if folder != Path() else "."))
+        how = _HOW_TO_LOAD[args.to] if args.to != "hf" or model.num_classes else _hf_headless(model.config)
+        print("load it with " + how.format(dst=done.path, folder=folder if folder != Path() else "."))
     return 0
+
+
+def _hf_headless(cfg) -> str:
+    """How transformers loads a headless ``--to hf`` folder: v2 also as ``PvtV2Backbone`` (every stage's map);
+    transformers has no backbone class for PVT v1, only ``PvtModel`` (the last stage's tokens)."""
+    from ..weights.hf_config import hf_model_type
+
+    if hf_model_type(cfg) == "pvt_v2":
+        return ("transformers.AutoModel.from_pretrained('{dst}'), or transformers.PvtV2Backbone.from_pretrained('{dst}') "
+                "for the four stage maps")
+    return ("transformers.AutoModel.from_pretrained('{dst}') (PvtModel: transformers has no backbone class for "
+            "PVT v1)")

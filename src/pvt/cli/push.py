@@ -1,4 +1,4 @@
-"""`pvt push RUN_OR_FILE --repo-id OWNER/NAME [--to hf|timm]`: publish a model on the HF hub, with a model
+"""`pvt push RUN_OR_FILE OWNER/NAME [--to hf|timm]` (or `--repo-id OWNER/NAME`): publish a model on the HF hub, with a model
 card; `--dry-run` writes the exact folder instead of uploading it."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ def register(sub) -> None:
             "and transformers), and upload the folder to OWNER/NAME with huggingface_hub (log in with "
             "`hf auth login` or pass --token). --dry-run writes the folder and uploads nothing.")
     p.add_argument("source", metavar="RUN_OR_FILE", help="a run folder of pvt train, or a checkpoint file")
-    p.add_argument("--repo-id", required=True, metavar="OWNER/NAME", help="the hub model repository (created if absent)")
+    p.add_argument("repo", nargs="?", metavar="OWNER/NAME", help="the hub model repository (created if absent)")
+    p.add_argument("--repo-id", metavar="OWNER/NAME", help="the same as the positional OWNER/NAME")
     p.add_argument("--to", choices=("hf", "timm"), default="hf", help="layout of the weights (default: hf)")
     p.add_argument("--dry-run", action="store_true", help="write the folder that would be uploaded; upload nothing")
     p.add_argument("--out", metavar="DIR", help="where to write the folder (default with --dry-run: ./NAME; "
@@ -35,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from ..hub import check_repo_id, check_upload, upload
     from ..weights.publish import prepare_push
 
-    repo = check_repo_id(args.repo_id)
+    if args.repo and args.repo_id and args.repo != args.repo_id:
+        raise ValueError(f"two repositories given: {args.repo} and --repo-id {args.repo_id}; give one")
+    if not (args.repo or args.repo_id):
+        raise ValueError("the hub repository is required: pvt push RUN_OR_FILE OWNER/NAME (or --repo-id OWNER/NAME)")
+    repo = check_repo_id(args.repo or args.repo_id)
     if not args.dry_run:
         check_upload(repo)  # before the export: without network, say so at once
     if args.dry_run:

@@ -114,6 +114,8 @@ class TrainConfig:
                              "shard order (0: shard order only)", min=0)
     threads: int = _f(0, "CPU threads for torch ops (0: torch's default)", min=0, max=MAX_THREADS)
     seed: int = _f(0, "random seed", min=0, max=2**32 - 1)
+    log: str = _f("tensorboard", "experiment trackers, comma-separated: tensorboard (event files in the run folder, "
+                  "when installed), mlflow, wandb (offline, a store in the run folder); none: off")
     task_options: dict[str, Any] = _f(None, "task-specific options (--opt KEY=VALUE)", factory=dict)
 
     # -- derived -----------------------------------------------------------------------------

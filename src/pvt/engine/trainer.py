@@ -53,6 +53,7 @@ from .divergence import TrainingDiverged, finite_batch, non_finite
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
 from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
 from .run_folder import LOCK_FILE, RESUME_MAY_CHANGE, LogFile, read_records, resume_config, run_lock, saved_epoch
+from .tracking import Trackers, check_trackers
 from .signals import Interrupted, StopSignals, stop_signals
 from .state import load_state, missing_keys, rng_state, save_state, set_rng_state
 from .task import Task
@@ -232,6 +233,7 @@ class Trainer:
         _seed(cfg.seed + d.rank)
 
         # everything that can fail on bad input happens before the run folder exists
+        trackers = check_trackers(cfg.log) if d.is_main else []
         train_ds, val_ds = self.task.build_datasets()
         model = self.task.build_model()
         with contextlib.ExitStack() as lock:  # rank 0 holds the run folder's lock until the run ends
@@ -256,16 +258,25 @@ class Trainer:
                         raise
             barrier(d)
             handler = None
+            self._trackers = None
             try:
                 handler = self._setup_logging(run_dir)
+                if trackers:
+                    self._trackers = Trackers(trackers, run_dir, cfg.to_dict(),
+                                              saved_epoch(run_dir / "last.safetensors") or 0)
                 return self._fit(model, train_ds, val_ds)
             except BaseException as e:
                 with self._signals.shield():  # a second Ctrl-C cannot cut the clean-up short
+                    if self._trackers is not None:
+                        self._trackers.close()  # before a failed new run's folder is removed
+                        self._trackers = None
                     self._after_failure(e, created)
                 raise
             finally:
-                if handler is not None:
-                    with self._signals.shield():
+                with self._signals.shield():
+                    if self._trackers is not None:
+                        self._trackers.close()
+                    if handler is not None:
                         for name in ("pvt.train", "pvt.data"):
                             logging.getLogger(name).removeHandler(handler)
                         handler.close()
@@ -631,6 +642,8 @@ class Trainer:
             with self._signals.hold():
                 self._save_epoch(run, rngs, epoch + 1, is_best)
                 self._done, self._in_flight = epoch + 1, False
+            if self._trackers is not None:
+                self._trackers.log(record)
             self._say(self._summary(record, is_best))
         else:
             self._done, self._in_flight = epoch + 1, False

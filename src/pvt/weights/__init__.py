@@ -6,6 +6,8 @@ model in any of them.
 * :func:`export_weights` (:mod:`pvt.weights.writing`, what ``pvt convert --to`` calls) writes a model in
   this library's, HF transformers', timm's, the official or OpenMMLab's layout;
   :mod:`pvt.weights.publish` is the folder and model card ``pvt push`` uploads.
+* :func:`load_into` (:mod:`pvt.weights.hf_models`) loads a checkpoint into the PVT inside any HF
+  transformers model (a classifier, a detector's ``PvtV2Backbone``).
 * :mod:`pvt.weights.keys`: pure state-dict conversions between this library's names and the
   official (whai362/PVT), timm, HF transformers and OpenMMLab names: one rule table per format, applied
   both ways by one engine (:func:`to_pvt`, :func:`from_pvt`), so no direction is written twice.
@@ -16,6 +18,7 @@ model in any of them.
 
 from .files import Checkpoint, read_checkpoint
 from .hf_config import hf_config_to_pvt, pvt_to_hf_config
+from .hf_models import LoadedInto, load_into
 from .keys import FORMATS, detect_key_format, from_pvt, to_pvt
 from .loading import LoadReport, create_pretrained, load_checkpoint
 from .shapes import infer_architecture, matching_variants
@@ -26,6 +29,7 @@ __all__ = [
     "FORMATS",
     "Checkpoint",
     "LoadReport",
+    "LoadedInto",
     "create_pretrained",
     "detect_key_format",
     "export_weights",
@@ -33,6 +37,7 @@ __all__ = [
     "hf_config_to_pvt",
     "infer_architecture",
     "load_checkpoint",
+    "load_into",
     "matching_variants",
     "pvt_to_hf_config",
     "read_checkpoint",

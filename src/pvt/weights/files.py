@@ -124,8 +124,23 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, Any] | None]
     return strip_wrappers(_unwrap(_torch_load(path), path)), None
 
 
+def _one_copy(sd: StateDict) -> StateDict:
+    """An OpenMMLab file written by ``pvt convert --to mmdet`` holds each backbone tensor twice, under
+    ``backbone.`` and bare (see :func:`pvt.weights.writing._mm_state_dict`): keep the ``backbone.`` copy.
+    Any other state dict is returned as it is."""
+    bare = [k for k in sd if not k.startswith("backbone.")]
+    if not bare or len(bare) == len(sd):
+        return sd
+    for k in bare:
+        twin = sd.get(f"backbone.{k}")
+        if twin is None or (twin is not sd[k] and (twin.shape != sd[k].shape or not torch.equal(twin, sd[k]))):
+            return sd
+    return {k: v for k, v in sd.items() if k.startswith("backbone.")}
+
+
 def _from_state_dict(sd: StateDict, source: str) -> tuple[StateDict, str, list[str]]:
     """``(tensors in this library's names, format, notes)``; a dense-prediction file gives its backbone."""
+    sd = _one_copy(sd)
     fmt = detect_key_format(sd)
     notes: list[str] = []
     if fmt is None and (split := split_backbone(sd)) is not None:
@@ -212,14 +227,19 @@ def _read_folder(folder: Path) -> Checkpoint:
         sd.update(part)
     source = str(folder)
     if "model_type" in cfg:  # HF transformers
+        cfg, of_backbone = _hf_pvt_config(cfg)
         config = hf_config_to_pvt(cfg, str(cfg_path))
         check_file_limits(config, cfg_path)  # e.g. its image_size sizes v1's resized position embeddings
+        notes: list[str] = []
+        if of_backbone:
+            sd, note = _hf_backbone_tensors(sd, cfg["model_type"], source)
+            notes.append(note)
         converted, fmt, _ = _from_state_dict(sd, source)
         want = "hf_v2" if cfg["model_type"] == "pvt_v2" else "hf_v1"
         if fmt != want:
             raise ValueError(f"{source}: config.json says model_type {cfg['model_type']!r} but the weights are in "
                              f"the {FORMATS[fmt]} layout")
-        return Checkpoint(converted, fmt, source, config)
+        return Checkpoint(converted, fmt, source, config, notes=notes)
     if "architecture" in cfg:  # timm hub folder
         arch = str(cfg["architecture"]).split(".")[0]
         converted, fmt, notes = _from_state_dict(sd, source)
@@ -227,6 +247,34 @@ def _read_folder(folder: Path) -> Checkpoint:
     raise ValueError(
         f"{cfg_path} is neither an HF transformers config (no 'model_type') nor a timm config (no 'architecture')"
     )
+
+
+def _hf_pvt_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``(the PVT config, whether it is a backbone's)`` of an HF ``config.json``: the config itself for
+    ``pvt`` / ``pvt_v2`` models; for another model with a PVT ``backbone_config`` (a detector saved with
+    ``save_pretrained``, e.g. ``DeformableDetrConfig(backbone_config=PvtV2Config(...))``, whose weights
+    keep the backbone under ``model.backbone.model.``) the backbone's."""
+    inner = cfg.get("backbone_config")
+    if cfg.get("model_type") not in ("pvt", "pvt_v2") and isinstance(inner, dict) and \
+            inner.get("model_type") in ("pvt", "pvt_v2"):
+        return inner, True
+    return cfg, False
+
+
+def _hf_backbone_tensors(sd: StateDict, kind: str, source: str) -> tuple[StateDict, str]:
+    """The tensors of the one PVT backbone in an HF model's state dict, without their prefix (wherever
+    the model keeps it: ``model.backbone.conv_encoder.model.`` in a saved Deformable DETR), and the note
+    saying what was dropped. A ValueError when there is not exactly one."""
+    marker = ("encoder.layers.0.patch_embedding.proj.weight" if kind == "pvt_v2"
+              else "encoder.patch_embeddings.0.projection.weight")
+    prefixes = sorted({k[: -len(marker)] for k in sd if k.endswith(marker)})
+    if len(prefixes) != 1:
+        raise ValueError(f"{source}: its config.json names a {kind} backbone, but its weights hold "
+                         f"{len(prefixes)} ({', '.join(repr(p) for p in prefixes) or 'no ...' + marker})")
+    prefix = prefixes[0]
+    inner = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return inner, (f"checkpoint {source} is a model with a {kind} backbone: took the {len(inner)} backbone tensors "
+                   f"under '{prefix}' and dropped the other {len(sd) - len(inner)}")
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:

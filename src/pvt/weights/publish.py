@@ -124,9 +124,10 @@ def model_card(model: PyramidVisionTransformer, repo_id: str, fmt: str, run: _Ru
     library = "transformers" if fmt == "hf" else "timm"
     tags = ["image-classification" if cfg.num_classes else "image-feature-extraction", "pvt", f"pvt-{family}",
             "pyramid-vision-transformer"]
-    front = {"library_name": library, "license": "apache-2.0", "tags": tags}
+    front: dict[str, Any] = {"library_name": library, "license": "apache-2.0", "tags": tags}
     if cfg.num_classes:
         front["pipeline_tag"] = "image-classification"
+    front.update(_card_metadata(repo_id, run))
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {repo_id.split('/')[1]}", ""]
     what = entry.description if entry else "a PVT"
     lines += [
@@ -150,8 +151,9 @@ def model_card(model: PyramidVisionTransformer, repo_id: str, fmt: str, run: _Ru
     lines += [f"- Note: {note}" for note in notes]
     if run.train_config:
         lines += ["", "## Training", "", "| setting | value |", "|---|---|"]
-        lines += [f"| {k} | {run.train_config[k]} |" for k in _CARD_CONFIG if run.train_config.get(k) is not None]
-        full = yaml.safe_dump(run.train_config, sort_keys=False).strip()
+        shown = _without_local_paths(run.train_config)
+        lines += [f"| {k} | {shown[k]} |" for k in _CARD_CONFIG if shown.get(k) is not None]
+        full = yaml.safe_dump(_without_local_paths(run.train_config), sort_keys=False).strip()
         lines += ["", "<details><summary>the whole training config (config.yaml)</summary>", "", "```yaml", full, "```",
                   "", "</details>"]
     table = _metrics_table(run.records) if run.records else []
@@ -166,8 +168,10 @@ def model_card(model: PyramidVisionTransformer, repo_id: str, fmt: str, run: _Ru
                   f'model = timm.create_model("{hub}", pretrained=True).eval()', "```", ""]
     else:
         auto = "AutoModelForImageClassification" if cfg.num_classes else "AutoModel"
-        lines += ["With transformers:", "", "```python", f"from transformers import AutoImageProcessor, {auto}", "",
-                  f'processor = AutoImageProcessor.from_pretrained("{repo_id}")',
+        lines += ["With transformers (`backend=\"pil\"` resizes with Pillow as the model was evaluated; the default "
+                  "torchvision backend's resize differs by up to a grey level per pixel):", "", "```python",
+                  f"from transformers import AutoImageProcessor, {auto}", "",
+                  f'processor = AutoImageProcessor.from_pretrained("{repo_id}", backend="pil")',
                   f'model = {auto}.from_pretrained("{repo_id}").eval()', "```", ""]
     lines += [f"For {'timm' if other == 'timm' else 'transformers'}, convert the weights to its layout first "
               f"(`pvt convert {hub} DIR --to {other}`), then load `DIR` "
@@ -175,6 +179,45 @@ def model_card(model: PyramidVisionTransformer, repo_id: str, fmt: str, run: _Ru
                  else "with `AutoModelForImageClassification.from_pretrained(\"DIR\")`."),
               "", "## Citation", "", "```bibtex", bibtex, "```", ""]
     return "\n".join(lines)
+
+
+def _without_local_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """The training config as a card shows it: a string naming a local file or folder (``data``,
+    ``output``, ``pretrained``, ...) keeps its last component only, so the card does not publish the
+    trainer's directory layout; ``hf-hub:`` ids and other values stay."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, str) and not v.startswith("hf-hub:") and ("/" in v or "\\" in v or v.startswith("~")):
+            v = Path(v.replace("\\", "/")).name
+        out[k] = v
+    return out
+
+
+def _card_metadata(repo_id: str, run: _Run) -> dict[str, Any]:
+    """The hub's model-card fields beyond the library and tags: ``base_model`` (the hub repository the run
+    started from, when its ``pretrained`` is ``hf-hub:...``), ``datasets`` (the hub dataset, when the data
+    is ``hf-hub:...``) and ``model-index`` (the run's last validation top-1 / top-5 on its data)."""
+    tc = run.train_config or {}
+    out: dict[str, Any] = {}
+    pretrained = tc.get("pretrained")
+    if isinstance(pretrained, str) and pretrained.startswith("hf-hub:"):
+        out["base_model"] = pretrained[len("hf-hub:"):].split("@")[0]
+    data = tc.get("data")
+    if isinstance(data, str) and data.startswith("hf-hub:"):
+        out["datasets"] = [data[len("hf-hub:"):].split("@")[0]]
+    last = run.records[-1] if run.records else {}
+    metrics = [{"type": "accuracy", "name": name, "value": round(float(last[key]), 4)}
+               for key, name in (("val_top1", "top-1 accuracy"), ("val_top5", "top-5 accuracy"))
+               if isinstance(last.get(key), (int, float))]
+    if metrics:
+        dataset = (out.get("datasets") or [None])[0] or (Path(data).name if isinstance(data, str) and data
+                                                         else "scikit-learn digits")
+        out["model-index"] = [{"name": repo_id.split("/")[1], "results": [{
+            "task": {"type": "image-classification", "name": "Image Classification"},
+            "dataset": {"name": dataset, "type": dataset, "split": "val"},
+            "metrics": metrics,
+        }]}]
+    return out
 
 
 def prepare_push(

@@ -12,7 +12,8 @@ hf         an HF transformers folder: ``config.json`` (``PvtV2Config`` / ``PvtCo
 timm       ``model.safetensors`` (timm's ``pvt_v2_*`` names) and timm's ``config.json`` beside it: a hub
            folder (``timm.create_model("local-dir:DIR")``), or a file for ``pretrained_cfg_overlay``
 official   ``{"model": state_dict}`` in whai362/PVT's names (``.pth``), v1 and v2
-mmdet      OpenMMLab's PVT backbone names under ``backbone.`` in ``{"state_dict", "meta"}`` (``.pth``);
+mmdet      OpenMMLab's PVT backbone names in ``{"state_dict", "meta"}`` (``.pth``), each tensor under
+           ``backbone.`` (``load_from``) and bare (the backbone's ``init_cfg``); see :func:`_mm_state_dict`
 mmseg      the same file (mmsegmentation uses mmdetection's PVT backbones)
 =========  =================================================================================================
 
@@ -27,6 +28,7 @@ the export goes ahead and a note gives the output difference this causes, measur
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,14 +46,15 @@ from .hf_config import hf_model_type, pvt_to_hf_config
 from .keys import StateDict, from_pvt
 
 __all__ = ["EXPORT_FORMATS", "FOLDER_FILES", "Export", "Preprocessing", "check_replaceable", "export_weights",
-           "eps_drift", "source_labels", "timm_architecture"]
+           "eps_drift", "hf_preprocessor", "source_labels", "timm_architecture"]
 
 EXPORT_FORMATS: dict[str, str] = {
     "pvt": "this library's own format: one .safetensors file with the config in its metadata",
     "hf": "HF transformers folder: config.json, model.safetensors, preprocessor_config.json",
     "timm": "model.safetensors in timm's pvt_v2_* names and timm's config.json beside it",
     "official": "whai362/PVT checkpoint: {'model': state_dict} (.pth)",
-    "mmdet": "OpenMMLab PVT backbone: {'state_dict': backbone.*, 'meta'} (.pth)",
+    "mmdet": "OpenMMLab PVT backbone: {'state_dict': backbone.* and bare names, 'meta'} (.pth), for load_from "
+             "and for the backbone's init_cfg",
     "mmseg": "OpenMMLab PVT backbone, as mmdet (mmsegmentation configs use mmdet's PVT backbones)",
 }
 """The formats :func:`export_weights` writes, with what each is."""
@@ -92,6 +95,12 @@ class Preprocessing:
             crop_pct=float(extra.get("crop_pct", 0.875)),
             interpolation=str(extra.get("interpolation", "bicubic")),
         )
+
+    @property
+    def resize_size(self) -> int:
+        """The side the shorter image side is resized to before the centre crop: ``img_size / crop_pct``
+        rounded down, as timm's evaluation transform (and so ``pvt predict``) computes it (256 for 224)."""
+        return math.floor(self.img_size / self.crop_pct)
 
 
 @dataclass
@@ -310,22 +319,39 @@ def _write_hf(model: PyramidVisionTransformer, folder: Path, labels: list[str] |
         if kind == "pvt_v2":
             fields["out_features"] = [f"stage{i + 1}" for i in range(cfg.num_stages)]
             fields["out_indices"] = list(range(cfg.num_stages))
-    preprocessor = {
+    files = [folder / "config.json", folder / "model.safetensors", folder / "preprocessor_config.json"]
+    _write_json(files[0], fields)
+    _save_safetensors(sd, files[1], {"format": "pt"})
+    _write_json(files[2], hf_preprocessor(pre))
+    return files
+
+
+def hf_preprocessor(pre: Preprocessing) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` that makes transformers prepare an image as ``pvt predict`` (timm's
+    evaluation transform) does: the shorter side resized to :attr:`Preprocessing.resize_size` with the
+    checkpoint's interpolation, a centre crop of ``img_size``, ``/255``, mean and std.
+
+    ``PvtImageProcessor`` is what ``AutoImageProcessor`` (and so ``pipeline("image-classification")``)
+    builds for ``pvt`` / ``pvt_v2`` configs; its base class does a ``shortest_edge`` resize and a centre
+    crop for any model, so no other processor type is needed. Two differences remain that no field
+    controls (docs/weights.md has the figures): transformers' default torchvision backend resizes a
+    uint8 tensor, which differs from Pillow's resize by up to 2 of 255 in a pixel (``backend="pil"``
+    uses Pillow, as timm does); and where the resized image is wider (or taller) than the crop by
+    4k+3 pixels, transformers starts the crop one pixel before torchvision's ``CenterCrop`` (it rounds
+    the half pixel down, torchvision to even)."""
+    return {
         "image_processor_type": "PvtImageProcessor",
         "do_resize": True,
-        "size": {"height": pre.img_size, "width": pre.img_size},
+        "size": {"shortest_edge": pre.resize_size},
         "resample": _PIL_RESAMPLE.get(pre.interpolation, 3),
+        "do_center_crop": True,
+        "crop_size": {"height": pre.img_size, "width": pre.img_size},
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
         "image_mean": list(pre.mean),
         "image_std": list(pre.std),
     }
-    files = [folder / "config.json", folder / "model.safetensors", folder / "preprocessor_config.json"]
-    _write_json(files[0], fields)
-    _save_safetensors(sd, files[1], {"format": "pt"})
-    _write_json(files[2], preprocessor)
-    return files
 
 
 def _timm_config(model: PyramidVisionTransformer, arch: str, labels: list[str] | None, pre: Preprocessing) -> dict:
@@ -361,6 +387,19 @@ def _write_timm(model: PyramidVisionTransformer, dst: Path, labels: list[str] | 
     _save_safetensors(from_pvt(model.state_dict(), "timm"), weights, {"format": "pt"})
     _write_json(files[1], _timm_config(model, arch, labels, pre))
     return files
+
+
+def _mm_state_dict(backbone: StateDict) -> StateDict:
+    """The ``state_dict`` of an OpenMMLab file that both of mmdetection's loading paths fill completely:
+    each backbone tensor under ``backbone.`` (a detector's names: ``load_from``, mmengine's runner loading
+    the whole detector) and under its bare name (the backbone's own names:
+    ``init_cfg=dict(type='Pretrained', checkpoint=...)``, where ``PyramidVisionTransformer.init_weights``
+    in mmdet/models/backbones/pvt.py takes ``checkpoint['state_dict']``, passes names that are not the
+    official ones through ``pvt_convert`` unchanged and loads them into the backbone itself). The two
+    entries are one tensor, so ``torch.save`` stores it once; each path reports the other copy as
+    unexpected keys (mmengine's non-strict load warns, as it warns of the detector's missing neck and
+    heads under ``load_from``)."""
+    return {**{f"backbone.{k}": v for k, v in backbone.items()}, **backbone}
 
 
 def _mm_meta(model: PyramidVisionTransformer, layout: str) -> dict[str, Any]:
@@ -409,6 +448,18 @@ def _targets(fmt: str, dst: Path) -> list[Path]:
     return [dst]
 
 
+def _check_whole(model: PyramidVisionTransformer) -> None:
+    """A ValueError for a ``features_only`` model cut after its last ``out_indices`` stage: every format
+    holds a whole backbone (its config says how many stages), and the later stages are not there."""
+    kept, total = len(model.stages), model.config.num_stages
+    if kept < total:
+        raise ValueError(
+            f"this features_only model keeps stages 1-{kept} of {total} (out_indices="
+            f"{tuple(getattr(model, 'out_indices', range(kept)))}): the later stages were never built, and every "
+            "export format holds the whole backbone; export the checkpoint the model was made from (pvt convert "
+            "SRC DST), or a features_only model whose out_indices include the last stage")
+
+
 def export_weights(
     model: PyramidVisionTransformer,
     fmt: str,
@@ -436,6 +487,7 @@ def export_weights(
         raise ValueError(f"unknown export format {fmt!r}; accepted: {', '.join(EXPORT_FORMATS)}")
     if not isinstance(model, PyramidVisionTransformer):
         raise TypeError(f"export_weights takes a PyramidVisionTransformer, got {type(model).__name__}")
+    _check_whole(model)
     dst = Path(dst)
     suffix = {"pvt": ".safetensors", "official": ".pth", "mmdet": ".pth", "mmseg": ".pth"}.get(fmt)
     if suffix is not None and dst.suffix != suffix:
@@ -475,7 +527,7 @@ def export_weights(
     else:
         sd, dropped = _mm_backbone(model, layout)
         notes = dropped + notes
-        mm = {f"backbone.{k}": v for k, v in _tensors(from_pvt(sd, layout)).items()}
-        atomic_save_torch({"state_dict": mm, "meta": {"pvt": _mm_meta(model, layout)}}, dst)
+        atomic_save_torch({"state_dict": _mm_state_dict(_tensors(from_pvt(sd, layout))),
+                           "meta": {"pvt": _mm_meta(model, layout)}}, dst)
         files = [dst]
     return Export(fmt, dst, files, notes)
