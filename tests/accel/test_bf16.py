@@ -50,8 +50,8 @@ def test_bf16_model_is_close_to_float32_and_runs_fused_bf16_kernels(name, size):
     assert fast.acceleration.precision == "bfloat16"
     x = torch.randn(3, 3, *size)
     with torch.inference_mode():
-        expected, expected_maps = ref(x), ref.forward_features(x)
-        out, maps = fast(x), fast.forward_features(x)
+        expected, expected_maps = ref(x), ref.forward_pyramid(x)
+        out, maps = fast(x), fast.forward_pyramid(x)
         ran = ops_run(lambda: fast(x))
     assert ran.get("mkldnn::_linear_pointwise", 0) >= 4
     assert "aten::addmm" in ran  # the head only: float32 on float32 pooled tokens
