@@ -1,4 +1,7 @@
-"""The ``pvt`` command. Each sub-command lives in its own module with a ``register(subparsers)``."""
+"""The ``pvt`` command. Each sub-command lives in its own module with a ``register(subparsers)``.
+
+Building the parser imports nothing heavy (no torch, torchvision or timm: the sub-command modules import
+those inside the functions that run a command), so ``pvt ... --help`` answers at once."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import sys
 
 from . import bench, convert, data, models, push, train
+from .command import Parser
 
 __all__ = ["main", "build_parser"]
 
@@ -17,7 +21,7 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pvt", description="Pyramid Vision Transformer (PVT v1/v2): models, weights, FLOPs, training."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -28,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the sub-command's own parser, with the closest options it has
+        sub = _subparser(parser, getattr(args, "command", None))
+        (sub or parser).unknown(extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -45,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(e, "reported", False):
             print(f"pvt {args.command}: interrupted", file=sys.stderr)
         return 128 + int(getattr(e, "signum", 2))
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str | None) -> Parser | None:
+    """The parser of sub-command ``name`` (None when there is none)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
 
 
 def _one_line(e: BaseException) -> str:

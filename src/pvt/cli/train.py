@@ -27,12 +27,31 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        help_ = f.metadata.get("help", "")
+        if default is not None and "default" not in help_:  # once: some helps say their default in words
+            shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+            help_ += f" (default: {shown})"
         if hints[f.name] is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_)
         else:
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="V", help=help_)
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help_,
+                               metavar=_metavar(f.name, hints[f.name], f.metadata.get("choices")))
+
+
+def _metavar(name: str, hint: Any, choices: tuple[str, ...] | None) -> str:
+    """What a config flag's value looks like in ``--help``: its choices, ``N`` (an integer), ``X`` (a
+    number), ``X,Y`` (a list of numbers), else the field's name."""
+    if choices:
+        return "{" + ",".join(choices) + "}"
+    if typing.get_origin(hint) in (list, tuple):
+        return "X,Y"
+    kinds = set(typing.get_args(hint)) - {type(None)} or {hint}  # X | None: X
+    if kinds == {int}:
+        return "N"
+    if kinds == {float}:
+        return "X"
+    return name.upper()
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
