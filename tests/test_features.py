@@ -30,7 +30,7 @@ def test_selected_maps_at_odd_sizes(name, size):
     feats = PVTFeatures(full, out_indices=(1, 2, 3))
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
-        got, ref = feats(x), full.forward_features(x)
+        got, ref = feats(x), full.forward_pyramid(x)
     r = (8, 16, 32)
     rnd = (lambda n, k: -(-n // k)) if full.config.overlap_patch_embed else (lambda n, k: n // k)
     assert [tuple(t.shape) for t in got] == [(2, c, rnd(size[0], k), rnd(size[1], k))
@@ -55,7 +55,7 @@ def test_create_model_features_only_with_negative_and_int_indices(b0, tmp_path):
     x = torch.randn(1, 3, 75, 61)
     with torch.no_grad():
         (got,) = loaded.eval()(x)  # accelerated stages: the CPU path's float rounding
-        assert (got - b0.forward_features(x)[3]).abs().max().item() < 1e-4
+        assert (got - b0.forward_pyramid(x)[3]).abs().max().item() < 1e-4
     out = loaded.train()(x)
     out[0].sum().backward()
     assert all(p.grad is not None for p in loaded.parameters())
@@ -76,24 +76,30 @@ def test_stage_indices_and_errors():
 
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v1_tiny"])
 def test_forward_intermediates(name):
-    """Every stage's map and the final tokens (what the head pools: the logits follow from them); selected
-    stages in stage order; ``stop_early`` runs no stage past the last selected one."""
+    """Every stage's map and the final output (what forward_features gives and the head pools: the logits
+    follow from it); selected stages in stage order; ``stop_early`` runs no stage past the last selected
+    one and returns that stage's map as the final output."""
     torch.manual_seed(0)
     m = pvt.create_model(name, num_classes=5, accelerate=False).eval()
     x = torch.randn(2, 3, 96, 80)
     with torch.no_grad():
-        tokens, maps = m.forward_intermediates(x)
-        assert torch.equal(m.forward_head(m.pool(tokens)), m(x))
-        assert all(torch.equal(a, b) for a, b in zip(maps, m.forward_features(x)))
-        extra = 1 if m.config.cls_token else 0
-        assert tokens.shape == (2, maps[-1].shape[2] * maps[-1].shape[3] + extra, m.num_features)
-        tok1, sel = m.forward_intermediates(x, (-1, 1))
-        assert torch.equal(tok1, tokens) and [s.shape for s in sel] == [maps[1].shape, maps[3].shape]
+        final, maps = m.forward_intermediates(x)
+        assert torch.equal(m.forward_head(final), m(x)) and torch.equal(final, m.forward_features(x))
+        assert all(torch.equal(a, b) for a, b in zip(maps, m.forward_pyramid(x)))
+        if m.config.cls_token:  # tokens, class token first: (B, 1 + h*w, C)
+            assert final.shape == (2, maps[-1].shape[2] * maps[-1].shape[3] + 1, m.num_features)
+            assert torch.equal(final[:, 1:].transpose(1, 2).reshape(maps[-1].shape), maps[-1])
+        else:
+            assert torch.equal(final, maps[-1])
+        fin1, sel = m.forward_intermediates(x, (-1, 1))
+        assert torch.equal(fin1, final) and [s.shape for s in sel] == [maps[1].shape, maps[3].shape]
         ran = []
         hooks = [s.register_forward_hook(lambda mod, i, o, k=k: ran.append(k)) for k, s in enumerate(m.stages)]
-        tok0, (first,) = m.forward_intermediates(x, (0,), stop_early=True)
+        fin0, (first,) = m.forward_intermediates(x, (0,), stop_early=True)
         only = m.forward_intermediates(x, [1], intermediates_only=True)
         for h in hooks:
             h.remove()
-    assert ran == [0, 0, 1] and torch.equal(first, maps[0]) and tok0.shape[1] == maps[0].shape[2] * maps[0].shape[3]
+    assert ran == [0, 0, 1] and torch.equal(first, maps[0]) and torch.equal(fin0, maps[0])
     assert isinstance(only, list) and torch.equal(only[0], maps[1])
+    with pytest.raises(ValueError, match="output_fmt='NCHW'"):
+        m.forward_intermediates(x, output_fmt="NLC")

@@ -46,7 +46,7 @@ def test_frozen_stages_stay_in_eval_mode():
     assert not any(mod.training for s in m.stages[:2] for mod in s.modules())
     assert all(mod.training for s in m.stages[2:] for mod in s.modules()) and m.training
     x = torch.randn(2, 3, 64, 64)
-    a, b = m.forward_features(x), m.forward_features(x)
+    a, b = m.forward_pyramid(x), m.forward_pyramid(x)
     assert torch.equal(a[1], b[1]) and not torch.equal(a[3], b[3])
     m.set_frozen_stages(0)
     assert m.stages[1].training and not m.stages[0].patch_embed.training

@@ -49,7 +49,7 @@ def test_feature_maps_at_odd_size(name):
     m = pvt.create_model(name, num_classes=7).eval()
     x = torch.randn(2, 3, 97, 131)
     with torch.no_grad():
-        maps = m.forward_features(x)
+        maps = m.forward_pyramid(x)
         logits = m(x)
     dims = m.config.embed_dims
     if m.config.overlap_patch_embed:  # successive ceilings

@@ -34,9 +34,9 @@ V1 = _params(pvt.list_models("pvt_v1_*"))
 
 def max_diffs(ref_logits, ref_maps, model, x) -> tuple[float, float]:
     """(max |logits diff|, max |feature diff| over the four maps) of ``model`` against a reference."""
-    with torch.no_grad():  # one pass: model(x) is forward_head(pool(tokens)) of this same pass
-        maps, tokens = model.forward_tokens(x)
-        logits = model.forward_head(model.pool(tokens))
+    with torch.no_grad():  # one pass: model(x) is forward_head(final) of this same pass
+        final, maps = model.forward_intermediates(x)
+        logits = model.forward_head(final)
     assert [tuple(m.shape) for m in maps] == [tuple(m.shape) for m in ref_maps]
     dl = (logits - ref_logits).abs().max().item() if ref_logits is not None else 0.0
     df = max((a - b).abs().max().item() for a, b in zip(maps, ref_maps))

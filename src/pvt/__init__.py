@@ -1,9 +1,6 @@
 """pvt: the Pyramid Vision Transformer (PVT v1 and v2) family, its weights, FLOPs and tasks."""
 
-from .config import PVTConfig
-from .model import PyramidVisionTransformer
-from .registry import create_model, list_models
-from .variants import VARIANTS, Variant, get_variant
+import importlib
 
 __version__ = "0.1.0"
 
@@ -24,30 +21,40 @@ __all__ = [
 ]
 
 
+_HOMES = {
+    "PVTConfig": "config",
+    "PyramidVisionTransformer": "model",
+    "create_model": "registry",
+    "list_models": "registry",
+    "VARIANTS": "variants",
+    "Variant": "variants",
+    "get_variant": "variants",
+    "load_checkpoint": "weights",
+    "count_flops": "flops",
+    "tune_cpu_allocator": "accel.runtime",
+    "accelerate": "accel",
+    "attention_maps": "attention",
+    "train": "api",
+    "evaluate": "api",
+    "predict": "api",
+    "quantize": "api",
+}
+"""Where each public name lives. Everything loads on first use, so ``import pvt`` (and the ``pvt``
+command's ``--help``) costs no torch import until a model is asked for."""
+
+
 def __getattr__(name: str):
-    # heavier modules load on first use
-    if name == "load_checkpoint":
-        from .weights import load_checkpoint
-
-        return load_checkpoint
-    if name == "count_flops":
-        from .flops import count_flops
-
-        return count_flops
-    if name == "tune_cpu_allocator":
-        from .accel.runtime import tune_cpu_allocator
-
-        return tune_cpu_allocator
-    if name == "accelerate":
-        from .accel import accelerate
-
-        return accelerate
-    if name == "attention_maps":
-        from .attention import attention_maps
-
-        return attention_maps
-    if name in ("train", "evaluate", "predict", "quantize"):
-        from . import api
-
-        return getattr(api, name)
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:  # a submodule not imported yet (``pvt.weights``), as a package that imports it eagerly would have
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module 'pvt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .config import PVTConfig
-from .constants import INTERPOLATIONS, MAX_IMG_SIZE
+from .constants import FILE_LIMITS, INTERPOLATIONS, MAX_IMG_SIZE
 from .io import atomic_via
 from .model import PyramidVisionTransformer
 
@@ -31,13 +31,6 @@ __all__ = ["OWN_FORMAT", "FILE_LIMITS", "save_model", "is_safetensors", "read_me
 
 OWN_FORMAT = "pvt"
 
-FILE_LIMITS: dict[str, int] = {
-    "num_stages": 8, "depths": 1024, "embed_dims": 16384, "num_heads": 1024, "mlp_ratios": 64, "sr_ratios": 64,
-    "patch_strides": 64, "img_size": MAX_IMG_SIZE, "in_chans": 64, "num_classes": 1_000_000, "pool_size": 1024,
-}
-"""The largest value a config read from a file may hold, per field (per stage for the tuples): generous
-bounds on the published variants (at most 40 blocks a stage, 512 channels, 1000 classes), far below what
-would exhaust memory."""
 
 
 def save_model(

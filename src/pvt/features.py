@@ -21,7 +21,7 @@ class PVTFeatures(PyramidVisionTransformer):
 
     ``model(x)``: ``(B, C_in, H, W)`` -> ``[(B, C_i, H_i, W_i)]`` for the selected stages, in stage
     order (v2 maps are ceil-sized: an odd side gives ``ceil(H / 4)`` and so on). ``feature_info`` describes
-    those maps only (``channels()``, ``reduction()``). ``out_indices``: see
+    those maps only (timm's ``channels()``, ``reduction()``, ``module_name()``, ``get_dicts()``). ``out_indices``: see
     :func:`pvt.model.stage_indices` (an int ``n``: the last ``n`` stages; negative indices from the end).
 
     The stage modules are the given model's own (shared, not copied); stages after the last selected one
@@ -37,6 +37,9 @@ class PVTFeatures(PyramidVisionTransformer):
         self.stages = nn.ModuleList(list(model.stages)[: take[-1] + 1])
         self.out_indices = tuple(take)
         self.feature_info = FeatureInfo(model.feature_info[i] for i in take)
+        self._describe_last_stage()
+        self.global_pool = self._check_pool("token" if self.output_fmt == "NLC" else "avg", 0)
+        self.pretrained_cfg = dict(model.pretrained_cfg)
         self.min_input_size = model.min_input_size
         self.frozen_stages = min(model.frozen_stages, len(self.stages))
         self.norm_eval = model.norm_eval

@@ -13,6 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from .config import PVTConfig
+from .constants import EVAL_CROP_PCT, EVAL_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
 from .layers import Block, PatchEmbed, as_map
 from .tracing import is_tracing
 
@@ -44,13 +45,35 @@ def stage_indices(num_stages: int, indices: int | Sequence[int] | None) -> list[
 
 class FeatureInfo(list):
     """The maps a model gives: one ``{"num_chs", "reduction", "module", "index"}`` dict per map, in the
-    order of the maps (timm's keys), with timm's accessors ``channels()`` and ``reduction()``."""
+    order of the maps (timm's keys), with the accessors of timm's ``FeatureInfo``: ``channels()``,
+    ``reduction()``, ``module_name()``, ``get(key)`` and ``get_dicts(keys)``, each for every map or, with
+    ``idx`` (an int or a sequence of ints), for those positions only."""
 
-    def channels(self) -> list[int]:
-        return [f["num_chs"] for f in self]
+    def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
+        if idx is None:
+            return [f[key] for f in self]
+        if isinstance(idx, int):
+            return self[idx][key]
+        return [self[i][key] for i in idx]
 
-    def reduction(self) -> list[int]:
-        return [f["reduction"] for f in self]
+    def get_dicts(self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None) -> Any:
+        def pick(f: dict) -> dict:
+            return dict(f) if keys is None else {k: f[k] for k in keys}
+
+        if idx is None:
+            return [pick(f) for f in self]
+        if isinstance(idx, int):
+            return pick(self[idx])
+        return [pick(self[i]) for i in idx]
+
+    def channels(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("module", idx)
 
 
 class PVTStage(nn.Module):
@@ -137,11 +160,25 @@ class PVTStage(nn.Module):
 class PyramidVisionTransformer(nn.Module):
     """Pyramid Vision Transformer, v1 or v2 as the config says.
 
-    * ``model(x)``: ``(B, in_chans, H, W) -> (B, num_classes)`` logits (pooled features when
-      ``num_classes == 0``).
-    * ``model.forward_features(x)``: the per-stage maps ``[(B, C_i, H_i, W_i)]`` at strides 4, 8, 16, 32.
-    * ``model.forward_intermediates(x, indices)``: chosen stages' maps and the final tokens.
-    * ``model.feature_info``: channels and stride of each map, for dense-prediction necks.
+    timm's model contract:
+
+    * ``model(x)``: ``(B, in_chans, H, W) -> (B, num_classes)`` logits, i.e.
+      ``forward_head(forward_features(x))`` (pooled features when ``num_classes == 0``; the unpooled
+      last-stage output with ``global_pool=""`` too).
+    * ``model.forward_features(x)``: the last stage's output, unpooled: ``(B, C, H/32, W/32)`` (NCHW, as
+      timm's PVT v2) for a model without a class token; ``(B, 1 + h*w, C)`` tokens (NLC, class token
+      first, as timm's ViT) for one with a class token (PVT v1), since its head reads that token.
+      :attr:`output_fmt` says which.
+    * ``model.forward_head(x, pre_logits=False)``: pooling (:attr:`global_pool`: ``"avg"``, ``"token"``
+      for class-token models, ``""`` none) and the classifier on what ``forward_features`` returned.
+    * ``model.forward_intermediates(x, indices)``: the chosen stages' NCHW maps and the final output;
+      ``prune_intermediate_layers(indices)``; ``get_classifier()``, ``reset_classifier(n, global_pool)``;
+      ``num_features``, ``head_hidden_size``, ``pretrained_cfg`` / ``default_cfg`` (input size,
+      normalisation, evaluation crop and interpolation, first conv, classifier).
+    * ``model.feature_info``: channels and stride of each map (:class:`FeatureInfo`).
+
+    Beyond timm: ``model.forward_pyramid(x)``, every stage's map ``[(B, C_i, H_i, W_i)]`` at strides 4, 8,
+    16, 32, for dense-prediction necks.
 
     Training as a backbone: :meth:`set_grad_checkpointing`, :meth:`set_frozen_stages` and
     :attr:`norm_eval` (as mmdetection's backbones define them).
@@ -157,7 +194,6 @@ class PyramidVisionTransformer(nn.Module):
         cfg = (config or PVTConfig()).replace(**overrides) if overrides else (config or PVTConfig())
         self.config = cfg
         self.num_classes = cfg.num_classes
-        self.num_features = cfg.embed_dims[-1]
         dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         stages, cur, in_chans = [], 0, cfg.in_chans
         for i in range(cfg.num_stages):
@@ -165,12 +201,20 @@ class PyramidVisionTransformer(nn.Module):
             cur += cfg.depths[i]
             in_chans = cfg.embed_dims[i]
         self.stages = nn.ModuleList(stages)
+        self._describe_last_stage()
+        self.global_pool = self._check_pool("token" if self.output_fmt == "NLC" else "avg", cfg.num_classes)
+        """What :meth:`forward_head` pools with: ``"avg"`` (the mean of the last map, or of the patch
+        tokens), ``"token"`` (the class token; class-token models only), ``""`` (nothing)."""
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.feature_info = FeatureInfo(
             {"num_chs": c, "reduction": r, "module": f"stages.{i}", "index": i}
             for i, (c, r) in enumerate(zip(cfg.embed_dims, cfg.reduction))
         )
         self.min_input_size = self._min_input_size()
+        self.pretrained_cfg: dict[str, Any] = self._default_pretrained_cfg()
+        """timm's ``pretrained_cfg`` (also :attr:`default_cfg`): the input and evaluation transform the
+        model expects (``timm.data.resolve_data_config(model=model)`` reads it) and its first conv and
+        classifier's names. A loader that knows the checkpoint's own transform may update it."""
         self.frozen_stages = -1
         """How many stages :meth:`set_frozen_stages` froze (-1: none; 0: the first patch embedding)."""
         self.reset_parameters()
@@ -187,6 +231,30 @@ class PyramidVisionTransformer(nn.Module):
             if ok:
                 return size
         raise ValueError("this configuration accepts no input size below 4096")
+
+    def _default_pretrained_cfg(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "url": "",
+            "num_classes": cfg.num_classes,
+            "input_size": (cfg.in_chans, cfg.img_size, cfg.img_size),
+            "min_input_size": (cfg.in_chans, self.min_input_size, self.min_input_size),
+            "fixed_input_size": False,
+            "pool_size": self.stages[-1].grid,
+            "crop_pct": EVAL_CROP_PCT,
+            "crop_mode": "center",
+            "interpolation": EVAL_INTERPOLATION,
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "first_conv": "stages.0.patch_embed.proj",
+            "classifier": "head",
+            "license": "apache-2.0",
+        }
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name of :attr:`pretrained_cfg` (the same dict)."""
+        return self.pretrained_cfg
 
     # ------------------------------------------------------------------ init
     def reset_parameters(self) -> None:
@@ -271,8 +339,38 @@ class PyramidVisionTransformer(nn.Module):
                         m.eval()
         return self
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head by a freshly initialised one with ``num_classes`` outputs (0: none)."""
+    def _describe_last_stage(self) -> None:
+        """What the last kept stage makes of :meth:`forward_features`: ``num_features`` (=
+        ``head_hidden_size``, its channels) and ``output_fmt`` (``"NLC"`` tokens for a class-token stage,
+        else ``"NCHW"``)."""
+        last = self.stages[-1]
+        self.num_features = self.head_hidden_size = last.patch_embed.proj.out_channels
+        self.output_fmt = "NLC" if last.num_prefix else "NCHW"
+
+    def _check_pool(self, global_pool: str, num_classes: int) -> str:
+        """``global_pool`` if this model can pool that way in front of ``num_classes`` outputs, else a
+        ValueError naming what it accepts."""
+        accepted = ("avg", "token", "") if self.output_fmt == "NLC" else ("avg", "")
+        if global_pool not in accepted:
+            raise ValueError(f"global_pool={global_pool!r} is not one this model has: one of {accepted}"
+                             + ("" if "token" in accepted else " (\"token\" needs a class token)"))
+        if global_pool == "" and num_classes > 0 and self.output_fmt == "NCHW":
+            raise ValueError(f"global_pool='' leaves (B, C, H, W) maps, which a {num_classes}-class head cannot "
+                             "take: pass num_classes=0 with it")
+        return global_pool
+
+    def set_global_pool(self, global_pool: str) -> None:
+        """Pool with ``global_pool`` from now on (see :attr:`global_pool`); the head stays."""
+        self.global_pool = self._check_pool(global_pool, self.num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier (``nn.Identity`` when the model has none)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head by a freshly initialised one with ``num_classes`` outputs (0: none), and the
+        pooling by ``global_pool`` when given (see :attr:`global_pool`), as timm's."""
+        self.global_pool = self._check_pool(self.global_pool if global_pool is None else global_pool, num_classes)
         self.num_classes = num_classes
         self.config = self.config.replace(num_classes=num_classes)
         ref = next(self.parameters())
@@ -282,6 +380,25 @@ class PyramidVisionTransformer(nn.Module):
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages after the last one ``indices`` selects (see :func:`stage_indices`) and, with
+        ``prune_head`` or when stages were dropped, the head and pooling, as timm's; returns the selected
+        indices for :meth:`forward_intermediates`. ``prune_norm`` is accepted for timm's signature: every
+        PVT norm belongs to its stage and stays with it."""
+        take = stage_indices(len(self.stages), indices)
+        prune_end = take[-1] < len(self.stages) - 1
+        if prune_end:
+            self.stages = self.stages[: take[-1] + 1]
+            self._describe_last_stage()
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take
 
     # --------------------------------------------------------------- forward
     def _check_input(self, x: Tensor) -> None:
@@ -316,38 +433,58 @@ class PyramidVisionTransformer(nn.Module):
             maps.append(x)
         return maps, tokens
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        """``(B, C_in, H, W)`` -> the four maps ``(B, C_i, H_i, W_i)`` at strides 4, 8, 16, 32."""
+    @staticmethod
+    def _final(stage: PVTStage, maps: list[Tensor], tokens: Tensor) -> Tensor:
+        """What :meth:`forward_features` gives for a run ending at ``stage``: its tokens when it has a class
+        token, else its map."""
+        return tokens if stage.num_prefix else maps[-1]
+
+    def forward_pyramid(self, x: Tensor) -> list[Tensor]:
+        """``(B, C_in, H, W)`` -> every stage's map ``(B, C_i, H_i, W_i)``, at strides 4, 8, 16, 32."""
         return self.forward_tokens(x)[0]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, C_in, H, W)`` -> the last stage's output, unpooled: the NCHW map, or the NLC tokens of a
+        class-token model (:attr:`output_fmt`)."""
+        maps, tokens = self.forward_tokens(x)
+        return self._final(self.stages[-1], maps, tokens)
 
     def forward_intermediates(
         self,
         x: Tensor,
         indices: int | Sequence[int] | None = None,
-        *,
+        norm: bool = False,
         stop_early: bool = False,
+        output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
-        """The maps of the stages ``indices`` selects (see :func:`stage_indices`: every stage by default,
-        an int ``n`` the last ``n``, negative indices from the end), in stage order, and the final tokens,
-        as timm's ``forward_intermediates``.
+        """The NCHW maps of the stages ``indices`` selects (see :func:`stage_indices`: every stage by
+        default, an int ``n`` the last ``n``, negative indices from the end), in stage order, and the final
+        output, as timm's ``forward_intermediates``.
 
-        Returns ``(tokens, maps)``: ``tokens`` is the last stage's output sequence ``(B, N [+1], C)``
-        after its LayerNorm (what :meth:`pool` reads); with ``stop_early`` the stages after the last
-        selected one are not run and ``tokens`` is that stage's. ``intermediates_only``: the maps alone.
+        Returns ``(final, maps)``: ``final`` is what :meth:`forward_features` returns (what
+        :meth:`forward_head` takes); with ``stop_early`` the stages after the last selected one are not run
+        and ``final`` is that stage's output. ``intermediates_only``: the maps alone. ``norm`` is accepted
+        for timm's signature (every stage's map is already the output of its own norm, where it has one);
+        ``output_fmt`` must be ``"NCHW"``.
         """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: the intermediates are NCHW maps (output_fmt='NCHW')")
         take = stage_indices(len(self.stages), indices)
         maps, tokens = self.forward_tokens(x, stop=take[-1] if stop_early or intermediates_only else None)
         selected = [maps[i] for i in take]
-        return selected if intermediates_only else (tokens, selected)
+        if intermediates_only:
+            return selected
+        return self._final(self.stages[len(maps) - 1], maps, tokens), selected
 
-    def pool(self, tokens: Tensor) -> Tensor:
-        """Last stage tokens ``(B, N, C) -> (B, C)``: the class token (v1) or the mean token (v2)."""
-        return tokens[:, 0] if self.config.cls_token else tokens.mean(dim=1)
-
-    def forward_head(self, pooled: Tensor) -> Tensor:
-        return self.head(pooled)
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """What :meth:`forward_features` returned -> logits: pooled by :attr:`global_pool`, then the
+        classifier (``pre_logits``: the pooled features, without it)."""
+        if self.global_pool == "avg":
+            x = x[:, self.stages[-1].num_prefix :].mean(dim=1) if self.output_fmt == "NLC" else x.mean(dim=(-2, -1))
+        elif self.global_pool == "token":
+            x = x[:, 0]
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        _, tokens = self.forward_tokens(x)
-        return self.forward_head(self.pool(tokens))
+        return self.forward_head(self.forward_features(x))

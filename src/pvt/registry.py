@@ -31,6 +31,7 @@ def create_model(
     grad_checkpointing: bool = False,
     frozen_stages: int = -1,
     norm_eval: bool = False,
+    global_pool: str | None = None,
     **config_overrides: Any,
 ) -> PyramidVisionTransformer:
     """Build a registered variant, optionally with weights.
@@ -56,6 +57,8 @@ def create_model(
             gradients, eval mode while training (mmdetection's ``frozen_stages``).
         norm_eval: keep BatchNorm layers in eval mode while training (mmdetection's ``norm_eval``;
             PVT's own norms are LayerNorms, which it leaves alone).
+        global_pool: what the head pools with (timm's): ``"avg"``, ``"token"`` (class-token models), or
+            ``""`` (none: with ``num_classes=0``, ``model(x)`` is the unpooled ``forward_features``).
         **config_overrides: any :class:`~pvt.config.PVTConfig` field, e.g. ``linear_sra=True``.
     """
     variant = get_variant(name)
@@ -76,6 +79,8 @@ def create_model(
         overrides["num_classes"] = 1000 if num_classes is None else num_classes
         model = PyramidVisionTransformer(variant.config.replace(**overrides))
         model.variant_name = name
+    if global_pool is not None:
+        model.set_global_pool(global_pool)
     model.set_grad_checkpointing(grad_checkpointing)
     model.norm_eval = bool(norm_eval)
     model.set_frozen_stages(frozen_stages)

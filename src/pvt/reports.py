@@ -202,7 +202,7 @@ def variant_info(name: str, input_size: tuple[int, int] = (224, 224)) -> dict[st
     cfg = v.config
     model = _meta_variant(name)
     with torch.device("meta"):
-        maps = model.forward_features(torch.empty(1, cfg.in_chans, *input_size))
+        maps = model.forward_pyramid(torch.empty(1, cfg.in_chans, *input_size))
     report = count_flops(model, input_size)
     per_stage = report.grouped(2)
     stages = []

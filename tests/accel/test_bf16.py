@@ -61,8 +61,8 @@ def test_bf16_model_is_close_to_float32_and_runs_fused_bf16_kernels(name, size):
     assert fast.acceleration.precision == "bfloat16"
     x = torch.randn(3, 3, *size)
     with torch.inference_mode():
-        expected, expected_maps = ref(x), ref.forward_features(x)
-        out, maps = fast(x), fast.forward_features(x)
+        expected, expected_maps = ref(x), ref.forward_pyramid(x)
+        out, maps = fast(x), fast.forward_pyramid(x)
         ran = ops_run(lambda: fast(x))
     assert ran.get("mkldnn::_linear_pointwise", 0) >= 4
     assert "aten::addmm" in ran  # the head only: float32 on float32 pooled tokens
@@ -103,7 +103,7 @@ def test_without_fused_bf16_kernels_bf16_is_the_plain_model_under_autocast(name)
     assert "note=" in repr(acc)
     x = torch.randn(3, 3, 67, 93)
     with torch.inference_mode():
-        expected, out, maps = ref(x), fast(x), fast.forward_features(x)
+        expected, out, maps = ref(x), fast(x), fast.forward_pyramid(x)
         ran = ops_run(lambda: fast(x))
         pieces = accelerate(copy.deepcopy(ref), precision="bfloat16", chunk_bytes=1, flags=AVX2_ONLY)(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -89,8 +89,8 @@ def test_accelerated_equals_plain_and_runs_the_fused_kernels(name, switches, siz
     ref, fast = pair(tiny(name, **switches))
     x = torch.randn(2, 3, *size)
     with torch.inference_mode():
-        ref_logits, ref_maps = ref(x), ref.forward_features(x)
-        logits, maps = fast(x), fast.forward_features(x)
+        ref_logits, ref_maps = ref(x), ref.forward_pyramid(x)
+        logits, maps = fast(x), fast.forward_pyramid(x)
         fused = {"mkldnn::_linear_pointwise"} | ({"mkldnn::_convolution_pointwise"} if ref.config.conv_ffn else set())
         assert fused <= ops_run(lambda: fast(x))  # the accelerated path ran
         assert not FUSED & ops_run(lambda: ref(x))
@@ -128,10 +128,10 @@ def test_batches_run_in_pieces_with_per_sample_results(monkeypatch):
         PyramidVisionTransformer, "forward_tokens", lambda self, t: calls.append(len(t)) or plain_forward_tokens(self, t)
     )
     with torch.inference_mode():
-        pieces, piece_maps = fast(x), fast.forward_features(x)
+        pieces, piece_maps = fast(x), fast.forward_pyramid(x)
         assert calls == [3, 2, 3, 2]
         calls.clear()
-        whole_out, whole_maps = whole(x), whole.forward_features(x)
+        whole_out, whole_maps = whole(x), whole.forward_pyramid(x)
         ref_out = ref(x)
         assert calls == [5, 5, 5]
         single = torch.cat([fast(x[i : i + 1]) for i in range(5)])

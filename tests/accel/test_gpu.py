@@ -46,9 +46,9 @@ def test_cuda_float32_matches_cpu(name, size):
     ref = plain(copy.deepcopy(model))
     x = torch.randn(2, 3, *size)
     with torch.inference_mode():
-        ref_logits, ref_feats = ref(x), ref.forward_features(x)
+        ref_logits, ref_feats = ref(x), ref.forward_pyramid(x)
         gpu = model.cuda()
-        logits, feats = gpu(x.cuda()), gpu.forward_features(x.cuda())
+        logits, feats = gpu(x.cuda()), gpu.forward_pyramid(x.cuda())
     assert (logits.cpu() - ref_logits).abs().max().item() < 1e-4
     assert len(feats) == 4
     for f, r in zip(feats, ref_feats):
@@ -177,12 +177,12 @@ def test_gpu_path_matches_plain_autocast(name):
     x = torch.randn(4, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
     tokens = torch.randn(1, 4, blk.norm1.normalized_shape[0], device="cuda")
     with torch.inference_mode():
-        exact, exact_feats = model(x), model.forward_features(x)  # float32
+        exact, exact_feats = model(x), model.forward_pyramid(x)  # float32
         assert inference_path(blk, tokens, cpu_path=True, gpu_path=True) is None and len(blk.weight_cache) == 0
         with torch.autocast("cuda", dtype=torch.bfloat16):
             assert inference_path(blk, tokens, cpu_path=True, gpu_path=True) == "gpu"
-            fast, fast_feats = model(x).float(), model.forward_features(x)
-            ref, ref_feats = slow(x).float(), slow.forward_features(x)
+            fast, fast_feats = model(x).float(), model.forward_pyramid(x)
+            ref, ref_feats = slow(x).float(), slow.forward_pyramid(x)
     # the GPU path ran: every block holds its bf16 weights
     assert all(("attn.q", torch.bfloat16) in b.weight_cache for s in model.stages for b in s.blocks)
     assert ("proj", torch.bfloat16) in model.stages[0].patch_embed.weight_cache

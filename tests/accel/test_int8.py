@@ -62,7 +62,7 @@ def test_int8_is_close_to_float32_at_odd_sizes(name, switches, calibrated):
     x = torch.randn(3, 3, 67, 93)
     with torch.inference_mode():
         expected, out = ref(x), model(x)
-        maps = model.forward_features(x)
+        maps = model.forward_pyramid(x)
         calls = qlinear_calls(lambda: model(x))
     assert out.dtype == torch.float32 and out.shape == expected.shape
     assert cosine(out, expected) >= 0.99

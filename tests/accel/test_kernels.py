@@ -74,10 +74,10 @@ def test_gpu_path_computes_what_autocast_computes(gpu_path_on_cpu, name, switche
     fast = accelerate(copy.deepcopy(ref))
     x = torch.randn(2, 3, 67, 93)
     with torch.inference_mode():
-        exact, exact_feats = ref(x), ref.forward_features(x)
+        exact, exact_feats = ref(x), ref.forward_pyramid(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low, low_feats = fast(x).float(), fast.forward_features(x)
-            plain_low, plain_feats = ref(x).float(), ref.forward_features(x)
+            low, low_feats = fast(x).float(), fast.forward_pyramid(x)
+            plain_low, plain_feats = ref(x).float(), ref.forward_pyramid(x)
     assert _rel(low, exact) <= 1.25 * _rel(plain_low, exact) + 1e-3, (_rel(low, exact), _rel(plain_low, exact))
     assert F.cosine_similarity(low.flatten(), exact.flatten(), dim=0).item() >= 0.999
     for f, p, e in zip(low_feats, plain_feats, exact_feats):

@@ -20,7 +20,9 @@ def test_cli_benchmark_json_and_errors(tmp_path, capsys, monkeypatch):
     rows = json.loads(out.read_text())
     assert rows[0]["dtype"] == "bfloat16" and rows[0]["cosine"] > 0.99
     assert rows[0]["page_faults"] >= 0
-    printed = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    printed = captured.out.splitlines()
+    assert (captured.out + captured.err).count("max|diff|") == 1  # one case: its table once, not again as progress
     # the pvt command tunes the allocator where glibc allows it, and says so
     expected = "tuned" if runtime._glibc() is not None else "default"
     assert printed[0].startswith("# torch ") and printed[0].endswith(f"allocator {expected}")

@@ -139,7 +139,7 @@ def test_transformers_backbone_takes_our_headless_export(tmp_path, perturb):
     x = torch.randn(1, 3, 97, 131)
     with torch.no_grad():
         maps = bb.eval()(x).feature_maps
-        ref = ours.forward_features(x)
+        ref = ours.forward_pyramid(x)
     assert len(maps) == 4 and max((a - b).abs().max().item() for a, b in zip(maps, ref)) <= TOL
 
 

@@ -136,7 +136,7 @@ def test_our_backbone_in_mm_names_runs_in_their_module(name, backbone, layout, p
     theirs.load_state_dict(sd, strict=True)
     x = torch.randn(2, 3, 96, 64)
     with torch.no_grad():
-        got, ref = theirs(x), ours.forward_features(x)
+        got, ref = theirs(x), ours.forward_pyramid(x)
     assert [t.shape for t in got] == [t.shape for t in ref]
     assert max((a - b).abs().max().item() for a, b in zip(got, ref)) < 1e-4
     back = K.to_pvt(sd, layout)
@@ -162,7 +162,7 @@ def test_their_checkpoint_loads_as_a_backbone(name, backbone, layout, tmp_path, 
     assert (m.config.layer_norm_eps, m.config.embed_norm_eps) == (EPS, EPS)
     x = torch.randn(1, 3, 80, 112)
     with torch.no_grad():
-        got, ref = m.forward_features(x), theirs(x)
+        got, ref = m.forward_pyramid(x), theirs(x)
     assert max((a - b).abs().max().item() for a, b in zip(got, ref)) < 1e-4
 
 

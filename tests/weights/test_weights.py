@@ -509,7 +509,7 @@ def test_grayscale_model_equals_rgb_model_on_replicated_image(b0, tmp_path):
     x = torch.rand(2, 1, 64, 80)
     with torch.no_grad():
         a, b = grey(x), b0(x.expand(-1, 3, -1, -1))
-        fa, fb = grey.forward_features(x), b0.forward_features(x.expand(-1, 3, -1, -1))
+        fa, fb = grey.forward_pyramid(x), b0.forward_pyramid(x.expand(-1, 3, -1, -1))
     logit_diff, feat_diff = (a - b).abs().max().item(), max((p - q).abs().max().item() for p, q in zip(fa, fb))
     print(f"\ngrey vs replicated RGB: logits {logit_diff:.2e} (largest logit {b.abs().max().item():.2f}), "
           f"features {feat_diff:.2e}")
@@ -583,7 +583,7 @@ def test_dense_checkpoint_backbone_loads_exactly(name, tmp_path):
     assert same_tensors(m.state_dict(), src.state_dict())
     x = torch.randn(1, 3, 96, 64)
     with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(m.forward_features(x), src.forward_features(x)))
+        assert all(torch.equal(a, b) for a, b in zip(m.forward_pyramid(x), src.forward_pyramid(x)))
         assert torch.equal(m(x), src(x))
     # the variant is inferred from the shapes; an existing model takes it too
     with pytest.warns(UserWarning, match="dense-prediction checkpoint"):
@@ -656,7 +656,7 @@ def test_official_dense_v1_backbone_without_class_token(tmp_path):
     assert torch.equal(m.stages[3].pos_embed, src.stages[3].pos_embed[:, 1:])
     x = torch.randn(1, 3, 128, 96)
     with torch.no_grad():
-        got, ref = m.forward_features(x), src.forward_features(x)
+        got, ref = m.forward_pyramid(x), src.forward_pyramid(x)
         assert all(torch.equal(a, b) for a, b in zip(got[:3], ref[:3]))
         # the official stage 4: patch embedding + pos_embed4[:, 1:] (resized), blocks, no class token
         s = src.stages[3]

@@ -285,24 +285,32 @@ class AcceleratedPyramidVisionTransformer(Accelerated, PyramidVisionTransformer)
         """Images per piece for ``x`` on the CPU path; None: the whole batch at once."""
         return self._cpu_call(x)[1]
 
-    def _logits(self, x: Tensor, p: cpu.Plan | None) -> Tensor:
-        if p is None or p.dtype == torch.float32:
-            return PyramidVisionTransformer.forward(self, x)
+    def _features(self, x: Tensor, p: cpu.Plan | None) -> Tensor:
         with _plain_bf16(p):
-            _, tokens = self.forward_tokens(x)  # lower-precision tokens: the head gets float32 (or autocast's)
-        return self.forward_head(self.pool(tokens.float()))
+            out = PyramidVisionTransformer.forward_features(self, x)
+        return out if p is None or p.dtype == torch.float32 else out.float()
+
+    def _logits(self, x: Tensor, p: cpu.Plan | None) -> Tensor:
+        # lower-precision features: the head gets float32 (or autocast's)
+        return self.forward_head(self._features(x, p))
 
     def _maps(self, x: Tensor, p: cpu.Plan | None) -> list[Tensor]:
         with _plain_bf16(p):
-            maps = PyramidVisionTransformer.forward_features(self, x)
+            maps = PyramidVisionTransformer.forward_pyramid(self, x)
         return maps if p is None or p.dtype == torch.float32 else [m.float() for m in maps]
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
+    def forward_pyramid(self, x: Tensor) -> list[Tensor]:
         p, size = self._cpu_call(x)
         if size is None:
             return self._maps(x, p)
         parts = [self._maps(piece, p) for piece in x.split(size)]
         return [torch.cat(maps) for maps in zip(*parts)]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        p, size = self._cpu_call(x)
+        if size is None:
+            return self._features(x, p)
+        return torch.cat([self._features(piece, p) for piece in x.split(size)])
 
     def forward(self, x: Tensor) -> Tensor:
         p, size = self._cpu_call(x)

@@ -1,4 +1,7 @@
-"""The ``pvt`` command. Each sub-command lives in its own module with a ``register(subparsers)``."""
+"""The ``pvt`` command. Each sub-command lives in its own module with a ``register(subparsers)``.
+
+Building the parser imports nothing heavy (no torch, torchvision or timm: the sub-command modules import
+those inside the functions that run a command), so ``pvt ... --help`` answers at once."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import signal
 import sys
 
 from . import app, bench, convert, data, models, push, train
+from .command import Parser
 
 __all__ = ["main", "build_parser"]
 
@@ -19,7 +23,7 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pvt", description="Pyramid Vision Transformer (PVT v1/v2): models, weights, FLOPs, training."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -33,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the sub-command's own parser, with the closest options it has
+        sub = _subparser(parser, getattr(args, "command", None))
+        (sub or parser).unknown(extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -71,6 +78,14 @@ def _use_available_cores(args: argparse.Namespace) -> None:
 
     if not getattr(args, "threads", None) and not os.environ.get("OMP_NUM_THREADS", "").strip():
         use_available_cores()
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str | None) -> Parser | None:
+    """The parser of sub-command ``name`` (None when there is none)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
 
 
 def _one_line(e: BaseException) -> str:

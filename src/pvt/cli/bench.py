@@ -9,8 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..checkpoint import FILE_LIMITS
-from ..constants import MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS
+from ..constants import FILE_LIMITS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS
 from .command import command
 from .options import bounded
 
@@ -146,6 +145,9 @@ def _benchmark(args: argparse.Namespace) -> int:
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"allocator {allocator_mode()}", flush=True)
     results = []
+    # with several cases, each case's table goes to stderr as it finishes (progress); one case's table
+    # would be the final one again
+    several = len(args.models) * len(sizes) * len(args.batch_size) * len(args.dtype) * len(args.mode) > 1
     for name in args.models:
         for size in sizes:
             for bs in args.batch_size:
@@ -163,7 +165,8 @@ def _benchmark(args: argparse.Namespace) -> int:
                                         compile_mode=args.compile_mode,
                                         log=lambda s: print(f"# {s}", file=sys.stderr))
                         print(f"# done: {case}", file=sys.stderr, flush=True)
-                        print(format_results(done), file=sys.stderr, flush=True)
+                        if several:
+                            print(format_results(done), file=sys.stderr, flush=True)
                         results += done
     print(format_results(results))
     if args.json:

@@ -1,18 +1,70 @@
-"""How a sub-command is declared: its name, its function, a one-line summary and a paragraph."""
+"""How a sub-command is declared: its name, its function, a one-line summary and a paragraph; and the
+parser class every ``pvt`` parser is."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from typing import Callable, NoReturn
 
-__all__ = ["command", "precision_flags"]
+__all__ = ["Parser", "command", "lazy_names", "precision_flags"]
 
 
-def command(sub, name: str, func: Callable[[argparse.Namespace], int], summary: str, details: str | None = None,
-            *, show_defaults: bool = False) -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` as ``pvt`` needs it: options are never abbreviated (``--epoch 5`` is an
+    error, not ``--epochs 5``), an unknown option is named with the closest known ones, and the
+    description may be a function, called only when the help is shown (so building the parser imports
+    nothing heavy)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def description(self) -> str | None:
+        d = self._description
+        return d() if callable(d) else d
+
+    @description.setter
+    def description(self, value) -> None:
+        self._description = value
+
+    def unknown(self, extra: list[str]) -> NoReturn:
+        """Exit with ``unrecognized arguments`` for ``extra``, naming the closest options this parser
+        has for its first unknown option."""
+        from ..naming import close_matches
+
+        known = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        flag = next((e.split("=", 1)[0] for e in extra if e.startswith("-")), None)
+        close = close_matches(flag, known) if flag else []
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        self.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
+class lazy_names:  # noqa: N801 - used where argparse wants a list of choices
+    """The keys of what ``load()`` returns, loaded on first use: ``choices`` for an option whose accepted
+    names live in a module that imports torch (checked only when the option is given)."""
+
+    def __init__(self, load: Callable[[], object]):
+        self._load = load
+
+    def _names(self) -> list[str]:
+        return list(self._load())  # type: ignore[call-overload]
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._names()
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+def command(sub, name: str, func: Callable[[argparse.Namespace], int], summary: str,
+            details: str | Callable[[], str] | None = None, *, show_defaults: bool = False) -> argparse.ArgumentParser:
     """Add the sub-command ``name`` to the subparsers ``sub``, run by ``func(args)``; ``summary`` is its line
-    in ``pvt --help``, ``details`` the paragraph of ``pvt NAME --help`` (default: the summary), and
-    ``show_defaults`` prints every option's default there."""
+    in ``pvt --help``, ``details`` the paragraph of ``pvt NAME --help`` (default: the summary; a function
+    is called when the help is shown), and ``show_defaults`` prints every option's default there."""
     kwargs = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter} if show_defaults else {}
     p = sub.add_parser(name, help=summary, description=details or summary, **kwargs)
     p.set_defaults(func=func)

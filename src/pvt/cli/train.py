@@ -31,13 +31,34 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         kind = typing.get_args(hints[f.name])[0] if typing.get_args(hints[f.name]) else hints[f.name]
-        rng = f"; {describe_range(kind, lo, hi)}" if kind in (int, float) and (lo, hi) != (None, None) else ""
-        help_ = f"{f.metadata.get('help', '')} (default: {default}{rng})"
+        rng = describe_range(kind, lo, hi) if kind in (int, float) and (lo, hi) != (None, None) else ""
+        help_ = f.metadata.get("help", "")
+        if default is not None and "default" not in help_:  # once: some helps say their default in words
+            shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+            help_ += f" (default: {shown}{'; ' + rng if rng else ''})"
+        elif rng:
+            help_ += f" ({rng})"
         if hints[f.name] is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_)
         else:
-            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="V", help=help_)
+            group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help_,
+                               metavar=_metavar(f.name, hints[f.name], f.metadata.get("choices")))
+
+
+def _metavar(name: str, hint: Any, choices: tuple[str, ...] | None) -> str:
+    """What a config flag's value looks like in ``--help``: its choices, ``N`` (an integer), ``X`` (a
+    number), ``X,Y`` (a list of numbers), else the field's name."""
+    if choices:
+        return "{" + ",".join(choices) + "}"
+    if typing.get_origin(hint) in (list, tuple):
+        return "X,Y"
+    kinds = set(typing.get_args(hint)) - {type(None)} or {hint}  # X | None: X
+    if kinds == {int}:
+        return "N"
+    if kinds == {float}:
+        return "X"
+    return name.upper()
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

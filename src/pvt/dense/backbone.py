@@ -99,7 +99,7 @@ class PVTBackbone(nn.Module):
         self.strides = [body.feature_info[i]["reduction"] for i in self.levels]
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        maps = self.body.forward_features(x)
+        maps = self.body.forward_pyramid(x)
         # contiguous copies: the token->map view is channels-last, convolutions are faster on NCHW
         return OrderedDict((LEVEL_NAMES[i], maps[i].contiguous()) for i in self.levels)
 

@@ -5,8 +5,17 @@ the tasks of :mod:`pvt.tasks`; the :class:`~.trainer.Trainer` drives any Task. N
 task: the caller builds the task and hands it over.
 """
 
-from .config import TrainConfig, resolve_layers
-from .task import Task
-from .trainer import Trainer, TrainResult
+import importlib
 
 __all__ = ["TrainConfig", "resolve_layers", "Task", "Trainer", "TrainResult"]
+
+_HOMES = {"TrainConfig": "config", "resolve_layers": "config", "Task": "task", "Trainer": "trainer",
+          "TrainResult": "trainer"}
+"""Where each name lives: loaded on first use, so ``pvt.engine.config`` (the ``pvt train`` flags) comes
+without the trainer's torch import."""
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

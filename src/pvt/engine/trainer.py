@@ -66,6 +66,26 @@ __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "RESUME_MAY_CHANGE", "p
 log = logging.getLogger("pvt.train")
 
 
+def cosine_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: float, min_lr: float,
+                    warmup_lr: float) -> Any:
+    """The default schedule, per step: linear warm-up from ``warmup_lr`` over ``warmup`` steps (rounded; at
+    most ``total - 1``), then a cosine to ``min_lr`` over the rest. A run no longer than its warm-up
+    leaves the cosine a single step, which is what it should do there: timm's warning that the cosine
+    "will have no effect" is kept out of the log."""
+    from timm.scheduler import CosineLRScheduler
+
+    warmup_steps = min(int(round(warmup)), total - 1)
+    timm_log = logging.getLogger("timm.scheduler.cosine_lr")
+    level = timm_log.level
+    timm_log.setLevel(logging.ERROR)
+    try:
+        return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup_steps), lr_min=min_lr,
+                                 warmup_t=warmup_steps, warmup_lr_init=warmup_lr, warmup_prefix=True,
+                                 t_in_epochs=False)
+    finally:
+        timm_log.setLevel(level)
+
+
 @dataclass
 class TrainResult:
     """What a finished (or resumed-and-finished) run produced."""
@@ -440,7 +460,6 @@ class Trainer:
     def _make_optimisation(self, run: "_Run") -> None:
         """AdamW on the parameter groups, the task's schedule (else warm-up + cosine per step), the fp16
         gradient scaler, EMA, clipping and micro-batches."""
-        from timm.scheduler import CosineLRScheduler
         from timm.utils import ModelEmaV3
 
         cfg, task, steps = self.cfg, self.task, run.steps
@@ -448,11 +467,8 @@ class Trainer:
         run.optimizer = torch.optim.AdamW(param_groups(run.model, cfg.weight_decay), lr=run.lr, eps=cfg.opt_eps)
         run.scheduler = task.build_scheduler(run.optimizer, steps)
         if run.scheduler is None:
-            warmup = min(int(round(cfg.warmup_epochs * steps)), cfg.epochs * steps - 1)
-            run.scheduler = CosineLRScheduler(
-                run.optimizer, t_initial=max(1, cfg.epochs * steps - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
-                warmup_lr_init=cfg.warmup_lr, warmup_prefix=True, t_in_epochs=False,
-            )
+            run.scheduler = cosine_schedule(run.optimizer, cfg.epochs * steps, cfg.warmup_epochs * steps,
+                                            cfg.min_lr, cfg.warmup_lr)
         run.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         run.ema = ModelEmaV3(run.model, decay=cfg.model_ema_decay) if cfg.model_ema else None
         run.clip = (cfg.clip_grad if cfg.clip_grad is not None else task.default_clip_grad()) or None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..checkpoint import FILE_LIMITS
+from ..constants import FILE_LIMITS
 from ..config import PVTConfig
 
 __all__ = ["hf_config_to_pvt", "pvt_to_hf_config", "hf_model_type"]

@@ -162,8 +162,7 @@ def eps_drift(model: PyramidVisionTransformer, layer_eps: float, embed_eps: floa
 
     def outputs(m: PyramidVisionTransformer) -> list[Tensor]:
         with torch.no_grad():
-            maps, tokens = m.forward_tokens(x)
-            return [m.forward_head(m.pool(tokens))] if cfg.num_classes else maps
+            return [m(x)] if cfg.num_classes else m.forward_pyramid(x)
 
     was_training = model.training
     try:
