@@ -22,7 +22,6 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
 import yaml
 
 __all__ = ["TMP_SUFFIX", "DiskFullError", "atomic_write", "atomic_via", "atomic_save_torch", "atomic_folder",
@@ -127,6 +126,8 @@ def atomic_via(path: str | Path, writer: Callable[[str], None]) -> None:
 
 def atomic_save_torch(obj: Any, path: str | Path) -> None:
     """``torch.save`` made atomic (for training state: optimiser, scheduler, RNG)."""
+    import torch  # here: the io helpers serve the CLI's parser too, which imports no torch
+
     atomic_via(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -284,6 +285,8 @@ def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = 
         raise ValueError(f"{path} is not a {kind}: neither a zip archive nor a pickle (it starts with bytes {magic!r})")
     if magic == b"PK":
         _check_zip_sizes(path, kind)
+    import torch
+
     try:
         with warnings.catch_warnings():  # its note on unusual pickle protocols is no concern of the user's
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
