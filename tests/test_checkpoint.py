@@ -64,7 +64,7 @@ CRAFTED = {
     "size_nan": (dict(img_size=float("nan")), "its metadata value img_size=nan: expected an integer 16..4096"),
     "crop_nan": (dict(crop_pct=float("nan")), "its metadata value crop_pct=nan: expected a number 0.1..1"),
     "variant": (dict(variant=b"pvt_v2_bzz"), "its metadata names an unknown model 'pvt_v2_bzz'; did you mean "
-                                             "pvt_v2_b5"),
+                                             "pvt_v2_b"),
 }
 
 

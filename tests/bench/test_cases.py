@@ -16,7 +16,7 @@ def test_parse_size():
     assert parse_size("800x1333") == (800, 1333)
     with pytest.raises(ValueError, match="N or HxW"):
         parse_size("big")
-    with pytest.raises(ValueError, match="positive integers"):
+    with pytest.raises(ValueError, match="integers 1..4096"):
         parse_size("0x224")
 
 

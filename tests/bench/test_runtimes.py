@@ -25,6 +25,7 @@ def test_runners_for_takes_what_each_runtime_offers():
         runners_for(["tensorrt"], ["float32"], [1])
 
 
+@pytest.mark.slow  # 85 s on 2 cores; test_cli_runtime_runners runs the runners in the default suite
 def test_every_runtime_in_its_own_process():
     pytest.importorskip("onnxruntime")
     wanted = [Runner("pvt", "float32", 1), Runner("pvt", "int8", 1), Runner("pvt", "bfloat16", 1),

@@ -90,7 +90,7 @@ def test_train_help_shows_real_metavars_and_each_default_once(capsys):
     assert len(entries) > 40
     for entry in entries:
         assert len(re.findall(r"\bdefault\b", entry)) <= 1, entry
-    assert "(default: 300)" in text and "(default: 0.08,1.0)" in text
+    assert "(default: 300; an integer" in text and "(default: 0.08,1.0)" in text
 
 
 def test_short_run_schedule_logs_no_cosine_warning(caplog):

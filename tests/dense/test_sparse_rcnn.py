@@ -153,6 +153,7 @@ def test_loss_falls_on_a_few_training_images(shapes_fit, one_thread):
     assert last < 0.7 * first, losses
 
 
+@pytest.mark.slow  # 53 s; test_loss_falls_on_a_few_training_images keeps Sparse R-CNN learning in the default suite
 def test_zero_regressors_fit_a_few_training_images(shapes_fit, one_thread):
     """With the box regressors starting at zero (the built-in shapes' preset), every stage starts by keeping
     its boxes, and 2 images are fitted: measured box mAP 12.2, mAP@0.5 39.9 after 32 steps (lr 2e-4, clip 1);

@@ -93,7 +93,7 @@ def test_the_train_help_states_each_bound(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for bound in ("(default: 128; an integer 1..8192)", "(default: 224; an integer 16..4096)",
                   "(default: 2; an integer 0..128)", "(default: 0; an integer 0..1024)",
-                  "(default: None; a finite number 0..10)", "(default: 0.1; a finite number 0..1)"):
+                  "(a finite number 0..10)", "(default: 0.1; a finite number 0..1)"):
         assert bound in text, bound
 
 

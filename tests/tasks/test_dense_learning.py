@@ -33,6 +33,7 @@ def _best(result, key: str) -> float:
     return max(rec[f"val_{key}"] for rec in result.metrics)
 
 
+@pytest.mark.slow  # 106 s on 2 cores (a whole preset run)
 def test_semantic_fpn_learns_held_out(tmp_path):
     """Semantic FPN-B0, 256 steps of 8 images (2 epochs of 1024; ~100 s with 2 threads on an idle
     machine): held-out mIoU far above the untrained model's (2.4-3.7) and above predicting background

@@ -112,7 +112,8 @@ class TrainConfig:
                        "folder and shard runs)")
     shuffle_buffer: int = _f(1000, "shard data: encoded images each loader worker shuffles among, on top of the "
                              "shard order (0: shard order only)", min=0)
-    threads: int = _f(0, "CPU threads for torch ops (0: torch's default)", min=0, max=MAX_THREADS)
+    threads: int = _f(0, "CPU threads for torch ops (0: the cores this process may use, as torch or the pvt "
+                         "command sizes them)", min=0, max=MAX_THREADS)
     seed: int = _f(0, "random seed", min=0, max=2**32 - 1)
     log: str = _f("tensorboard", "experiment trackers, comma-separated: tensorboard (event files in the run folder, "
                   "when installed), mlflow, wandb (offline, a store in the run folder); none: off")
