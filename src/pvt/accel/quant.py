@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..model import PyramidVisionTransformer
 from . import cpu
+from .apply import _apply, accelerate
 from .capability import bf16_kernels, has_bf16, has_vnni
 from .modules import Accelerated, AcceleratedBlock, Acceleration
 
@@ -101,7 +102,6 @@ def quantize(
     note = ""
     if compute == "bfloat16" and no_bf16:
         compute, note = "float32", f"int8 with float32 around it instead of bfloat16: {no_bf16}"
-    from . import _apply
 
     base = _record(model)
     if min_width is None:
@@ -154,7 +154,6 @@ def calibrate(model: PyramidVisionTransformer, calibration: Any, *, batch_size: 
 
 def dequantize(model: PyramidVisionTransformer) -> PyramidVisionTransformer:
     """Back to the float32 CPU path with the same acceleration settings (the parameters never changed)."""
-    from . import accelerate
 
     record = _record(model)
     return accelerate(model, cpu=record.cpu, gpu=record.gpu, chunk_bytes=record.chunk_bytes)

@@ -254,9 +254,3 @@ def register(sub) -> None:
     p.add_argument("--device", help="device (default auto)")
     p.add_argument("--data-dir", help="cache folder for the digits (default ~/.cache/pvt)")
     p.add_argument("--quiet", action="store_true")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from . import main
-
-    sys.exit(main())

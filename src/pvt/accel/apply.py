@@ -1,0 +1,126 @@
+"""Turning a plain model into an accelerated one and back: :func:`accelerate`, :func:`plain`, and the
+context a precision runs in (:func:`inference_autocast`). The package docstring (:mod:`pvt.accel`) says
+which path runs when."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from ..layers import Block, PatchEmbed
+from ..model import PVTStage, PyramidVisionTransformer
+from .cache import WeightCache
+from .cpu import kernels_fail
+from .modules import (
+    AcceleratedBlock,
+    AcceleratedPatchEmbed,
+    AcceleratedPVTStage,
+    AcceleratedPyramidVisionTransformer,
+    Acceleration,
+)
+
+__all__ = ["accelerate", "plain", "inference_autocast"]
+
+_ACCELERATED: dict[type[nn.Module], type[nn.Module]] = {
+    PatchEmbed: AcceleratedPatchEmbed,
+    Block: AcceleratedBlock,
+    PVTStage: AcceleratedPVTStage,
+    PyramidVisionTransformer: AcceleratedPyramidVisionTransformer,
+}
+_PLAIN = {accelerated: plain_class for plain_class, accelerated in _ACCELERATED.items()}
+
+
+def accelerate(
+    model: PyramidVisionTransformer,
+    *,
+    cpu: bool = True,
+    gpu: bool = True,
+    chunk_bytes: int | None = None,
+    precision: str = "float32",
+    flags: frozenset[str] | None = None,
+) -> PyramidVisionTransformer:
+    """Give ``model`` the accelerated paths, in place; returns ``model``.
+
+    The model, its stages, patch embeddings and blocks become instances of the accelerated
+    subclasses (:mod:`pvt.accel.modules`); nothing else changes: same parameter objects, buffers,
+    state-dict keys and submodules. Modules of other classes (subclasses included) are left alone.
+
+    Args:
+        cpu: the CPU path (fused oneDNN kernels, batches in pieces).
+        gpu: the GPU path under CUDA autocast (cached casts, Triton LayerNorm).
+        chunk_bytes: the pieces' budget in bytes of stage-1 activation; None: 32 MiB while
+            :func:`pvt.accel.runtime.tune_cpu_allocator` is in effect, else 16 MiB; 0: whole batches.
+        precision: what the CPU path computes float32 input in: ``float32``; ``bfloat16`` (bf16
+            activations and cached bf16 weights: fast only on CPUs with native bf16, see
+            :mod:`pvt.accel.capability`); ``auto`` (bfloat16 where the CPU has it, else float32).
+            int8 takes calibration or a choice of dynamic ranges: :func:`pvt.accel.quant.quantize`.
+        flags: CPU feature flags to decide by (default: this CPU's, :mod:`pvt.accel.capability`).
+
+    Where oneDNN's fused bfloat16 kernels do not run (AVX2-only CPUs), bfloat16 runs as the plain
+    modules under CPU bf16 autocast; where this PyTorch lacks the fused operators, the CPU path is off
+    (the plain float32 model runs). Either way ``model.acceleration.note`` says so in one line.
+
+    What was done is recorded in ``model.acceleration``; an accelerated model is re-accelerated
+    with the new settings (a quantised model goes back to float32 unless ``precision="int8"`` is
+    asked for through :func:`~pvt.accel.quant.quantize`).
+    """
+    if not isinstance(model, PyramidVisionTransformer):
+        raise TypeError(f"accelerate() takes a PyramidVisionTransformer, got {type(model).__name__}")
+    if chunk_bytes is not None and (isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 0):
+        raise ValueError(f"chunk_bytes must be None or an integer >= 0, got {chunk_bytes!r}")
+    from .capability import bf16_kernels, resolve_precision
+
+    if precision == "auto":
+        precision = resolve_precision("auto", flags=flags)[0]
+    if precision not in ("float32", "bfloat16"):
+        hint = " (int8: pvt.accel.quant.quantize(model, ...))" if precision == "int8" else ""
+        raise ValueError(f"accelerate(precision={precision!r}): choose from float32, bfloat16, auto{hint}")
+    cpu_off = kernels_fail(torch.float32) if cpu else None
+    no_bf16 = bf16_kernels(flags)
+    note = ""
+    if cpu_off:
+        note = f"CPU path off, the plain float32 model runs: {cpu_off}"
+        precision = "float32"
+    elif precision == "bfloat16" and no_bf16:
+        note = f"bfloat16 runs as the plain modules under CPU autocast: {no_bf16}"
+    return _apply(model, Acceleration(cpu=bool(cpu) and not cpu_off, gpu=bool(gpu), chunk_bytes=chunk_bytes,
+                                      precision=precision, compute=precision, bf16_fused=no_bf16 is None, note=note))
+
+
+def _apply(model: PyramidVisionTransformer, record: Acceleration) -> PyramidVisionTransformer:
+    """Make ``model`` accelerated with ``record`` (fresh caches, no calibrated ranges)."""
+    plain(model)
+    for module in model.modules():
+        accelerated = _ACCELERATED.get(type(module))
+        if accelerated is not None:
+            module.__class__ = accelerated
+            module.acceleration = record
+            module.weight_cache = WeightCache()
+            if accelerated is AcceleratedBlock:
+                module.activation_ranges = {}
+                module.activation_qparams = {}
+    return model
+
+
+def plain(model: nn.Module) -> nn.Module:
+    """Undo :func:`accelerate`, in place: every accelerated module gets back its plain class, and
+    loses its ``acceleration``, ``weight_cache`` and int8 ranges. Returns ``model``; a plain model is left as is."""
+    for module in model.modules():
+        plain_class = _PLAIN.get(type(module))
+        if plain_class is not None:
+            module.__class__ = plain_class
+            del module.acceleration, module.weight_cache
+            if plain_class is Block:
+                del module.activation_ranges, module.activation_qparams
+    return model
+
+
+def inference_autocast(device: str | torch.device, precision: str):
+    """The context a model of ``precision`` runs in on ``device``: CUDA autocast for bfloat16 on a
+    GPU (the CPU's precisions live in the model: :func:`set_precision`), else nothing."""
+    device = torch.device(device)
+    if device.type == "cuda" and precision == "bfloat16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
