@@ -92,7 +92,7 @@ def _pixels(x):
     return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-@pytest.mark.parametrize("size", ["b0", pytest.param("b2", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("size", ["b0", "b2"])  # b2: 4.4 s on this Zen 3
 def test_transformers_segformer_both_ways(size, tmp_path):
     """transformers' SegformerForSemanticSegmentation (random weights) -> pvt: logits within 1e-4 once both are
     upsampled to the input; pvt -> transformers: the same."""
