@@ -165,6 +165,35 @@ def test_a_foreign_folder_is_a_one_line_error(tmp_path):
         load_hf_task_model(tmp_path)
 
 
+_MIT_B0 = {"model_type": "segformer", "architectures": ["SegformerForSemanticSegmentation"], "num_labels": 3,
+           "hidden_sizes": [32, 64, 160, 256], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 2, 5, 8],
+           "mlp_ratios": [4, 4, 4, 4], "sr_ratios": [8, 4, 2, 1], "decoder_hidden_size": 32}
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_labels=float("inf")), "num_labels inf: expected an integer 1..1000000"),
+    (dict(hidden_sizes=[32, 64, 160, 10**9]), "hidden_sizes [32, 64, 160, 1000000000]: expected a list"),
+    (dict(depths="2222"), "depths '2222': expected a list"),
+    (dict(decoder_hidden_size=-1), "decoder_hidden_size -1: expected an integer 1..16384"),
+    (dict(architectures=[1]), "architectures [1]: expected a list"),
+    (dict(id2label=[1, 2]), "id2label is a JSON list"),
+    (dict(model_type="glpn", architectures=["GLPNForDepthEstimation"], max_depth=float("nan")),
+     "max_depth nan: expected a number"),
+])
+def test_a_crafted_transformers_config_is_a_one_line_error_before_anything_is_built(tmp_path, change, message):
+    """Every field of a Segformer / GLPN config.json is checked (type, finite, range) before a model is built:
+    nothing is allocated from an unchecked size."""
+    import json
+
+    from pvt.dense.hf import load_hf_task_model
+
+    (tmp_path / "config.json").write_text(json.dumps({**_MIT_B0, **change}))
+    (tmp_path / "model.safetensors").write_bytes(b"")  # never read: the config is refused first
+    with pytest.raises(ValueError, match="config.json") as e:
+        load_hf_task_model(tmp_path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 # ------------------------------------------------------------------------------------------------ GLPN
 def test_glpn_default_count_is_transformers():
     with torch.device("meta"):

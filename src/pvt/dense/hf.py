@@ -19,8 +19,10 @@ from typing import Any
 from torch import nn
 
 from ..config import PVTConfig
-from ..io import atomic_folder
+from ..constants import FILE_LIMITS
+from ..io import atomic_folder, read_json
 from ..model import PyramidVisionTransformer
+from ..weights.hf_config import config_field
 from ..weights.keys import HF_TASK_LAYOUTS
 from .backbone import PVTBackbone
 from .glpn import GLPN
@@ -35,56 +37,71 @@ _KINDS = {"segformer": ("SegformerForSemanticSegmentation", "SegformerForImageCl
 
 
 def _encoder_config(cfg: dict[str, Any], source: str, num_classes: int) -> PVTConfig:
-    try:
-        strides = list(cfg.get("strides", [4, 2, 2, 2]))
-        if list(cfg.get("patch_sizes", [7, 3, 3, 3])) != [2 * s - 1 for s in strides]:
-            raise ValueError(f"{source}: patch_sizes {cfg.get('patch_sizes')} are not MiT's overlapping 2S-1 kernels")
-        if cfg.get("hidden_act", "gelu") != "gelu":
-            raise ValueError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (MiT uses 'gelu')")
-        return PVTConfig(embed_dims=list(cfg["hidden_sizes"]), depths=list(cfg["depths"]),
-                         num_heads=list(cfg["num_attention_heads"]), mlp_ratios=list(cfg["mlp_ratios"]),
-                         sr_ratios=list(cfg["sr_ratios"]), patch_strides=strides,
-                         in_chans=int(cfg.get("num_channels", 3)), num_classes=num_classes,
-                         layer_norm_eps=HF_EPS, embed_norm_eps=HF_EPS)
-    except KeyError as e:
-        raise ValueError(f"{source}: the config lacks the field {e.args[0]!r}") from None
-    except TypeError as e:
-        raise ValueError(f"{source}: malformed config: {e}") from None
+    """MiT's encoder config from a transformers Segformer / GLPN ``config.json``, every field checked for its
+    type, finiteness and range first (:func:`pvt.weights.hf_config.config_field`, the limits of
+    :data:`pvt.constants.FILE_LIMITS`)."""
+    lim = FILE_LIMITS
+    f = lambda key, default, kind, **kw: config_field(cfg, key, default, source, kind, **kw)  # noqa: E731
+    for key in ("hidden_sizes", "depths", "num_attention_heads", "mlp_ratios", "sr_ratios"):
+        if key not in cfg:
+            raise ValueError(f"{source}: the config lacks the field {key!r}")
+    strides = f("strides", [4, 2, 2, 2], int, each=True, lo=1, hi=lim["patch_strides"])
+    patch = f("patch_sizes", [7, 3, 3, 3], int, each=True, lo=1, hi=2 * lim["patch_strides"])
+    if patch != [2 * s - 1 for s in strides]:
+        raise ValueError(f"{source}: patch_sizes {patch} are not MiT's overlapping 2S-1 kernels")
+    if cfg.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (MiT uses 'gelu')")
+    return PVTConfig(embed_dims=f("hidden_sizes", None, int, each=True, lo=1, hi=lim["embed_dims"]),
+                     depths=f("depths", None, int, each=True, lo=1, hi=lim["depths"]),
+                     num_heads=f("num_attention_heads", None, int, each=True, lo=1, hi=lim["num_heads"]),
+                     mlp_ratios=f("mlp_ratios", None, float, each=True, lo=0, hi=lim["mlp_ratios"]),
+                     sr_ratios=f("sr_ratios", None, int, each=True, lo=1, hi=lim["sr_ratios"]),
+                     patch_strides=strides, in_chans=f("num_channels", 3, int, lo=1, hi=lim["in_chans"]),
+                     num_classes=num_classes, layer_norm_eps=HF_EPS, embed_norm_eps=HF_EPS)
 
 
-def _read(folder: Path) -> tuple[dict[str, Any], dict]:
-    from safetensors.torch import load_file
-
+def _read(folder: Path) -> dict[str, Any]:
+    """The folder's config.json (its model_type checked); the weights are read once the config is."""
     cfg_path, weights = folder / "config.json", folder / "model.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
         raise ValueError(f"{str(folder)!r} is not a transformers folder (expected config.json and model.safetensors)")
+    cfg = read_json(cfg_path)
+    if cfg.get("model_type") not in _KINDS:
+        raise ValueError(f"{cfg_path}: model_type {cfg.get('model_type')!r} is not one of {', '.join(_KINDS)}")
+    return cfg
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not a JSON config ({e})") from None
-    if not isinstance(cfg, dict) or cfg.get("model_type") not in _KINDS:
-        raise ValueError(f"{cfg_path}: model_type {cfg.get('model_type') if isinstance(cfg, dict) else None!r} is "
-                         f"not one of {', '.join(_KINDS)}")
-    return cfg, load_file(str(weights))
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001  (safetensors' errors have no public base class)
+        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
 
 
 def load_hf_task_model(folder: str | Path) -> nn.Module:
     """The model a transformers Segformer / GLPN folder holds, with its weights (strict: every tensor used)."""
     folder = Path(folder).expanduser()
-    cfg, sd = _read(folder)
+    cfg = _read(folder)
     src = str(folder / "config.json")
-    arch = (cfg.get("architectures") or [_KINDS[cfg["model_type"]][0]])[0]
+    f = lambda key, default, kind, **kw: config_field(cfg, key, default, src, kind, **kw)  # noqa: E731
+    arch = (f("architectures", [], str, each=True, entries=16) if cfg.get("architectures")
+            else [_KINDS[cfg["model_type"]][0]])[0]
     labels = cfg.get("id2label")
-    num_labels = len(labels) if isinstance(labels, dict) else int(cfg.get("num_labels", 2))
+    if labels is not None and not isinstance(labels, dict):
+        raise ValueError(f"{src}: id2label is a JSON {type(labels).__name__}: expected an object of index: name")
+    num_labels = len(labels) if labels else f("num_labels", 2, int, lo=1, hi=FILE_LIMITS["num_classes"])
     if arch == "GLPNForDepthEstimation":
         if cfg.get("head_in_index", -1) != -1:
-            raise ValueError(f"{src}: head_in_index {cfg['head_in_index']} is not supported (GLPN's head reads -1)")
+            raise ValueError(f"{src}: head_in_index {cfg['head_in_index']!r} is not supported (GLPN's head reads -1)")
         model: nn.Module = GLPN(PyramidVisionTransformer(_encoder_config(cfg, src, 0)),
-                                int(cfg.get("decoder_hidden_size", 64)), float(cfg.get("max_depth", 10)))
+                                f("decoder_hidden_size", 64, int, lo=1, hi=FILE_LIMITS["embed_dims"]),
+                                float(f("max_depth", 10, float, lo=1e-3, hi=1e6)))
         layout = HF_TASK_LAYOUTS["hf_glpn"]
     elif arch == "SegformerForSemanticSegmentation":
         model = SegFormer(PyramidVisionTransformer(_encoder_config(cfg, src, 0)), num_labels,
-                          int(cfg.get("decoder_hidden_size", 256)))
+                          f("decoder_hidden_size", 256, int, lo=1, hi=FILE_LIMITS["embed_dims"]))
         layout = HF_TASK_LAYOUTS["hf_segformer"]
     elif arch in ("SegformerForImageClassification", "SegformerModel"):
         classes = num_labels if arch == "SegformerForImageClassification" else 0
@@ -93,7 +110,7 @@ def load_hf_task_model(folder: str | Path) -> nn.Module:
     else:
         raise ValueError(f"{src}: architecture {arch!r} is not supported; accepted: "
                          + ", ".join(a for v in _KINDS.values() for a in v))
-    ours = layout.to_pvt(sd)
+    ours = layout.to_pvt(_weights(folder / "model.safetensors"))
     mine = model.state_dict()
     missing = sorted(set(mine) - set(ours))
     extra = sorted(set(ours) - set(mine))

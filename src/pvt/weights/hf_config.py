@@ -14,7 +14,7 @@ from typing import Any
 from ..constants import FILE_LIMITS
 from ..config import PVTConfig
 
-__all__ = ["hf_config_to_pvt", "pvt_to_hf_config", "hf_model_type"]
+__all__ = ["hf_config_to_pvt", "pvt_to_hf_config", "hf_model_type", "config_field"]
 
 
 def hf_model_type(cfg: PVTConfig) -> str:
@@ -62,7 +62,7 @@ def pvt_to_hf_config(cfg: PVTConfig) -> dict[str, Any]:
     return out
 
 
-def _field(cfg: dict[str, Any], key: str, default: Any, source: str, kind: type, *, each: bool = False,
+def config_field(cfg: dict[str, Any], key: str, default: Any, source: str, kind: type, *, each: bool = False,
            lo: float | None = None, hi: float | None = None, entries: int = FILE_LIMITS["num_stages"]) -> Any:
     """``cfg[key]`` (``default`` when absent) checked to be a ``kind`` (a list of them with ``each``) within
     ``lo``..``hi``, finite (a list of 1..``entries``); a ValueError naming ``source`` and the field otherwise."""
@@ -94,7 +94,7 @@ def _field(cfg: dict[str, Any], key: str, default: Any, source: str, kind: type,
 def hf_config_to_pvt(cfg: dict[str, Any], source: str = "config.json") -> PVTConfig:
     """An HF transformers ``config.json`` (``model_type`` ``pvt_v2`` or ``pvt``) as a :class:`PVTConfig`.
     Every field is checked for its type, finiteness and range first (a ValueError naming ``source`` and the
-    field); the limits on sizes are :data:`pvt.checkpoint.FILE_LIMITS`.
+    field); the limits on sizes are :data:`pvt.constants.FILE_LIMITS`.
 
     HF uses ``layer_norm_eps`` (1e-6) in every LayerNorm, so both eps fields take it.
     """
@@ -109,7 +109,7 @@ def hf_config_to_pvt(cfg: dict[str, Any], source: str = "config.json") -> PVTCon
         if key not in cfg:
             raise ValueError(f"{source}: the {kind} config lacks the field {key!r}")
     lim = FILE_LIMITS
-    f = lambda key, default, kind_, **kw: _field(cfg, key, default, source, kind_, **kw)  # noqa: E731
+    f = lambda key, default, kind_, **kw: config_field(cfg, key, default, source, kind_, **kw)  # noqa: E731
     dims = f("hidden_sizes", None, int, each=True, lo=1, hi=lim["embed_dims"])
     strides = f("strides", [4, 2, 2, 2], int, each=True, lo=1, hi=lim["patch_strides"])
     patch = f("patch_sizes", [7, 3, 3, 3] if kind == "pvt_v2" else [4, 2, 2, 2], int, each=True, lo=1,
