@@ -69,17 +69,17 @@ def register(sub) -> None:
 def _task_model(src: str):
     """The SegFormer / GLPN model SRC holds (a transformers Segformer / GLPN folder, or a ``pvt train`` run of
     such a model), else None: those convert to ``--to hf`` as whole models (:mod:`pvt.dense.hf`)."""
-    import json
     from pathlib import Path
 
     from ..checkpoint import read_header, resolve_checkpoint
     from ..dense.hf import load_hf_task_model
+    from ..io import read_json
 
     p = Path(src).expanduser()
     if (p / "config.json").is_file() and not (p / "best.safetensors").is_file():
         try:
-            kind = json.loads((p / "config.json").read_text()).get("model_type")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            kind = read_json(p / "config.json").get("model_type")
+        except (OSError, ValueError):  # not this kind of folder: the generic readers say what is wrong
             return None
         return load_hf_task_model(p) if kind in ("segformer", "glpn") else None
     try:

@@ -39,7 +39,7 @@ from torch import Tensor
 from ..checkpoint import save_model
 from ..config import PVTConfig
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..io import TMP_SUFFIX, atomic_folder, atomic_save_torch, atomic_via, atomic_write, check_apart
+from ..io import TMP_SUFFIX, atomic_folder, atomic_save_torch, atomic_via, atomic_write, check_apart, read_json
 from ..model import PyramidVisionTransformer
 from ..variants import VARIANTS
 from .hf_config import hf_model_type, pvt_to_hf_config
@@ -125,7 +125,7 @@ def source_labels(extra: dict[str, Any], source: str | Path) -> list[str] | None
     if not path.is_file():
         return None
     try:
-        cfg = json.loads(path.read_text())
+        cfg = read_json(path)
     except (OSError, ValueError):
         return None
     if isinstance(cfg.get("label_names"), list):
