@@ -22,8 +22,8 @@ _SRC = str(_Path(__file__).resolve().parent / "src")
 if _SRC not in _sys.path:
     _sys.path.insert(0, _SRC)
 
-from pvt.registry import create_model as _create_model  # noqa: E402  (after the path is set)
-from pvt.variants import VARIANTS as _VARIANTS  # noqa: E402
+from pvt.models.registry import create_model as _create_model
+from pvt.models.variants import VARIANTS as _VARIANTS
 
 
 def _entry(name):

@@ -76,7 +76,7 @@ def _runtimes(model, x: np.ndarray, folder: Path) -> dict:
     try:
         import onnxruntime as ort
 
-        from pvt.export import export_model, quantize_onnx
+        from pvt.tools.export import export_model, quantize_onnx
     except ImportError:
         return out
     f32 = export_model(model, "onnx", folder / "m.onnx")

@@ -24,8 +24,14 @@ from pathlib import Path
 
 import torch
 
-from pvt.bench.data import cores_needed, pipeline_stages, synthetic_jpegs, time_device_augment, time_stage, \
-    time_training
+from pvt.bench.data import (
+    cores_needed,
+    pipeline_stages,
+    synthetic_jpegs,
+    time_device_augment,
+    time_stage,
+    time_training,
+)
 
 
 def _cpu_model() -> str:

@@ -45,7 +45,7 @@ def one_case(name: str, h: int, w: int, grad_checkpointing: bool, batch: int) ->
     """Build the model, run one training step; the step's allocation peak and the process's peak RSS."""
     from pvt.bench import peak_memory
     from pvt.dense import create_dense_model, get_dense_spec
-    from pvt.model import PyramidVisionTransformer
+    from pvt.models.model import PyramidVisionTransformer
 
     spec = get_dense_spec(name)
     torch.manual_seed(0)

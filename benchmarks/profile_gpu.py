@@ -17,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pvt.bench import Case, reference_model
-from pvt.registry import create_model
+from pvt.models.registry import create_model
 
 
 def _forward(model, x, dtype):

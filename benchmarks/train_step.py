@@ -19,9 +19,9 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from pvt.bench import reference_model, time_interleaved
-from pvt.registry import create_model
 from pvt.accel.runtime import configure_allocator
+from pvt.bench import reference_model, time_interleaved
+from pvt.models.registry import create_model
 
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int):

@@ -40,10 +40,10 @@ def make_stripes():
 def _trained_checkpoint(path, data, *, config=None, names=("diagonal", "horizontal", "vertical")):
     """A classifier written as ``pvt train`` writes one (config, task, class names, evaluation input, training
     config), of a narrow PVT v2 at 32 px with untrained weights: what eval / predict / convert / export read."""
-    from pvt.checkpoint import save_model
-    from pvt.config import PVTConfig
     from pvt.engine.config import TrainConfig
-    from pvt.model import PyramidVisionTransformer
+    from pvt.models.config import PVTConfig
+    from pvt.models.model import PyramidVisionTransformer
+    from pvt.weights.checkpoint import save_model
 
     config = config or PVTConfig(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2),
                                  mlp_ratios=(2, 2, 2, 2), num_classes=len(names), img_size=32)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import pvt
-from pvt.checkpoint import save_model
 from pvt.weights import keys as K
+from pvt.weights.checkpoint import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW = {"pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", "pvt_v1_medium", "pvt_v1_large", "mit_b3", "mit_b4", "mit_b5"}

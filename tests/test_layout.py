@@ -16,14 +16,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # rank of each module (longest prefix wins); a module may import modules of its own rank or below
 RANKS: dict[str, int] = {
     # base: facts and helpers with no PVT knowledge
-    "pvt.config": 0, "pvt.constants": 0, "pvt.naming": 0, "pvt.tracing": 0, "pvt.io": 0, "pvt.cores": 0,
+    "pvt.base": 0,
     # layers: the plain building blocks, and the kernels / process settings the accelerated paths use
     "pvt.layers": 1, "pvt.accel.kernels": 1, "pvt.accel.runtime": 1, "pvt.accel.cache": 1,
     # models and weights
-    "pvt.model": 2, "pvt.features": 2, "pvt.variants": 2, "pvt.accel": 2, "pvt.registry": 2, "pvt.weights": 2,
-    "pvt.hub": 2, "pvt.checkpoint": 2, "pvt.flops": 2, "pvt.dense": 2, "pvt.export": 2, "pvt.attention": 2,
-    # tasks and engine (and the tools built on the models)
-    "pvt.data": 3, "pvt.engine": 3, "pvt.tasks": 3, "pvt.reports": 3, "pvt.bench": 3,
+    "pvt.models": 2, "pvt.accel": 2, "pvt.weights": 2, "pvt.dense": 2,
+    # tasks and engine, and the tools built on the models
+    "pvt.data": 3, "pvt.engine": 3, "pvt.tasks": 3, "pvt.tools": 3, "pvt.bench": 3,
     "pvt.api": 4,
     "pvt.cli": 5, "pvt.__main__": 5,
     "pvt": 6,  # the package's public facade (lazy attributes)
@@ -34,7 +33,7 @@ FORBIDDEN = [
     ("pvt.engine", "pvt.dense"),
     ("pvt.data", "pvt.engine"),
     ("pvt.data", "pvt.tasks"),
-    ("pvt.tasks", "pvt.reports"),
+    ("pvt.tasks", "pvt.tools.reports"),
     ("pvt.tasks", "pvt.bench"),
 ]
 
@@ -133,4 +132,4 @@ def test_import_pvt_loads_no_training_data_dense_or_benchmark_code():
     loaded = loaded.split()
     heavy = [m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in
              ("data", "dense", "engine", "tasks", "bench", "reports", "api", "cli", "weights", "flops", "export")]
-    assert bare == "False" and "pvt.model" in loaded and not heavy, loaded
+    assert bare == "False" and "pvt.models.model" in loaded and not heavy, loaded

@@ -3,10 +3,10 @@ torch), exact pins only in ``constraints.txt``, which the README's set-up and CI
 
 from __future__ import annotations
 
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from pvt.accel import accelerate, capability, plain
-from pvt.model import PyramidVisionTransformer
-from pvt.variants import get_variant
+from pvt.models.model import PyramidVisionTransformer
+from pvt.models.variants import get_variant
 
 TINY = dict(embed_dims=(16, 32, 40, 64), depths=(1, 2, 1, 1), num_heads=(1, 2, 5, 8), num_classes=7)
 

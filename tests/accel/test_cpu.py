@@ -20,8 +20,8 @@ import pvt
 from pvt.accel import Acceleration, WeightCache, accelerate, cpu, plain
 from pvt.accel.modules import inference_path
 from pvt.layers import Block, PatchEmbed
-from pvt.model import PVTStage, PyramidVisionTransformer
-from pvt.variants import get_variant
+from pvt.models.model import PVTStage, PyramidVisionTransformer
+from pvt.models.variants import get_variant
 
 TINY = dict(embed_dims=(16, 32, 40, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 5, 8), num_classes=7)
 FUSED = {"mkldnn::_linear_pointwise", "mkldnn::_convolution_pointwise"}
@@ -211,7 +211,7 @@ def test_hooks_see_every_layer_of_an_accelerated_model():
 
 
 def test_flop_counts_are_those_of_the_plain_model():
-    from pvt.flops import count_flops
+    from pvt.tools.flops import count_flops
 
     ref, fast = pair(tiny("pvt_v2_b2_li"))
     for device in (None, "cpu"):  # on meta, and a real forward pass

@@ -17,8 +17,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from pvt.accel import accelerate, cpu, quant
 from pvt.accel.capability import bf16_kernels, has_bf16
-from pvt.model import PyramidVisionTransformer
-from pvt.variants import get_variant
+from pvt.models.model import PyramidVisionTransformer
+from pvt.models.variants import get_variant
 
 pytestmark = pytest.mark.skipif(not cpu.INT8_OPS, reason="needs oneDNN's quantised linear operators")
 

@@ -10,7 +10,7 @@ from pvt.bench.onnx import run_onnxruntime
 @pytest.fixture(scope="module")
 def small_onnx(tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    from pvt.export import export_model
+    from pvt.tools.export import export_model
 
     small = pvt.create_model("pvt_v2_b0", embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
     path = export_model(small.eval(), "onnx", tmp_path_factory.mktemp("onnx") / "small.onnx")

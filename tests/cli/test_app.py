@@ -165,8 +165,8 @@ def test_browser_upload_shows_predict_top5(model, tmp_path, capsys):
 def test_answer_for_dense_checkpoints(task, tmp_path):
     """A detector / Semantic FPN checkpoint (untrained, written as pvt train writes one) answers on the page:
     its drawing, its attention maps (of the PVT backbone), no top-5."""
-    from pvt.checkpoint import save_model
     from pvt.tasks import create_task, resolve_config
+    from pvt.weights.checkpoint import save_model
 
     cfg = resolve_config(task=task, model="pvt_v2_b0", img_size=64, data_dir=str(tmp_path / "cache"), workers=0,
                          task_options={"num_train": 2, "num_val": 2, "shapes_size": 64})

@@ -123,7 +123,7 @@ def test_onnx_export_without_onnxscript_names_the_extra(env, capsys, monkeypatch
 
 FULL = r"""
 import resource, signal, sys
-import pvt.weights, pvt.export
+import pvt.weights, pvt.tools.export
 from pvt.cli import main
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then a write past the limit fails as a full disk does
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))

@@ -66,8 +66,8 @@ def test_unknown_or_abbreviated_option_is_an_error_with_a_suggestion(argv, usage
 
 
 def test_mistyped_model_name_suggests_the_one_meant(capsys):
-    from pvt.naming import close_matches
-    from pvt.variants import get_variant
+    from pvt.base.naming import close_matches
+    from pvt.models.variants import get_variant
 
     with pytest.raises(ValueError, match=r"unknown model 'pvt_v2_bo'; did you mean pvt_v2_b0, "):
         get_variant("pvt_v2_bo")

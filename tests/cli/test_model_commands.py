@@ -1,5 +1,5 @@
 """`pvt models`, `pvt info`, `pvt complexity`, run in-process: exit codes, output formats and one-line
-errors. The figures themselves are tested in tests/test_reports.py."""
+errors. The figures themselves are tested in tests/tools/test_reports.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import csv
 import json
 
 from pvt.cli import main
-from pvt.variants import VARIANTS
+from pvt.models.variants import VARIANTS
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -12,6 +12,7 @@ import pvt
 from pvt.accel import capability
 from pvt.cli import main
 
+
 @pytest.fixture(scope="module")
 def trained(stripes_run):
     data, run, _ = stripes_run

@@ -13,8 +13,13 @@ from torchvision.ops import box_iou
 import pvt
 from pvt.dense import HEADS, create_dense_model, get_dense_spec
 from pvt.dense.assigners import atss_assign
-from pvt.dense.losses import (centerness_target, distribution_expectation, distribution_focal_loss, paired_iou,
-                              quality_focal_loss)
+from pvt.dense.losses import (
+    centerness_target,
+    distribution_expectation,
+    distribution_focal_loss,
+    paired_iou,
+    quality_focal_loss,
+)
 from pvt.dense.one_stage import _valid_flags, grid_anchors
 
 HEADS_UNDER_TEST = ("atss", "gfl")
@@ -131,7 +136,7 @@ def test_anchors_exact_strides_and_valid_flags():
 
 
 def test_backbone_loads_classification_checkpoint(tmp_path):
-    from pvt.checkpoint import save_model
+    from pvt.weights.checkpoint import save_model
 
     clf = pvt.create_model("pvt_v1_tiny", num_classes=10)
     path = tmp_path / "tiny.safetensors"

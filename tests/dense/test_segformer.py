@@ -87,7 +87,7 @@ def _perturbed(model):
 
 
 def _pixels(x):
-    from pvt.constants import IMAGENET_MEAN, IMAGENET_STD
+    from pvt.base.constants import IMAGENET_MEAN, IMAGENET_STD
 
     return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 

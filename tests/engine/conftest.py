@@ -1,9 +1,9 @@
 """The engine tests' small run: the narrow variant of ``tiny_run.py`` registered for one test."""
 
 import pytest
-
-from pvt.variants import VARIANTS
 from tiny_run import ARGS, TINY, TINY_VARIANT
+
+from pvt.models.variants import VARIANTS
 
 
 @pytest.fixture

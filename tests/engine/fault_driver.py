@@ -2,7 +2,7 @@
 must not share a process with other tests' thread pools).
 
 ``python fault_driver.py DATA OUT MODES`` trains one short run uninterrupted (the reference), recording
-every file commit (:func:`pvt.io._commit`) it makes. Then, for each mode and each commit k, a forked child
+every file commit (:func:`pvt.base.io._commit`) it makes. Then, for each mode and each commit k, a forked child
 trains the same run and at its k-th commit:
 
 * ``kill``: truncates the half-written temporary file and dies at once (``os._exit``, as SIGKILL would);
@@ -32,12 +32,13 @@ import torch
 
 torch.set_num_threads(1)  # before any op: forking is then safe (no thread pool exists)
 
-import pvt  # noqa: E402
-import pvt.io  # noqa: E402
-from pvt.engine.trainer import Trainer  # noqa: E402
-from pvt.variants import VARIANTS  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from tiny_run import ARGS, TINY, TINY_VARIANT  # noqa: E402  (this script's folder is on sys.path)
+
+import pvt  # noqa: E402
+import pvt.base.io
+from pvt.engine.trainer import Trainer  # noqa: E402
+from pvt.models.variants import VARIANTS
 
 VARIANTS[TINY] = TINY_VARIANT  # registered in this process (and its children) only
 
@@ -69,7 +70,7 @@ def digest(path: Path) -> str | None:
 
 
 def summary(run: Path) -> dict:
-    from pvt.checkpoint import read_metadata
+    from pvt.weights.checkpoint import read_metadata
 
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return {
@@ -110,8 +111,8 @@ def in_child(fn) -> int:
 
 
 def faulty(k: int, mode: str):
-    """A :func:`pvt.io._commit` that fails the ``k``-th commit (1-based) as ``mode`` says."""
-    real = pvt.io._commit
+    """A :func:`pvt.base.io._commit` that fails the ``k``-th commit (1-based) as ``mode`` says."""
+    real = pvt.base.io._commit
     count = [0]
 
     def commit(tmp: str, path: Path) -> None:
@@ -133,15 +134,15 @@ def faulty(k: int, mode: str):
 def main() -> None:
     data, out, modes = sys.argv[1], Path(sys.argv[2]), sys.argv[3].split(",")
     commits: list[str] = []
-    real = pvt.io._commit
+    real = pvt.base.io._commit
 
     def record(tmp: str, path: Path) -> None:
         commits.append(Path(path).name)
         real(tmp, path)
 
-    pvt.io._commit = record
+    pvt.base.io._commit = record
     train(data, out, "reference", resume=False)
-    pvt.io._commit = real
+    pvt.base.io._commit = real
     result = {"commits": commits, "reference": summary(out / "reference"), "cases": {}}
     curves = [i for i, name in enumerate(commits, 1) if name == "learning_curves.png"]  # each epoch's last
     last_epoch = curves[-2] + 1  # the last epoch's first commit (1-based)
@@ -151,7 +152,7 @@ def main() -> None:
             name = f"{mode}-{k}"
 
             def broken() -> None:
-                pvt.io._commit = faulty(k, mode)
+                pvt.base.io._commit = faulty(k, mode)
                 train(data, out, name, resume=False)
 
             status = in_child(broken)

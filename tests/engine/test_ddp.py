@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 DETERMINISTIC = ["--aa", "none", "--color-jitter", "0", "--reprob", "0", "--hflip", "0", "--scale", "1,1",
                  "--ratio", "1,1", "--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--smoothing", "0.1",

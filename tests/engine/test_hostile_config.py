@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from pvt.base.io import YAML_LIMITS, safe_yaml
 from pvt.cli import main
 from pvt.engine.config import load_yaml, parse_value
-from pvt.io import YAML_LIMITS, safe_yaml
 
 
 def _bomb(levels: int = 9) -> str:
@@ -98,7 +98,7 @@ def test_the_train_help_states_each_bound(capsys):
 
 
 def test_push_skips_a_hostile_config_yaml_instead_of_hanging(tmp_path, make_stripes, trained_checkpoint):
-    from pvt.weights.publish import _run_of
+    from pvt.tools.publish import _run_of
     from pvt.weights import read_checkpoint
 
     run = tmp_path / "run"

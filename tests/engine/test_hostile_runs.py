@@ -13,14 +13,14 @@ import subprocess
 import sys
 
 import pytest
+from tiny_run import ARGS, TINY, TINY_VARIANT
 
 import pvt
 from pvt.cli import main
 from pvt.engine.run_folder import LOCK_FILE, run_lock
 from pvt.engine.signals import Interrupted
 from pvt.engine.trainer import Trainer
-from pvt.variants import VARIANTS
-from tiny_run import ARGS, TINY, TINY_VARIANT
+from pvt.models.variants import VARIANTS
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_a_train_log_link_out_of_the_folder_is_refused(run, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "last.safetensors", "state.pt"])
 def test_no_run_file_is_written_through_a_link(run, tmp_path, name):
-    """Every write of a resume (config.yaml, metrics.jsonl, the weights, state.pt: pvt.io's atomic writers)
+    """Every write of a resume (config.yaml, metrics.jsonl, the weights, state.pt: pvt.base.io's atomic writers)
     refuses a link (to a copy of the file itself, so that the run reads as intact)."""
     outside = tmp_path / f"outside-{name}"
     shutil.copy(run / name, outside)

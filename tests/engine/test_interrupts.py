@@ -136,7 +136,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
 def test_sigterm_under_torchrun_stops_every_process_and_keeps_the_last_epoch(stripes, tmp_path):
     """torchrun passes SIGTERM on to its workers: each stops, rank 0 alone says what the folder keeps."""
-    from pvt.checkpoint import read_metadata
+    from pvt.weights.checkpoint import read_metadata
 
     out = tmp_path / "runs"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-
 import pvt
 
 ARGS = dict(epochs=3, batch_size=8, workers=0, threads=1, aa="none", img_size=32, model="pvt_v2_b0",

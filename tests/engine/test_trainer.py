@@ -13,10 +13,10 @@ import yaml
 
 import pvt
 from pvt.engine import TrainConfig
-from pvt.tasks import get_task, list_tasks, resolve_config
-from pvt.tasks.classification import DIGITS_DEFAULTS, topk_correct
 from pvt.engine.state import load_state, rng_state, save_state, set_rng_state
 from pvt.engine.trainer import amp_dtype, param_groups
+from pvt.tasks import get_task, list_tasks, resolve_config
+from pvt.tasks.classification import DIGITS_DEFAULTS, topk_correct
 
 
 def test_defaults_are_the_paper_recipe_and_lr_scales_with_batch():
@@ -148,7 +148,6 @@ def test_evaluate_matches_training_metrics_and_predict(digits_run):
     assert ev["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
     val = digits_run.run_dir  # the digits cache is the checkpoint's training data
     from pvt.data import digits_folder
-
     from pvt.tasks import load_trained
 
     folder = digits_folder(load_trained(val).task.cfg.data_dir) / "val"

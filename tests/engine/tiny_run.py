@@ -4,8 +4,8 @@ by ``fault_driver.py``."""
 
 from __future__ import annotations
 
-from pvt.config import PVTConfig
-from pvt.variants import VARIANTS, Variant
+from pvt.models.config import PVTConfig
+from pvt.models.variants import VARIANTS, Variant
 
 TINY = "pvt_fault_tiny"
 TINY_VARIANT = Variant(TINY, PVTConfig(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2),

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 import pvt
-from pvt.checkpoint import save_model
 from pvt.cli import main
-from pvt.model import PyramidVisionTransformer
+from pvt.models.model import PyramidVisionTransformer
 from pvt.tasks import create_task, resolve_config
+from pvt.weights.checkpoint import save_model
 
 FAST = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--threads", "1", "--quiet", "--aa", "none",
         "--model", "pvt_v2_b0", "--img-size", "32", "--mixup", "0", "--cutmix", "0"]

@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pvt.tasks import resolve_config
-from pvt.tasks import create_task, get_task
 from pvt.engine.trainer import Trainer
+from pvt.tasks import create_task, get_task, resolve_config
 
 
 def _config(tmp_path, task, **kw):

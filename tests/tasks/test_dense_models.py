@@ -113,7 +113,7 @@ def test_new_layers_are_xavier_initialised():
 
 
 def test_backbone_loads_classification_checkpoint(tmp_path):
-    from pvt.checkpoint import save_model
+    from pvt.weights.checkpoint import save_model
 
     clf = pvt.create_model("pvt_v2_b0", num_classes=10)
     path = tmp_path / "b0.safetensors"

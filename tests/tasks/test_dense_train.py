@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
-from pvt.tasks import create_task, resolve_config
-from pvt.engine.trainer import Trainer
 import pvt
-from pvt.tasks import load_trained
+from pvt.engine.trainer import Trainer
+from pvt.tasks import create_task, load_trained, resolve_config
 
 
 def _train(tmp_path, **kw):
@@ -75,7 +74,7 @@ def test_dense_task_bad_options_and_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="images/training"):
         _train(tmp_path, task="segmentation", data=str(tmp_path / "empty"), epochs=1)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-    from pvt.checkpoint import save_model
+    from pvt.weights.checkpoint import save_model
 
     save_model(pvt.create_model("pvt_v2_b0", num_classes=3), tmp_path / "clf.safetensors")
     with pytest.raises(ValueError, match="not a model written by pvt train"):

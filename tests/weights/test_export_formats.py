@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 import pvt
-from pvt.checkpoint import save_model
 from pvt.cli import main as cli_main
 from pvt.weights import create_pretrained, read_checkpoint
+from pvt.weights.checkpoint import save_model
 from pvt.weights.writing import EXPORT_FORMATS, Preprocessing, eps_drift, export_weights
 
 TOL = 1e-4

@@ -2,7 +2,7 @@
 ``pvt push --out`` write beside the folder and swap it in, so an interruption or a full disk at any write
 point leaves the previous folder byte for byte; ``--out`` / ``--force`` never replace a folder that is,
 contains or lies inside the source, nor one holding files pvt did not write. Faults are injected at each
-write point (:func:`pvt.io._commit`) and at the swap, not at random times."""
+write point (:func:`pvt.base.io._commit`) and at the swap, not at random times."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import errno
 import pytest
 import yaml
 
-import pvt.io
+import pvt.base.io
 from pvt.cli import main as cli_main
 
 WRITES = {"hf": 3, "timm": 2}  # files each folder format commits
@@ -30,7 +30,7 @@ def sources(tmp_path, trained_checkpoint):
 
 def _fail_at(monkeypatch, k: int, fault: str) -> None:
     """Make the ``k``-th file commit (k = 0: the swap of the folder) fail as ``fault`` says."""
-    real, count = pvt.io._commit, [0]
+    real, count = pvt.base.io._commit, [0]
 
     def boom():
         if fault == "interrupt":
@@ -43,9 +43,9 @@ def _fail_at(monkeypatch, k: int, fault: str) -> None:
             boom()
         return real(tmp, path)
 
-    monkeypatch.setattr(pvt.io, "_commit", commit)
+    monkeypatch.setattr(pvt.base.io, "_commit", commit)
     if k == 0:
-        monkeypatch.setattr(pvt.io, "_exchange", lambda a, b: boom())
+        monkeypatch.setattr(pvt.base.io, "_exchange", lambda a, b: boom())
 
 
 @pytest.mark.parametrize("fault", ["interrupt", "full"])
@@ -80,7 +80,7 @@ def test_the_swap_without_an_atomic_exchange_renames_twice(sources, tmp_path, mo
     dst = tmp_path / "out"
     assert cli_main(["convert", str(a), str(dst), "--to", "hf"]) == 0
     before = _snapshot(dst)
-    monkeypatch.setattr(pvt.io, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(pvt.base.io, "_exchange", lambda a, b: False)
     assert cli_main(["convert", str(b), str(dst), "--to", "hf", "--force"]) == 0
     assert _snapshot(dst)["model.safetensors"] != before["model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors", "out"]

@@ -80,7 +80,7 @@ def test_a_weight_map_that_is_not_an_object_is_refused(tmp_path, capsys):
 
 
 def test_a_one_dimensional_patch_embedding_is_named_not_an_index_error(tmp_path, capsys):
-    from pvt.registry import create_model
+    from pvt.models.registry import create_model
     from pvt.weights.shapes import infer_architecture
 
     sd = create_model("pvt_v2_b0", accelerate=False).state_dict()
@@ -123,7 +123,7 @@ def test_a_zip_bomb_pth_is_refused_before_torch_reads_it(tmp_path, capsys, monke
 
 
 def test_a_small_deflated_pth_still_loads(tmp_path):
-    from pvt.io import load_torch
+    from pvt.base.io import load_torch
 
     # a few random floats barely compress: the members stay near the file's size, which the bound allows
     path = _deflated(tmp_path / "small.pth", {"w": torch.randn(1000)})

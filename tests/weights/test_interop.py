@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pvt.checkpoint import save_model
 from pvt.cli import main
 from pvt.engine.config import TrainConfig
-from pvt.registry import create_model
+from pvt.models.registry import create_model
+from pvt.weights.checkpoint import save_model
 
 NAMES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import pvt
-from pvt.weights import keys as K
 from pvt.weights import create_pretrained
+from pvt.weights import keys as K
 from pvt.weights.writing import export_weights
 
 EPS = 1e-6

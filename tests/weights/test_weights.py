@@ -15,10 +15,16 @@ from safetensors.torch import save_file
 
 import pvt
 from pvt.cli import main as cli_main
-from pvt.checkpoint import save_model
+from pvt.weights import (
+    create_pretrained,
+    hf_config_to_pvt,
+    infer_architecture,
+    load_checkpoint,
+    pvt_to_hf_config,
+    read_checkpoint,
+)
 from pvt.weights import keys as K
-from pvt.weights import (create_pretrained, hf_config_to_pvt, infer_architecture, load_checkpoint, pvt_to_hf_config,
-                         read_checkpoint)
+from pvt.weights.checkpoint import save_model
 from pvt.weights.loading import adapt_input_conv
 from pvt.weights.shapes import matching_variants
 
@@ -861,7 +867,7 @@ def test_hub_uses_the_cache_without_network(hub, tmp_path, b0, no_warnings):
         assert (m(x) - ref(x).logits).abs().max().item() < 1e-5
     t = pvt.create_model("pvt_v2_b0", pretrained="hf-hub:timm/pvt_v2_b0.in1k")
     assert same_tensors(t.state_dict(), b0.state_dict())
-    assert read_checkpoint(pvt.hub.resolve_source("hf-hub:timm/pvt_v2_b0.in1k")).variant == "pvt_v2_b0"
+    assert read_checkpoint(pvt.weights.hub.resolve_source("hf-hub:timm/pvt_v2_b0.in1k")).variant == "pvt_v2_b0"
 
 
 # --------------------------------------------------------------------------- pvt convert

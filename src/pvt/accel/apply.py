@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..layers import Block, PatchEmbed
-from ..model import PVTStage, PyramidVisionTransformer
+from ..models.model import PVTStage, PyramidVisionTransformer
 from .cache import WeightCache
 from .cpu import kernels_fail
 from .modules import (

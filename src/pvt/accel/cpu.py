@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import Block, Mlp, PatchEmbed, SpatialReductionAttention, as_tokens, map_part, on_map
-from ..model import PyramidVisionTransformer
+from ..models.model import PyramidVisionTransformer
 from .runtime import MMAP_THRESHOLD, allocator_mode
 
 __all__ = [

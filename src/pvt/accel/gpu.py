@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import Block, PatchEmbed, as_tokens, map_part, on_map
-from ..model import PVTStage
+from ..models.model import PVTStage
 from .kernels import layer_norm
 
 __all__ = ["patch_embed", "block", "stage"]
@@ -91,7 +91,7 @@ def block(blk: Block, x: Tensor, h: int, w: int, dtype: torch.dtype) -> Tensor:
 
 
 def stage(st: PVTStage, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, int, int]:
-    """:class:`~pvt.model.PVTStage` on the GPU path: its closing LayerNorm by :func:`layer_norm` (float32
+    """:class:`~pvt.models.model.PVTStage` on the GPU path: its closing LayerNorm by :func:`layer_norm` (float32
     out, as autocast's); the patch embedding and blocks are accelerated modules of their own."""
     x, h, w = st.forward_blocks(x)
     return (x if st.norm is None else layer_norm(x, st.norm, torch.float32)), h, w

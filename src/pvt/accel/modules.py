@@ -18,7 +18,7 @@ Which path a call takes (:func:`inference_path`):
 * the GPU path (:mod:`pvt.accel.gpu`) for a CUDA tensor under ``torch.autocast("cuda")`` without
   autograd;
 * otherwise the plain forward: training, float16 CPU autocast, other dtypes and devices, and whenever
-  :func:`pvt.tracing.is_tracing` (TorchScript, ``torch.compile``, ``torch.export``, ONNX); also in
+  :func:`pvt.base.tracing.is_tracing` (TorchScript, ``torch.compile``, ``torch.export``, ONNX); also in
   training mode with dropout or stochastic depth active, and whenever a forward hook or forward
   pre-hook is registered globally, on the module or on a submodule that is not accelerated itself
   (those choose for themselves), so that hook-based tools such as FLOP counters and feature
@@ -36,9 +36,9 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module_globals
 from torchvision.ops import StochasticDepth
 
+from ..base.tracing import is_tracing
 from ..layers import Block, PatchEmbed, SpatialReductionAttention
-from ..model import PVTStage, PyramidVisionTransformer
-from ..tracing import is_tracing
+from ..models.model import PVTStage, PyramidVisionTransformer
 from . import capability, cpu, gpu
 from .cache import WeightCache
 
@@ -254,7 +254,7 @@ class AcceleratedBlock(Accelerated, AcceleratedInt8, Block):
 
 
 class AcceleratedPVTStage(Accelerated, PVTStage):
-    """:class:`~pvt.model.PVTStage` whose closing LayerNorm takes the GPU path's LayerNorm (its patch
+    """:class:`~pvt.models.model.PVTStage` whose closing LayerNorm takes the GPU path's LayerNorm (its patch
     embedding and blocks are accelerated modules of their own)."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
@@ -264,7 +264,7 @@ class AcceleratedPVTStage(Accelerated, PVTStage):
 
 
 class AcceleratedPyramidVisionTransformer(Accelerated, PyramidVisionTransformer):
-    """:class:`~pvt.model.PyramidVisionTransformer` that runs CPU batches in pieces
+    """:class:`~pvt.models.model.PyramidVisionTransformer` that runs CPU batches in pieces
     (:func:`pvt.accel.cpu.piece_size`); its stages, patch embeddings and blocks are accelerated."""
 
     def _cpu_call(self, x: Tensor) -> tuple[cpu.Plan | None, int | None]:

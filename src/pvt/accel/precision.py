@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..model import PyramidVisionTransformer
+from ..models.model import PyramidVisionTransformer
 from .apply import accelerate
 from .capability import resolve_precision
 from .modules import AcceleratedPyramidVisionTransformer, Acceleration

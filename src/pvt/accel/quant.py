@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..model import PyramidVisionTransformer
+from ..models.model import PyramidVisionTransformer
 from . import cpu
 from .apply import _apply, accelerate
 from .capability import bf16_kernels, has_bf16, has_vnni

@@ -12,7 +12,16 @@ transformers' implementations holding the same weights, and beside an exported O
 """
 
 from .cases import (
-    DTYPES, Case, Result, build_model, compare_outputs, format_results, is_dense, make_step, parse_size, run_case,
+    DTYPES,
+    Case,
+    Result,
+    build_model,
+    compare_outputs,
+    format_results,
+    is_dense,
+    make_step,
+    parse_size,
+    run_case,
 )
 from .onnx import run_onnxruntime
 from .peers import IMPLS, reference_model

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..constants import MAX_IMG_SIZE
+from ..base.constants import MAX_IMG_SIZE
 from ..dense.zoo import DENSE_MODELS, create_dense_model
-from ..model import PyramidVisionTransformer
-from ..registry import create_model
+from ..models.model import PyramidVisionTransformer
+from ..models.registry import create_model
 from .peers import num_classes, reference_model
 from .timing import median_and_iqr, peak_memory, sync, time_interleaved
 

@@ -109,9 +109,9 @@ def time_device_augment(files: list[Path], device: str, batch: int = 64, img_siz
                         rounds: int = 3) -> StageResult:
     """Images/s of the device path (:class:`pvt.data.device.DeviceAugment`): batches of ``batch`` encoded
     files decoded and augmented on ``device`` (file reading excluded: the workers do it)."""
-    from ..bench.timing import sync
     from ..data.device import DeviceAugment
     from ..engine.config import TrainConfig
+    from .timing import sync
 
     aug = DeviceAugment.from_config(TrainConfig(img_size=img_size))
     dev = torch.device(device)
@@ -136,8 +136,8 @@ def time_training(model_name: str, batch: int, img_size: int = 224, device: str 
     random batch, ``steps`` steps per round, median of ``rounds`` after a warm-up step."""
     import torch.nn.functional as F
 
-    from ..bench.timing import sync
-    from ..registry import create_model
+    from ..models.registry import create_model
+    from .timing import sync
 
     model = create_model(model_name).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..model import PyramidVisionTransformer
+from ..models.model import PyramidVisionTransformer
 
 __all__ = ["IMPLS", "reference_model", "num_classes"]
 

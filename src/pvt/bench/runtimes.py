@@ -110,7 +110,7 @@ def prepare(model_name: str, folder: Path, runners: Sequence[Runner], case: Case
     import numpy as np
     import torch
 
-    from ..registry import create_model
+    from ..models.registry import create_model
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -125,7 +125,7 @@ def prepare(model_name: str, folder: Path, runners: Sequence[Runner], case: Case
     files["calibration"] = str(folder / "calibration.pt")
     wanted = {(r.runtime, r.precision) for r in runners}
     if any(rt in ("onnxruntime", "openvino") for rt, _ in wanted):
-        from ..export import export_model, quantize_onnx
+        from ..tools.export import export_model, quantize_onnx
 
         log(f"exporting {model_name} to ONNX")
         files["onnx"] = str(export_model(model, "onnx", folder / "model.onnx"))
@@ -144,7 +144,7 @@ def _openvino_int8(onnx_file: str, folder: Path, calibration, log: Callable[[str
     try:
         import nncf
     except ImportError:
-        from ..export import quantize_onnx
+        from ..tools.export import quantize_onnx
 
         log("NNCF is not installed: OpenVINO int8 runs our static QDQ ONNX file")
         return str(quantize_onnx(onnx_file, folder / "model_int8_qdq.onnx", calibration))
@@ -170,7 +170,7 @@ def _build(spec: dict[str, Any]) -> Callable[[], Any]:
     if runtime in ("pvt", "timm", "hf"):
         from ..accel import accelerate
         from ..accel.quant import quantize
-        from ..registry import create_model
+        from ..models.registry import create_model
         from .peers import reference_model
 
         ours = create_model(spec["model"], accelerate=False).eval()

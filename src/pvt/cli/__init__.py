@@ -69,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _use_available_cores(args: argparse.Namespace) -> None:
-    """Threads from the cores this process may use, idle OpenMP threads asleep (:mod:`pvt.cores`), set
+    """Threads from the cores this process may use, idle OpenMP threads asleep (:mod:`pvt.base.cores`), set
     before torch loads; where the user chose (``--threads``, ``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``) that
     stays as it is."""
     import os
 
-    from ..cores import use_available_cores
+    from ..base.cores import use_available_cores
 
     if not getattr(args, "threads", None) and not os.environ.get("OMP_NUM_THREADS", "").strip():
         use_available_cores()

@@ -2,7 +2,7 @@
 
 Each checkpoint gets a column: its top-5 with bars (classification), the drawn prediction (top-k bars,
 boxes and masks with their names, or a segmentation overlay with its legend), the attention maps of every
-stage and their rollout (:mod:`pvt.attention`), the time the prediction took and the precision path. The
+stage and their rollout (:mod:`pvt.models.attention`), the time the prediction took and the precision path. The
 page answers through :class:`pvt.api.Predictor`, the code path of ``pvt predict``; an upload that is no
 image, a decompression bomb or an absurdly elongated image gets a one-line message on the page.
 Gradio is the ``app`` extra: ``pip install 'pyramid-vision-transformer[app]'``. See docs/app.md.

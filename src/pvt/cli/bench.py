@@ -1,6 +1,6 @@
 """`pvt benchmark` (speed and memory, optionally beside timm / HF) and `pvt export` (ONNX, TorchScript,
 ExportedProgram with dynamic batch/height/width): argument parsing and printing around :mod:`pvt.bench`
-and :mod:`pvt.export`, imported inside the commands so that ``pvt --help`` does not load them."""
+and :mod:`pvt.tools.export`, imported inside the commands so that ``pvt --help`` does not load them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..constants import FILE_LIMITS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS
+from ..base.constants import FILE_LIMITS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS
 from .command import command
 from .options import bounded
 
@@ -84,7 +84,7 @@ def register(sub) -> None:
     e.add_argument("--model", help="variant of a checkpoint that does not record one")
     e.add_argument("--num-classes", **bounded(int, 0, FILE_LIMITS["num_classes"],
                                               "classifier size (default: the checkpoint's or 1000)"))
-    e.add_argument("--opset", type=int, default=18, help="ONNX opset (18 and newer; see pvt.export.ONNX_OPSETS)")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset (18 and newer; see pvt.tools.export.ONNX_OPSETS)")
     e.add_argument("--check", action="store_true", help="run the exported file at two sizes and compare")
     e.add_argument("--quantize", choices=["int8"], default=None,
                    help="ONNX: write an int8 file (every linear layer; ONNX Runtime's quantiser): dynamic ranges, or "
@@ -110,8 +110,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     from ..bench import Case, format_results, is_dense, parse_size, run_case, run_onnxruntime
     from ..dense.zoo import get_dense_spec
     from ..engine.distributed import resolve_device
-    from ..registry import create_model
-    from ..variants import get_variant
+    from ..models.registry import create_model
+    from ..models.variants import get_variant
 
     if args.device == "auto":
         raise ValueError("--device auto: name the device to time, e.g. cpu or cuda")
@@ -128,7 +128,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     if args.onnx is not None and args.backend != "onnxruntime":
         raise ValueError("--onnx FILE goes with --backend onnxruntime")
     if args.backend == "onnxruntime":
-        from ..export import require_onnx
+        from ..tools.export import require_onnx
 
         require_onnx("onnxruntime")
     if args.onnx is not None and not args.onnx.is_file():
@@ -220,8 +220,14 @@ def _benchmark_runtimes(args: argparse.Namespace, sizes: list[tuple[int, int]]) 
 def _export(args: argparse.Namespace) -> int:
     import tempfile
 
-    from ..export import (
-        check_onnx_export, default_suffix, export_min_size, export_model, load_model, quantize_onnx, require_onnx,
+    from ..tools.export import (
+        check_onnx_export,
+        default_suffix,
+        export_min_size,
+        export_model,
+        load_model,
+        quantize_onnx,
+        require_onnx,
     )
 
     if args.quantize and args.fmt != "onnx":
@@ -250,7 +256,7 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({kind}; input (batch, {model.config.in_chans}, H, W) float32 with H, W >= "
           f"{export_min_size(model)}; output logits (batch, {model.num_classes or model.num_features}))")
     if args.check:
-        from ..export import check_export
+        from ..tools.export import check_export
 
         for size, diff in check_export(model, args.fmt, out):
             print(f"check {size[0]}x{size[1]}: max |exported - pytorch| = {diff:.2e}")

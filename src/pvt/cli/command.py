@@ -31,7 +31,7 @@ class Parser(argparse.ArgumentParser):
     def unknown(self, extra: list[str]) -> NoReturn:
         """Exit with ``unrecognized arguments`` for ``extra``, naming the closest options this parser
         has for its first unknown option."""
-        from ..naming import close_matches
+        from ..base.naming import close_matches
 
         known = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
         flag = next((e.split("=", 1)[0] for e in extra if e.startswith("-")), None)

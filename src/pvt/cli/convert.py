@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..constants import FILE_LIMITS
+from ..base.constants import FILE_LIMITS
 from .command import command, lazy_names
 from .options import bounded
 
@@ -71,9 +71,9 @@ def _task_model(src: str):
     such a model), else None: those convert to ``--to hf`` as whole models (:mod:`pvt.dense.hf`)."""
     from pathlib import Path
 
-    from ..checkpoint import read_header, resolve_checkpoint
+    from ..base.io import read_json
     from ..dense.hf import load_hf_task_model
-    from ..io import read_json
+    from ..weights.checkpoint import read_header, resolve_checkpoint
 
     p = Path(src).expanduser()
     if (p / "config.json").is_file() and not (p / "best.safetensors").is_file():
@@ -99,8 +99,8 @@ def _task_model(src: str):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..hub import resolve_source
     from ..weights import create_pretrained, read_checkpoint
+    from ..weights.hub import resolve_source
     from ..weights.writing import Preprocessing, export_weights, source_labels
 
     if args.num_classes is not None and args.num_classes < 0:

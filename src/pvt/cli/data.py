@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE, MAX_OBJECTS
+from ..base.constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE, MAX_OBJECTS
 from .command import command
 from .options import bounded
 

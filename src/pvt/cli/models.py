@@ -1,5 +1,5 @@
 """`pvt models`, `pvt info NAME` and `pvt complexity`: argument parsing and printing around
-:mod:`pvt.reports`, which computes the variant table, one model's figures and the GFLOPs-against-input-size
+:mod:`pvt.tools.reports`, which computes the variant table, one model's figures and the GFLOPs-against-input-size
 curves of the PVT v2 paper's Figure 4. The reports module is imported inside the commands, so that
 ``pvt --help`` does not load it.
 """
@@ -62,7 +62,7 @@ def register(sub) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from ..reports import dense_rows, model_rows, render_markdown, render_text
+    from ..tools.reports import dense_rows, model_rows, render_markdown, render_text
 
     rows = dense_rows(args.pattern) if args.dense else model_rows(args.pattern)
     if not rows:
@@ -77,7 +77,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..reports import info_dict, render_info
+    from ..tools.reports import info_dict, render_info
 
     size = tuple(args.input_size) if args.input_size else None
     if size is not None and min(size) < 1:
@@ -88,7 +88,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_complexity(args: argparse.Namespace) -> int:
-    from ..reports import render_complexity, write_figure4
+    from ..tools.reports import render_complexity, write_figure4
 
     rows, csv_path, png_path = write_figure4(args.out, args.models, args.sizes)
     print(render_complexity(rows))

@@ -33,8 +33,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import check_repo_id, check_upload, upload
-    from ..weights.publish import prepare_push
+    from ..tools.publish import prepare_push
+    from ..weights.hub import check_repo_id, check_upload, upload
 
     if args.repo and args.repo_id and args.repo != args.repo_id:
         raise ValueError(f"two repositories given: {args.repo} and --repo-id {args.repo_id}; give one")

@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ..constants import MAX_BATCH, MAX_WORKERS
+from ..base.constants import MAX_BATCH, MAX_WORKERS
 from .command import command, precision_flags
 from .options import bounded, describe_range
 
@@ -143,7 +143,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     progress=progress)
     text = json.dumps(preds, indent=1)
     if args.json_out:
-        from ..io import atomic_write
+        from ..base.io import atomic_write
 
         with atomic_write(args.json_out, "w") as f:
             f.write(text)

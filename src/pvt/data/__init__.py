@@ -2,8 +2,16 @@
 transforms (and their batched version on the training device, :mod:`pvt.data.device`)."""
 
 from .builtin import DIGITS_CLASSES, default_cache_dir, digits_folder
-from .folder import (IMG_EXTENSIONS, ImageFolderDataset, collate_skipping, find_classes, image_files, load_rgb,
-                     read_image, readable_images)
+from .folder import (
+                     IMG_EXTENSIONS,
+                     ImageFolderDataset,
+                     collate_skipping,
+                     find_classes,
+                     image_files,
+                     load_rgb,
+                     read_image,
+                     readable_images,
+)
 from .shards import ShardDataset, is_shard_folder, read_index, write_shards
 from .transforms import eval_transform, train_transform
 

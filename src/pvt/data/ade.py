@@ -35,7 +35,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..io import read_json
+from ..base.io import read_json
 from .coco import UnreadableImage
 
 __all__ = ["ADE20KDataset", "segmentation_collate", "IGNORE_INDEX", "ADE_SPLITS"]

@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..io import read_json
+from ..base.io import read_json
 
 __all__ = ["CocoDataset", "load_coco_json", "check_segmentation", "decode_mask", "detection_collate",
            "hflip_detection"]

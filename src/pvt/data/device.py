@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
 from .transforms import _safe_policy
 
 __all__ = ["DeviceAugment", "decode_batch", "DeviceRandAugment"]

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE, MAX_OBJECTS
+from ..base.constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE, MAX_OBJECTS
 
 __all__ = ["SHAPE_CLASSES", "make_shapes_dataset", "default_shapes_root", "render_sample"]
 

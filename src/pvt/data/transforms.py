@@ -7,7 +7,7 @@ from typing import Any, Callable
 from PIL import Image
 from torch import Tensor
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["train_transform", "eval_transform"]
 

@@ -30,9 +30,8 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from .assigners import box_centers
-from .backbone import PVTWithFPN
+from .backbone import PVTWithFPN, build_on_pvt
 from .losses import centerness_target
-from .backbone import build_on_pvt
 from .one_stage import ONE_STAGE_NECK, OneStageDetector, OneStageHead, reduce_mean
 
 __all__ = ["ATSS", "atss"]

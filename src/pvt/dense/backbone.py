@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..model import PyramidVisionTransformer
+from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..models.model import PyramidVisionTransformer
 
 __all__ = [
     "PVTBackbone",
@@ -56,7 +56,7 @@ def build_backbone(
 
     ``drop_path_rate`` 0.1 is what the official detection and segmentation backbones use.
     """
-    from ..registry import create_model
+    from ..models.registry import create_model
 
     return create_model(
         name, num_classes=0, pretrained=pretrained, drop_path_rate=drop_path_rate, **config_overrides

@@ -35,10 +35,16 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, roi_align
-from torchvision.ops import generalized_box_iou_loss
+from torchvision.ops import (
+    MultiScaleRoIAlign,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    generalized_box_iou_loss,
+    roi_align,
+)
 
-from ..flops import mark_uncounted
+from ..base.marks import mark_uncounted
 from .anchors import DEFAULT_ANCHOR_SIZE, rpn_anchors
 from .backbone import PVTWithFPN, build_on_pvt, detector_transform
 from .inputs import check_images

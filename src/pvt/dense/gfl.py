@@ -29,10 +29,15 @@ from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
 
 from .assigners import box_centers
-from .backbone import PVTWithFPN
-from .losses import (box_to_distances, distances_to_box, distribution_expectation, distribution_focal_loss,
-                     paired_iou, quality_focal_loss)
-from .backbone import build_on_pvt
+from .backbone import PVTWithFPN, build_on_pvt
+from .losses import (
+    box_to_distances,
+    distances_to_box,
+    distribution_expectation,
+    distribution_focal_loss,
+    paired_iou,
+    quality_focal_loss,
+)
 from .one_stage import ONE_STAGE_NECK, OneStageDetector, OneStageHead, reduce_mean
 
 __all__ = ["GFL", "gfl"]

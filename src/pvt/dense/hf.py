@@ -18,10 +18,10 @@ from typing import Any
 
 from torch import nn
 
-from ..config import PVTConfig
-from ..constants import FILE_LIMITS
-from ..io import atomic_folder, read_json
-from ..model import PyramidVisionTransformer
+from ..base.constants import FILE_LIMITS
+from ..base.io import atomic_folder, read_json
+from ..models.config import PVTConfig
+from ..models.model import PyramidVisionTransformer
 from ..weights.hf_config import config_field
 from ..weights.keys import HF_TASK_LAYOUTS
 from .backbone import PVTBackbone
@@ -39,7 +39,7 @@ _KINDS = {"segformer": ("SegformerForSemanticSegmentation", "SegformerForImageCl
 def _encoder_config(cfg: dict[str, Any], source: str, num_classes: int) -> PVTConfig:
     """MiT's encoder config from a transformers Segformer / GLPN ``config.json``, every field checked for its
     type, finiteness and range first (:func:`pvt.weights.hf_config.config_field`, the limits of
-    :data:`pvt.constants.FILE_LIMITS`)."""
+    :data:`pvt.base.constants.FILE_LIMITS`)."""
     lim = FILE_LIMITS
     f = lambda key, default, kind, **kw: config_field(cfg, key, default, source, kind, **kw)  # noqa: E731
     for key in ("hidden_sizes", "depths", "num_attention_heads", "mlp_ratios", "sr_ratios"):

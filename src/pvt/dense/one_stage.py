@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,7 +36,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
 from .anchors import level_anchor_sizes
 from .assigners import atss_assign
 from .backbone import PVTWithFPN

@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor
 from torchvision.models.detection import RetinaNet
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
 from .anchors import DEFAULT_ANCHOR_SIZE, retinanet_anchors
 from .backbone import build_on_pvt
 

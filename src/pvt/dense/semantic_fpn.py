@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
 from .backbone import PVTWithFPN, build_backbone
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Segmenter", "SemanticFPN", "SemanticFPNHead", "semantic_fpn"]
 

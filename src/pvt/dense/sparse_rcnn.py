@@ -33,10 +33,17 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import (MultiScaleRoIAlign, box_convert, clip_boxes_to_image, generalized_box_iou,
-                             generalized_box_iou_loss, roi_align, sigmoid_focal_loss)
+from torchvision.ops import (
+    MultiScaleRoIAlign,
+    box_convert,
+    clip_boxes_to_image,
+    generalized_box_iou,
+    generalized_box_iou_loss,
+    roi_align,
+    sigmoid_focal_loss,
+)
 
-from ..flops import mark_uncounted
+from ..base.marks import mark_uncounted
 from .backbone import PVTWithFPN, build_on_pvt, detector_transform
 from .inputs import check_images
 

@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..naming import unknown_name
-from ..variants import VARIANTS
+from ..base.naming import unknown_name
+from ..models.variants import VARIANTS
 from .paper import DenseFigures, paper_figures
 
 __all__ = ["Head", "HEADS", "DenseModelSpec", "DENSE_MODELS", "create_dense_model", "list_dense_models",

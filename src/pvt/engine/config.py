@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 import yaml
 
-from ..constants import INTERPOLATIONS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS, MAX_WORKERS
-from ..io import YAML_LIMITS, safe_yaml
+from ..base.constants import INTERPOLATIONS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS, MAX_WORKERS
+from ..base.io import YAML_LIMITS, safe_yaml
 
 __all__ = ["TrainConfig", "resolve_layers", "load_yaml", "parse_value"]
 
@@ -141,7 +141,7 @@ class TrainConfig:
         """Build from a (possibly partial) mapping, checking every key, type and range."""
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
-            from ..naming import close_matches
+            from ..base.naming import close_matches
 
             hints = []
             for k in unknown:

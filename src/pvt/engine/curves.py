@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write
+from ..base.io import atomic_write
 
 __all__ = ["plot_curves"]
 

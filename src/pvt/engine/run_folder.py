@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..checkpoint import read_metadata
-from ..io import atomic_write, open_log, refuse_link
+from ..base.io import atomic_write, open_log, refuse_link
+from ..weights.checkpoint import read_metadata
 from .config import TrainConfig, load_yaml
 
 __all__ = ["LOCK_FILE", "RESUME_MAY_CHANGE", "LogFile", "resume_config", "read_records", "run_lock", "saved_epoch"]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import atomic_save_torch, load_torch
+from ..base.io import atomic_save_torch, load_torch
 
 __all__ = ["rng_state", "set_rng_state", "save_state", "load_state", "missing_keys", "STATE_VERSION", "STATE_KEYS"]
 
@@ -45,7 +45,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (see :func:`pvt.io.atomic_save_torch`)."""
+    """Atomically write ``state`` (see :func:`pvt.base.io.atomic_save_torch`)."""
     atomic_save_torch(dict(state, version=STATE_VERSION), path)
 
 

@@ -19,7 +19,7 @@ registered in :mod:`pvt.tasks`, which builds the task and hands it to the engine
         metrics = task.evaluate(model_or_ema, val_loader, device)   # unwrapped model; on rank 0, or per
                                                                     # process + merge_parts (distributed_eval)
         metrics |= task.end_epoch()                                 # e.g. {"skipped_images": 2}
-    weights saved with ``pvt.checkpoint.save_model(model, path, variant=cfg.model, extra=task.checkpoint_extra() | ...)``
+    weights saved with ``pvt.weights.checkpoint.save_model(model, path, variant=cfg.model, extra=task.checkpoint_extra() | ...)``
 
 A trained model (``pvt eval`` / ``pvt predict``, ``pvt.evaluate`` / ``pvt.predict``) comes back the same way
 for every task: ``task = TaskClass.from_checkpoint(metadata)`` (the recorded TrainConfig and

@@ -45,18 +45,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, SequentialSampler
 
-from ..checkpoint import read_own_format, save_model
-from ..io import TMP_SUFFIX, atomic_write, remove_temporaries
+from ..base.io import TMP_SUFFIX, atomic_write, remove_temporaries
+from ..weights.checkpoint import read_own_format, save_model
 from .config import TrainConfig, load_yaml
 from .curves import plot_curves
-from .divergence import TrainingDiverged, finite_batch, non_finite
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
-from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
+from .divergence import TrainingDiverged, finite_batch, non_finite
 from .run_folder import LOCK_FILE, RESUME_MAY_CHANGE, LogFile, read_records, resume_config, run_lock, saved_epoch
-from .tracking import Trackers, check_trackers
+from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
 from .signals import Interrupted, StopSignals, stop_signals
 from .state import load_state, missing_keys, rng_state, save_state, set_rng_state
 from .task import Task
+from .tracking import Trackers, check_trackers
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "RESUME_MAY_CHANGE", "param_groups", "amp_dtype"]
 

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import read_own_format, resolve_checkpoint
+from ..base.naming import unknown_name
 from ..dense import get_dense_spec
 from ..engine.config import TrainConfig, resolve_layers
 from ..engine.distributed import resolve_device
 from ..engine.task import Task
-from ..naming import unknown_name
-from ..variants import VARIANTS
+from ..models.variants import VARIANTS
+from ..weights.checkpoint import read_own_format, resolve_checkpoint
 
 __all__ = ["TASKS", "list_tasks", "get_task", "create_task", "resolve_config", "Trained", "load_trained",
            "calibration_batch"]

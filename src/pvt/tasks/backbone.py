@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..engine.config import TrainConfig
-from ..model import PyramidVisionTransformer
+from ..models.model import PyramidVisionTransformer
 
 __all__ = ["apply_backbone_options"]
 

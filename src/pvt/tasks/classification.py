@@ -15,13 +15,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..accel import accelerate
-from ..checkpoint import build_pvt, read_metadata
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..data import (ImageFolderDataset, collate_skipping, digits_folder, eval_transform, load_rgb,
-                    readable_images, train_transform)
+from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..data import (
+    ImageFolderDataset,
+    collate_skipping,
+    digits_folder,
+    eval_transform,
+    load_rgb,
+    readable_images,
+    train_transform,
+)
 from ..data.shards import ShardDataset, is_shard_folder
 from ..engine.task import Task
-from ..variants import get_variant
+from ..models.variants import get_variant
+from ..weights.checkpoint import build_pvt, read_metadata
 from .backbone import apply_backbone_options
 from .visualize import as_viewable, draw_confusion, draw_image_grid, draw_topk, drawing_names, save_drawing
 
@@ -59,7 +66,7 @@ def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...]) -> list[i
 def build_classifier(model_name: str, num_classes: int, *, img_size: int, drop_path: float, drop: float,
                      pretrained: str | None = None) -> nn.Module:
     """A PVT variant with ``num_classes`` outputs; from ``pretrained`` weights (new head) when given."""
-    from ..registry import create_model
+    from ..models.registry import create_model
 
     if pretrained is None:
         return create_model(model_name, num_classes=num_classes, drop_path_rate=drop_path, drop_rate=drop,
@@ -144,7 +151,7 @@ class ClassificationTask(Task):
         largest kept block (so a step touches no new memory pages); whole batches on GPUs."""
         from ..accel.cpu import piece_size
         from ..accel.runtime import MMAP_THRESHOLD
-        from ..model import PyramidVisionTransformer
+        from ..models.model import PyramidVisionTransformer
 
         if device.type != "cpu" or not isinstance(model, PyramidVisionTransformer):
             return 0
@@ -312,7 +319,7 @@ class ClassificationTask(Task):
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
         """The class names and evaluation input a checkpoint records (their types and ranges were checked
-        when the file was read: :func:`pvt.checkpoint.check_metadata`); a ValueError without class names."""
+        when the file was read: :func:`pvt.weights.checkpoint.check_metadata`); a ValueError without class names."""
         names = extra.get("class_names")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise ValueError("its class_names are not a list of names")

@@ -9,11 +9,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 from torch import Tensor
 
-from ..constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE
+from ..base.constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE
+from ..base.naming import unknown_name
 from ..dense import DENSE_MODELS, HEADS, DenseModelSpec, get_dense_spec
 from ..engine.task import Task
-from ..naming import unknown_name
-from ..variants import VARIANTS
+from ..models.variants import VARIANTS
 
 __all__ = ["DENSE_COMMON", "SHAPES_NUM_TRAIN", "SHAPES_NUM_VAL", "DenseTask", "resolve_dense_model", "shapes_root",
            "check_options", "check_size_options", "SIZE_OPTIONS", "dense_drop_path"]

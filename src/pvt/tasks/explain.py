@@ -1,6 +1,6 @@
 """Attention pictures of a trained model of any task, for an image file: the input exactly as the model's
 PVT received it (captured during the task's own prediction), each stage's attention over its reduced key
-map and the rollout, drawn over that input (see :mod:`pvt.attention` and docs/attention.md)."""
+map and the rollout, drawn over that input (see :mod:`pvt.models.attention` and docs/attention.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
-from ..attention import AttentionMaps, attention_maps, find_pvt
+from ..models.attention import AttentionMaps, attention_maps, find_pvt
 from .visualize import as_viewable, heat_overlay
 
 __all__ = ["AttentionPictures", "backbone_input", "attention_pictures", "parse_query"]

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

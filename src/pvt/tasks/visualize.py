@@ -129,7 +129,7 @@ def drawing_names(images: Sequence[str | Path]) -> list[str]:
 
 def save_drawing(drawing: Image.Image, out_dir: str | Path, name: str) -> str:
     """Write ``drawing`` atomically as ``<out_dir>/<name>`` (see :func:`drawing_names`); returns the path."""
-    from ..io import atomic_write
+    from ..base.io import atomic_write
 
     target = Path(out_dir) / name
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,13 @@ model in any of them.
   :func:`load_checkpoint` take a file, a folder or ``hf-hub:<repo id>``.
 * :func:`export_weights` (:mod:`pvt.weights.writing`, what ``pvt convert --to`` calls) writes a model in
   this library's, HF transformers', timm's, the official or OpenMMLab's layout;
-  :mod:`pvt.weights.publish` is the folder and model card ``pvt push`` uploads.
+  :mod:`pvt.tools.publish` is the folder and model card ``pvt push`` uploads.
 * :func:`load_into` (:mod:`pvt.weights.hf_models`) loads a checkpoint into the PVT inside any HF
   transformers model (a classifier, a detector's ``PvtV2Backbone``).
 * :mod:`pvt.weights.keys`: pure state-dict conversions between this library's names and the
   official (whai362/PVT), timm, HF transformers and OpenMMLab names: one rule table per format, applied
   both ways by one engine (:func:`to_pvt`, :func:`from_pvt`), so no direction is written twice.
-* :mod:`pvt.weights.hf_config`: HF ``config.json`` fields and :class:`~pvt.config.PVTConfig`, both ways.
+* :mod:`pvt.weights.hf_config`: HF ``config.json`` fields and :class:`~pvt.models.config.PVTConfig`, both ways.
 * :mod:`pvt.weights.files`: reading files, containers and folders safely (nothing is executed).
 * :mod:`pvt.weights.shapes`: which registered variant a state dict's shapes describe.
 """

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import PVTConfig
-from ..checkpoint import check_file_limits, is_safetensors, read_own_format
-from ..io import read_json
+from ..base.io import read_json
+from ..models.config import PVTConfig
+from .checkpoint import check_file_limits, is_safetensors, read_own_format
 from .hf_config import hf_config_to_pvt
 from .keys import FORMATS, StateDict, detect_key_format, split_backbone, strip_wrappers, to_pvt
 
@@ -68,7 +68,7 @@ class Checkpoint:
 # --------------------------------------------------------------------------- single files
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with one-line errors that name the file."""
-    from ..io import load_torch
+    from ..base.io import load_torch
 
     with open(path, "rb") as f:
         magic = f.read(2)

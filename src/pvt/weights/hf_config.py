@@ -1,5 +1,5 @@
 """HF transformers' model configs (``config.json`` of ``PvtV2*`` and ``Pvt*`` models) and this library's
-:class:`~pvt.config.PVTConfig`, both ways.
+:class:`~pvt.models.config.PVTConfig`, both ways.
 
 HF uses one ``layer_norm_eps`` (1e-6) for every LayerNorm; the official code and timm use 1e-5 in the
 patch-embedding and spatial-reduction norms. Reading takes HF's eps into both eps fields, so a model built
@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..constants import FILE_LIMITS
-from ..config import PVTConfig
+from ..base.constants import FILE_LIMITS
+from ..models.config import PVTConfig
 
 __all__ = ["hf_config_to_pvt", "pvt_to_hf_config", "hf_model_type", "config_field"]
 
@@ -94,7 +94,7 @@ def config_field(cfg: dict[str, Any], key: str, default: Any, source: str, kind:
 def hf_config_to_pvt(cfg: dict[str, Any], source: str = "config.json") -> PVTConfig:
     """An HF transformers ``config.json`` (``model_type`` ``pvt_v2`` or ``pvt``) as a :class:`PVTConfig`.
     Every field is checked for its type, finiteness and range first (a ValueError naming ``source`` and the
-    field); the limits on sizes are :data:`pvt.constants.FILE_LIMITS`.
+    field); the limits on sizes are :data:`pvt.base.constants.FILE_LIMITS`.
 
     HF uses ``layer_norm_eps`` (1e-6) in every LayerNorm, so both eps fields take it.
     """

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ..model import PyramidVisionTransformer
+from ..models.model import PyramidVisionTransformer
 from .files import Checkpoint
 from .hf_config import hf_model_type
 from .keys import from_pvt

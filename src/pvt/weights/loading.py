@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import PVTConfig
-from ..hub import resolve_source
-from ..model import PyramidVisionTransformer
-from ..variants import Variant, get_variant
+from ..models.config import PVTConfig
+from ..models.model import PyramidVisionTransformer
+from ..models.variants import Variant, get_variant
 from .files import Checkpoint, read_checkpoint
+from .hub import resolve_source
 from .keys import LAYOUTS, StateDict
 from .shapes import describe_architecture, infer_architecture, matching_variants
 
@@ -218,7 +218,7 @@ def _check_heads(ckpt: Checkpoint, cfg: PVTConfig, target: str) -> None:
 
 def infer_variant(ckpt: Checkpoint) -> str:
     """The registered variant a checkpoint holds: the name it records, else the one its shapes fit."""
-    from ..variants import VARIANTS
+    from ..models.variants import VARIANTS
 
     if ckpt.variant in VARIANTS:
         return ckpt.variant  # type: ignore[return-value]

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import Tensor
 
-from ..config import PVTConfig
-from ..variants import VARIANTS
+from ..models.config import PVTConfig
+from ..models.variants import VARIANTS
 
 __all__ = ["ARCH_FIELDS", "infer_architecture", "matching_variants", "describe_architecture"]
 

@@ -36,12 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..checkpoint import save_model
-from ..config import PVTConfig
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..io import TMP_SUFFIX, atomic_folder, atomic_save_torch, atomic_via, atomic_write, check_apart, read_json
-from ..model import PyramidVisionTransformer
-from ..variants import VARIANTS
+from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..base.io import TMP_SUFFIX, atomic_folder, atomic_save_torch, atomic_via, atomic_write, check_apart, read_json
+from ..models.config import PVTConfig
+from ..models.model import PyramidVisionTransformer
+from ..models.variants import VARIANTS
+from .checkpoint import save_model
 from .hf_config import hf_model_type, pvt_to_hf_config
 from .keys import StateDict, from_pvt
 
@@ -418,7 +418,7 @@ holds anything else is not replaced (it is the user's, not an export)."""
 
 
 def is_folder_output(fmt: str, dst: Path) -> bool:
-    """Whether ``fmt`` at ``dst`` is a folder, written (and replaced) as a whole (:func:`pvt.io.atomic_folder`)."""
+    """Whether ``fmt`` at ``dst`` is a folder, written (and replaced) as a whole (:func:`pvt.base.io.atomic_folder`)."""
     return fmt == "hf" or (fmt == "timm" and dst.suffix != ".safetensors")
 
 

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 import pvt
-from pvt.checkpoint import save_model
 from pvt.cli import main as cli_main
-from pvt.weights.publish import prepare_push
+from pvt.tools.publish import prepare_push
+from pvt.weights.checkpoint import save_model
 
 CONFIG = {"task": "classification", "model": "pvt_v2_b0", "data": "stripes/", "epochs": 2, "batch_size": 8,
           "lr": 0.001, "img_size": 64, "grad_checkpointing": True}
@@ -139,7 +139,7 @@ def test_push_uploads_the_folder(run, tmp_path, monkeypatch, capsys):
     """Without --dry-run: the repository is created and the same folder is uploaded in one commit."""
     import huggingface_hub
 
-    import pvt.hub
+    import pvt.weights.hub
 
     calls = {}
 
@@ -155,7 +155,7 @@ def test_push_uploads_the_folder(run, tmp_path, monkeypatch, capsys):
             return type("Info", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    monkeypatch.setattr(pvt.hub, "_endpoint_reachable", lambda endpoint, timeout=3.0: True)
+    monkeypatch.setattr(pvt.weights.hub, "_endpoint_reachable", lambda endpoint, timeout=3.0: True)
     folder, _ = run
     assert cli_main(["push", str(folder), "--repo-id", "me/b0", "--private", "--token", "t0k"]) == 0
     assert calls == {"token": "t0k", "create": ("me/b0", True, True),

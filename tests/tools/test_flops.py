@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import pvt
-from pvt.flops import (
+from pvt.models.variants import VARIANTS
+from pvt.tools.flops import (
     ATTENTION,
     attention_macs,
     complexity_curve,
@@ -18,7 +19,6 @@ from pvt.flops import (
     paper_convention_gflops,
     variant_flops,
 )
-from pvt.variants import VARIANTS
 
 
 # ------------------------------------------------------------------------------ Table 2
@@ -55,7 +55,7 @@ def test_v1_rows_need_the_attention_products():
 
 
 def test_params_are_the_models_own_count():
-    # the official counts themselves are asserted in tests/test_model.py
+    # the official counts themselves are asserted in tests/models/test_model.py
     for name in VARIANTS:
         with torch.device("meta"):
             model = pvt.create_model(name)
@@ -206,7 +206,7 @@ def test_bad_input():
 
 # ------------------------------------------------------------------------------ modules the paper's counter missed
 def test_marked_modules_are_left_out():
-    from pvt.flops import mark_uncounted
+    from pvt.tools.flops import mark_uncounted
 
     block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
     model = nn.Sequential(block, nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)))

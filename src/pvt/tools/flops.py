@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..base.marks import UNCOUNTED, mark_uncounted
+
 __all__ = [
     "ATTENTION",
     "FIGURE4_MODELS",
@@ -111,17 +113,6 @@ class FlopReport:
         }
 
 
-UNCOUNTED = "flops_uncounted"
-"""Attribute :func:`mark_uncounted` sets on a module: why the paper's counter did not count it."""
-
-
-def mark_uncounted(module: nn.Module, reason: str) -> nn.Module:
-    """Mark ``module`` (and everything under it) as not counted by the paper's FLOP counter, saying
-    ``reason`` (e.g. ``"SyncBN: mmcv 1.3 has no rule"``). Returns ``module``."""
-    setattr(module, UNCOUNTED, str(reason))
-    return module
-
-
 # ----------------------------------------------------------------------------- per-module rules
 # Each rule maps (module, inputs, output) to module FLOPs, or to (module FLOPs, attention FLOPs).
 
@@ -187,7 +178,7 @@ _RELUS = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU)
 
 
 def _rules(gelu: bool) -> list[tuple[type | tuple[type, ...], _Rule]]:
-    from .layers import SpatialReductionAttention
+    from ..layers import SpatialReductionAttention
 
     return [
         (nn.modules.conv._ConvTransposeNd, _conv_transpose),
@@ -409,7 +400,7 @@ def variant_flops(name: str, input_size: int | Sequence[int] = 224, *, attention
 
 @functools.lru_cache(maxsize=64)
 def _variant_report(name: str, size: tuple[int, int]) -> FlopReport:
-    from .registry import create_model
+    from ..models.registry import create_model
 
     with torch.device("meta"):
         model = create_model(name)
@@ -456,8 +447,8 @@ def reference_model(name: str, input_size: int = 224) -> nn.Module:
             return torchvision.models.VisionTransformer(
                 image_size=side, patch_size=patch, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536
             )
-        from .registry import create_model
-        from .variants import VARIANTS
+        from ..models.registry import create_model
+        from ..models.variants import VARIANTS
 
         if name in VARIANTS:
             return create_model(name)

@@ -1,6 +1,6 @@
 """Publishing a model on the HF hub (``pvt push``): the folder that is uploaded, written by
 :func:`prepare_push` (the weights in HF transformers' or timm's layout, and a model card), and the
-upload itself (:func:`pvt.hub.upload`).
+upload itself (:func:`pvt.weights.hub.upload`).
 
 The source is a run folder of ``pvt train`` (its ``best.safetensors``, else ``last.safetensors``, with its
 ``metrics.jsonl`` and ``config.yaml``) or any checkpoint file this library reads. The model card says what
@@ -17,14 +17,14 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint import resolve_checkpoint
-from ..hub import check_repo_id
-from ..io import atomic_folder, atomic_write, safe_yaml
-from ..model import PyramidVisionTransformer
-from ..variants import VARIANTS
-from .files import Checkpoint, read_checkpoint
-from .loading import create_pretrained
-from .writing import Preprocessing, check_replaceable, export_weights, source_labels
+from ..base.io import atomic_folder, atomic_write, safe_yaml
+from ..models.model import PyramidVisionTransformer
+from ..models.variants import VARIANTS
+from ..weights.checkpoint import resolve_checkpoint
+from ..weights.files import Checkpoint, read_checkpoint
+from ..weights.hub import check_repo_id
+from ..weights.loading import create_pretrained
+from ..weights.writing import Preprocessing, check_replaceable, export_weights, source_labels
 
 __all__ = ["PUSH_FORMATS", "PushFolder", "prepare_push", "model_card"]
 

@@ -1,7 +1,7 @@
 """This library's checkpoints: one ``.safetensors`` file whose metadata describes the model, written
 and read in one place; and which file of a run folder to read.
 
-Metadata keys: ``format`` (``"pvt"``), ``variant``, ``config`` (the :class:`~pvt.config.PVTConfig` as
+Metadata keys: ``format`` (``"pvt"``), ``variant``, ``config`` (the :class:`~pvt.models.config.PVTConfig` as
 JSON), and whatever a trainer adds (``task``, ``class_names``, ``train_config``, ``epoch``, ...), each as JSON.
 
 A file is checked before anything is built from it: shapes first, build second. Its config must stay within
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from .config import PVTConfig
-from .constants import FILE_LIMITS, INTERPOLATIONS, MAX_IMG_SIZE
-from .io import atomic_via
-from .model import PyramidVisionTransformer
+from ..base.constants import FILE_LIMITS, INTERPOLATIONS, MAX_IMG_SIZE
+from ..base.io import atomic_via
+from ..models.config import PVTConfig
+from ..models.model import PyramidVisionTransformer
 
 __all__ = ["OWN_FORMAT", "FILE_LIMITS", "save_model", "is_safetensors", "read_metadata", "read_header",
            "read_own_format", "check_metadata", "check_file_limits", "check_file_config", "build_pvt", "load_pvt",
@@ -139,11 +139,11 @@ def check_metadata(meta: dict[str, Any], source: str | Path) -> None:
             check_file_limits(_file_config(meta, source), source)
     name = meta.get("variant")
     if name is not None:
-        from .variants import VARIANTS
+        from ..models.variants import VARIANTS
 
         if name not in VARIANTS:
-            from .dense.zoo import DENSE_MODELS, get_dense_spec
-            from .naming import unknown_name
+            from ..base.naming import unknown_name
+            from ..dense.zoo import DENSE_MODELS, get_dense_spec
 
             try:
                 get_dense_spec(name)

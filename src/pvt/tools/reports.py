@@ -2,7 +2,7 @@
 (Tables 3 and 5), one model's description, and the GFLOPs-against-input-size curves of Figure 4.
 
 Every figure is counted on the built model (parameters, FLOPs, stage maps) or read from the paper's
-records (:data:`pvt.variants.VARIANTS`, :mod:`pvt.dense`); nothing is typed in here. Models are built on
+records (:data:`pvt.models.variants.VARIANTS`, :mod:`pvt.dense`); nothing is typed in here. Models are built on
 the ``meta`` device, so no weights are allocated. The functions return rows, dicts and strings; the
 ``pvt models``, ``pvt info`` and ``pvt complexity`` commands only parse their arguments and print these.
 """
@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..base.io import atomic_via, atomic_write
+from ..base.naming import unknown_name
+from ..models.registry import create_model, list_models
+from ..models.variants import VARIANTS
 from .flops import FIGURE4_MODELS, FIGURE4_SIZES, FlopReport, complexity_curve, count_flops, variant_flops
-from .io import atomic_via, atomic_write
-from .naming import unknown_name
-from .registry import create_model, list_models
-from .variants import VARIANTS
 
 __all__ = [
     "model_rows",
@@ -79,7 +79,7 @@ def model_rows(pattern: str = "*") -> list[dict[str, Any]]:
 def dense_rows(pattern: str = "*") -> list[dict[str, Any]]:
     """One dict per dense-prediction model of :mod:`pvt.dense` matching ``pattern``: the fields of
     :func:`dense_info` that the table shows, at each model's default input size."""
-    from .dense import list_dense_models
+    from ..dense import list_dense_models
 
     keep = ("name", "head", "backbone", "input_size", "params", "gflops", "gflops_modules_only", "paper")
     rows = []
@@ -184,7 +184,7 @@ def info_dict(name: str, input_size: tuple[int, int] | None = None) -> dict[str,
     defaults to 224x224 for variants and to the paper's test size for dense models."""
     if name in VARIANTS:
         return variant_info(name, input_size or (224, 224))
-    from .dense import list_dense_models
+    from ..dense import list_dense_models
 
     dense = list_dense_models()
     if name in dense:
@@ -245,7 +245,7 @@ def dense_info(name: str, input_size: tuple[int, int] | None = None) -> dict[str
     (default: the head's paper size, 512x512 for Semantic FPN and 800x1280 for the detectors), by part,
     and the paper's figures. Detectors are counted through ``forward_dummy`` (heads without box
     decoding), as the papers count them (:class:`pvt.dense.Head`)."""
-    from .dense import create_dense_model, get_dense_spec
+    from ..dense import create_dense_model, get_dense_spec
 
     spec = get_dense_spec(name)
     size = input_size or spec.flops_input
@@ -312,8 +312,8 @@ def _check_complexity_args(models: list[str], sizes: list[int]) -> None:
 
 def complexity_rows(models: list[str] | None = None, sizes: list[int] | None = None) -> list[dict[str, Any]]:
     """Long-format rows (model, label, input_size, gflops, attention_gflops, params) of Figure 4:
-    each of ``models`` (default: the figure's, :data:`pvt.flops.FIGURE4_MODELS`; any PVT variant name
-    also works) at each square side in ``sizes`` (default :data:`pvt.flops.FIGURE4_SIZES`)."""
+    each of ``models`` (default: the figure's, :data:`pvt.tools.flops.FIGURE4_MODELS`; any PVT variant name
+    also works) at each square side in ``sizes`` (default :data:`pvt.tools.flops.FIGURE4_SIZES`)."""
     models, sizes = list(models or FIGURE4_MODELS), list(sizes or FIGURE4_SIZES)
     _check_complexity_args(models, sizes)
     rows = []

@@ -1,4 +1,4 @@
-"""Attention maps (pvt.attention): each block's weights equal softmax(QK^T / sqrt(d)) over the reduced keys
+"""Attention maps (pvt.models.attention): each block's weights equal softmax(QK^T / sqrt(d)) over the reduced keys
 computed here by hand from the block's parameters, for v1 (SRA, class token), v2 (SRA) and v2-Li (pooled
 7x7 keys); acceleration does not change them; the rollout is a distribution over the stage-1 map."""
 
@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 import pvt
 from pvt.accel import accelerate
-from pvt.attention import attention_maps
-from pvt.model import PyramidVisionTransformer
-from pvt.variants import get_variant
+from pvt.models.attention import attention_maps
+from pvt.models.model import PyramidVisionTransformer
+from pvt.models.variants import get_variant
 
 TINY = dict(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 2), mlp_ratios=(2, 2, 2, 2),
             num_classes=3, img_size=64)

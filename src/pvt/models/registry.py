@@ -45,21 +45,21 @@ def create_model(
             format, detected) or ``"hf-hub:<repo id>"``.
         in_chans: input channels.
         drop_path_rate: stochastic depth; default 0 (the official training rate is in
-            ``pvt.variants.VARIANTS[name].drop_path_rate``).
+            ``pvt.models.variants.VARIANTS[name].drop_path_rate``).
         accelerate: give the model the faster inference paths of :func:`pvt.accel.accelerate` (same
             parameters and results); ``False``: the plain model.
-        features_only: a :class:`~pvt.features.PVTFeatures`: no head, ``model(x)`` gives the maps of
+        features_only: a :class:`~pvt.models.features.PVTFeatures`: no head, ``model(x)`` gives the maps of
             the stages ``out_indices`` selects (default all four; an int ``n``: the last ``n``; negative
             indices count from the end), ``feature_info`` describes them.
         grad_checkpointing: recompute each block in the backward pass (less memory, same gradients;
-            :meth:`~pvt.model.PyramidVisionTransformer.set_grad_checkpointing`).
+            :meth:`~pvt.models.model.PyramidVisionTransformer.set_grad_checkpointing`).
         frozen_stages: -1 none; 0 the first patch embedding; ``n`` the first ``n`` stages: no
             gradients, eval mode while training (mmdetection's ``frozen_stages``).
         norm_eval: keep BatchNorm layers in eval mode while training (mmdetection's ``norm_eval``;
             PVT's own norms are LayerNorms, which it leaves alone).
         global_pool: what the head pools with (timm's): ``"avg"``, ``"token"`` (class-token models), or
             ``""`` (none: with ``num_classes=0``, ``model(x)`` is the unpooled ``forward_features``).
-        **config_overrides: any :class:`~pvt.config.PVTConfig` field, e.g. ``linear_sra=True``.
+        **config_overrides: any :class:`~pvt.models.config.PVTConfig` field, e.g. ``linear_sra=True``.
     """
     variant = get_variant(name)
     if out_indices is not None and not features_only:
@@ -72,7 +72,7 @@ def create_model(
     if drop_path_rate is not None:
         overrides["drop_path_rate"] = drop_path_rate
     if pretrained is not None:
-        from .weights import create_pretrained
+        from ..weights import create_pretrained
 
         model = create_pretrained(variant, pretrained, num_classes=num_classes, overrides=overrides)
     else:
@@ -89,7 +89,7 @@ def create_model(
 
         model = PVTFeatures(model, out_indices)
     if accelerate:
-        from .accel import accelerate as accelerate_model
+        from ..accel import accelerate as accelerate_model
 
         accelerate_model(model)
     return model

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_pvt, read_metadata
-from .io import atomic_via, atomic_write
-from .model import PyramidVisionTransformer
+from ..base.io import atomic_via, atomic_write
+from ..models.model import PyramidVisionTransformer
+from ..weights.checkpoint import load_pvt, read_metadata
 
 __all__ = ["FORMATS", "ONNX_OPSETS", "check_onnx_export", "require_onnx", "load_model", "export_model",
            "quantize_onnx", "export_min_size", "default_suffix", "run_exported", "check_export"]
@@ -60,7 +60,7 @@ def load_model(source: str, *, num_classes: int | None = None, model: str | None
     Checkpoints in this library's own format rebuild the exact config they record; other formats
     (official, timm, HF) go through :func:`pvt.create_model` with the variant ``model`` names, or
     the one the checkpoint's shapes identify."""
-    from .registry import create_model, list_models
+    from ..models.registry import create_model, list_models
 
     path = Path(source)
     if source in list_models():
@@ -72,7 +72,7 @@ def load_model(source: str, *, num_classes: int | None = None, model: str | None
     meta = read_metadata(path) if path.is_file() else None
     if meta is not None and model is None and "config" in meta and num_classes is None:
         return load_pvt(path)[0]
-    from .weights import create_pretrained
+    from ..weights import create_pretrained
 
     return create_pretrained(model, path, num_classes=num_classes)
 
@@ -187,7 +187,13 @@ def quantize_onnx(src: str | Path, out: str | Path, calibration: Tensor | None =
     int8 weights per output channel), the form OpenVINO and ONNX Runtime fuse into int8 kernels.
     The file keeps the input ``input``, the output ``logits`` and the dynamic batch / height / width."""
     try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
     except ImportError as e:  # pragma: no cover - in the test extra
         raise ValueError("int8 ONNX export needs the onnxruntime package (pip install onnxruntime)") from e
     src, out = Path(src), Path(out)

@@ -1,5 +1,5 @@
 """PVT as a backbone in other people's models: ``create_model(name, features_only=True, out_indices=...)``
-(:class:`pvt.features.PVTFeatures`) and ``forward_intermediates``."""
+(:class:`pvt.models.features.PVTFeatures`) and ``forward_intermediates``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import pvt
-from pvt.checkpoint import save_model
-from pvt.features import PVTFeatures
-from pvt.model import stage_indices
+from pvt.models.features import PVTFeatures
+from pvt.models.model import stage_indices
+from pvt.weights.checkpoint import save_model
 
 SIZES = [(67, 45), (97, 131), (64, 64)]
 

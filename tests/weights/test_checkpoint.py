@@ -4,7 +4,7 @@ values that do not fit (too few class names, JSON nested too deeply) is refused 
 it, on one line, before anything is built: shapes first, build second. Issue 18 adds the values nobody bounded
 (an 8192-pixel evaluation input, a NaN LayerNorm eps, a std of 1e-30, a mean that is a word, a NaN size or
 crop, an unknown model name): every reader refuses them through one check of the metadata
-(``pvt.checkpoint.check_metadata``), naming the file and the field. Run under a memory limit, so a reader
+(``pvt.weights.checkpoint.check_metadata``), naming the file and the field. Run under a memory limit, so a reader
 that builds first fails this test instead of the machine."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pvt.checkpoint import check_file_config, read_own_format, save_model
-from pvt.config import PVTConfig
-from pvt.model import PyramidVisionTransformer
+from pvt.models.config import PVTConfig
+from pvt.models.model import PyramidVisionTransformer
+from pvt.weights.checkpoint import check_file_config, read_own_format, save_model
 
 SMALL = PVTConfig(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2), mlp_ratios=(2, 2, 2, 2),
                   num_classes=3, img_size=32)
@@ -78,7 +78,7 @@ def files(tmp_path_factory, make_stripes, trained_checkpoint):
 
 SCRIPT = r"""
 import contextlib, io, json, resource, sys
-import pvt.tasks.classification, pvt.weights, pvt.export  # imported before the limit is set
+import pvt.tasks.classification, pvt.weights, pvt.tools.export  # imported before the limit is set
 from pvt.cli import main
 
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
@@ -129,7 +129,7 @@ def test_every_command_refuses_every_crafted_file_on_one_line_under_a_memory_lim
 
 
 def test_every_registered_variant_passes_the_file_checks():
-    from pvt.variants import VARIANTS
+    from pvt.models.variants import VARIANTS
 
     for v in VARIANTS.values():
         with torch.device("meta"):

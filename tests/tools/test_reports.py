@@ -1,4 +1,4 @@
-"""pvt.reports: the variant and dense-prediction tables, one model's description, Figure 4."""
+"""pvt.tools.reports: the variant and dense-prediction tables, one model's description, Figure 4."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import pvt
-from pvt import reports
-from pvt.variants import VARIANTS
+from pvt.models.variants import VARIANTS
+from pvt.tools import reports
 
 
 def _meta_count(name: str, **kwargs) -> int:
@@ -157,11 +157,11 @@ def test_plain_import_and_the_cli_parser_leave_the_tools_unloaded():
     # `import pvt` stays light, and `pvt --help` builds the parser without the commands' libraries
     code = (
         "import sys, pvt\n"
-        "print(*[m for m in ('pvt.bench', 'pvt.reports', 'pvt.dense', 'pvt.data', 'pvt.tasks', 'pvt.engine') "
+        "print(*[m for m in ('pvt.bench', 'pvt.tools.reports', 'pvt.dense', 'pvt.data', 'pvt.tasks', 'pvt.engine') "
         "if m in sys.modules])\n"
         "from pvt.cli import build_parser\n"
         "build_parser()\n"
-        "print(*[m for m in ('pvt.bench', 'pvt.reports') if m in sys.modules])\n"
+        "print(*[m for m in ('pvt.bench', 'pvt.tools.reports') if m in sys.modules])\n"
     )
     src = str(Path(pvt.__file__).parents[1])  # this checkout's package, not an installed one
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))

@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from ..base.constants import EVAL_CROP_PCT, EVAL_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
+from ..base.tracing import is_tracing
+from ..layers import Block, PatchEmbed, as_map
 from .config import PVTConfig
-from .constants import EVAL_CROP_PCT, EVAL_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
-from .layers import Block, PatchEmbed, as_map
-from .tracing import is_tracing
 
 __all__ = ["PyramidVisionTransformer", "PVTStage", "FeatureInfo", "stage_indices"]
 

@@ -1,4 +1,4 @@
-"""pvt.cores: the cores a process may use (affinity capped by a cgroup v1 / v2 CPU quota) and the settings
+"""pvt.base.cores: the cores a process may use (affinity capped by a cgroup v1 / v2 CPU quota) and the settings
 the ``pvt`` command makes before torch loads (threads, passive OpenMP waiting), the user's choices kept."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pvt import cores
+from pvt.base import cores
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _write(path: Path, text: str) -> None:
@@ -56,7 +56,7 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_set_before_torch_loads_and_the_users_choice_kept():
-    code = ("from pvt.cores import use_available_cores, available_cores; print(use_available_cores()); "
+    code = ("from pvt.base.cores import use_available_cores, available_cores; print(use_available_cores()); "
             "import torch; print(torch.get_num_threads(), available_cores())")
     out = _run(code)
     assert out.returncode == 0, out.stderr
@@ -65,7 +65,7 @@ def test_set_before_torch_loads_and_the_users_choice_kept():
     assert threads == available
     kept = _run(code, OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="1")
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in kept.stderr and kept.stdout.split()[-2] == "1"
-    late = _run("import torch; from pvt.cores import use_available_cores; print(use_available_cores(threads=1)); "
+    late = _run("import torch; from pvt.base.cores import use_available_cores; print(use_available_cores(threads=1)); "
                 "print(torch.get_num_threads())")
     assert "unchanged (torch was imported before" in late.stdout and late.stdout.split()[-1] == "1"
     with pytest.raises(ValueError, match="threads"):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import pvt
-from pvt.checkpoint import read_own_format, save_model
-from pvt.io import atomic_save_torch, atomic_write
+from pvt.base.io import atomic_save_torch, atomic_write
+from pvt.weights.checkpoint import read_own_format, save_model
 
 
 def test_atomic_write_leaves_old_file_on_failure_and_no_temp_files(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import pvt
-from pvt.features import PVTFeatures
+from pvt.models.features import PVTFeatures
 
 
 def _grad_owners(model: nn.Module, x: torch.Tensor) -> set[str]:

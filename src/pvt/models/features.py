@@ -22,7 +22,7 @@ class PVTFeatures(PyramidVisionTransformer):
     ``model(x)``: ``(B, C_in, H, W)`` -> ``[(B, C_i, H_i, W_i)]`` for the selected stages, in stage
     order (v2 maps are ceil-sized: an odd side gives ``ceil(H / 4)`` and so on). ``feature_info`` describes
     those maps only (timm's ``channels()``, ``reduction()``, ``module_name()``, ``get_dicts()``). ``out_indices``: see
-    :func:`pvt.model.stage_indices` (an int ``n``: the last ``n`` stages; negative indices from the end).
+    :func:`pvt.models.model.stage_indices` (an int ``n``: the last ``n`` stages; negative indices from the end).
 
     The stage modules are the given model's own (shared, not copied); stages after the last selected one
     are left out. Everything a :class:`PyramidVisionTransformer` offers for training works here too

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..base.naming import unknown_name
 from .config import PVTConfig
-from .naming import unknown_name
 
 __all__ = ["PaperFigures", "Variant", "VARIANTS", "get_variant"]
 

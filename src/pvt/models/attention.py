@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .layers import SpatialReductionAttention, as_tokens, map_part
+from ..layers import SpatialReductionAttention, as_tokens, map_part
 from .model import PyramidVisionTransformer
 
 __all__ = ["AttentionMaps", "attention_maps", "find_pvt"]

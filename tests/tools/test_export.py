@@ -5,9 +5,9 @@ import torch
 
 import pvt
 from pvt.cli import main
-from pvt.export import check_export, export_min_size, export_model, load_model, run_exported
-from pvt.checkpoint import save_model
-from pvt.variants import get_variant
+from pvt.models.variants import get_variant
+from pvt.tools.export import check_export, export_min_size, export_model, load_model, run_exported
+from pvt.weights.checkpoint import save_model
 
 TINY = dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), num_classes=5)
 
@@ -89,7 +89,7 @@ def test_int8_onnx_runs_in_onnxruntime_and_openvino(tmp_path, calibrated):
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from pvt.export import quantize_onnx
+    from pvt.tools.export import quantize_onnx
 
     model = tiny("pvt_v2_b0")
     src = export_model(model, "onnx", tmp_path / "m.onnx")
@@ -145,9 +145,9 @@ def test_sigterm_during_export_leaves_no_temporary_file(tmp_path):
     save_model(tiny("pvt_v2_b0"), tmp_path / "w.safetensors", variant="pvt_v2_b0")
     out = tmp_path / "out" / "w.pt"
     out.parent.mkdir()
-    code = ("import os, signal, sys, pvt.io; real = pvt.io._commit\n"
+    code = ("import os, signal, sys, pvt.base.io; real = pvt.base.io._commit\n"
             "def commit(tmp, path):\n    os.kill(os.getpid(), signal.SIGTERM)\n    real(tmp, path)\n"
-            "pvt.io._commit = commit\nfrom pvt.cli import main\nsys.exit(main(sys.argv[1:]))")
+            "pvt.base.io._commit = commit\nfrom pvt.cli import main\nsys.exit(main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", code, "export", str(tmp_path / "w.safetensors"), "--format",
                            "torchscript", "--out", str(out)], capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
