@@ -80,6 +80,26 @@ def test_no_weight_decay_on_norms_biases_embeddings():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+# counted by hand: v1-small, 16 blocks (13 with a reduction conv): decay 13*6 + 3*5 weights + 4 patch
+# projections + head = 98; no decay 13*12 + 3*9 block biases/norms + 4*3 patch + 4 pos_embed + cls_token +
+# norm 2 + head.bias = 203. v2-b0, 8 blocks (6 with a reduction conv, each with a depth-wise conv): decay
+# 6*7 + 2*6 + 4 + 1 = 59; no decay 6*13 + 2*10 + 4*3 patch + 4*2 stage norms + head.bias = 119.
+@pytest.mark.parametrize("name, n_decay, n_no_decay", [("pvt_v1_small", 98, 203), ("pvt_v2_b0", 59, 119)])
+def test_timms_groups_are_the_hand_written_rule(name, n_decay, n_no_decay):
+    """timm's param_groups_weight_decay (with the model's no_weight_decay()) splits the parameters exactly
+    as the rule written here before it: no decay for rank <= 1, ``.bias``, position embeddings, class token."""
+    model = pvt.create_model(name)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = (sorted(names[id(p)] for p in g["params"]) for g in param_groups(model, 0.05))
+    rule = sorted(n for n, p in model.named_parameters()
+                  if p.ndim <= 1 or n.endswith((".bias", "pos_embed", "cls_token")))
+    assert no_decay == rule and (len(decay), len(no_decay)) == (n_decay, n_no_decay)
+    assert sorted(decay + no_decay) == sorted(names.values())
+    # weight decay 0 keeps the two groups (one optimizer-state shape), both without decay
+    assert [len(g["params"]) for g in param_groups(model, 0.0)] == [n_decay, n_no_decay]
+    assert [g["weight_decay"] for g in param_groups(model, 0.0)] == [0.0, 0.0]
+
+
 def test_state_is_weights_only_and_restores_rng(tmp_path):
     random.seed(3)
     np.random.seed(3)

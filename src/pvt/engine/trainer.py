@@ -130,23 +130,29 @@ class _Run:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decay for weights of rank >= 2; none for biases, norms, embeddings/tokens
-    and anything the model lists in ``no_weight_decay()``. A model with ``lr_scales`` (``{name prefix: factor}``,
-    e.g. SegFormer's ``{"head.": 10.0}``) gets two more groups per prefix, with ``lr_scale`` (timm's key, which
-    the schedulers multiply every lr by)."""
+    """Two AdamW groups, decay then none: which parameters decay is timm's ``param_groups_weight_decay``
+    (not 1-D parameters such as norms, not biases, not the names in the model's ``no_weight_decay()``:
+    position embeddings and the class token). Both groups always exist, in this order, so a run's
+    optimizer state has one shape whatever the decay. A model with ``lr_scales`` (``{name prefix:
+    factor}``, e.g. SegFormer's ``{"head.": 10.0}``) gets two more groups per prefix, with ``lr_scale``
+    (timm's key, which the schedulers multiply every lr by)."""
+    from timm.optim import param_groups_weight_decay
+
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    # a non-zero decay only to tell timm's two groups apart (with 0 it returns one group)
+    decays = {id(p) for g in param_groups_weight_decay(model, 1.0, no_weight_decay_list=skip)
+              if g["weight_decay"] for p in g["params"]}
     scales: dict[str, float] = dict(getattr(model, "lr_scales", {}))
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        scale = next((f for prefix, f in scales.items() if name.startswith(prefix)), 1.0)
-        groups.setdefault((scale, p.ndim <= 1 or name.endswith(".bias") or name in skip), []).append(p)
-    out = [{"params": groups.get((1.0, False), []), "weight_decay": weight_decay},
-           {"params": groups.get((1.0, True), []), "weight_decay": 0.0}]
-    for (scale, no_decay), params in groups.items():
+        if p.requires_grad:
+            scale = next((f for prefix, f in scales.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault((scale, id(p) in decays), []).append(p)
+    out = [{"params": groups.get((1.0, True), []), "weight_decay": weight_decay},
+           {"params": groups.get((1.0, False), []), "weight_decay": 0.0}]
+    for (scale, decay), params in groups.items():
         if scale != 1.0:
-            out.append({"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale})
+            out.append({"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale})
     return out
 
 
