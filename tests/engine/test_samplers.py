@@ -39,12 +39,38 @@ def test_seed_0_reads_exactly_the_official_sampler(n, world):
             assert len(s) == len(ref) == n // 256 * 256 // world  # the epoch length: the data's, cut to 256s
 
 
+def test_which_indices_each_of_two_ranks_reads():
+    """Shuffle off, 10 images, 2 processes: [0,0,0,1,1,1,...,9,9,9] dealt alternately, each rank cut to
+    10 // 2 = 5; 300 images: the cut is 300 // 256 * 256 / 2 = 128 of each rank's 450."""
+    assert [list(RepeatedAugSampler(10, 2, r, shuffle=False)) for r in (0, 1)] == [[0, 0, 1, 2, 2], [0, 1, 1, 2, 3]]
+    for r in (0, 1):
+        s = RepeatedAugSampler(300, 2, r, shuffle=False)
+        assert list(s) == [k // 3 for k in range(r, 256, 2)] and len(s) == 128 and s.num_samples == 450
+    # 7 images over 2 ranks: 21 entries padded from the start to 22, rank 1's last entry is index 0 again
+    odd = RepeatedAugSampler(7, 2, 1, shuffle=False)
+    odd.num_selected_samples = odd.num_samples
+    assert list(odd) == [0, 1, 1, 2, 3, 3, 4, 5, 5, 6, 0]
+
+
+def test_timms_sampler_with_the_seed_added_to_the_epoch():
+    """Ours is timm's RepeatAugSampler, its epoch shifted by the seed (and the under-256 cut, n // world)."""
+    from timm.data.distributed_sampler import RepeatAugSampler
+
+    for r in (0, 1):
+        ours = RepeatedAugSampler(600, 2, r, seed=4)
+        ours.set_epoch(2)
+        timms = RepeatAugSampler(range(600), 2, r)
+        timms.set_epoch(6)
+        assert list(ours) == list(timms) and len(ours) == len(timms) == 256
+    assert (len(RepeatAugSampler(range(25), 2, 0)), len(RepeatedAugSampler(25, 2, 0))) == (13, 12)
+
+
 def test_two_ranks_see_each_image_three_times_spread_over_the_ranks():
     n, world = 1000, 2
     samplers = [RepeatedAugSampler(n, world, r, seed=3) for r in range(world)]
     for s in samplers:
         s.set_epoch(1)
-    lists = [s.indices() for s in samplers]
+    lists = [list(s) for s in samplers]
     seen = Counter(i for lst in lists for i in lst)
     assert sum(seen.values()) == 2 * (n // 256 * 256 // world) == 768  # as many reads as one pass over 768
     # the two lists together are the first 768 entries of the 3-fold list: 256 images, 3 copies each
@@ -53,11 +79,11 @@ def test_two_ranks_see_each_image_three_times_spread_over_the_ranks():
         assert {lst.count(i) for lst in lists} == {1, 2}
     # without the cut every image of the data set is read exactly 3 times
     full = RepeatedAugSampler(n, world, 0, seed=3)
-    full.num_selected = full.num_samples
+    full.num_selected_samples = full.num_samples
     other = RepeatedAugSampler(n, world, 1, seed=3)
-    other.num_selected = other.num_samples
+    other.num_selected_samples = other.num_samples
     full.set_epoch(1), other.set_epoch(1)
-    counts = Counter(full.indices() + other.indices())
+    counts = Counter(list(full) + list(other))
     assert set(counts) == set(range(n)) and set(counts.values()) == {3}
 
 

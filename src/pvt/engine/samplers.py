@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-import torch
+from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import Sampler
 
 __all__ = ["RepeatedAugSampler", "RankSlice", "samples_per_rank", "REPEATS"]
@@ -41,48 +41,31 @@ def samples_per_rank(n: int, world_size: int, repeated_aug: bool) -> int:
     return n // world_size
 
 
-class RepeatedAugSampler(Sampler[int]):
-    """DeiT's ``RASampler``: each index ``repeats`` times, spread over the ``num_replicas`` processes.
+class RepeatedAugSampler(RepeatAugSampler):
+    """timm's ``RepeatAugSampler`` (DeiT's ``RASampler``): each index ``repeats`` times, spread over the
+    ``num_replicas`` processes, each process cut to :func:`samples_per_rank`.
 
-    Per epoch, with ``g = torch.Generator().manual_seed(seed + epoch)``: ``randperm(n, g)`` (``arange`` when
-    ``shuffle`` is off), each index repeated ``repeats`` times in a row, padded from its start to a multiple
-    of ``num_replicas``, every ``num_replicas``-th index from ``rank``, cut to :func:`samples_per_rank`.
-    With ``seed=0`` this is the official sampler's list exactly (it seeds with the epoch alone); the seed
-    is added so that runs with different seeds see different orders. The order is a function of
+    Per epoch: ``randperm(n)`` (``arange`` when ``shuffle`` is off) from a generator seeded with
+    ``seed + epoch``, each index repeated ``repeats`` times in a row, padded from its start to a multiple of
+    ``num_replicas``, every ``num_replicas``-th index from ``rank``. The order is a function of
     ``(seed, epoch)`` only, so a resumed run reads what an uninterrupted one would.
+
+    Ours differs from timm's only where the official sampler leaves a choice: it seeds with ``seed + epoch``
+    (timm and the official code with the epoch alone, which ``seed=0`` reproduces exactly) and under 256 images,
+    where the official cut is 0, each process reads ``n // num_replicas`` (timm: rounded up).
     """
 
     def __init__(self, n: int, num_replicas: int = 1, rank: int = 0, *, seed: int = 0, shuffle: bool = True,
                  repeats: int = REPEATS):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        self.n, self.num_replicas, self.rank = n, num_replicas, rank
-        self.seed, self.shuffle, self.repeats = seed, shuffle, repeats
-        self.epoch = 0
-        self.num_samples = int(math.ceil(n * repeats / num_replicas))
-        self.total_size = self.num_samples * num_replicas
-        self.num_selected = samples_per_rank(n, num_replicas, repeated_aug=True)
+        super().__init__(range(n), num_replicas, rank, shuffle=shuffle, num_repeats=repeats)
+        self.seed = seed
+        self.num_selected_samples = samples_per_rank(n, num_replicas, repeated_aug=True)
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def indices(self) -> list[int]:
-        """This process's indices for the current epoch."""
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        rep = [i for i in order for _ in range(self.repeats)]
-        rep += rep[: self.total_size - len(rep)]
-        return rep[self.rank : self.total_size : self.num_replicas][: self.num_selected]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
-
-    def __len__(self) -> int:
-        return self.num_selected
+        super().set_epoch(self.seed + epoch)  # timm seeds its generator with the epoch
 
 
 class RankSlice(Sampler[int]):
