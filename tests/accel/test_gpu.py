@@ -92,7 +92,7 @@ def test_cuda_training_step_gradients_match_cpu():
     assert step_loss.item() < loss.item()
 
 
-@pytest.mark.parametrize("task_model", ["retinanet_pvt_v2_b0", "maskrcnn_pvt_v2_b0", "semfpn_pvt_v2_b0"])
+@pytest.mark.parametrize("task_model", ["retinanet_pvt_v2_b0", "mask_rcnn_pvt_v2_b0", "semfpn_pvt_v2_b0"])
 def test_dense_models_on_cuda_train_and_infer_at_odd_sizes(task_model):
     from pvt.dense import create_dense_model
 
@@ -110,7 +110,7 @@ def test_dense_models_on_cuda_train_and_infer_at_odd_sizes(task_model):
         for img in imgs:
             boxes = torch.tensor([[10.0, 12.0, 60.0, 70.0]], device="cuda")
             t = {"boxes": boxes, "labels": torch.tensor([1], device="cuda")}
-            if task_model.startswith("maskrcnn"):
+            if task_model.startswith("mask_rcnn"):
                 m = torch.zeros(1, *img.shape[-2:], dtype=torch.uint8, device="cuda")
                 m[:, 12:70, 10:60] = 1
                 t["masks"] = m

@@ -73,7 +73,7 @@ def test_cli_benchmark_times_dense_models_at_the_given_size(tmp_path, capsys):
     # every row names the size it ran at, and the detector's transform keeps that size (no resize to its
     # 800 px training scale)
     out = tmp_path / "dense.json"
-    argv = ["benchmark", "retinanet_pvt_v2_b0", "maskrcnn_pvt_v2_b0", "semfpn_pvt_v2_b0", "-b", "1",
+    argv = ["benchmark", "retinanet_pvt_v2_b0", "mask_rcnn_pvt_v2_b0", "semfpn_pvt_v2_b0", "-b", "1",
             "--img-size", "64x96", "256", "--repeats", "1", "--warmup", "0", "--no-memory", "--json", str(out)]
     assert main(argv) == 0
     rows = json.loads(out.read_text())

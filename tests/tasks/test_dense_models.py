@@ -63,7 +63,8 @@ def test_registry_names_and_errors():
     assert list_dense_models(task="segmentation")[0].startswith("semfpn_")
     with pytest.raises(ValueError, match="did you mean retinanet_pvt_v2_b"):
         create_dense_model("retinanet_pvt_v2_bx")
-    assert get_dense_spec("maskrcnn_pvt_v2_b0").name == "mask_rcnn_pvt_v2_b0"  # the older head name still works
+    with pytest.raises(ValueError, match="did you mean mask_rcnn_pvt_v2_b0"):
+        get_dense_spec("maskrcnn_pvt_v2_b0")  # the older head name is gone; the error names the current one
 
 
 def test_retinanet_p6_comes_from_c5_even_when_channels_match():

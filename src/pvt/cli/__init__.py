@@ -18,10 +18,6 @@ __all__ = ["main", "build_parser"]
 _MODULES = (models, convert, push, train, data, bench, app)
 
 
-class UsageError(ValueError):
-    """Bad arguments or input named by the user: reported on one line, exit status 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="pvt", description="Pyramid Vision Transformer (PVT v1/v2): models, weights, FLOPs, training."

@@ -10,7 +10,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
@@ -176,10 +175,3 @@ class PVTWithFPN(nn.Module):
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         feats = self.body(x)
         return self.fpn(OrderedDict((str(i), v) for i, v in enumerate(feats.values())))
-
-
-@torch.no_grad()
-def feature_shapes(module: nn.Module, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
-    """Shapes of every output map for a ``(1, 3, *size)`` input (a debugging aid)."""
-    out = module(torch.zeros(1, 3, *size))
-    return {k: tuple(v.shape) for k, v in out.items()}

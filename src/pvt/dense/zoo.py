@@ -93,10 +93,6 @@ HEADS: dict[str, Head] = {h.name: h for h in [
 ]}
 """The heads by name, in table order."""
 
-ALIASES = {"maskrcnn": "mask_rcnn"}
-"""Older head names that still resolve."""
-
-
 @dataclass(frozen=True)
 class DenseModelSpec:
     """One named dense-prediction model: a head on a backbone variant, and the paper's figures."""
@@ -150,10 +146,7 @@ def list_dense_models(pattern: str = "*", task: str | None = None) -> list[str]:
 
 
 def get_dense_spec(name: str) -> DenseModelSpec:
-    """The spec for ``name`` (older head names such as ``maskrcnn_`` accepted); an unknown name raises a
-    ValueError suggesting close names."""
-    head, sep, backbone = name.partition("_pvt_")
-    name = f"{ALIASES.get(head, head)}{sep}{backbone}"
+    """The spec for ``name``; an unknown name raises a ValueError suggesting close names."""
     try:
         return DENSE_MODELS[name]
     except KeyError:

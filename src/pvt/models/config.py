@@ -20,7 +20,6 @@ stage ends in a LayerNorm (``stage_norms``); with one, only the last stage does.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, fields
 from typing import Any
@@ -185,5 +184,3 @@ class PVTConfig:
             raise ValueError(f"unknown config field(s) {unknown}; accepted: {sorted(cls.field_names())}")
         return cls(**data)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
