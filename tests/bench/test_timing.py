@@ -6,14 +6,19 @@ import torch
 from pvt.bench.timing import median_and_iqr, peak_memory, time_interleaved
 
 
-def test_time_interleaved_runs_every_step_in_rotated_rounds():
+def test_time_interleaved_runs_every_step_in_rotated_rounds(monkeypatch):
+    from pvt.bench import timing
+
     calls = []
-    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    counter = [0]  # a stand-in for the process's page-fault count: step a touches 5 new pages, b 7
+    monkeypatch.setattr(timing, "page_faults", lambda: counter[0])
+    steps = {"a": lambda: (calls.append("a"), counter.__setitem__(0, counter[0] + 5)),
+             "b": lambda: (calls.append("b"), counter.__setitem__(0, counter[0] + 7))}
     faults: dict[str, list[int]] = {}
     times = time_interleaved(steps, warmup=1, repeats=3, faults=faults)
     assert [len(v) for v in times.values()] == [3, 3]
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
-    assert {k: len(v) for k, v in faults.items()} == {"a": 3, "b": 3} and min(faults["a"]) >= 0
+    assert faults == {"a": [5, 5, 5], "b": [7, 7, 7]}  # each timed call's own faults, warm-up left out
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         time_interleaved(steps, repeats=0)
 

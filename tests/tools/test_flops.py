@@ -30,20 +30,54 @@ def test_table2_gflops_reproduced_to_the_printed_digit(name):
     assert round(ours, 1) == paper, (name, ours, paper)
 
 
-def test_table2_measured_values():
-    # exact multiply-adds at 224 (module count + attention products), as docs/paper_tables.md lists
-    expected = {
-        "pvt_v2_b0": (533_319_552, 38_108_672),
-        "pvt_v2_b2": (3_902_119_360, 142_600_192),
-        "pvt_v2_b2_li": (3_775_751_104, 142_600_192),
-        "pvt_v2_b5": (11_380_281_408, 371_252_224),
-        "pvt_v1_tiny": (1_860_974_848, 76_420_096),
-        "pvt_v1_small": (3_680_227_264, 142_904_320),
-        "pvt_v1_large": (9_517_812_864, 311_320_064),
-    }
-    for name, (modules, attention) in expected.items():
-        r = variant_flops(name)
-        assert (r.module_flops, r.attention_flops, r.flops) == (modules, attention, modules + attention), name
+# The counter's exact multiply-adds at 224 (module count, attention products), as docs/paper_tables.md lists
+# them: a regression lock on its printed output, each pair backed by torch's own counter below.
+TABLE2_COUNTS = {
+    "pvt_v2_b0": (533_319_552, 38_108_672),
+    "pvt_v2_b2": (3_902_119_360, 142_600_192),
+    "pvt_v2_b2_li": (3_775_751_104, 142_600_192),
+    "pvt_v2_b5": (11_380_281_408, 371_252_224),
+    "pvt_v1_tiny": (1_860_974_848, 76_420_096),
+    "pvt_v1_small": (3_680_227_264, 142_904_320),
+    "pvt_v1_large": (9_517_812_864, 311_320_064),
+}
+
+
+@pytest.mark.parametrize("name", TABLE2_COUNTS)
+def test_table2_counts_locked_and_backed_by_torchs_flop_counter(name):
+    """torch.utils.flop_counter counts matrix products and convolutions only (and in FLOPs, 2 per
+    multiply-add): its bmm is our attention term, its mm + addmm our Linear term, its convolution our
+    Conv2d term less the one add per output of a conv with a bias. What torch leaves out (LayerNorm, 2 per
+    input element with an affine; pooling, 1 per input; ReLU, 1 per output) is summed here from the shapes."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    modules, attention = TABLE2_COUNTS[name]
+    with torch.device("meta"):
+        model = pvt.create_model(name).eval()
+    rest = {"Conv2d": 0, "other": 0}
+
+    def hook(m, inputs, out):
+        if isinstance(m, nn.Conv2d) and m.bias is not None:
+            rest["Conv2d"] += out.numel()
+        elif isinstance(m, nn.LayerNorm):
+            rest["other"] += inputs[0].numel() * (2 if m.elementwise_affine else 1)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            rest["other"] += inputs[0].numel()
+        elif isinstance(m, nn.ReLU):
+            rest["other"] += out.numel()
+
+    for m in model.modules():
+        m.register_forward_hook(hook)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, 224, 224, device="meta"))
+    torch_macs = {str(op).removeprefix("aten."): n // 2 for op, n in counter.get_flop_counts()["Global"].items()}
+    assert set(torch_macs) <= {"bmm", "mm", "addmm", "convolution"}, torch_macs
+    r = variant_flops(name)
+    assert (r.module_flops, r.attention_flops, r.flops) == (modules, attention, modules + attention)
+    assert torch_macs["bmm"] == r.by_type["attention matmuls"] == attention
+    assert torch_macs.get("mm", 0) + torch_macs["addmm"] == r.by_type["Linear"]
+    assert torch_macs["convolution"] + rest["Conv2d"] == r.by_type["Conv2d"]
+    assert torch_macs["convolution"] + torch_macs.get("mm", 0) + torch_macs["addmm"] + sum(rest.values()) == modules
 
 
 def test_v1_rows_need_the_attention_products():
