@@ -1,6 +1,6 @@
 """The package's shape: every import points down the layers (cli -> api -> tasks/engine -> models/weights
 -> layers -> base), nothing imports in a circle, and ``import pvt`` loads no training, data, dense or
-benchmark code. Read statically from the sources (imports inside functions count too)."""
+benchmark code. Read statically from the sources (imports inside functions and of a module's own package count too)."""
 
 from __future__ import annotations
 
@@ -38,10 +38,11 @@ FORBIDDEN = [
 ]
 
 
-def _modules() -> dict[str, Path]:
+def _modules(root: Path = SRC, package: str = "pvt") -> dict[str, Path]:
+    """Dotted name -> file of every module of ``package`` under ``root`` (a package is its ``__init__``)."""
     out = {}
-    for p in sorted((SRC / "pvt").rglob("*.py")):
-        parts = list(p.relative_to(SRC).with_suffix("").parts)
+    for p in sorted((root / package).rglob("*.py")):
+        parts = list(p.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
         out[".".join(parts)] = p
@@ -49,11 +50,15 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The modules ``name`` imports, its own packages included: ``from . import f`` (``f`` not a module)
+    or ``import <own package>`` runs and needs that package's ``__init__``, so it is an edge to it; only
+    ``from . import submodule`` (Python has the package loaded already) and being inside it are not."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
+            found.update(t for t in targets if name.startswith(t + "."))  # import <own package>
         elif isinstance(node, ast.ImportFrom):
             if node.module == "__future__":
                 continue
@@ -62,37 +67,25 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
                 up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(up + ([base] if base else []))
             targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            if name.startswith(base + ".") and any(f"{base}.{a.name}" not in known for a in node.names):
+                found.add(base)  # a name from an own package's __init__
         else:
             continue
         for t in targets:
             while t and t not in known:
                 t = t.rpartition(".")[0]
-            if t and t != name and not name.startswith(t + "."):  # a package's own __init__ is no edge
+            if t and t != name and not name.startswith(t + "."):
                 found.add(t)
     return found
 
 
-def _rank(module: str) -> int:
-    best = max((p for p in RANKS if module == p or (p != "pvt" and module.startswith(p + "."))), key=len, default=None)
-    if best is None:
-        raise AssertionError(f"{module} has no layer: add it to RANKS in tests/test_layout.py (and the README)")
-    return RANKS[best]
+def _graph(root: Path = SRC, package: str = "pvt") -> dict[str, set[str]]:
+    modules = _modules(root, package)
+    return {name: _imports(name, path, set(modules)) for name, path in modules.items()}
 
 
-GRAPH = {name: _imports(name, path, set(_modules())) for name, path in _modules().items()}
-
-
-@pytest.mark.parametrize("module", sorted(GRAPH))
-def test_imports_point_down(module):
-    mine = _rank(module)
-    up = sorted(t for t in GRAPH[module] if _rank(t) > mine)
-    assert not up, f"{module} (layer {mine}) imports from higher layers: {up}"
-    bad = [t for t in GRAPH[module] for a, b in FORBIDDEN
-           if (module == a or module.startswith(a + ".")) and (t == b or t.startswith(b + "."))]
-    assert not bad, f"{module} must not import {bad}"
-
-
-def test_no_import_cycles():
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -101,7 +94,7 @@ def test_no_import_cycles():
     def visit(v: str) -> None:
         index[v] = low[v] = len(index)
         stack.append(v)
-        for w in GRAPH.get(v, ()):
+        for w in graph.get(v, ()):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -117,10 +110,55 @@ def test_no_import_cycles():
             if len(group) > 1:
                 cycles.append(sorted(group))
 
-    for v in GRAPH:
+    for v in graph:
         if v not in index:
             visit(v)
-    assert not cycles, cycles
+    return sorted(cycles)
+
+
+def _rank(module: str) -> int:
+    best = max((p for p in RANKS if module == p or (p != "pvt" and module.startswith(p + "."))), key=len, default=None)
+    if best is None:
+        raise AssertionError(f"{module} has no layer: add it to RANKS in tests/test_layout.py (and the README)")
+    return RANKS[best]
+
+
+GRAPH = _graph()
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_imports_point_down(module):
+    mine = _rank(module)
+    up = sorted(t for t in GRAPH[module] if _rank(t) > mine)
+    assert not up, f"{module} (layer {mine}) imports from higher layers: {up}"
+    bad = [t for t in GRAPH[module] for a, b in FORBIDDEN
+           if (module == a or module.startswith(a + ".")) and (t == b or t.startswith(b + "."))]
+    assert not bad, f"{module} must not import {bad}"
+
+
+def test_no_import_cycles():
+    assert _cycles(GRAPH) == []
+
+
+def test_cycles_inside_a_package_are_found(tmp_path):
+    """The graph sees a package's own ``__init__``: quant taking a function from the ``__init__`` that imports
+    quant is a cycle (as pvt.accel's once was), two modules importing each other are one, and taking a
+    submodule from the package (``from . import sub``) is no edge to its ``__init__``."""
+    files = {
+        "__init__.py": "from .quant import quantize\n\ndef helper():\n    pass\n",
+        "quant.py": "from . import helper\n\ndef quantize():\n    helper()\n",
+        "a.py": "def f():\n    from .b import g\n",  # inside a function counts too
+        "b.py": "from .a import f as g\n",
+        "sub.py": "import os\n",
+        "user.py": "from . import sub\nfrom .sub import os\n",
+    }
+    (tmp_path / "pkg").mkdir()
+    for file, text in files.items():
+        (tmp_path / "pkg" / file).write_text(text)
+    graph = _graph(tmp_path, "pkg")
+    assert graph["pkg.quant"] == {"pkg"} and graph["pkg"] == {"pkg.quant"}
+    assert graph["pkg.user"] == {"pkg.sub"}
+    assert _cycles(graph) == [["pkg", "pkg.quant"], ["pkg.a", "pkg.b"]]
 
 
 def test_import_pvt_loads_no_training_data_dense_or_benchmark_code():
