@@ -28,7 +28,7 @@ def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool =
     Args:
         config: a :class:`~pvt.engine.config.TrainConfig`, a mapping of its keys, or a YAML file path.
         resume: a run folder to continue (its ``config.yaml`` is used; ``overrides`` may extend ``epochs`` and
-            change the values in :data:`pvt.engine.run_folder.RESUME_MAY_CHANGE`; any other change is refused).
+            change the values in :data:`pvt.engine.resume.RESUME_MAY_CHANGE`; any other change is refused).
         quiet: no progress bar or per-epoch lines on stdout (``train.log`` still gets them).
         fresh_optimizer: with ``resume``, when the run's ``state.pt`` is unreadable: continue from the weights
             of its ``last.safetensors`` with a fresh optimiser state.

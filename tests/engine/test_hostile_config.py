@@ -98,15 +98,18 @@ def test_the_train_help_states_each_bound(capsys):
 
 
 def test_push_skips_a_hostile_config_yaml_instead_of_hanging(tmp_path, make_stripes, trained_checkpoint):
-    from pvt.tools.publish import _run_of
+    from pvt.tools.publish import run_summary
     from pvt.weights import read_checkpoint
+    from pvt.weights.run_folder import RunFolder
 
     run = tmp_path / "run"
     run.mkdir()
     ckpt = trained_checkpoint(run / "best.safetensors", make_stripes(tmp_path / "data", n_train=1, n_val=1))
     (run / "config.yaml").write_text(_bomb())
+    with pytest.raises(ValueError, match="YAML of more than 100000 values"):
+        RunFolder(run).read_config()
     read = read_checkpoint(ckpt)
     read.extra.pop("train_config")  # as a file that records none: the run's config.yaml is read instead
-    assert _run_of(run, read, ckpt).train_config is None
+    assert run_summary(run, read, ckpt).train_config is None
     (run / "config.yaml").write_text("lr: 0.001\n")
-    assert _run_of(run, read, ckpt).train_config == {"lr": 0.001}
+    assert run_summary(run, read, ckpt).train_config == {"lr": 0.001}

@@ -17,10 +17,10 @@ from tiny_run import ARGS, TINY, TINY_VARIANT
 
 import pvt
 from pvt.cli import main
-from pvt.engine.run_folder import LOCK_FILE, run_lock
 from pvt.engine.signals import Interrupted
 from pvt.engine.trainer import Trainer
 from pvt.models.variants import VARIANTS
+from pvt.weights.run_folder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +79,12 @@ def test_a_missing_committed_epoch_line_is_refused(run, capsys):
 
 
 def test_a_second_process_is_kept_out_by_the_lock(run, capsys):
-    with run_lock(run):  # another process training in the folder (a second open file description)
+    with RunFolder(run).lock():  # another process training in the folder (a second open file description)
         assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
         err = _one_error(capsys)
         assert f"run folder {str(run)!r} is in use by another pvt train (process {os.getpid()})" in err
-    assert not (run / LOCK_FILE).exists()  # released and removed
-    with pytest.raises(ValueError, match="in use"), run_lock(run), run_lock(run):
+    assert not (run / RunFolder.LOCK).exists()  # released and removed
+    with pytest.raises(ValueError, match="in use"), RunFolder(run).lock(), RunFolder(run).lock():
         pass
 
 
@@ -126,7 +126,7 @@ def test_a_run_name_with_a_control_character_is_refused(stripes, tmp_path, capsy
 
 
 def test_the_log_is_utf8_under_an_ascii_locale(tmp_path):
-    code = ("import logging, sys; from pvt.engine.run_folder import LogFile; h = LogFile(sys.argv[1]); "
+    code = ("import logging, sys; from pvt.weights.run_folder import LogFile; h = LogFile(sys.argv[1]); "
             "lg = logging.getLogger('t'); lg.addHandler(h); lg.error('run caf\\u00e9 \\u540d'); h.close()")
     env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "train.log")], env=env, capture_output=True,

@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator
 import yaml
 
 __all__ = ["TMP_SUFFIX", "DiskFullError", "atomic_write", "atomic_via", "atomic_save_torch", "atomic_folder",
-           "check_apart", "load_torch", "open_log", "read_json", "refuse_link", "remove_temporaries", "safe_yaml",
-           "YAML_LIMITS"]
+           "check_apart", "load_torch", "open_log", "read_json", "read_yaml", "refuse_link", "remove_temporaries",
+           "safe_yaml", "YAML_LIMITS"]
 
 
 TMP_SUFFIX = ".tmp"
@@ -270,6 +270,27 @@ def safe_yaml(text: str, source: str) -> Any:
             raise ValueError(f"{source}: YAML of more than {YAML_LIMITS['nodes']} values once its aliases "
                              "(*name) are expanded")
     return yaml.safe_load(text)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The YAML mapping in ``path``, read with :func:`safe_yaml`'s bounds (its size checked before it is
+    read). FileNotFoundError when it is missing; a one-line ValueError naming ``what`` and the file when it
+    is too large, not UTF-8, not YAML or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    if path.stat().st_size > YAML_LIMITS["bytes"]:
+        raise ValueError(f"{what} {str(path)!r} is {path.stat().st_size} bytes, more than the "
+                         f"{YAML_LIMITS['bytes']} a config may have")
+    try:
+        data = safe_yaml(path.read_text(), f"{what} {str(path)!r}") or {}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
 
 
 def load_torch(path: str | Path, kind: str = "PyTorch file", unsafe_hint: str = "") -> Any:

@@ -28,8 +28,10 @@ MAX_UPLOAD = "20mb"
 def find_demo_checkpoint(runs: str | Path = "runs") -> Path:
     """The newest run folder under ``runs`` (where ``pvt demo`` and ``pvt train`` write) that holds a
     ``best.safetensors`` or ``last.safetensors``; a ValueError saying what to do when there is none."""
+    from ..weights.run_folder import RunFolder
+
     root = Path(runs)
-    found = [p for p in root.glob("*/*.safetensors") if p.name in ("best.safetensors", "last.safetensors")]
+    found = [p for p in root.glob("*/*.safetensors") if p.name in (RunFolder.BEST, RunFolder.LAST)]
     if not found:
         raise ValueError(f"no checkpoint given and no run folder with best.safetensors under {str(root)!r}: run "
                          "`pvt demo` first (it writes runs/<name>/), or pass CHECKPOINT paths or --runs DIR")

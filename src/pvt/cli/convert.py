@@ -73,10 +73,11 @@ def _task_model(src: str):
 
     from ..base.io import read_json
     from ..dense.hf import load_hf_task_model
-    from ..weights.checkpoint import read_header, resolve_checkpoint
+    from ..weights.checkpoint import read_header
+    from ..weights.run_folder import RunFolder, resolve_checkpoint
 
     p = Path(src).expanduser()
-    if (p / "config.json").is_file() and not (p / "best.safetensors").is_file():
+    if (p / "config.json").is_file() and not RunFolder(p).best.is_file():
         try:
             kind = read_json(p / "config.json").get("model_type")
         except (OSError, ValueError):  # not this kind of folder: the generic readers say what is wrong

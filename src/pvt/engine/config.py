@@ -27,7 +27,7 @@ from typing import Any, Callable
 import yaml
 
 from ..base.constants import INTERPOLATIONS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS, MAX_WORKERS
-from ..base.io import YAML_LIMITS, safe_yaml
+from ..base.io import read_yaml, safe_yaml
 
 __all__ = ["TrainConfig", "resolve_layers", "load_yaml", "parse_value"]
 
@@ -260,22 +260,8 @@ def parse_value(text: str) -> Any:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping of TrainConfig keys (dashes accepted for underscores)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    if path.stat().st_size > YAML_LIMITS["bytes"]:
-        raise ValueError(f"config file {str(path)!r} is {path.stat().st_size} bytes, more than the "
-                         f"{YAML_LIMITS['bytes']} a config may have")
-    try:
-        data = safe_yaml(path.read_text(), f"config file {str(path)!r}") or {}
-    except UnicodeDecodeError as e:
-        raise ValueError(f"config file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    """A YAML mapping of TrainConfig keys (dashes accepted for underscores), read by :func:`pvt.base.io.read_yaml`."""
+    return {str(k).replace("-", "_"): v for k, v in read_yaml(path).items()}
 
 
 def resolve_layers(yaml_path: str | Path | None = None, *,

@@ -1,33 +1,14 @@
 """The training loop shared by every task: one run folder, resumable, on one device or many.
 
-Run folder::
-
-    config.yaml         the resolved TrainConfig (feed it back with --config)
-    classes.json        class names (when the task has them)
-    metrics.jsonl       one JSON line per epoch: epoch, lr, train_loss, val_*, images_per_s, time
-    last.safetensors    weights after the latest epoch (own format: config, classes, input size inside)
-    best.safetensors    weights of the epoch with the highest val_<task.best_metric>
-    state.pt            resumable state: model, optimiser, scheduler, scaler, EMA, RNG, epoch
-    learning_curves.png
-    train.log           appended as UTF-8
-    .pvt-train.lock     while a process trains in the folder (a second one is refused)
-
-Every file is written atomically (temporary file + rename), so a kill at any moment leaves the previous
-version intact; ``state.pt`` is self-contained, so resuming never mixes two epochs. No write follows a
-symbolic link (a link could point outside the folder): one is refused with a one-line error.
-
-An epoch is committed in one order: ``metrics.jsonl`` (lines past the committed epoch are dropped on
-resume), then ``state.pt`` (the commit), then ``last.safetensors`` and ``best.safetensors`` (both hold the
-state's weights, and record their epoch, so a resume rewrites whichever a kill left behind). The weights
-are checked to be finite before anything is written. Ctrl-C and SIGTERM stop the run at once, outside that
-sequence: the epoch in flight is dropped and the last committed epoch stays as it was, so a resumed run
-ends exactly as an uninterrupted one.
+The run folder (its files, the order an epoch is committed in, reading it back) is
+:class:`pvt.weights.run_folder.RunFolder`. The weights are checked to be finite before an epoch is
+committed. Ctrl-C and SIGTERM stop the run at once, outside the commit: the epoch in flight is dropped and
+the last committed epoch stays as it was, so a resumed run ends exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -45,13 +26,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, SequentialSampler
 
-from ..base.io import TMP_SUFFIX, atomic_write, remove_temporaries
+from ..base.io import refuse_link, remove_temporaries
 from ..weights.checkpoint import read_own_format, save_model
-from .config import TrainConfig, load_yaml
+from ..weights.run_folder import RunFolder
+from .config import TrainConfig
 from .curves import plot_curves
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
 from .divergence import TrainingDiverged, finite_batch, non_finite
-from .run_folder import LOCK_FILE, RESUME_MAY_CHANGE, LogFile, read_records, resume_config, run_lock, saved_epoch
+from .resume import RESUME_MAY_CHANGE, resume_config
 from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
 from .signals import Interrupted, StopSignals, stop_signals
 from .state import load_state, missing_keys, rng_state, save_state, set_rng_state
@@ -95,12 +77,17 @@ class TrainResult:
     best: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def folder(self) -> RunFolder:
+        """The run folder, to read the run back from."""
+        return RunFolder(self.run_dir)
+
+    @property
     def last_checkpoint(self) -> Path:
-        return self.run_dir / "last.safetensors"
+        return self.folder.last
 
     @property
     def best_checkpoint(self) -> Path:
-        return self.run_dir / "best.safetensors"
+        return self.folder.best
 
 
 @dataclass
@@ -208,9 +195,7 @@ class Trainer:
         run_dir = Path(cfg.output).expanduser() / name
         taken = None
         if self.dist.is_main:  # (rank 0 decides, before it makes the folder that the others would see)
-            # what a process killed before it wrote config.yaml leaves
-            left = set(run_dir.glob(f".*{TMP_SUFFIX}")) | {run_dir / LOCK_FILE}
-            if run_dir.exists() and (set(run_dir.iterdir()) - left):
+            if RunFolder(run_dir).taken():
                 taken = (f"run folder {str(run_dir)!r} already exists; choose another --name or continue it with "
                          "--resume")
             elif run_dir.is_dir():
@@ -223,7 +208,7 @@ class Trainer:
     def _setup_logging(self, run_dir: Path) -> logging.Handler | None:
         if not self.dist.is_main:
             return None
-        handler = LogFile(run_dir / "train.log")
+        handler = RunFolder(run_dir).log_handler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         for name in ("pvt.train", "pvt.data"):
             lg = logging.getLogger(name)
@@ -266,16 +251,16 @@ class Trainer:
             if self.resume_dir is not None:
                 run_dir, created = self.resume_dir, False
                 if d.is_main:
-                    lock.enter_context(run_lock(run_dir))  # before anything in it is touched
+                    lock.enter_context(RunFolder(run_dir).lock())  # before anything in it is touched
                     remove_temporaries(run_dir)  # left by a writer that was killed
                 self._load_resume_state(run_dir)
             else:
                 run_dir, created = self._new_run_dir(), True
-            self.run_dir = run_dir
+            self.run_dir, self.folder = run_dir, RunFolder(run_dir)
             if d.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 if created:
-                    lock.enter_context(run_lock(run_dir))  # (a second process racing for the same name stops here)
+                    lock.enter_context(self.folder.lock())  # (a second process racing for the same name stops here)
                     try:
                         self._write_record(0)  # first: a folder with a config.yaml can always be resumed
                     except BaseException:
@@ -288,8 +273,7 @@ class Trainer:
             try:
                 handler = self._setup_logging(run_dir)
                 if trackers:
-                    self._trackers = Trackers(trackers, run_dir, cfg.to_dict(),
-                                              saved_epoch(run_dir / "last.safetensors") or 0)
+                    self._trackers = Trackers(trackers, run_dir, cfg.to_dict(), self.folder.epoch())
                 return self._fit(model, train_ds, val_ds)
             except BaseException as e:
                 with self._signals.shield():  # a second Ctrl-C cannot cut the clean-up short
@@ -311,9 +295,11 @@ class Trainer:
         """What a resume continues from: ``state.pt``; else (``fresh_optimizer``) the weights of
         ``last.safetensors``; else, when no epoch ever finished, nothing (the run starts over). An
         unreadable state without ``fresh_optimizer`` is a ValueError that names the way on."""
-        state, last = run_dir / "state.pt", run_dir / "last.safetensors"
+        folder = RunFolder(run_dir)
+        state, last = folder.state, folder.last
         problem = None
         if state.exists():
+            refuse_link(state)  # (a link planted in the folder is not followed)
             try:
                 self._state = load_state(state)
             except ValueError as e:
@@ -328,14 +314,14 @@ class Trainer:
                 raise ValueError(f"--fresh-optimizer is for a run whose state.pt is unreadable; {str(run_dir)!r} has "
                                  f"{'an intact one' if state.exists() else 'finished no epoch'}: resume it without it")
             return
-        epoch = saved_epoch(last)
+        epoch = folder.epoch_of(last)
         if epoch is None:
-            raise ValueError(f"cannot resume {str(run_dir)!r}: {problem}; and it has no intact last.safetensors "
+            raise ValueError(f"cannot resume {str(run_dir)!r}: {problem}; and it has no intact {last.name} "
                              "recording its epoch to continue from: start a new run")
         if not self.fresh_optimizer:
             raise ValueError(
                 f"cannot resume {str(run_dir)!r}: {problem}. Its weights after epoch {epoch} are intact in "
-                f"last.safetensors: continue from them with a fresh optimiser state with `pvt train --resume "
+                f"{last.name}: continue from them with a fresh optimiser state with `pvt train --resume "
                 f"{run_dir} --fresh-optimizer` (the run then no longer equals an uninterrupted one)"
             )
         self._state, self._from_weights = None, last
@@ -350,7 +336,7 @@ class Trainer:
                 e.reported = True  # type: ignore[attr-defined]
             return
         run_dir = self.run_dir
-        removed = created and self._done == 0 and not (run_dir / "state.pt").exists()
+        removed = created and self._done == 0 and not self.folder.state.exists()
         if removed:
             _remove_run_dir(run_dir)  # nothing worth keeping
         if not isinstance(e, KeyboardInterrupt):
@@ -511,7 +497,7 @@ class Trainer:
                              f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no detail'})") from None
         if isinstance(run.scheduler, CosineLRScheduler):
             run.scheduler.t_initial = max(1, self.cfg.epochs * run.steps - run.scheduler.warmup_t)
-        run.records = read_records(self.run_dir, run.start_epoch)
+        run.records = self.folder.committed_records(run.start_epoch)
 
     def _restore_weights(self, run: "_Run", path: Path) -> None:
         """``--fresh-optimizer``: continue after the epoch ``path`` records, from its weights, with a fresh
@@ -520,7 +506,7 @@ class Trainer:
         from timm.scheduler import CosineLRScheduler
 
         own = read_own_format(path)
-        epoch = saved_epoch(path)
+        epoch = self.folder.epoch_of(path)
         if own is None or epoch is None:
             raise ValueError(f"cannot resume {str(self.run_dir)!r} from {path}: not a pvt train checkpoint recording "
                              "its epoch")
@@ -539,13 +525,13 @@ class Trainer:
         if isinstance(run.scheduler, CosineLRScheduler):
             run.scheduler.t_initial = max(1, self.cfg.epochs * run.steps - run.scheduler.warmup_t)
         run.scheduler.step_update(run.updates)
-        run.records = read_records(self.run_dir, epoch)
+        run.records = self.folder.committed_records(epoch)
         best = self._best_record(run.records)
         run.best = float(best[f"val_{self.task.best_metric}"]) if best else -math.inf
         _seed(self.cfg.seed + self.dist.rank + 1_000 * epoch)
-        self._history.append(f"# resumed after epoch {epoch} from last.safetensors with a fresh optimiser state "
-                             "(state.pt was unreadable)")
-        self._say(f"state.pt was unreadable: continuing after epoch {epoch} from {path} with a fresh optimiser state")
+        self._history.append(f"# resumed after epoch {epoch} from {path.name} with a fresh optimiser state "
+                             f"({RunFolder.STATE} was unreadable)")
+        self._say(f"{RunFolder.STATE} was unreadable: continuing after epoch {epoch} from {path} with a fresh optimiser state")
 
     def _repair_published(self, run: "_Run") -> None:
         """On resume: make ``last.safetensors`` hold the committed epoch and ``best.safetensors`` the best one
@@ -553,11 +539,11 @@ class Trainer:
         if not self.dist.is_main:
             return
         n, best_epoch = run.start_epoch, int(self._best_record(run.records).get("epoch", 0))
-        last, best = self.run_dir / "last.safetensors", self.run_dir / "best.safetensors"
-        if saved_epoch(last) != n:
+        last, best = self.folder.last, self.folder.best
+        if self.folder.epoch_of(last) != n:
             self._save_weights(run.model, last, n)
             log.info("rewrote %s with the weights of epoch %d (a kill had left it behind)", last, n)
-        have = saved_epoch(best)
+        have = self.folder.epoch_of(best)
         if best_epoch and have != best_epoch:
             if best_epoch == n:
                 self._save_weights(run.model, best, n)
@@ -571,24 +557,22 @@ class Trainer:
         classes.json, for a run that starts (again) after ``start_epoch`` epochs."""
         if not self.dist.is_main:
             return
-        path = self.run_dir / "config.yaml"
+        folder = self.folder
         header: list[str] = []
-        if self.resume_dir is not None and path.is_file():
-            header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+        if self.resume_dir is not None and folder.is_run():
+            header = [line for line in folder.config.read_text().splitlines() if line.startswith("#")]
             try:
-                old = TrainConfig.from_dict(load_yaml(path)).to_dict()
+                old = TrainConfig.from_dict(folder.read_config()).to_dict()
             except ValueError:
                 old = {}
             new = self.cfg.to_dict()
             header += [f"# resumed after epoch {start_epoch}: {k} changed from {old[k]!r} to {new[k]!r}"
                        for k in new if k in old and old[k] != new[k] and k not in ("output", "name")]
         header += self._history
-        with atomic_write(path, "w") as f:
-            f.write("".join(line + "\n" for line in header) + self.cfg.to_yaml())
+        folder.write_config("".join(line + "\n" for line in header) + self.cfg.to_yaml())
         names = getattr(self.task, "class_names", None)
         if names and start_epoch == 0:
-            with atomic_write(self.run_dir / "classes.json", "w") as f:
-                json.dump(names, f, indent=1)
+            folder.write_classes(names)
 
     def _wrap_ddp(self, run: "_Run") -> None:
         if self.dist.enabled:
@@ -703,7 +687,8 @@ class Trainer:
 
     def _diverged(self, run: "_Run", epoch: int, what: str, advice: str) -> TrainingDiverged:
         """The error that stops a run whose loss or weights went non-finite in ``epoch`` (0-based)."""
-        kept = (f"{self.run_dir} keeps epoch {self._done} as it was (state.pt, last.safetensors, best.safetensors)"
+        kept = (f"{self.run_dir} keeps epoch {self._done} as it was ({RunFolder.STATE}, {RunFolder.LAST}, "
+                f"{RunFolder.BEST})"
                 if self._done else "no epoch had finished")
         return TrainingDiverged(f"training diverged in epoch {epoch + 1}: {what}; nothing of epoch {epoch + 1} was "
                                 f"saved and {kept}; {advice}")
@@ -783,17 +768,13 @@ class Trainer:
         save_model(model, path, variant=self.cfg.model, extra=extra)
 
     def _save_epoch(self, run: "_Run", rngs: list[Any], epoch: int, is_best: bool) -> None:
-        """Commit ``epoch`` (1-based): metrics.jsonl, then state.pt (the commit), then the weights it holds
-        as last (and best) safetensors, then the curves. See the module docstring for why in this order."""
-        run_dir = self.run_dir
-        with atomic_write(run_dir / "metrics.jsonl", "w") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in run.records))
-        save_state(run_dir / "state.pt", dict(self._snapshot(run, epoch), rng=rngs))
-        self._save_weights(run.model, run_dir / "last.safetensors", epoch)
-        if is_best:
-            self._save_weights(run.model, run_dir / "best.safetensors", epoch)
+        """Commit ``epoch`` (1-based) in the run folder's order (:meth:`RunFolder.commit_epoch`: metrics,
+        state, last and best weights), then draw the curves."""
+        self.folder.commit_epoch(run.records,
+                                 lambda path: save_state(path, dict(self._snapshot(run, epoch), rng=rngs)),
+                                 lambda path: self._save_weights(run.model, path, epoch), is_best)
         try:
-            plot_curves(run.records, run_dir / "learning_curves.png", self.task.best_metric,
+            plot_curves(run.records, self.folder.curves, self.task.best_metric,
                         title=f"{self.cfg.model} / {self.cfg.task}")
         except Exception as e:  # a plotting problem never stops training
             log.warning("could not draw learning curves: %s", e)

@@ -23,7 +23,8 @@ from ..engine.config import TrainConfig, resolve_layers
 from ..engine.distributed import resolve_device
 from ..engine.task import Task
 from ..models.variants import VARIANTS
-from ..weights.checkpoint import read_own_format, resolve_checkpoint
+from ..weights.checkpoint import read_own_format
+from ..weights.run_folder import resolve_checkpoint
 
 __all__ = ["TASKS", "list_tasks", "get_task", "create_task", "resolve_config", "Trained", "load_trained",
            "calibration_batch"]

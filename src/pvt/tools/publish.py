@@ -2,28 +2,27 @@
 :func:`prepare_push` (the weights in HF transformers' or timm's layout, and a model card), and the
 upload itself (:func:`pvt.weights.hub.upload`).
 
-The source is a run folder of ``pvt train`` (its ``best.safetensors``, else ``last.safetensors``, with its
-``metrics.jsonl`` and ``config.yaml``) or any checkpoint file this library reads. The model card says what
+The source is a run folder of ``pvt train`` (its weights, config and committed metrics, read back by
+:class:`~pvt.weights.run_folder.RunFolder`) or any checkpoint file this library reads. The model card says what
 the model is (variant, parameters, classes, input), the paper, the training config and the metrics of
 the run, and how to load the repository in pvt, timm and transformers.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..base.io import atomic_folder, atomic_write, safe_yaml
+from ..base.io import atomic_folder, atomic_write
 from ..models.model import PyramidVisionTransformer
 from ..models.variants import VARIANTS
-from ..weights.checkpoint import resolve_checkpoint
 from ..weights.files import Checkpoint, read_checkpoint
 from ..weights.hub import check_repo_id
 from ..weights.loading import create_pretrained
+from ..weights.run_folder import RunFolder, resolve_checkpoint
 from ..weights.writing import Preprocessing, check_replaceable, export_weights, source_labels
 
 __all__ = ["PUSH_FORMATS", "PushFolder", "prepare_push", "model_card"]
@@ -67,33 +66,32 @@ class PushFolder:
 
 
 @dataclass
-class _Run:
-    """What a source tells beyond its weights: the run's config and metrics, when it has them."""
+class RunSummary:
+    """What a source tells beyond its weights, for the model card: the run's training config and its
+    committed metrics, when it has them (:func:`run_summary`)."""
 
     train_config: dict[str, Any] | None
     records: list[dict[str, Any]]
     weights: Path
 
 
-def _run_of(source: Path, ckpt: Checkpoint, weights: Path) -> _Run:
-    run_dir = source if source.is_dir() else source.parent
+def run_summary(source: Path, ckpt: Checkpoint, weights: Path) -> RunSummary:
+    """The training config ``weights`` record (else the run folder's config.yaml) and the run's committed
+    metrics, read from the run folder of ``source`` (itself, or a file's folder) as untrusted: a config.yaml
+    that is missing, a link or hostile (an anchor bomb) is skipped like a broken one, and damaged metrics
+    lines are left out (``pvt train --resume`` refuses them; the card shows what it can read)."""
+    folder = RunFolder(source if source.is_dir() else source.parent)
     config = ckpt.extra.get("train_config")
-    if not isinstance(config, dict) and (run_dir / "config.yaml").is_file():
-        try:  # bounded: a hostile config.yaml (an anchor bomb) is skipped like a broken one
-            loaded = safe_yaml((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
-            config = loaded if isinstance(loaded, dict) else None
-        except (yaml.YAMLError, ValueError):
+    if not isinstance(config, dict):
+        try:
+            config = folder.read_config()
+        except (OSError, ValueError):
             config = None
-    records = []
-    if (run_dir / "metrics.jsonl").is_file():
-        for line in (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):
-                continue  # the card shows what it can read (pvt train --resume refuses a damaged file)
-            if isinstance(record, dict):
-                records.append(record)
-    return _Run(config if isinstance(config, dict) else None, records, weights)
+    try:
+        records = folder.read_records(skip_damaged=True)
+    except (OSError, ValueError):  # a linked metrics.jsonl
+        records = []
+    return RunSummary(config, records, weights)
 
 
 def _metrics_table(records: list[dict[str, Any]]) -> list[str]:
@@ -111,7 +109,7 @@ def _metrics_table(records: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
-def model_card(model: PyramidVisionTransformer, repo_id: str, fmt: str, run: _Run, labels: list[str] | None,
+def model_card(model: PyramidVisionTransformer, repo_id: str, fmt: str, run: RunSummary, labels: list[str] | None,
                pre: Preprocessing, notes: list[str]) -> str:
     """The README.md of the repository (see the module doc)."""
     cfg = model.config
@@ -193,7 +191,7 @@ def _without_local_paths(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _card_metadata(repo_id: str, run: _Run) -> dict[str, Any]:
+def _card_metadata(repo_id: str, run: RunSummary) -> dict[str, Any]:
     """The hub's model-card fields beyond the library and tags: ``base_model`` (the hub repository the run
     started from, when its ``pretrained`` is ``hf-hub:...``), ``datasets`` (the hub dataset, when the data
     is ``hf-hub:...``) and ``model-index`` (the run's last validation top-1 / top-5 on its data)."""
@@ -252,7 +250,7 @@ def prepare_push(
         raise ValueError(f"--out {out} is a file; name a folder")
     with atomic_folder(out) as tmp:  # written beside, swapped in whole: an interruption keeps the old folder
         done = export_weights(net, to, tmp, class_names=labels, preprocessing=pre)
-        card = model_card(net, repo_id, to, _run_of(source, ckpt, weights), labels, pre, done.notes)
+        card = model_card(net, repo_id, to, run_summary(source, ckpt, weights), labels, pre, done.notes)
         with atomic_write(tmp / "README.md", "w") as f:
             f.write(card)
     return PushFolder(out, [*(out / p.name for p in done.files), out / "README.md"], done.notes, net)

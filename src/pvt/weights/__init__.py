@@ -14,6 +14,8 @@ model in any of them.
 * :mod:`pvt.weights.hf_config`: HF ``config.json`` fields and :class:`~pvt.models.config.PVTConfig`, both ways.
 * :mod:`pvt.weights.files`: reading files, containers and folders safely (nothing is executed).
 * :mod:`pvt.weights.shapes`: which registered variant a state dict's shapes describe.
+* :mod:`pvt.weights.run_folder`: the run folder of ``pvt train`` (:class:`~pvt.weights.run_folder.RunFolder`:
+  file names, commit order, reading a run back).
 """
 
 from .files import Checkpoint, read_checkpoint

@@ -1,5 +1,5 @@
 """This library's checkpoints: one ``.safetensors`` file whose metadata describes the model, written
-and read in one place; and which file of a run folder to read.
+and read in one place (which file of a run folder to read: :mod:`pvt.weights.run_folder`).
 
 Metadata keys: ``format`` (``"pvt"``), ``variant``, ``config`` (the :class:`~pvt.models.config.PVTConfig` as
 JSON), and whatever a trainer adds (``task``, ``class_names``, ``train_config``, ``epoch``, ...), each as JSON.
@@ -26,8 +26,7 @@ from ..models.config import PVTConfig
 from ..models.model import PyramidVisionTransformer
 
 __all__ = ["OWN_FORMAT", "FILE_LIMITS", "save_model", "is_safetensors", "read_metadata", "read_header",
-           "read_own_format", "check_metadata", "check_file_limits", "check_file_config", "build_pvt", "load_pvt",
-           "resolve_checkpoint"]
+           "read_own_format", "check_metadata", "check_file_limits", "check_file_config", "build_pvt", "load_pvt"]
 
 OWN_FORMAT = "pvt"
 
@@ -246,22 +245,13 @@ def build_pvt(meta: dict[str, Any], state: dict[str, torch.Tensor], source: str 
 
 
 def load_pvt(path: str | Path) -> tuple[PyramidVisionTransformer, dict[str, Any]]:
-    """``(model, metadata)`` of an own-format PVT file or run folder (see :func:`resolve_checkpoint`)."""
-    file = resolve_checkpoint(path)
-    own = read_own_format(file)
+    """``(model, metadata)`` of an own-format PVT file (a run folder's:
+    :func:`pvt.weights.run_folder.resolve_checkpoint`)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    own = read_own_format(path)
     if own is None:
-        raise ValueError(f"checkpoint {str(file)!r} is not in this library's format (a .safetensors file with "
+        raise ValueError(f"checkpoint {str(path)!r} is not in this library's format (a .safetensors file with "
                          "format=pvt metadata); convert it with `pvt convert`")
     state, meta = own
-    return build_pvt(meta, state, file), meta
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The weights file behind ``path``: the file itself, or in a run folder ``best.safetensors`` (else
-    ``last.safetensors``). FileNotFoundError when there is none."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "best.safetensors" if (p / "best.safetensors").is_file() else p / "last.safetensors"
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return p
+    return build_pvt(meta, state, path), meta
