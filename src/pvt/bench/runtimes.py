@@ -19,6 +19,9 @@ Busy machines: ``busy_cores`` starts that many processes spinning on a core each
 and ``wait_policy`` sets ``OMP_WAIT_POLICY`` in the runners' environment (``passive`` / ``active``), or
 ``spin=N`` sets ``GOMP_SPINCOUNT=N`` (GNU OpenMP, PyTorch's: spin N times at a barrier, then sleep; its
 default is 300 000). Both must be set before OpenMP starts, so only a fresh process can change them.
+A runner of ``threads=0`` (``auto``, the command's default) takes the cores that are free when its process
+starts (:func:`pvt.base.cores.free_cores`: the process's cores less those other work, busy cores included,
+kept busy over 0.1 s), as the ``pvt`` command does; the chosen count is reported per round.
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ def wait_policy_env(policy: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Runner:
-    """One runtime in one precision at one thread count, timing inference or a training step."""
+    """One runtime in one precision at one thread count (0: the free cores when its process starts),
+    timing inference or a training step."""
 
     runtime: str
     precision: str
@@ -91,7 +95,8 @@ class Runner:
 
     @property
     def label(self) -> str:
-        return f"{self.runtime}/{self.precision}/{self.threads}t" + ("/train" if self.mode == "train" else "")
+        threads = f"{self.threads}t" if self.threads else "auto"
+        return f"{self.runtime}/{self.precision}/{threads}" + ("/train" if self.mode == "train" else "")
 
 
 def available(runtime: str) -> bool:
@@ -282,6 +287,11 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     from ..accel.runtime import configure_allocator, page_faults
 
     configure_allocator(spec.get("allocator"))
+    used = None
+    if not spec["threads"]:  # auto: the cores free now (busy cores of the run and other work left out)
+        from ..base.cores import free_cores
+
+        spec["threads"], used = free_cores()
     torch.set_num_threads(spec["threads"])
     call = _build(spec)
     t0 = time.perf_counter()
@@ -298,7 +308,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         seconds.append(time.perf_counter() - t0)
         faults.append(page_faults() - f0)
     return {"seconds": seconds, "faults": statistics.median(faults), "torch_threads": torch.get_num_threads(),
-            "first_call_s": first_call}
+            "first_call_s": first_call, "threads": spec["threads"], "cores_in_use": used}
 
 
 def run_runner(runner: Runner, model_name: str, files: dict[str, str], *, warmup: int = 2, repeats: int = 10,
@@ -319,7 +329,9 @@ def run_runner(runner: Runner, model_name: str, files: dict[str, str], *, warmup
         env.pop("OMP_WAIT_POLICY", None)
         env.pop("GOMP_SPINCOUNT", None)
         env.update(policy_env)
-        env["OMP_NUM_THREADS"] = str(runner.threads)
+        env.pop("OMP_NUM_THREADS", None)
+        if runner.threads:
+            env["OMP_NUM_THREADS"] = str(runner.threads)
         if files.get("inductor"):
             env["TORCHINDUCTOR_CACHE_DIR"] = files["inductor"]
         src = str(Path(__file__).resolve().parents[2])
@@ -386,6 +398,7 @@ def benchmark_runtimes(
             seconds: dict[Runner, list[float]] = {r: [] for r in runnable}
             per_round: dict[Runner, list[float]] = {r: [] for r in runnable}
             first_calls: dict[Runner, list[float]] = {r: [] for r in runnable}
+            chosen: dict[Runner, list[int]] = {r: [] for r in runnable}
             faults: dict[Runner, float] = {}
             for k in range(rounds):
                 order = runnable[k % len(runnable):] + runnable[: k % len(runnable)] if runnable else []
@@ -395,9 +408,12 @@ def benchmark_runtimes(
                                      batch_size=batch_size, size=size)
                     seconds[r] += got["seconds"]
                     first_calls[r].append(round(got["first_call_s"], 1))
+                    chosen[r].append(got["threads"])
                     per_round[r].append(round(batch_size / statistics.median(got["seconds"]), 2))
                     faults[r] = got["faults"]
-                    log(f"{name} round {k + 1}: {r.label} {per_round[r][-1]} img/s")
+                    auto = f" ({got['threads']} threads; {got['cores_in_use']:.1f} cores busy at start)" \
+                        if not r.threads and got["cores_in_use"] is not None else ""
+                    log(f"{name} round {k + 1}: {r.label} {per_round[r][-1]} img/s{auto}")
             reference = next((folder / f"pvt-float32-{r.threads}.npy" for r in runnable
                               if (r.runtime, r.precision) == ("pvt", "float32")), None)
             ref = np.load(reference).astype(np.float64) if reference is not None else None
@@ -408,7 +424,7 @@ def benchmark_runtimes(
                     diff = float(np.abs(out - ref).max())
                     cos = float((out * ref).sum() / (np.linalg.norm(out) * np.linalg.norm(ref)))
                 extra = {"rounds": per_round[r], "busy_cores": busy, "wait_policy": wait_policy,
-                         "first_call_s": first_calls[r]}
+                         "first_call_s": first_calls[r], "threads": chosen[r]}
                 if r.runtime == "compile":
                     extra["compile_s"] = first_calls[r]  # round 1 compiles cold, later rounds load the cache
                 results.append(Result.from_times(
@@ -421,7 +437,7 @@ def benchmark_runtimes(
 def format_runtime_results(results: Sequence[Result]) -> str:
     """One row per (model, threads, batch, runtime, precision): img/s, ms per batch, the spread, logits
     against our float32, and throughput over timm's float32 and over ours in the same precision."""
-    header = (f"{'model':<14} {'thr':>3} {'batch':>5} {'runtime':<12} {'precision':<9} {'img/s':>8} "
+    header = (f"{'model':<14} {'thr':>4} {'batch':>5} {'runtime':<12} {'precision':<9} {'img/s':>8} "
               f"{'ms/batch':>9} {'iqr ms':>7} {'cosine':>8} {'max|diff|':>9} {'x timm32':>8} {'ours/x':>6}  per round")
     lines = [header, "-" * len(header)]
     rate = {(r.model, r.threads, r.batch_size, r.impl, r.dtype): r.img_per_s for r in results}
@@ -433,9 +449,12 @@ def format_runtime_results(results: Sequence[Result]) -> str:
         vs_ours = f"{ours / r.img_per_s:6.2f}" if ours and r.impl != "pvt" else f"{'-':>6}"
         cos = "-" if r.cosine is None else f"{r.cosine:.6f}"
         diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
-        lines.append(f"{r.model:<14} {r.threads:>3} {r.batch_size:>5} {r.impl:<12} {r.dtype:<9} {r.img_per_s:>8.2f} "
+        rounds = r.extra.get("rounds", [])
+        if not r.threads:  # auto: each round's figure with the threads its process chose
+            rounds = [f"{v} ({t}t)" for v, t in zip(rounds, r.extra.get("threads", []))]
+        lines.append(f"{r.model:<14} {r.threads or 'auto':>4} {r.batch_size:>5} {r.impl:<12} {r.dtype:<9} {r.img_per_s:>8.2f} "
                      f"{r.latency_ms:>9.1f} {r.latency_iqr_ms:>7.1f} {cos:>8} {diff:>9} {vs_timm} {vs_ours}  "
-                     f"{', '.join(map(str, r.extra.get('rounds', [])))}"
+                     f"{', '.join(map(str, rounds))}"
                      + (f"; compile {', '.join(map(str, r.extra['compile_s']))} s" if "compile_s" in r.extra else ""))
     return "\n".join(lines)
 

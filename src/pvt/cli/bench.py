@@ -35,7 +35,8 @@ def register(sub) -> None:
                         "backward, AdamW); with --compare ours, timm's and HF's each in its own process")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", nargs="+", default=None, **bounded(
-        int, 1, MAX_THREADS, "CPU threads (default: torch's); several values only with the runtime runners"))
+        int, 1, MAX_THREADS, "CPU threads (default: torch's; the runtime runners: the cores free when each "
+        "runner's process starts); several values only with the runtime runners"))
     p.add_argument("--warmup", default=2, **bounded(int, 0, 10_000, "untimed rounds first"))
     p.add_argument("--repeats", default=5, **bounded(int, 1, 10_000, "timed rounds"))
     p.add_argument("--compare", action="store_true",
@@ -206,7 +207,7 @@ def _benchmark_runtimes(args: argparse.Namespace, sizes: list[tuple[int, int]]) 
             print(f"# precision auto -> {picked} ({reason})")
         if picked not in precisions:
             precisions.append(picked)
-    threads = args.threads or [min(2, os.cpu_count() or 1)]
+    threads = args.threads or [0]  # 0: each runner takes the cores free when its process starts
     runners = runners_for(runtimes, precisions, threads, mode)
     busy = args.busy_cores or 0
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni", "avx2")))
@@ -214,6 +215,9 @@ def _benchmark_runtimes(args: argparse.Namespace, sizes: list[tuple[int, int]]) 
     if mode == "train":
         print("# one training step per call: mixup / cutmix with label smoothing, forward, backward, AdamW "
               "(pvt train's recipe), the same batch and weights in every runner")
+    if threads == [0]:
+        print("# threads: auto, the cores free when each runner's process starts (pvt.base.cores.free_cores; "
+              "the busy cores of --busy-cores and other work left out)")
     print(f"# each runner in its own process: {args.rounds or 2} rounds x {args.repeats} calls after {args.warmup} "
           f"warm-up; busy cores {busy}; OpenMP wait policy {args.wait_policy or 'default'}; allocator {allocator_mode()}",
           flush=True)
