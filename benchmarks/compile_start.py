@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def _start(model_name: str, batch: int, repeats: int) -> dict:
@@ -54,13 +55,13 @@ def main() -> None:
     shutil.rmtree(args.cache, ignore_errors=True)
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=args.cache)
     for start in ("first", "second"):
-        load0 = open("/proc/loadavg").read().split()[0]
+        load0 = Path("/proc/loadavg").read_text().split()[0]
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, __file__, args.model, "-b", str(args.batch_size), "--repeats",
                                str(args.repeats), "--cache", args.cache, "--child"], env=env, capture_output=True,
                               text=True, check=True)
         got = json.loads(done.stdout.strip().splitlines()[-1])
-        load1 = open("/proc/loadavg").read().split()[0]
+        load1 = Path("/proc/loadavg").read_text().split()[0]
         print(f"{start} start: process {time.perf_counter() - t0:.1f} s, {got} (load average {load0} -> {load1})",
               flush=True)
 

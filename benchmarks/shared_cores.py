@@ -13,6 +13,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 VARIANTS = {"auto idle": [], "auto busy": ["--busy-cores", "1"], "2t idle": ["--threads", "2"],
             "2t busy": ["--threads", "2", "--busy-cores", "1"]}
@@ -27,7 +28,7 @@ def main() -> None:
     for k in range(args.pairs):
         order = list(VARIANTS) if k % 2 == 0 else list(reversed(VARIANTS))
         for v in order:
-            load = open("/proc/loadavg").read().split()[0]
+            load = Path("/proc/loadavg").read_text().split()[0]
             out = subprocess.run([sys.executable, "-m", "pvt", "benchmark", *args.args, *VARIANTS[v]],
                                  capture_output=True, text=True, check=True).stdout
             row = next(line for line in out.splitlines() if line.split()[3:5] == ["pvt", "float32"])

@@ -4,7 +4,8 @@ eager model's logits, and without a working compiler the model runs as before wi
 import pytest
 import torch
 
-from pvt.accel import accelerate, compile as compile_mod
+from pvt.accel import accelerate
+from pvt.accel import compile as compile_mod
 from pvt.models.config import PVTConfig
 from pvt.models.model import PyramidVisionTransformer
 

@@ -118,7 +118,7 @@ def test_cli_train_step_of_ours_and_timms_each_in_its_own_process(tmp_path, caps
 @pytest.mark.slow  # Inductor compiles B0 at 64x64 in ~1-3 min on 2 cores
 def test_compile_runner_reports_its_compile_time():
     results = benchmark_runtimes(["pvt_v2_b0"], [Runner("pvt", "float32", 1), Runner("compile", "float32", 1)],
-                                 **dict(TINY, rounds=2))
+                                 **{**TINY, "rounds": 2})
     compiled = results[1]
     assert compiled.impl == "compile" and compiled.cosine > 0.99999 and len(compiled.extra["compile_s"]) == 2
     assert "; compile " in format_runtime_results(results).splitlines()[-1]
