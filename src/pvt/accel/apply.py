@@ -61,9 +61,9 @@ def accelerate(
         compile: also compile the model's calls with ``torch.compile`` (Inductor, freezing on; the
             plain forward is compiled, the first call of each input shape compiles, and the cached code
             makes a second start fast: :mod:`pvt.accel.compile`). Inference only. Where it pays: on the
-            AVX2 Zen 3 measured (docs/speed.md, one thread) the compiled model beat the fused path at
-            batch 8 (B0 1.11x) and was not ahead at batch 1, after a compile of minutes (B0: 166-241 s
-            cold, 31-57 s from the cache); where torch.compile cannot run, the accelerated eager model
+            AVX2 Zen 3 measured (docs/speed.md, one thread) the compiled model was at least level with the
+            fused path at batch 8 (B0 1.11x, B2 level; batch 1 undecided), after a compile of minutes
+            (B0: 166-241 s cold, 31-57 s from the cache); where torch.compile cannot run, the accelerated eager model
             runs and ``model.acceleration.note`` says why.
 
     Where oneDNN's fused bfloat16 kernels do not run (AVX2-only CPUs), bfloat16 runs as the plain
