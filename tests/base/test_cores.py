@@ -62,7 +62,8 @@ def test_set_before_torch_loads_and_the_users_choice_kept():
     assert out.returncode == 0, out.stderr
     assert "OMP_WAIT_POLICY = 'PASSIVE'" in out.stderr  # what OpenMP itself read when it loaded
     threads, available = out.stdout.split()[-2:]
-    assert threads == available
+    chosen = out.stdout.split("'threads': '")[1].split()[0]  # the free cores: available less those busy now
+    assert threads == chosen and 1 <= int(threads) <= int(available)
     kept = _run(code, OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="1")
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in kept.stderr and kept.stdout.split()[-2] == "1"
     late = _run("import torch; from pvt.base.cores import use_available_cores; print(use_available_cores(threads=1)); "
@@ -83,3 +84,39 @@ def test_the_command_waits_passively_by_default():
     assert out.returncode == 0, out.stderr
     assert "OMP_WAIT_POLICY = 'PASSIVE'" in out.stderr
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in _run(code, OMP_WAIT_POLICY="ACTIVE").stderr
+
+
+def test_cores_busy_with_other_work_are_left_out(monkeypatch, tmp_path):
+    stat = tmp_path / "stat"
+    # cpu0 busy 90 of 100 jiffies, cpu1 busy 10 of 100 (idle and iowait are not busy); cpu2 is not ours
+    samples = iter([
+        "cpu  0 0 0 0 0 0 0 0\ncpu0 100 0 0 100 0 0 0 0\ncpu1 10 0 0 190 0 0 0 0\ncpu2 0 0 0 0 0 0 0 0\n",
+        "cpu  0 0 0 0 0 0 0 0\ncpu0 180 0 10 110 0 0 0 0\ncpu1 15 0 5 260 20 0 0 0\ncpu2 50 0 0 50 0 0 0 0\n",
+    ])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    real_times = cores._cpu_times
+
+    def next_sample(path):
+        stat.write_text(next(samples))
+        return real_times(path)
+
+    monkeypatch.setattr(cores, "_cpu_times", next_sample)
+    monkeypatch.setattr(cores.time, "process_time", lambda: 0.0)  # this process: no CPU time of its own
+    assert cores.cores_in_use(0.0, stat) == pytest.approx(1.0)
+    monkeypatch.setattr(cores, "available_cores", lambda: 2)
+    for used, free in [(0.02, 2), (0.6, 1), (1.0, 1), (1.9, 1), (None, 2)]:
+        monkeypatch.setattr(cores, "cores_in_use", lambda interval=0.1, u=used: u)
+        assert cores.free_cores() == (free, used)
+    monkeypatch.setattr(cores, "cores_in_use", lambda interval=0.1: 1.0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or pytest.importorskip("torch"))
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        done = cores.use_available_cores(wait_policy=None)
+        assert done == {"threads": "1 (cores this process may use, less 1.0 busy with other work)"}
+        assert torch.get_num_threads() == 1
+        assert cores.use_available_cores(wait_policy=None, share=False)["threads"] == "2 (cores this process may use)"
+    finally:
+        torch.set_num_threads(before)

@@ -83,3 +83,42 @@ def test_cli_runtime_runners(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [r["impl"] for r in rows] == ["pvt", "pvt"] and rows[-1]["dtype"] == "int8"
     assert all(r["extra"]["busy_cores"] == 1 for r in rows)
+
+
+def test_train_runners_and_the_compile_runtime_are_offered():
+    got = runners_for(["pvt", "timm", "hf"], ["float32", "int8"], [1], "train")
+    assert [(r.runtime, r.precision, r.mode) for r in got] == [("pvt", "float32", "train"), ("timm", "float32", "train"),
+                                                                ("hf", "float32", "train")]
+    assert got[0].label == "pvt/float32/1t/train"
+    with pytest.raises(ValueError, match="unknown train runtime 'onnxruntime'"):
+        runners_for(["onnxruntime"], ["float32"], [1], "train")
+    # compile: our plain model under torch.compile, float32 only
+    assert [(r.runtime, r.precision) for r in runners_for(["compile"], ["float32", "bfloat16", "int8"], [1])] == [
+        ("compile", "float32")]
+
+
+def test_cli_train_step_of_ours_and_timms_each_in_its_own_process(tmp_path, capsys):
+    pytest.importorskip("timm")
+    out = tmp_path / "t.json"
+    assert main(["benchmark", "pvt_v2_b0", "--mode", "train", "--compare", "--runtimes", "pvt", "timm", "-b", "2",
+                 "--img-size", "64", "--rounds", "1", "--repeats", "1", "--warmup", "1", "--threads", "1",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "one training step per call: mixup / cutmix with label smoothing" in printed
+    rows = [line.split() for line in printed.splitlines() if line.startswith("pvt_v2_b0")]
+    assert [r[3:5] for r in rows] == [["pvt", "float32"], ["timm", "float32"]]
+    results = json.loads(out.read_text())
+    assert [(r["impl"], r["mode"], r["batch_size"]) for r in results] == [("pvt", "train", 2), ("timm", "train", 2)]
+    assert all(r["img_per_s"] > 0 for r in results)
+    # int8 has no training step: one line, before anything runs
+    assert main(["benchmark", "--mode", "train", "--precision", "int8"]) == 2
+    assert "int8 times CPU inference only" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # Inductor compiles B0 at 64x64 in ~1-3 min on 2 cores
+def test_compile_runner_reports_its_compile_time():
+    results = benchmark_runtimes(["pvt_v2_b0"], [Runner("pvt", "float32", 1), Runner("compile", "float32", 1)],
+                                 **{**TINY, "rounds": 2})
+    compiled = results[1]
+    assert compiled.impl == "compile" and compiled.cosine > 0.99999 and len(compiled.extra["compile_s"]) == 2
+    assert "; compile " in format_runtime_results(results).splitlines()[-1]

@@ -40,6 +40,7 @@ def accelerate(
     chunk_bytes: int | None = None,
     precision: str = "float32",
     flags: frozenset[str] | None = None,
+    compile: bool = False,
 ) -> PyramidVisionTransformer:
     """Give ``model`` the accelerated paths, in place; returns ``model``.
 
@@ -57,6 +58,13 @@ def accelerate(
             :mod:`pvt.accel.capability`); ``auto`` (bfloat16 where the CPU has it, else float32).
             int8 takes calibration or a choice of dynamic ranges: :func:`pvt.accel.quant.quantize`.
         flags: CPU feature flags to decide by (default: this CPU's, :mod:`pvt.accel.capability`).
+        compile: also compile the model's calls with ``torch.compile`` (Inductor, freezing on; the
+            plain forward is compiled, the first call of each input shape compiles, and the cached code
+            makes a second start fast: :mod:`pvt.accel.compile`). Inference only. Where it pays: on the
+            AVX2 Zen 3 measured (docs/speed.md, one thread) the compiled model was at least level with the
+            fused path at batch 8 (B0 1.11x, B2 level; batch 1 undecided), after a compile of minutes
+            (B0: 166-241 s cold, 31-57 s from the cache); where torch.compile cannot run, the accelerated eager model
+            runs and ``model.acceleration.note`` says why.
 
     Where oneDNN's fused bfloat16 kernels do not run (AVX2-only CPUs), bfloat16 runs as the plain
     modules under CPU bf16 autocast; where this PyTorch lacks the fused operators, the CPU path is off
@@ -85,6 +93,12 @@ def accelerate(
         precision = "float32"
     elif precision == "bfloat16" and no_bf16:
         note = f"bfloat16 runs as the plain modules under CPU autocast: {no_bf16}"
+    if compile:
+        from .compile import compile_model
+
+        why = compile_model(model)
+        if why:
+            note = "; ".join(filter(None, [note, f"compile=True: {why}; the accelerated eager model runs"]))
     return _apply(model, Acceleration(cpu=bool(cpu) and not cpu_off, gpu=bool(gpu), chunk_bytes=chunk_bytes,
                                       precision=precision, compute=precision, bf16_fused=no_bf16 is None, note=note))
 

@@ -8,6 +8,11 @@ a quota) the spinning takes that work's time and every barrier waits for a desch
 run beside other processes went several times slower (figures: docs/speed.md). ``OMP_WAIT_POLICY=PASSIVE``
 makes waiting threads sleep at once.
 
+Threads beyond the cores that are free hurt as well: two threads on a 2-core machine with one core taken by
+another process run at the pace of the descheduled one (about 40 % of idle throughput), one thread on the
+free core keeps about 60 %. :func:`free_cores` therefore looks at what the machine's cores did over the last
+~0.1 s (``/proc/stat``) and leaves out those that other work kept busy; the choice is made once, at start.
+
 OpenMP reads both settings when it loads, at ``import torch``. :func:`use_available_cores` therefore sets
 them as environment variables, and must run before torch is imported for the waiting to change; after
 that it can still set the thread count (``torch.set_num_threads``). The ``pvt`` command calls it first
@@ -20,9 +25,10 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
-__all__ = ["available_cores", "cpu_quota", "use_available_cores"]
+__all__ = ["available_cores", "cpu_quota", "cores_in_use", "free_cores", "use_available_cores"]
 
 
 def cpu_quota(root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup") -> float | None:
@@ -77,13 +83,57 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-def use_available_cores(threads: int | None = None, wait_policy: str | None = "passive") -> dict[str, str]:
+def _cpu_times(stat: str | Path) -> dict[int, tuple[int, int]]:
+    """Per core: (busy, total) jiffies since boot from ``/proc/stat`` (idle and iowait count as not busy)."""
+    times = {}
+    for line in Path(stat).read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and len(fields) >= 5:
+            values = [int(v) for v in fields[:8]]
+            total = sum(values)
+            times[int(name[3:])] = (total - values[3] - values[4], total)
+    return times
+
+
+def cores_in_use(interval: float = 0.1, stat: str | Path = "/proc/stat") -> float | None:
+    """How many of this process's cores other work kept busy over the next ``interval`` seconds: the busy
+    share of each core (``/proc/stat``, sampled twice) summed over the cores of this process's affinity,
+    less this process's own CPU time. None where ``/proc/stat`` cannot be read (not Linux)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+        before, own0, wall0 = _cpu_times(stat), time.process_time(), time.monotonic()
+        time.sleep(interval)
+        after, own1, wall1 = _cpu_times(stat), time.process_time(), time.monotonic()
+    except (AttributeError, OSError, ValueError):
+        return None
+    busy = 0.0
+    for core in allowed & before.keys() & after.keys():
+        dt = after[core][1] - before[core][1]
+        if dt > 0:
+            busy += (after[core][0] - before[core][0]) / dt
+    return max(0.0, busy - (own1 - own0) / max(wall1 - wall0, 1e-6))
+
+
+def free_cores(interval: float = 0.1) -> tuple[int, float | None]:
+    """The cores this process may use (:func:`available_cores`) less those other work keeps busy now
+    (:func:`cores_in_use` over ``interval`` seconds, a core counted busy from half its time), at least 1;
+    returns ``(free, in use)``."""
+    cores = available_cores()
+    used = cores_in_use(interval)
+    if used is None:
+        return cores, None
+    return max(1, min(cores, cores - math.floor(used + 0.5))), used
+
+
+def use_available_cores(threads: int | None = None, wait_policy: str | None = "passive",
+                        share: bool = True) -> dict[str, str]:
     """Size torch's threads to the cores this process may use and let idle threads sleep; returns what
     was set (``{"threads": ..., "wait_policy": ...}``, each with where it came from).
 
     Args:
         threads: torch's intra-op threads; None: ``OMP_NUM_THREADS`` when the user set it, else
-            :func:`available_cores`.
+            :func:`free_cores` (``share=True``: the cores not busy with other work now, sampled over
+            0.1 s) or :func:`available_cores` (``share=False``).
         wait_policy: ``OMP_WAIT_POLICY`` to set (``passive``, ``active``) unless the environment already
             names one; None leaves it alone. Takes effect only before ``import torch``.
     """
@@ -94,12 +144,18 @@ def use_available_cores(threads: int | None = None, wait_policy: str | None = "p
     else:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
-        n = threads if threads is not None else available_cores()
+        if threads is not None:
+            n, why = threads, "asked"
+        elif share:
+            n, used = free_cores()
+            why = "cores this process may use" + (f", less {used:.1f} busy with other work" if used else "")
+        else:
+            n, why = available_cores(), "cores this process may use"
         if torch_loaded:
             sys.modules["torch"].set_num_threads(n)
         else:
             os.environ["OMP_NUM_THREADS"] = str(n)
-        done["threads"] = f"{n} ({'asked' if threads is not None else 'cores this process may use'})"
+        done["threads"] = f"{n} ({why})"
     if wait_policy is None:
         return done
     if wait_policy.lower() not in ("passive", "active"):

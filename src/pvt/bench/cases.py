@@ -148,8 +148,9 @@ def _autocast(case: Case):
 
 
 def make_step(model: nn.Module, case: Case, seed: int = 0) -> Callable[[], Any]:
-    """A closure running one inference batch, or one training step (forward, cross-entropy,
-    backward, AdamW step) in ``train`` mode, on fixed random inputs."""
+    """A closure running one inference batch, or one training step in ``train`` mode (the recipe's
+    mixup / cutmix and label smoothing, forward, backward, AdamW step: :func:`_train_step`), on fixed
+    random inputs."""
     if case.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {case.dtype!r}; choose from {', '.join(DTYPES)}")
     g = torch.Generator().manual_seed(seed)
@@ -175,15 +176,36 @@ def make_step(model: nn.Module, case: Case, seed: int = 0) -> Callable[[], Any]:
         return infer
     if case.mode != "train":
         raise ValueError(f"unknown mode {case.mode!r}; choose from infer, train")
+    return _train_step(model, case, x, g)
+
+
+def _train_step(model: nn.Module, case: Case, x: Tensor, g: torch.Generator) -> Callable[[], Tensor]:
+    """One training step of the classification recipe's pieces (``pvt train``'s defaults,
+    :class:`pvt.engine.config.TrainConfig`): mixup / cutmix with label smoothing (plain label smoothing on
+    an odd batch, which mixup cannot pair), forward, backward, AdamW over the trainer's parameter groups."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    from ..engine.config import TrainConfig
+    from ..engine.trainer import param_groups
+
+    recipe = TrainConfig()
     model.train()
-    y = torch.randint(0, num_classes(model), (case.batch_size,), generator=g).to(case.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    loss_fn = nn.CrossEntropyLoss()
+    classes = num_classes(model)
+    y = torch.randint(0, classes, (case.batch_size,), generator=g).to(case.device)
+    opt = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=1e-4, eps=recipe.opt_eps)
+    mix = None
+    if case.batch_size % 2 == 0 and (recipe.mixup > 0 or recipe.cutmix > 0):
+        mix = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
+                    switch_prob=recipe.mixup_switch_prob, mode="batch", label_smoothing=recipe.smoothing,
+                    num_classes=classes)
+    loss_fn = SoftTargetCrossEntropy() if mix is not None else LabelSmoothingCrossEntropy(recipe.smoothing)
 
     def train() -> Tensor:
+        images, targets = mix(x.clone(), y) if mix is not None else (x, y)  # mixup mixes in place
         opt.zero_grad(set_to_none=True)
         with _autocast(case):
-            loss = loss_fn(model(x).float(), y)
+            loss = loss_fn(model(images).float(), targets)
         loss.backward()
         opt.step()
         return loss.detach()

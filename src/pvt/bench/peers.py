@@ -14,9 +14,10 @@ IMPLS = ("pvt", "timm", "hf")
 """Implementation names: ours, timm's, HF transformers'."""
 
 
-def reference_model(impl: str, name: str, model: PyramidVisionTransformer) -> nn.Module:
+def reference_model(impl: str, name: str, model: PyramidVisionTransformer, *, drop_path_rate: float = 0.0) -> nn.Module:
     """timm's (``impl="timm"``) or transformers' (``"hf"``) implementation of ``name`` holding
-    ``model``'s weights, in eval mode. Raises ValueError when that library lacks the variant."""
+    ``model``'s weights, in eval mode (``drop_path_rate``: stochastic depth when trained). Raises ValueError
+    when that library lacks the variant."""
     from ..weights.keys import to_hf_v2, to_timm
 
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -25,7 +26,7 @@ def reference_model(impl: str, name: str, model: PyramidVisionTransformer) -> nn
 
         if name not in timm.list_models("pvt_v2*"):
             raise ValueError(f"timm has no {name!r}; it implements {', '.join(timm.list_models('pvt_v2*'))}")
-        ref = timm.create_model(name, pretrained=False, num_classes=model.num_classes)
+        ref = timm.create_model(name, pretrained=False, num_classes=model.num_classes, drop_path_rate=drop_path_rate)
         ref.load_state_dict(to_timm(sd), strict=True)
     elif impl == "hf":
         from transformers import PvtV2Config, PvtV2ForImageClassification
@@ -35,6 +36,7 @@ def reference_model(impl: str, name: str, model: PyramidVisionTransformer) -> nn
         fields = pvt_to_hf_config(model.config)
         if fields.pop("model_type") != "pvt_v2":
             raise ValueError("the HF comparison covers PVT v2 models only")
+        fields["drop_path_rate"] = drop_path_rate
         ref = _HFLogits(PvtV2ForImageClassification(PvtV2Config(**fields, num_labels=max(model.num_classes, 1))))
         ref.inner.load_state_dict(to_hf_v2(sd), strict=True)
     else:

@@ -13,7 +13,8 @@ from ..base.constants import FILE_LIMITS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS
 from .command import command
 from .options import bounded
 
-_RUNTIMES = ("pvt", "timm", "hf", "onnxruntime", "openvino")
+_RUNTIMES = ("pvt", "compile", "timm", "hf", "onnxruntime", "openvino")
+_TRAIN_RUNTIMES = ("pvt", "timm", "hf")
 
 
 def register(sub) -> None:
@@ -30,17 +31,20 @@ def register(sub) -> None:
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
                    help="bfloat16 runs under torch.autocast")
     p.add_argument("--mode", nargs="+", default=["infer"], choices=["infer", "train"],
-                   help="train: forward, cross-entropy, backward and one AdamW step")
+                   help="train: one training step of the recipe (mixup / cutmix with label smoothing, forward, "
+                        "backward, AdamW); with --compare ours, timm's and HF's each in its own process")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", nargs="+", default=None, **bounded(
-        int, 1, MAX_THREADS, "CPU threads (default: torch's); several values only with the runtime runners"))
+        int, 1, MAX_THREADS, "CPU threads (default: torch's; the runtime runners: the cores free when each "
+        "runner's process starts); several values only with the runtime runners"))
     p.add_argument("--warmup", default=2, **bounded(int, 0, 10_000, "untimed rounds first"))
     p.add_argument("--repeats", default=5, **bounded(int, 1, 10_000, "timed rounds"))
     p.add_argument("--compare", action="store_true",
-                   help="also time the peers: for CPU inference timm, HF, ONNX Runtime and OpenVINO, each in its own "
-                        "process (the runtime runners below); with --in-process, --mode train, --device cuda or "
-                        "--compile: timm's and HF's in this process, interleaved (with --backend onnxruntime --onnx: "
-                        "our PyTorch model)")
+                   help="also time the peers: for CPU inference our plain model under torch.compile (Inductor, "
+                        "freezing; with its compile time), timm, HF, ONNX Runtime and OpenVINO, for a CPU training "
+                        "step timm and HF, each in its own process (the runtime runners below); with --in-process, "
+                        "--device cuda or --compile: timm's and HF's in this process, interleaved (with --backend "
+                        "onnxruntime --onnx: our PyTorch model)")
     p.add_argument("--in-process", action="store_true",
                    help="time every implementation in this one process, interleaved (peak memory, page faults)")
     p.add_argument("--compile", action="store_true",
@@ -56,12 +60,13 @@ def register(sub) -> None:
     p.add_argument("--onnx", type=Path, help="ONNX file for --backend onnxruntime (timed in this process)")
     g = p.add_argument_group(
         "runtime runners (each runtime and precision in its own fresh process, alternating rounds, medians; "
-        "CPU inference; switched on by any of these options or by --backend without --onnx)")
+        "CPU inference or --mode train; switched on by any of these options or by --backend without --onnx)")
     g.add_argument("--precision", nargs="+", choices=["float32", "bfloat16", "int8", "auto"],
                    help="precisions to run (auto: bfloat16 where the CPU multiplies it natively, else float32); "
                         "with --compare every runtime that offers the precision runs it")
     g.add_argument("--runtimes", nargs="+", choices=list(_RUNTIMES),
-                   help="runtimes to run (default: pvt, and with --compare all of them)")
+                   help="runtimes to run (default: pvt, and with --compare all of them; compile: our plain model "
+                        "under torch.compile; --mode train: pvt, timm, hf)")
     g.add_argument("--rounds", default=None, **bounded(int, 1, 1000, "processes per runner, alternating (default 2)"))
     g.add_argument("--busy-cores", default=None, **bounded(
         int, 0, MAX_THREADS, "keep N cores busy with spinning processes during the run (a shared machine)"))
@@ -98,10 +103,10 @@ def _isolated(args: argparse.Namespace) -> bool:
     option, --backend without --onnx, or --compare for CPU inference (unless --in-process)."""
     if args.in_process or args.onnx is not None:
         return False
-    cpu_inference = (args.device == "cpu" and args.mode == ["infer"] and not args.compile
-                     and not args.channels_last)
+    cpu_case = (args.device == "cpu" and args.mode in (["infer"], ["train"]) and not args.compile
+                and not args.channels_last)
     return bool(args.precision or args.runtimes or args.rounds or args.busy_cores or args.wait_policy
-                or args.backend != "torch" or (args.compare and cpu_inference))
+                or args.backend != "torch" or (args.compare and cpu_case))
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -182,10 +187,17 @@ def _benchmark_runtimes(args: argparse.Namespace, sizes: list[tuple[int, int]]) 
     from ..accel.runtime import allocator_mode
     from ..bench.runtimes import benchmark_runtimes, format_runtime_results, runners_for
 
-    if args.device != "cpu" or args.mode != ["infer"] or args.compile or args.channels_last:
-        raise ValueError("the runtime runners time CPU inference (no --device, --mode train, --compile, "
-                         "--channels-last; --in-process for those)")
-    runtimes = list(args.runtimes or (_RUNTIMES if args.compare else ("pvt",)))
+    if args.device != "cpu" or len(args.mode) > 1 or args.compile or args.channels_last:
+        raise ValueError("the runtime runners time CPU inference or one CPU training step (no --device, several "
+                         "--mode, --compile, --channels-last; --in-process for those)")
+    mode = args.mode[0]
+    if mode == "train":
+        bad = [p for p in args.precision or () if p == "int8"] + [r for r in args.runtimes or () if r not in _TRAIN_RUNTIMES]
+        if bad or args.backend != "torch":
+            raise ValueError(f"{', '.join(bad) or '--backend ' + args.backend} times CPU inference only; --mode train "
+                             f"runs {', '.join(_TRAIN_RUNTIMES)} in float32 or bfloat16")
+    runtimes = list(args.runtimes or ((_RUNTIMES if mode == "infer" else _TRAIN_RUNTIMES) if args.compare
+                                      else ("pvt",)))
     if args.backend != "torch" and args.backend not in runtimes:
         runtimes.append(args.backend)
     precisions = []
@@ -195,11 +207,17 @@ def _benchmark_runtimes(args: argparse.Namespace, sizes: list[tuple[int, int]]) 
             print(f"# precision auto -> {picked} ({reason})")
         if picked not in precisions:
             precisions.append(picked)
-    threads = args.threads or [min(2, os.cpu_count() or 1)]
-    runners = runners_for(runtimes, precisions, threads)
+    threads = args.threads or [0]  # 0: each runner takes the cores free when its process starts
+    runners = runners_for(runtimes, precisions, threads, mode)
     busy = args.busy_cores or 0
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni", "avx2")))
     print(f"# {cpu_model()}, {os.cpu_count()} CPUs; flags: {' '.join(flags)}")
+    if mode == "train":
+        print("# one training step per call: mixup / cutmix with label smoothing, forward, backward, AdamW "
+              "(pvt train's recipe), the same batch and weights in every runner")
+    if threads == [0]:
+        print("# threads: auto, the cores free when each runner's process starts (pvt.base.cores.free_cores; "
+              "the busy cores of --busy-cores and other work left out)")
     print(f"# each runner in its own process: {args.rounds or 2} rounds x {args.repeats} calls after {args.warmup} "
           f"warm-up; busy cores {busy}; OpenMP wait policy {args.wait_policy or 'default'}; allocator {allocator_mode()}",
           flush=True)
