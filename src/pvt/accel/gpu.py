@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import Block, Ops
-from .kernels import layer_norm
 from .cache import OpsState
+from .kernels import layer_norm
 
 __all__ = ["GpuOps", "float32_norms"]
 

@@ -35,8 +35,8 @@ from ..base.tracing import is_tracing
 from ..layers import PLAIN, Block, Ops, PatchEmbed
 from ..models.model import PVTStage, PyramidVisionTransformer
 from . import cpu
-from .gpu import GpuOps, float32_norms
 from .cache import OpsState
+from .gpu import GpuOps, float32_norms
 from .record import Acceleration
 
 __all__ = ["WITH_OPS", "AcceleratedOps", "AcceleratedPyramidVisionTransformer", "hooked"]
