@@ -84,6 +84,15 @@ class Ops:
         """Queries from the tokens ``x``, keys and values from ``source`` (``x`` itself, or its reduction)."""
         return attn.q(x), attn.kv(source)
 
+    def output(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        """``layer(x)`` for a residual branch's output projection (where faster operations add the
+        residual in the same pass: :meth:`residual`)."""
+        return layer(x)
+
+    def residual(self, x: Tensor, branch: nn.Module, y: Tensor, h: int, w: int, drop_path: nn.Module) -> Tensor:
+        """A residual branch: ``x + drop_path(branch(y, h, w))``."""
+        return x + drop_path(branch(y, h, w, ops=self))
+
 
 PLAIN = Ops()
 """The plain operations: every module calls its layers."""
@@ -189,7 +198,7 @@ class SpatialReductionAttention(nn.Module):
     def forward(self, x: Tensor, h: int, w: int, ops: Ops = PLAIN) -> Tensor:
         source = self.reduce(x, h, w, ops) if self.sr is not None else x
         q, kv = ops.q_kv(self, x, source)
-        return self.proj_drop(ops.linear(self.proj, self.attend(q, kv)))
+        return self.proj_drop(ops.output(self.proj, self.attend(q, kv)))
 
 
 class Mlp(nn.Module):
@@ -214,7 +223,7 @@ class Mlp(nn.Module):
         else:  # GELU after the depth-wise conv; the class token (not on the map) gets GELU alone
             x = ops.linear(self.fc1, x, self.relu)
             x = on_map(x, h, w, lambda m: ops.conv(self.dwconv, m, self.act), self.act)
-        return self.drop(ops.linear(self.fc2, self.drop(x)))
+        return self.drop(ops.output(self.fc2, self.drop(x)))
 
 
 class Block(nn.Module):
@@ -255,5 +264,5 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         ops = self.ops.pick(self, x)
-        x = x + self.drop_path(self.attn(ops.norm(self.norm1, x), h, w, ops=ops))
-        return x + self.drop_path(self.mlp(ops.norm(self.norm2, x), h, w, ops=ops))
+        x = ops.residual(x, self.attn, ops.norm(self.norm1, x), h, w, self.drop_path)  # x + drop_path(attn(...))
+        return ops.residual(x, self.mlp, ops.norm(self.norm2, x), h, w, self.drop_path)

@@ -269,14 +269,14 @@ def test_the_fused_and_cuda_paths_supply_operations_not_a_second_block():
     from pvt.layers import PLAIN, Ops
 
     names = {n for n in vars(Ops) if not n.startswith("_")}
-    assert names == {"pick", "norm", "linear", "conv", "q_kv"}
+    assert names == {"pick", "norm", "linear", "conv", "q_kv", "output", "residual"}
     for ops in (cpu.CpuOps, gpu.GpuOps, modules.AcceleratedOps):
         assert issubclass(ops, Ops) and not issubclass(ops, nn.Module)
         own = {n for n in vars(ops) if not n.startswith("_") and callable(vars(ops)[n])}
         assert own <= names, own - names  # operations (and pick), nothing block-shaped
     for module in (cpu, gpu, modules):  # no piece of the dataflow: attention core, maps, residuals
         source = inspect.getsource(module)
-        for piece in ("attend(", ".reduce(", "on_map(", "map_part(", "as_map(", "as_tokens(", "drop_path"):
+        for piece in ("attend(", ".reduce(", "on_map(", "map_part(", "as_map(", "as_tokens(", "drop_path(", ".mlp("):
             assert piece not in source, (module.__name__, piece)
     accelerated = accelerate(tiny("pvt_v2_b0"))
     # every module class stays the plain one (the model aside: pieces); only ``ops`` differs

@@ -6,6 +6,7 @@ one kernel per operation, these run
 * ``fc1`` + bias (+ ReLU / exact GELU) and ``q`` / ``kv`` + bias in one oneDNN pass each (no
   bias-broadcast copy),
 * the 3x3 depth-wise convolution + exact GELU of the convolutional FFN in one pass,
+* the attention and MLP output projections + the residual add in one pass,
 * one GEMM for ``q``, ``k`` and ``v`` where keys come from the full map (no spatial reduction),
 * convolutions on channels-last token views with channels-last weights, made once and cached.
 They read the plain modules' parameters and skip the layers' ``__call__`` (so no hooks, no dropout:
@@ -17,7 +18,7 @@ Precisions (which one a call computes in: :meth:`pvt.accel.record.Acceleration.c
   the same fused kernels on bf16 activations and bf16 copies of the weights (made once, cached);
   LayerNorm statistics, softmax and the GEMMs' sums in float32, as oneDNN and ATen compute them.
 * ``int8`` (:func:`pvt.accel.quant.quantize`): every linear layer (``q``, ``kv``, ``proj``, ``fc1``,
-  ``fc2``) as a oneDNN u8 x s8 product with the fused bias / activation; weights symmetric per
+  ``fc2``) as a oneDNN u8 x s8 product with the fused bias / activation / residual add; weights symmetric per
   output channel, activations asymmetric per tensor, from calibrated ranges (static) or from each
   call's own min / max (dynamic). Everything else (convolutions, LayerNorm, attention) in the compute
   dtype: bfloat16 on CPUs that multiply it natively, else float32.
@@ -98,12 +99,15 @@ def _try_kernels(dtype: torch.dtype, int8: bool) -> str | None:
             g = torch.Generator().manual_seed(0)
             x = torch.randn(2, 5, 16, generator=g).to(dtype)
             w, b = torch.randn(32, 16, generator=g), torch.randn(32, generator=g)
+            residual = torch.randn(2, 5, 32, generator=g).to(dtype)
             for act in ("none", "relu", "gelu"):
                 _fused_linear(x, w.to(dtype), b.to(dtype), act)
+            _fused_linear(x, w.to(dtype), b.to(dtype), residual=residual)
             if int8:
                 weights, qx = _int8_weights(w, b), _quantize(x.float(), 0.05, 64)
                 for act in ("none", "relu", "gelu"):
                     _qlinear(qx, 0.05, 64, weights, dtype, act)
+                _qlinear(qx, 0.05, 64, weights, dtype, residual=residual)
             m = torch.randn(1, 8, 5, 4, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
             dw = torch.randn(8, 1, 3, 3, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
             _fused_conv_gelu(m, dw, torch.zeros(8, dtype=dtype), [1, 1], [1, 1], [1, 1], 8)
@@ -213,10 +217,11 @@ def _linear(
     layer: nn.Linear | None = None,
     act: str = "none",
     weights: tuple[tuple[Tensor | None, ...], Callable[[], WeightPair]] | None = None,
+    residual: Tensor | None = None,
 ) -> Tensor:
-    """``act(x @ W.T + b)`` (``act``: none, relu, gelu; exact erf GELU) in one fused pass, in ``dtype`` or
-    int8 as the record says, for ``layer``'s weights or the derived ``weights`` (sources, maker) cached
-    under ``key``."""
+    """``act(x @ W.T + b)`` (``act``: none, relu, gelu; exact erf GELU) or ``residual + x @ W.T + b`` in one
+    fused pass, in ``dtype`` or int8 as the record says, for ``layer``'s weights or the derived
+    ``weights`` (sources, maker) cached under ``key``."""
     record = state.record
     if record.int8 == "observe":
         _observe(state, key, x)
@@ -226,25 +231,32 @@ def _linear(
             sources, make = weights or _layer_weights(layer)
             int8 = state.weight_cache.get((key, "int8"), sources, lambda: _int8_weights(*make()))
             scale, zero = _activation_qparams(state, key, x)
-            return _qlinear(_quantize(x, scale, zero), scale, zero, int8, dtype, act)
+            return _qlinear(_quantize(x, scale, zero), scale, zero, int8, dtype, act, residual)
     if dtype == torch.float32 and weights is None:
         w, b = layer.weight, layer.bias
     else:
         w, b = _cast(state, key, *(weights or _layer_weights(layer)), dtype)
-    return _fused_linear(x, w, b, act)
+    return _fused_linear(x, w, b, act, residual)
 
 
-def _fused_linear(x: Tensor, w: Tensor, b: Tensor | None, act: str = "none") -> Tensor:
-    """oneDNN's ``act(x @ w.T + b)`` (one home for the operator's calling convention)."""
-    return torch.ops.mkldnn._linear_pointwise(x, w, b, act, [], "none")
+def _fused_linear(x: Tensor, w: Tensor, b: Tensor | None, act: str = "none", residual: Tensor | None = None) -> Tensor:
+    """oneDNN's ``act(x @ w.T + b)`` or ``residual + x @ w.T + b`` (one home for the operators' calling convention)."""
+    if residual is None:
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, act, [], "none")
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
 
 
-def _qlinear(qx: Tensor, scale: float, zero: int, int8: tuple, dtype: torch.dtype, act: str = "none") -> Tensor:
+def _qlinear(qx: Tensor, scale: float, zero: int, int8: tuple, dtype: torch.dtype, act: str = "none",
+             residual: Tensor | None = None) -> Tensor:
     """oneDNN's u8 x s8 product of the uint8 codes ``qx`` (``scale``, ``zero``) and the :func:`_int8_weights`
-    ``int8``, output ``act(...)`` in ``dtype``."""
+    ``int8``, output in ``dtype``: ``act(...)`` or ``residual + ...``."""
     packed, w_scale, w_zero, bias = int8
-    return torch.ops.onednn.qlinear_pointwise(qx, scale, zero, packed, w_scale, w_zero, bias, 1.0, 0, dtype, act,
-                                              [], "none")
+    if residual is None:
+        return torch.ops.onednn.qlinear_pointwise(qx, scale, zero, packed, w_scale, w_zero, bias, 1.0, 0, dtype, act,
+                                                  [], "none")
+    return torch.ops.onednn.qlinear_pointwise.binary(
+        qx, scale, zero, packed, w_scale, w_zero, residual, bias, 1.0, 0, dtype, 1.0, 0, "add", 1.0, "none", [], "",
+    )
 
 
 def _conv_weights(state: OpsState, key: str, conv: nn.Conv2d, dtype: torch.dtype) -> WeightPair:
@@ -292,8 +304,10 @@ class CpuOps(Ops):
     their ``__call__`` (no hooks, no dropout: :mod:`pvt.accel.modules` only picks them for inference
     without hooks). ``autocast``: they run inside CPU autocast, which they turn off around their kernels."""
 
-    def __init__(self, state: OpsState, dtype: torch.dtype, autocast: bool = False):
+    def __init__(self, state: OpsState, dtype: torch.dtype, autocast: bool = False, adding: Tensor | None = None):
         self.state, self.dtype, self.autocast = state, dtype, autocast
+        self.adding = adding
+        """Inside a residual branch: the residual its output projection adds in the same pass."""
 
     def _off(self):
         """CPU autocast off around a kernel that picks its own dtypes (a no-op context outside autocast)."""
@@ -333,3 +347,13 @@ class CpuOps(Ops):
         qkv = _linear(self.state, key, self.dtype, x.contiguous(), weights=_stacked_qkv(attn))
         c = x.shape[-1]
         return qkv[..., :c], qkv[..., c:]
+
+    def output(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        if self.adding is None:
+            return self.linear(layer, x)
+        return _linear(self.state, self.state.names[layer], self.dtype, x.contiguous(), layer, residual=self.adding)
+
+    def residual(self, x: Tensor, branch: nn.Module, y: Tensor, h: int, w: int, drop_path: nn.Module) -> Tensor:
+        # inference: drop path is the identity, and the add runs in the branch's output projection
+        x = x if x.dtype == self.dtype else x.to(self.dtype)
+        return branch(y, h, w, ops=CpuOps(self.state, self.dtype, self.autocast, adding=x))

@@ -56,6 +56,8 @@ class GpuOps(Ops):
             x = x if act is None else act(x)
         return x
 
+    output = linear  # the residual add stays autocast's (no fused epilogue here)
+
     def conv(self, conv: nn.Conv2d, x: Tensor, act: nn.Module | None = None) -> Tensor:
         x = F.conv2d(x, *self._cast(conv), conv.stride, conv.padding, conv.dilation, conv.groups)
         return x if act is None else act(x)
