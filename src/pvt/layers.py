@@ -5,8 +5,11 @@ Tokens travel as ``(B, N, C)`` sequences in row-major ``(h, w)`` order; a block 
 depth-wise convolution of the convolutional FFN). Some token sequences carry extra leading tokens
 (the v1 class token): those are left out of every spatial operation.
 
-These classes are the reference: training, autocast, tracing and export run them as written. Faster
-inference paths for the same modules (same parameters, same state dict) live in :mod:`pvt.accel`.
+These classes are the reference: training, autocast, tracing and export run them as written. Each
+block's dataflow is written once, here; the operations it is made of (a linear layer with its
+activation, a convolution, a LayerNorm, the ``q`` / ``kv`` products) come from an :class:`Ops`: the
+plain one calls the modules, and :func:`pvt.accel.accelerate` gives a module faster ones (fused oneDNN
+kernels on the CPU, cached casts on CUDA) for the same parameters and state dict.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-__all__ = ["PatchEmbed", "SpatialReductionAttention", "Mlp", "Block", "as_map", "as_tokens", "map_part", "on_map"]
+__all__ = ["Ops", "PLAIN", "PatchEmbed", "SpatialReductionAttention", "Mlp", "Block", "as_map", "as_tokens", "map_part", "on_map"]
 
 
 def as_map(tokens: Tensor, h: int, w: int) -> Tensor:
@@ -51,12 +54,58 @@ def on_map(
     return torch.cat([extra if extra_op is None else extra_op(extra), as_tokens(op(map_part(tokens, h, w)))], dim=1)
 
 
+class Ops:
+    """The operations a block's dataflow is made of, as the plain modules compute them.
+
+    A module's ``ops`` is this (the class attribute :data:`PLAIN`) unless :func:`pvt.accel.accelerate`
+    gave it its own; :meth:`pick` says which operations a call runs with, since faster ones take only
+    some calls (inference on a supported device and dtype)."""
+
+    def pick(self, module: nn.Module, x: Tensor) -> Ops:
+        """The operations for a call of ``module`` on ``x``: the plain ones take every call."""
+        return self
+
+    def norm(self, norm: nn.LayerNorm, x: Tensor) -> Tensor:
+        return norm(x)
+
+    def linear(self, layer: nn.Linear, x: Tensor, *acts: nn.Module | None) -> Tensor:
+        """``layer(x)`` followed by the activations ``acts`` (None: no activation)."""
+        x = layer(x)
+        for act in acts:
+            x = x if act is None else act(x)
+        return x
+
+    def conv(self, conv: nn.Conv2d, x: Tensor, act: nn.Module | None = None) -> Tensor:
+        """``conv(x)`` on an ``(B, C, h, w)`` map, followed by ``act`` when given."""
+        x = conv(x)
+        return x if act is None else act(x)
+
+    def q_kv(self, attn: SpatialReductionAttention, x: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:
+        """Queries from the tokens ``x``, keys and values from ``source`` (``x`` itself, or its reduction)."""
+        return attn.q(x), attn.kv(source)
+
+    def output(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        """``layer(x)`` for a residual branch's output projection (where faster operations add the
+        residual in the same pass: :meth:`residual`)."""
+        return layer(x)
+
+    def residual(self, x: Tensor, branch: nn.Module, y: Tensor, h: int, w: int, drop_path: nn.Module) -> Tensor:
+        """A residual branch: ``x + drop_path(branch(y, h, w))``."""
+        return x + drop_path(branch(y, h, w, ops=self))
+
+
+PLAIN = Ops()
+"""The plain operations: every module calls its layers."""
+
+
 class PatchEmbed(nn.Module):
     """Patchify and embed: ``(B, C_in, H, W) -> (B, h*w, C), h, w``.
 
     ``overlap=True`` (v2): kernel ``2S-1``, padding ``S-1``, so ``h = ceil(H / S)`` at any size.
     ``overlap=False`` (v1): ``S x S`` patches, ``h = floor(H / S)``.
     """
+
+    ops: Ops = PLAIN
 
     def __init__(self, in_chans: int, embed_dim: int, stride: int, overlap: bool, eps: float = 1e-5):
         super().__init__()
@@ -69,9 +118,10 @@ class PatchEmbed(nn.Module):
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        x = self.proj(x)
+        ops = self.ops.pick(self, x)
+        x = ops.conv(self.proj, x)
         h, w = x.shape[-2:]
-        return self.norm(as_tokens(x)), h, w
+        return ops.norm(self.norm, as_tokens(x)), h, w
 
 
 class SpatialReductionAttention(nn.Module):
@@ -128,13 +178,13 @@ class SpatialReductionAttention(nn.Module):
             return ((h - r) // r + 1) * ((w - r) // r + 1)
         return h * w
 
-    def reduce(self, x: Tensor, h: int, w: int) -> Tensor:
+    def reduce(self, x: Tensor, h: int, w: int, ops: Ops = PLAIN) -> Tensor:
         """The key/value source: ``(B, N, C)`` -> ``(B, M, C)`` reduced tokens (needs ``self.sr``)."""
         assert self.sr is not None and self.norm is not None
         m = map_part(x, h, w)
         if self.pool is not None:
             m = self.pool(m)
-        m = self.norm(as_tokens(self.sr(m)))
+        m = ops.norm(self.norm, as_tokens(ops.conv(self.sr, m)))
         return self.act(m) if self.act is not None else m
 
     def attend(self, q: Tensor, kv: Tensor) -> Tensor:
@@ -145,9 +195,10 @@ class SpatialReductionAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         return out.transpose(1, 2).reshape(b, n, c)
 
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        source = self.reduce(x, h, w) if self.sr is not None else x
-        return self.proj_drop(self.proj(self.attend(self.q(x), self.kv(source))))
+    def forward(self, x: Tensor, h: int, w: int, ops: Ops = PLAIN) -> Tensor:
+        source = self.reduce(x, h, w, ops) if self.sr is not None else x
+        q, kv = ops.q_kv(self, x, source)
+        return self.proj_drop(ops.output(self.proj, self.attend(q, kv)))
 
 
 class Mlp(nn.Module):
@@ -166,14 +217,13 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        x = self.fc1(x)
-        if self.relu is not None:
-            x = self.relu(x)
-        if self.dwconv is not None:
-            x = on_map(x, h, w, self.dwconv)
-        x = self.drop(self.act(x))
-        return self.drop(self.fc2(x))
+    def forward(self, x: Tensor, h: int, w: int, ops: Ops = PLAIN) -> Tensor:
+        if self.dwconv is None:
+            x = ops.linear(self.fc1, x, self.relu, self.act)
+        else:  # GELU after the depth-wise conv; the class token (not on the map) gets GELU alone
+            x = ops.linear(self.fc1, x, self.relu)
+            x = on_map(x, h, w, lambda m: ops.conv(self.dwconv, m, self.act), self.act)
+        return self.drop(ops.output(self.fc2, self.drop(x)))
 
 
 class Block(nn.Module):
@@ -183,6 +233,8 @@ class Block(nn.Module):
     ``eps``: the block's LayerNorms; ``embed_eps``: the spatial reduction's LayerNorm (the official
     code uses the patch embedding's eps there).
     """
+
+    ops: Ops = PLAIN
 
     def __init__(
         self,
@@ -211,5 +263,6 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), conv=conv_ffn, linear_sra=linear_sra, drop=drop)
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
-        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
+        ops = self.ops.pick(self, x)
+        x = ops.residual(x, self.attn, ops.norm(self.norm1, x), h, w, self.drop_path)  # x + drop_path(attn(...))
+        return ops.residual(x, self.mlp, ops.norm(self.norm2, x), h, w, self.drop_path)

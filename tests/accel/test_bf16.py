@@ -49,7 +49,7 @@ needs_fused_bf16 = pytest.mark.skipif(NO_FUSED_BF16 is not None, reason=f"needs 
 
 def fused_bf16_weights(model) -> bool:
     """Whether the fused bf16 path ran: it caches bf16 copies of the weights."""
-    return any(key[1] == torch.bfloat16 for key in model.stages[0].blocks[0].weight_cache._entries)
+    return any(key[1] == torch.bfloat16 for key in model.stages[0].blocks[0].ops.weight_cache._entries)
 
 
 @needs_fused_bf16

@@ -4,6 +4,7 @@ model computes, batches in pieces, gets out of the way of hooks, and leaves the 
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import pickle
 import subprocess
@@ -14,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
-from torchvision.ops import StochasticDepth
 
 import pvt
-from pvt.accel import Acceleration, WeightCache, accelerate, cpu, plain
-from pvt.accel.modules import inference_path
+from pvt.accel import Acceleration, WeightCache, accelerate, cpu, is_accelerated, plain
+from pvt.accel.modules import AcceleratedPyramidVisionTransformer
+from pvt.accel.record import DEFAULT_PIECE_BYTES
 from pvt.layers import Block, PatchEmbed
 from pvt.models.model import PVTStage, PyramidVisionTransformer
 from pvt.models.variants import get_variant
@@ -37,6 +38,11 @@ def pair(model: PyramidVisionTransformer, **accel) -> tuple[PyramidVisionTransfo
     return model, accelerate(copy.deepcopy(model), **accel)
 
 
+def path(module: nn.Module, x: torch.Tensor) -> str | None:
+    """Which operations a call of ``module`` on ``x`` takes now: "cpu" (the fused ones) or None (plain)."""
+    return "cpu" if isinstance(module.ops.pick(module, x), cpu.CpuOps) else None
+
+
 def ops_run(fn) -> set[str]:
     """Names of the operators ``fn()`` ran."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -47,28 +53,26 @@ def ops_run(fn) -> set[str]:
 def test_the_cpu_path_is_taken_only_where_it_may_be():
     blk = accelerate(tiny("pvt_v2_b0")).stages[0].blocks[0]
     x = torch.randn(1, 4, 16)
-
-    def path(t):
-        return inference_path(blk, t, cpu_path=True, gpu_path=True)
+    fused_bf16 = blk.ops.record.bf16_fused
 
     with torch.no_grad():
-        assert path(x) == "cpu"
-        assert path(x.double()) is None and path(x.bfloat16()) is None and path(nn.Parameter(x)) is None
+        assert path(blk, x) == "cpu"
+        assert path(blk, x.double()) is None and path(blk, x.bfloat16()) is None
+        assert path(blk, nn.Parameter(x)) is None
         with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 CPU path (tests/accel/test_bf16.py)
-            assert path(x) == "cpu" and path(x.bfloat16()) == "cpu"
+            expected = "cpu" if fused_bf16 else None  # else the plain modules under autocast
+            assert path(blk, x) == expected and path(blk, x.bfloat16()) == expected
         with torch.autocast("cpu", dtype=torch.float16):
-            assert path(x) is None
+            assert path(blk, x) is None
         blk.train()
-        assert path(x) == "cpu"  # no dropout: training mode alone does not matter
-        blk.drop_path = StochasticDepth(0.1, "row")
-        assert path(x) is None  # drop path active
+        assert path(blk, x) is None  # training mode: dropout and drop path may draw, the plain path
         blk.eval()
-        assert path(x) == "cpu"
+        assert path(blk, x) == "cpu"
         off = accelerate(tiny("pvt_v2_b0"), cpu=False).stages[0].blocks[0]
-        assert inference_path(off, x, cpu_path=True, gpu_path=True) is None
-    assert path(x) is None  # autograd on
+        assert path(off, x) is None
+    assert path(blk, x) is None  # autograd on
     with torch.inference_mode():
-        assert path(x) == "cpu"
+        assert path(blk, x) == "cpu"
 
 
 CASES = [
@@ -104,7 +108,7 @@ def test_full_size_b0_matches_timm():
     timm = pytest.importorskip("timm")
     from pvt.weights.keys import to_timm
 
-    model = pvt.create_model("pvt_v2_b0").eval()
+    model = pvt.create_model("pvt_v2_b0", accelerate=True).eval()
     assert isinstance(model.acceleration, Acceleration)
     ref = timm.create_model("pvt_v2_b0", pretrained=False).eval()
     ref.load_state_dict(to_timm(model.state_dict()))
@@ -144,19 +148,19 @@ def test_batches_run_in_pieces_with_per_sample_results(monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     calls.clear()
     with torch.no_grad():
-        fast.train()(x)  # training mode without dropout: still pieces
-    fast(x)  # autograd on: the plain forward, whole batch
-    assert calls == [3, 2, 5]
+        fast.train()(x)  # training mode: the plain forward, whole batch
+    fast.eval()(x)  # autograd on: the plain forward, whole batch
+    assert calls == [5, 5]
 
 
 def test_piece_budget_follows_the_allocator(monkeypatch):
     from pvt.accel import runtime
 
-    model = pvt.create_model("pvt_v2_b0").eval()
+    model = pvt.create_model("pvt_v2_b0", accelerate=True).eval()
     auto = model.acceleration
     assert auto == Acceleration(cpu=True, gpu=True, chunk_bytes=None)
     monkeypatch.setattr(runtime, "_mode", "default")
-    assert auto.piece_budget() == cpu.DEFAULT_PIECE_BYTES == 16 * 2**20
+    assert auto.piece_budget() == DEFAULT_PIECE_BYTES == 16 * 2**20
     assert repr(auto) == "Acceleration(cpu=True, gpu=True, cpu_pieces=auto (now 16 MiB))"
     x = torch.empty(8, 3, 224, 224)
     # B0's stage-1 hidden at 224: 3136 x 256 floats = 3.06 MiB per image, 24.5 MiB for the batch
@@ -165,9 +169,9 @@ def test_piece_budget_follows_the_allocator(monkeypatch):
     assert auto.piece_budget() == runtime.MMAP_THRESHOLD == 32 * 2**20
     assert cpu.piece_size(model, 8, 224, 224, auto.piece_budget()) is None
     with torch.inference_mode():
-        assert model._piece_size(x) is None
+        assert model._cpu_call(x) == (True, None)
         monkeypatch.setattr(runtime, "_mode", "default")
-        assert model._piece_size(x) == 4
+        assert model._cpu_call(x) == (True, 4)
     assert Acceleration(chunk_bytes=0).piece_budget() == 0
     assert "whole batches" in repr(Acceleration(chunk_bytes=0)) and "off" in repr(Acceleration(cpu=False))
 
@@ -195,8 +199,8 @@ def test_hooks_see_every_layer_of_an_accelerated_model():
     q = fast.stages[1].blocks[0].attn.q
     handle = q.register_forward_hook(lambda *a: None)
     with torch.no_grad():
-        assert inference_path(fast.stages[1].blocks[0], torch.randn(1, 4, 32), cpu_path=True, gpu_path=True) is None
-        assert inference_path(fast.stages[0].blocks[0], torch.randn(1, 4, 16), cpu_path=True, gpu_path=True) == "cpu"
+        assert path(fast.stages[1].blocks[0], torch.randn(1, 4, 32)) is None
+        assert path(fast.stages[0].blocks[0], torch.randn(1, 4, 16)) == "cpu"
         torch.testing.assert_close(fast(x), ref(x), rtol=0, atol=1e-5)
     handle.remove()
     # a global module hook
@@ -226,11 +230,13 @@ def test_plain_restores_the_exact_plain_model():
     params = [id(p) for p in model.parameters()]
     keys = list(model.state_dict())
     accelerate(model)
-    assert type(model).__mro__[1:3] == (pvt.accel.modules.Accelerated, PyramidVisionTransformer)
-    assert all(isinstance(b.weight_cache, WeightCache) for s in model.stages for b in s.blocks)
+    assert type(model) is AcceleratedPyramidVisionTransformer and is_accelerated(model)
+    assert all(isinstance(b.ops.weight_cache, WeightCache) for s in model.stages for b in s.blocks)
     assert [id(p) for p in model.parameters()] == params and list(model.state_dict()) == keys
-    accelerate(model, cpu=False)  # again, other settings
-    assert model.acceleration.cpu is False and model.stages[0].blocks[0].acceleration is model.acceleration
+    accelerate(model, cpu=False)  # again, other settings: the record is replaced, not added to
+    assert model.acceleration.cpu is False and not is_accelerated(model.stages[0])
+    with_ops = [m for m in model.modules() if "ops" in vars(m)]
+    assert len(with_ops) == 4 * 3 and all(m.ops.record is model.acceleration for m in with_ops)  # stage, embed, block
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
     assert plain(model) is model
@@ -247,12 +253,37 @@ def test_plain_restores_the_exact_plain_model():
         accelerate(model, chunk_bytes=-1)
 
 
-def test_create_model_accelerates_unless_asked_not_to():
-    fast = pvt.create_model("pvt_v2_b0", num_classes=3)
-    slow = pvt.create_model("pvt_v2_b0", num_classes=3, accelerate=False)
-    assert type(slow) is PyramidVisionTransformer and not hasattr(slow, "acceleration")
-    assert type(plain(fast)) is PyramidVisionTransformer
+def test_create_model_gives_the_plain_model_and_accelerates_when_asked():
+    model = pvt.create_model("pvt_v2_b0", num_classes=3)  # the model one trains
+    assert type(model) is PyramidVisionTransformer and not hasattr(model, "acceleration")
+    assert all("ops" not in vars(m) for m in model.modules()) and not is_accelerated(model)
+    assert model.stages[0].blocks[0].ops is pvt.layers.PLAIN
+    fast = pvt.create_model("pvt_v2_b0", num_classes=3, accelerate=True)
+    assert is_accelerated(fast) and type(plain(fast)) is PyramidVisionTransformer
     assert pvt.accelerate is accelerate
+
+
+def test_the_fused_and_cuda_paths_supply_operations_not_a_second_block():
+    """The block's dataflow is written once (pvt.layers); the accelerated paths define only operations."""
+    from pvt.accel import gpu, modules
+    from pvt.layers import PLAIN, Ops
+
+    names = {n for n in vars(Ops) if not n.startswith("_")}
+    assert names == {"pick", "norm", "linear", "conv", "q_kv", "output", "residual"}
+    for ops in (cpu.CpuOps, gpu.GpuOps, modules.AcceleratedOps):
+        assert issubclass(ops, Ops) and not issubclass(ops, nn.Module)
+        own = {n for n in vars(ops) if not n.startswith("_") and callable(vars(ops)[n])}
+        assert own <= names, own - names  # operations (and pick), nothing block-shaped
+    for module in (cpu, gpu, modules):  # no piece of the dataflow: attention core, maps, residuals
+        source = inspect.getsource(module)
+        for piece in ("attend(", ".reduce(", "on_map(", "map_part(", "as_map(", "as_tokens(", "drop_path(", ".mlp("):
+            assert piece not in source, (module.__name__, piece)
+    accelerated = accelerate(tiny("pvt_v2_b0"))
+    # every module class stays the plain one (the model aside: pieces); only ``ops`` differs
+    assert {type(m) for m in accelerated.modules()} - {AcceleratedPyramidVisionTransformer} == \
+        {type(m) for m in tiny("pvt_v2_b0").modules()} - {PyramidVisionTransformer}
+    assert AcceleratedPyramidVisionTransformer.forward_tokens is PyramidVisionTransformer.forward_tokens
+    assert all(m.ops is not PLAIN for m in accelerated.modules() if isinstance(m, (Block, PatchEmbed, PVTStage)))
 
 
 def test_import_pvt_loads_no_acceleration_code():
@@ -267,7 +298,7 @@ def test_state_dict_deepcopy_and_pickle_of_an_accelerated_model():
     with torch.no_grad():
         out = model(x)  # fills the caches
     blk = model.stages[3].blocks[0]
-    assert len(blk.weight_cache) == 1 and len(model.stages[0].patch_embed.weight_cache) == 1  # stacked q/kv; conv
+    assert len(blk.ops.weight_cache) == 1 and len(model.stages[0].patch_embed.ops.weight_cache) == 1  # stacked q/kv; conv
     assert set(model.state_dict()) == set(tiny("pvt_v2_b0").state_dict())
     twin = copy.deepcopy(model)
     buffer = io.BytesIO()
@@ -276,7 +307,8 @@ def test_state_dict_deepcopy_and_pickle_of_an_accelerated_model():
     unpickled = pickle.loads(pickle.dumps(model))
     for other in (twin, loaded, unpickled):
         assert type(other.stages[3].blocks[0]) is type(blk) and other.acceleration == model.acceleration
-        assert len(other.stages[3].blocks[0].weight_cache) == 0  # caches are not copied
+        assert len(other.stages[3].blocks[0].ops.weight_cache) == 0  # caches are not copied
+        assert other.stages[3].blocks[0].ops.record is other.acceleration  # one record, copied once
         with torch.no_grad():
             torch.testing.assert_close(other(x), out, rtol=0, atol=0)
     fresh = pickle.dumps(accelerate(tiny("pvt_v2_b0")))
@@ -340,7 +372,7 @@ def test_stochastic_training_keeps_the_plain_path():
     with torch.no_grad():
         a, b = model(x), model(x)
         tokens = torch.randn(1, 4, 16)
-        assert [inference_path(blk, tokens, cpu_path=True, gpu_path=True) for blk in blocks[:2]] == ["cpu", None]
+        assert [path(blk, tokens) for blk in blocks[:2]] == [None, None]  # training mode
         assert [blk.drop_path.p if hasattr(blk.drop_path, "p") else 0 for blk in blocks[:2]] == [0, pytest.approx(1 / 6)]
     assert not torch.equal(a, b)  # drop path still active under no_grad in train mode
 

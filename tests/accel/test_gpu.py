@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import pvt
 from pvt.accel import plain
-from pvt.accel.modules import inference_path
+from pvt.accel.gpu import GpuOps
 
 pytestmark = [
     pytest.mark.gpu,
@@ -42,7 +42,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_v1_tiny"])
 @pytest.mark.parametrize("size", [(224, 224), (97, 131)])
 def test_cuda_float32_matches_cpu(name, size):
-    model = pvt.create_model(name).eval()
+    model = pvt.create_model(name, accelerate=True).eval()
     ref = plain(copy.deepcopy(model))
     x = torch.randn(2, 3, *size)
     with torch.inference_mode():
@@ -57,7 +57,7 @@ def test_cuda_float32_matches_cpu(name, size):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cuda_bf16_autocast_within_tolerance(channels_last):
-    model = pvt.create_model("pvt_v2_b2").cuda().eval()
+    model = pvt.create_model("pvt_v2_b2", accelerate=True).cuda().eval()
     x = torch.randn(4, 3, 224, 224, device="cuda")
     with torch.inference_mode():
         ref = model(x).float()
@@ -146,7 +146,7 @@ def test_engine_trains_on_cuda_with_mixed_precision(tmp_path, amp):
 def test_compile_has_no_graph_breaks_and_handles_new_sizes():
     import torch._dynamo as dynamo
 
-    model = pvt.create_model("pvt_v2_b0").cuda().eval()
+    model = pvt.create_model("pvt_v2_b0", accelerate=True).cuda().eval()
     x = torch.randn(2, 3, 224, 224, device="cuda")
     with torch.inference_mode():
         explained = dynamo.explain(model)(x)
@@ -171,21 +171,21 @@ def test_benchmark_times_cuda_and_checks_agreement():
 
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_v1_tiny"])
 def test_gpu_path_matches_plain_autocast(name):
-    model = pvt.create_model(name).cuda().eval().to(memory_format=torch.channels_last)
+    model = pvt.create_model(name, accelerate=True).cuda().eval().to(memory_format=torch.channels_last)
     slow = plain(copy.deepcopy(model))
     blk = model.stages[0].blocks[0]
     x = torch.randn(4, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
     tokens = torch.randn(1, 4, blk.norm1.normalized_shape[0], device="cuda")
     with torch.inference_mode():
         exact, exact_feats = model(x), model.forward_pyramid(x)  # float32
-        assert inference_path(blk, tokens, cpu_path=True, gpu_path=True) is None and len(blk.weight_cache) == 0
+        assert isinstance(blk.ops.pick(blk, tokens), GpuOps) is False and len(blk.ops.weight_cache) == 0
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            assert inference_path(blk, tokens, cpu_path=True, gpu_path=True) == "gpu"
+            assert isinstance(blk.ops.pick(blk, tokens), GpuOps) is True
             fast, fast_feats = model(x).float(), model.forward_pyramid(x)
             ref, ref_feats = slow(x).float(), slow.forward_pyramid(x)
     # the GPU path ran: every block holds its bf16 weights
-    assert all(("attn.q", torch.bfloat16) in b.weight_cache for s in model.stages for b in s.blocks)
-    assert ("proj", torch.bfloat16) in model.stages[0].patch_embed.weight_cache
+    assert all(("attn.q", torch.bfloat16) in b.ops.weight_cache for s in model.stages for b in s.blocks)
+    assert ("proj", torch.bfloat16) in model.stages[0].patch_embed.ops.weight_cache
     # bf16 rounding moves these random-weight logits by ~1 %; the GPU path must be as close to float32
     # as plain autocast is
     assert _rel(fast, exact) <= 1.25 * _rel(ref, exact) + 1e-3, (_rel(fast, exact), _rel(ref, exact))
@@ -196,13 +196,13 @@ def test_gpu_path_matches_plain_autocast(name):
 
 
 def test_gpu_path_follows_weight_updates_and_is_off_for_training():
-    model = pvt.create_model("pvt_v2_b0").cuda().eval()
+    model = pvt.create_model("pvt_v2_b0", accelerate=True).cuda().eval()
     slow = plain(copy.deepcopy(model))
     x = torch.randn(2, 3, 128, 128, device="cuda")
     tokens = torch.randn(1, 4, 32, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         # autograd on: the plain modules run
-        assert inference_path(model.stages[0].blocks[0], tokens, cpu_path=True, gpu_path=True) is None
+        assert isinstance(model.stages[0].blocks[0].ops.pick(model.stages[0].blocks[0], tokens), GpuOps) is False
         with torch.inference_mode():
             before = model(x).float()
             sd = {k: v * 1.5 if v.dtype.is_floating_point else v for k, v in model.state_dict().items()}

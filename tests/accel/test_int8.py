@@ -70,7 +70,7 @@ def test_int8_is_close_to_float32_at_odd_sizes(name, switches, calibrated):
     assert calls == linears_per_forward(model)
     if calibrated:
         keys = {"mlp.fc1", "mlp.fc2", "attn.proj"}
-        assert all(keys <= set(b.activation_qparams) for s in model.stages for b in s.blocks)
+        assert all(keys <= set(b.ops.activation_qparams) for s in model.stages for b in s.blocks)
 
 
 @pytest.mark.parametrize("compute", ["float32", "bfloat16"])
@@ -134,7 +134,7 @@ def test_calibration_inputs_and_errors():
     with pytest.raises(TypeError):
         quant.quantize(torch.nn.Linear(2, 2))
     # static ranges missing for a block (e.g. cleared by hand): a clear error, not a crash
-    model.stages[0].blocks[0].activation_qparams.clear()
+    model.stages[0].blocks[0].ops.activation_qparams.clear()
     with pytest.raises(RuntimeError, match="calibrate"), torch.inference_mode():
         model(torch.randn(1, 3, 64, 64))
 
@@ -144,9 +144,9 @@ def test_static_ranges_cover_the_calibration_set():
     images = torch.randn(5, 3, 64, 64)
     model = quant.quantize(copy.deepcopy(ref), images, batch_size=2)
     blk = model.stages[0].blocks[0]
-    lo, hi = blk.activation_ranges["mlp.fc2"]
+    lo, hi = blk.ops.activation_ranges["mlp.fc2"]
     assert lo < 0 < hi  # GELU outputs reach below zero
-    scale, zero = blk.activation_qparams["mlp.fc2"]
+    scale, zero = blk.ops.activation_qparams["mlp.fc2"]
     top = 127 if model.acceleration.reduce_range else 255  # 7-bit activations on CPUs without VNNI
     assert scale == pytest.approx((hi - lo) / top) and 0 <= zero <= top
     assert cpu.qparams(-1.0, 3.0) == (pytest.approx(4 / 255), 64)

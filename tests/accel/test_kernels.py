@@ -49,9 +49,12 @@ def gpu_path_on_cpu(monkeypatch):
     """Calls of accelerated modules without autograd take the GPU path (pvt.accel.gpu) on the CPU, with
     bfloat16 as its dtype; run under CPU autocast, where its LayerNorm falls back to F.layer_norm."""
     from pvt.accel import modules
+    from pvt.accel.gpu import GpuOps
+    from pvt.layers import PLAIN
 
-    monkeypatch.setattr(modules, "_input_path", lambda module, x, cpu_path, gpu_path: (
-        "gpu" if gpu_path and not torch.is_grad_enabled() else None))
+    monkeypatch.setattr(modules.AcceleratedOps, "pick", lambda self, module, x: (
+        PLAIN if torch.is_grad_enabled() else GpuOps(self, torch.bfloat16, self.float32_norms)))
+    monkeypatch.setattr(modules.AcceleratedPyramidVisionTransformer, "_cpu_call", lambda self, x: (False, None))
     old = torch.get_autocast_dtype("cuda")
     torch.set_autocast_dtype("cuda", torch.bfloat16)
     yield
@@ -82,8 +85,8 @@ def test_gpu_path_computes_what_autocast_computes(gpu_path_on_cpu, name, switche
     assert F.cosine_similarity(low.flatten(), exact.flatten(), dim=0).item() >= 0.999
     for f, p, e in zip(low_feats, plain_feats, exact_feats):
         assert f.dtype == torch.float32 and _rel(f, e) <= 1.25 * _rel(p.float(), e) + 1e-3
-    assert ("attn.q", torch.bfloat16) in fast.stages[0].blocks[0].weight_cache
-    assert ("proj", torch.bfloat16) in fast.stages[0].patch_embed.weight_cache
+    assert ("attn.q", torch.bfloat16) in fast.stages[0].blocks[0].ops.weight_cache
+    assert ("proj", torch.bfloat16) in fast.stages[0].patch_embed.ops.weight_cache
 
 
 @pytest.mark.parametrize("out", [torch.float32, torch.bfloat16])

@@ -13,7 +13,7 @@ from pvt.accel.runtime import allocator_mode, configure_allocator, page_faults
 mode = configure_allocator(sys.argv[1])
 import pvt
 torch.set_num_threads(1)
-m = pvt.create_model("pvt_v2_b0").eval()
+m = pvt.create_model("pvt_v2_b0", accelerate=True).eval()
 x = torch.randn(2, 3, 224, 224)
 with torch.inference_mode():
     for _ in range(3):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pvt
-from pvt.accel import capability, inference_autocast, set_precision
+from pvt.accel import capability, inference_autocast, is_accelerated, set_precision
 from pvt.accel.quant import is_quantized
 
 
@@ -38,14 +38,14 @@ def test_a_dense_models_backbone_takes_the_precision(monkeypatch):
 
 
 def test_plain_models_gpus_and_errors():
-    model = pvt.create_model("pvt_v2_b0", accelerate=False)
+    model = pvt.create_model("pvt_v2_b0")  # plain
     assert set_precision(model, "float32")[0] == "float32"
-    assert type(model) is pvt.PyramidVisionTransformer  # float32 leaves a plain model plain
+    assert is_accelerated(model) and model.acceleration.precision == "float32"  # accelerated for inference
     assert set_precision(model, "bfloat16")[0] == "bfloat16"
-    assert model.acceleration.precision == "bfloat16"  # accelerated on the way
+    assert model.acceleration.precision == "bfloat16"
     cuda = pvt.create_model("pvt_v2_b0")
     assert set_precision(cuda, "auto", device="cuda") == ("bfloat16", "auto: cuda runs bfloat16 under autocast")
-    assert cuda.acceleration.precision == "float32"  # a GPU model is left alone: autocast does it
+    assert cuda.acceleration.precision == "float32"  # the GPU path runs in autocast's dtype
     with pytest.warns(UserWarning) if not torch.cuda.is_available() else contextlib.nullcontext():
         assert isinstance(inference_autocast("cuda", "bfloat16"), torch.autocast)  # warns: no CUDA here
     assert not isinstance(inference_autocast("cpu", "bfloat16"), torch.autocast)

@@ -9,27 +9,12 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from ..layers import Block, PatchEmbed
 from ..models.model import PVTStage, PyramidVisionTransformer
-from .cache import WeightCache
 from .cpu import kernels_fail
-from .modules import (
-    AcceleratedBlock,
-    AcceleratedPatchEmbed,
-    AcceleratedPVTStage,
-    AcceleratedPyramidVisionTransformer,
-    Acceleration,
-)
+from .modules import WITH_OPS, AcceleratedOps, AcceleratedPyramidVisionTransformer
+from .record import Acceleration
 
-__all__ = ["accelerate", "plain", "inference_autocast"]
-
-_ACCELERATED: dict[type[nn.Module], type[nn.Module]] = {
-    PatchEmbed: AcceleratedPatchEmbed,
-    Block: AcceleratedBlock,
-    PVTStage: AcceleratedPVTStage,
-    PyramidVisionTransformer: AcceleratedPyramidVisionTransformer,
-}
-_PLAIN = {accelerated: plain_class for plain_class, accelerated in _ACCELERATED.items()}
+__all__ = ["accelerate", "accelerate_all", "plain", "inference_autocast", "is_accelerated"]
 
 
 def accelerate(
@@ -44,9 +29,13 @@ def accelerate(
 ) -> PyramidVisionTransformer:
     """Give ``model`` the accelerated paths, in place; returns ``model``.
 
-    The model, its stages, patch embeddings and blocks become instances of the accelerated
-    subclasses (:mod:`pvt.accel.modules`); nothing else changes: same parameter objects, buffers,
-    state-dict keys and submodules. Modules of other classes (subclasses included) are left alone.
+    The path is decided here, once, and recorded once: ``model.acceleration``. Every stage, patch
+    embedding and block gets its own operations (``module.ops``, :class:`~pvt.accel.modules.AcceleratedOps`,
+    reading that record) and the model becomes an
+    :class:`~pvt.accel.modules.AcceleratedPyramidVisionTransformer` (batches in pieces); the dataflow
+    stays the plain modules'. Nothing else changes: same parameter objects, buffers, state-dict keys and
+    submodules. Modules of other classes (subclasses included) are left alone. Accelerate for inference:
+    training runs the plain operations anyway (:func:`pvt.create_model` gives the plain model).
 
     Args:
         cpu: the CPU path (fused oneDNN kernels, batches in pieces).
@@ -70,9 +59,8 @@ def accelerate(
     modules under CPU bf16 autocast; where this PyTorch lacks the fused operators, the CPU path is off
     (the plain float32 model runs). Either way ``model.acceleration.note`` says so in one line.
 
-    What was done is recorded in ``model.acceleration``; an accelerated model is re-accelerated
-    with the new settings (a quantised model goes back to float32 unless ``precision="int8"`` is
-    asked for through :func:`~pvt.accel.quant.quantize`).
+    An accelerated model is re-accelerated with the new settings (fresh caches; a quantised model goes
+    back to float32 unless ``precision="int8"`` is asked for through :func:`~pvt.accel.quant.quantize`).
     """
     if not isinstance(model, PyramidVisionTransformer):
         raise TypeError(f"accelerate() takes a PyramidVisionTransformer, got {type(model).__name__}")
@@ -106,28 +94,48 @@ def accelerate(
 def _apply(model: PyramidVisionTransformer, record: Acceleration) -> PyramidVisionTransformer:
     """Make ``model`` accelerated with ``record`` (fresh caches, no calibrated ranges)."""
     plain(model)
+    if type(model) is PyramidVisionTransformer:
+        model.__class__ = AcceleratedPyramidVisionTransformer
+    model.acceleration = record
     for module in model.modules():
-        accelerated = _ACCELERATED.get(type(module))
-        if accelerated is not None:
-            module.__class__ = accelerated
-            module.acceleration = record
-            module.weight_cache = WeightCache()
-            if accelerated is AcceleratedBlock:
-                module.activation_ranges = {}
-                module.activation_qparams = {}
+        if type(module) in WITH_OPS:
+            # the stage computes only its closing LayerNorm itself: the GPU path's LayerNorm
+            module.ops = AcceleratedOps(module, record, cpu_path=type(module) is not PVTStage)
     return model
 
 
-def plain(model: nn.Module) -> nn.Module:
-    """Undo :func:`accelerate`, in place: every accelerated module gets back its plain class, and
-    loses its ``acceleration``, ``weight_cache`` and int8 ranges. Returns ``model``; a plain model is left as is."""
+def accelerate_all(model: nn.Module, **settings) -> nn.Module:
+    """:func:`accelerate` (with ``settings``) every Pyramid Vision Transformer inside ``model`` (the model
+    itself, or e.g. a dense model's backbone) that is not accelerated yet; returns ``model``. What the
+    inference commands and :func:`pvt.api.load_predictor` apply to the plain model they load."""
+    for body in [m for m in model.modules() if isinstance(m, PyramidVisionTransformer)]:
+        if not is_accelerated(body):
+            accelerate(body, **settings)
+    return model
+
+
+def set_record(model: PyramidVisionTransformer, record: Acceleration) -> None:
+    """Replace ``model``'s record (the one every module's operations read); caches and ranges kept."""
+    model.acceleration = record
     for module in model.modules():
-        plain_class = _PLAIN.get(type(module))
-        if plain_class is not None:
-            module.__class__ = plain_class
-            del module.acceleration, module.weight_cache
-            if plain_class is Block:
-                del module.activation_ranges, module.activation_qparams
+        if isinstance(module.__dict__.get("ops"), AcceleratedOps):
+            module.ops.record = record
+
+
+def is_accelerated(model: nn.Module) -> bool:
+    """Whether :func:`accelerate` was applied to ``model`` (and not undone by :func:`plain`)."""
+    return isinstance(model.__dict__.get("acceleration"), Acceleration)
+
+
+def plain(model: nn.Module) -> nn.Module:
+    """Undo :func:`accelerate`, in place: the model gets back its plain class and every module its plain
+    operations; the record, caches and int8 ranges go. Returns ``model``; a plain model is left as is."""
+    if type(model) is AcceleratedPyramidVisionTransformer:
+        model.__class__ = PyramidVisionTransformer
+    model.__dict__.pop("acceleration", None)
+    for module in model.modules():
+        if isinstance(module.__dict__.get("ops"), AcceleratedOps):
+            del module.ops
     return model
 
 

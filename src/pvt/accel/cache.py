@@ -1,13 +1,14 @@
-"""The one cache of the accelerated paths: tensors derived from parameters, kept until those change."""
+"""What an accelerated module's operations keep: the one cache of the accelerated paths (tensors derived
+from parameters, kept until those change) and the rest of their state (:class:`OpsState`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["WeightCache"]
+__all__ = ["WeightCache", "OpsState"]
 
 T = TypeVar("T")
 
@@ -58,3 +59,19 @@ class WeightCache:
 
     def __repr__(self) -> str:
         return f"WeightCache({', '.join(map(str, self._entries)) or 'empty'})"
+
+
+class OpsState:
+    """What one accelerated module's operations keep: the model's :class:`Acceleration` (the same object,
+    not a copy), the tensors derived from its parameters (``weight_cache``), its layers' names (keys of the
+    cache and of the int8 ranges), and for int8 the calibrated input range of each product."""
+
+    def __init__(self, module: nn.Module, record: Any):
+        self.record = record
+        """The model's :class:`~pvt.accel.record.Acceleration`."""
+        self.weight_cache = WeightCache()
+        self.names: dict[nn.Module, str] = {m: n for n, m in module.named_modules()}
+        self.activation_ranges: dict[str, tuple[float, float]] = {}
+        """Calibrated ``(min, max)`` of the input of each int8 product (static int8; empty otherwise)."""
+        self.activation_qparams: dict[str, tuple[float, int]] = {}
+        """The uint8 scale and zero point made from :attr:`activation_ranges`."""

@@ -1,32 +1,34 @@
-"""The CPU inference path: fused oneDNN kernels per block, in float32, bfloat16 or int8, and batches
-run in pieces.
+"""The CPU inference path: fused oneDNN kernels for a block's operations, in float32, bfloat16 or int8,
+and batches run in pieces.
 
-Kernels. Where the plain modules run one kernel per operation, these functions run
+Kernels (:class:`CpuOps`, the operations :mod:`pvt.layers`' dataflow calls). Where the plain modules run
+one kernel per operation, these run
 * ``fc1`` + bias (+ ReLU / exact GELU) and ``q`` / ``kv`` + bias in one oneDNN pass each (no
   bias-broadcast copy),
 * the 3x3 depth-wise convolution + exact GELU of the convolutional FFN in one pass,
 * the attention and MLP output projections + the residual add in one pass,
 * one GEMM for ``q``, ``k`` and ``v`` where keys come from the full map (no spatial reduction),
 * convolutions on channels-last token views with channels-last weights, made once and cached.
-They read the plain modules' parameters and skip the modules' ``__call__`` (so no hooks, no dropout:
-:mod:`pvt.accel` only runs them for inference without hooks).
+They read the plain modules' parameters and skip the layers' ``__call__`` (so no hooks, no dropout:
+:mod:`pvt.accel` only picks them for inference without hooks).
 
-Precisions (:class:`Plan`; which one a call takes is :mod:`pvt.accel.modules`' choice):
+Precisions (which one a call computes in: :meth:`pvt.accel.record.Acceleration.cpu_dtype`):
 * ``float32``: same parameters, same results up to float32 rounding.
 * ``bfloat16`` (the model's precision, or under ``torch.autocast("cpu", dtype=torch.bfloat16)``):
   the same fused kernels on bf16 activations and bf16 copies of the weights (made once, cached);
   LayerNorm statistics, softmax and the GEMMs' sums in float32, as oneDNN and ATen compute them.
 * ``int8`` (:func:`pvt.accel.quant.quantize`): every linear layer (``q``, ``kv``, ``proj``, ``fc1``,
-  ``fc2``) as a oneDNN u8 x s8 product with the fused bias / activation / residual add; weights
-  symmetric per output channel, activations asymmetric per tensor, from calibrated ranges (static)
-  or from each call's own min / max (dynamic). Everything else (convolutions, LayerNorm, attention)
-  in the plan's compute dtype: bfloat16 on CPUs that multiply it natively, else float32.
+  ``fc2``) as a oneDNN u8 x s8 product with the fused bias / activation / residual add; weights symmetric per
+  output channel, activations asymmetric per tensor, from calibrated ranges (static) or from each
+  call's own min / max (dynamic). Everything else (convolutions, LayerNorm, attention) in the compute
+  dtype: bfloat16 on CPUs that multiply it natively, else float32.
 
 Pieces. The largest tensor of a forward is the stage-1 MLP hidden activation
 ``(B, H/4 * W/4, C_1 * mlp_ratio_1)``. Run as a whole, a large batch allocates it as fresh memory
 pages on every call; :func:`piece_size` splits a batch into as few even pieces as keep it under a
-budget (:func:`piece_budget`) that the C allocator serves from its heap. No layer mixes samples, so
-per-sample results are unchanged (except for dynamic int8, whose activation ranges are per piece).
+budget (:meth:`~pvt.accel.record.Acceleration.piece_budget`) that the C allocator serves from its heap.
+No layer mixes samples, so per-sample results are unchanged (except for dynamic int8, whose
+activation ranges are per piece).
 """
 
 from __future__ import annotations
@@ -34,32 +36,17 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import Block, Mlp, PatchEmbed, SpatialReductionAttention, as_tokens, map_part, on_map
+from ..layers import Ops, SpatialReductionAttention
 from ..models.model import PyramidVisionTransformer
-from .runtime import MMAP_THRESHOLD, allocator_mode
+from .cache import OpsState
 
-__all__ = [
-    "FUSED_OPS",
-    "INT8_OPS",
-    "kernels_fail",
-    "DEFAULT_PIECE_BYTES",
-    "Plan",
-    "plan",
-    "piece_budget",
-    "piece_size",
-    "patch_embed",
-    "block",
-]
-
-DEFAULT_PIECE_BYTES = 16 * 2**20
-"""The piece budget under glibc's own malloc settings: blocks this size are reused from its heap
-(larger ones are fresh pages on every call)."""
+__all__ = ["FUSED_OPS", "INT8_OPS", "INT8_MIN_WIDTH", "kernels_fail", "piece_size", "qparams", "CpuOps"]
 
 
 def _has_ops(namespace: str, names: tuple[str, ...]) -> bool:
@@ -76,36 +63,6 @@ INT8_OPS = _has_ops("onednn", ("qlinear_pointwise", "qlinear_prepack"))
 """Whether this PyTorch build has oneDNN's quantised linear operators (the int8 path needs them)."""
 
 
-# ------------------------------------------------------------------------------------ plans
-@dataclass(frozen=True)
-class Plan:
-    """What one call of the CPU path computes in: ``precision`` (float32, bfloat16, int8), ``dtype``
-    of the activations and of every non-int8 kernel, and for int8 whether activations are quantised
-    from calibrated ranges (``static``) and to 7 bits (``reduce_range``, CPUs without VNNI).
-    ``observe``: record activation ranges instead (calibration; computes in ``dtype``)."""
-
-    precision: str = "float32"
-    dtype: torch.dtype = torch.float32
-    static: bool = False
-    reduce_range: bool = False
-    observe: bool = False
-    min_width: int = 0
-    """int8: only layers with at least this many outputs run int8 (the others in ``dtype``)."""
-
-
-_PLANS: dict[tuple, Plan] = {}
-
-
-def plan(precision: str, dtype: torch.dtype, static: bool = False, reduce_range: bool = False,
-         observe: bool = False, min_width: int = 0) -> Plan:
-    """The (shared, immutable) :class:`Plan` of these settings."""
-    key = (precision, dtype, static, reduce_range, observe, min_width)
-    found = _PLANS.get(key)
-    if found is None:
-        found = _PLANS[key] = Plan(precision, dtype, static, reduce_range, observe, min_width)
-    return found
-
-
 INT8_MIN_WIDTH = {torch.bfloat16: 160, torch.float32: 0}
 """Which linear layers pay in int8, by compute dtype: those with at least this many outputs.
 
@@ -115,13 +72,6 @@ time in proportion to ``M x K x N``. So the output width ``N`` alone decides whe
 float32 GEMMs it pays for every PVT layer; beside bf16 GEMMs (CPUs with native bf16) the narrow
 layers of the first stages (``fc2`` / ``q`` / ``proj`` of 32-128 channels on tens of thousands of
 tokens) run faster in bf16 (measurements: docs/speed.md)."""
-
-
-F32 = plan("float32", torch.float32)
-BF16 = plan("bfloat16", torch.bfloat16)
-AUTOCAST_BF16 = plan("autocast", torch.bfloat16)
-"""bfloat16 where oneDNN's fused bf16 kernels do not run (:func:`pvt.accel.capability.bf16_kernels`):
-the plain modules under CPU bf16 autocast, with the fused path's float32 outputs."""
 
 
 # ------------------------------------------------------------------------- what runs here
@@ -170,16 +120,6 @@ def _try_kernels(dtype: torch.dtype, int8: bool) -> str | None:
 
 
 # ----------------------------------------------------------------------------------- pieces
-def piece_budget(chunk_bytes: int | None = None) -> int:
-    """Bytes of stage-1 hidden activation per piece: ``chunk_bytes`` when given (0: whole batches),
-    else :data:`~pvt.accel.runtime.MMAP_THRESHOLD` (32 MiB) while the tuned allocator is in effect, the
-    largest block glibc then keeps in its heap, or :data:`DEFAULT_PIECE_BYTES` (16 MiB) under glibc's
-    own settings."""
-    if chunk_bytes is not None:
-        return chunk_bytes
-    return MMAP_THRESHOLD if allocator_mode() == "tuned" else DEFAULT_PIECE_BYTES
-
-
 def piece_size(
     model: PyramidVisionTransformer, batch: int, height: int, width: int, budget: int, itemsize: int = 4
 ) -> int | None:
@@ -206,9 +146,9 @@ def _layer_weights(layer: nn.Linear | nn.Conv2d) -> tuple[tuple[Tensor | None, .
     return (w, b), lambda: (w.detach(), None if b is None else b.detach())
 
 
-def _cast(module: nn.Module, key: str, sources, make: Callable[[], WeightPair], dtype: torch.dtype) -> WeightPair:
+def _cast(state: OpsState, key: str, sources, make: Callable[[], WeightPair], dtype: torch.dtype) -> WeightPair:
     """``make()``'s weight and bias in ``dtype`` (cached; float32 weights made fresh only when derived)."""
-    return module.weight_cache.get(
+    return state.weight_cache.get(
         (key, dtype), sources, lambda: tuple(None if t is None else t.to(dtype) for t in make())
     )
 
@@ -248,58 +188,54 @@ def qparams(lo: float, hi: float, reduce_range: bool = False) -> tuple[float, in
     return scale, min(top, max(0, round(-lo / scale)))
 
 
-def _activation_qparams(module: nn.Module, key: str, x: Tensor, p: Plan) -> tuple[float, int]:
-    if p.static:
-        found = module.activation_qparams.get(key)
+def _activation_qparams(state: OpsState, key: str, x: Tensor) -> tuple[float, int]:
+    if state.record.int8 == "static":
+        found = state.activation_qparams.get(key)
         if found is None:
             raise RuntimeError(
-                f"{type(module).__name__} has no calibrated range for {key!r}: calibrate with "
+                f"this model has no calibrated range for {key!r}: calibrate with "
                 "pvt.accel.quant.quantize(model, calibration=...) on images of this model's input"
             )
         return found
     lo, hi = torch.aminmax(x)
-    return qparams(lo.item(), hi.item(), p.reduce_range)
+    return qparams(lo.item(), hi.item(), state.record.reduce_range)
 
 
-def _observe(module: nn.Module, key: str, x: Tensor) -> None:
-    """Widen ``module.activation_ranges[key]`` to hold ``x``'s values (calibration)."""
+def _observe(state: OpsState, key: str, x: Tensor) -> None:
+    """Widen ``state.activation_ranges[key]`` to hold ``x``'s values (calibration)."""
     lo, hi = (float(v) for v in torch.aminmax(x.float()))
-    old = module.activation_ranges.get(key)
-    module.activation_ranges[key] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    old = state.activation_ranges.get(key)
+    state.activation_ranges[key] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
 
 
 # ---------------------------------------------------------------------------------- kernels
-def _width(layer: nn.Linear | None, weights: tuple | None) -> int:
-    """Outputs of ``layer``, or of the derived weights (the weight sources stacked: q and kv)."""
-    if layer is not None:
-        return layer.out_features
-    return sum(t.shape[0] for t in weights[0] if t is not None and t.ndim == 2)
-
-
 def _linear(
-    module: nn.Module,
+    state: OpsState,
     key: str,
-    p: Plan,
+    dtype: torch.dtype,
     x: Tensor,
     layer: nn.Linear | None = None,
     act: str = "none",
-    residual: Tensor | None = None,
     weights: tuple[tuple[Tensor | None, ...], Callable[[], WeightPair]] | None = None,
+    residual: Tensor | None = None,
 ) -> Tensor:
-    """``act(x @ W.T + b)`` (``act``: none, relu, gelu; exact erf GELU), or ``residual + x @ W.T + b``,
-    in one fused pass, for ``layer``'s weights or the derived ``weights`` (sources, maker) cached under
-    ``key``."""
-    if p.observe:
-        _observe(module, key, x)
-    if p.precision == "int8" and not p.observe and _width(layer, weights) >= p.min_width:
-        sources, make = weights or _layer_weights(layer)
-        int8 = module.weight_cache.get((key, "int8"), sources, lambda: _int8_weights(*make()))
-        scale, zero = _activation_qparams(module, key, x, p)
-        return _qlinear(_quantize(x, scale, zero), scale, zero, int8, p.dtype, act, residual)
-    if p.dtype == torch.float32 and weights is None:
+    """``act(x @ W.T + b)`` (``act``: none, relu, gelu; exact erf GELU) or ``residual + x @ W.T + b`` in one
+    fused pass, in ``dtype`` or int8 as the record says, for ``layer``'s weights or the derived
+    ``weights`` (sources, maker) cached under ``key``."""
+    record = state.record
+    if record.int8 == "observe":
+        _observe(state, key, x)
+    elif record.precision == "int8":
+        width = layer.out_features if layer is not None else sum(t.shape[0] for t in weights[0] if t is not None and t.ndim == 2)
+        if width >= record.int8_min_width:
+            sources, make = weights or _layer_weights(layer)
+            int8 = state.weight_cache.get((key, "int8"), sources, lambda: _int8_weights(*make()))
+            scale, zero = _activation_qparams(state, key, x)
+            return _qlinear(_quantize(x, scale, zero), scale, zero, int8, dtype, act, residual)
+    if dtype == torch.float32 and weights is None:
         w, b = layer.weight, layer.bias
     else:
-        w, b = _cast(module, key, *(weights or _layer_weights(layer)), p.dtype)
+        w, b = _cast(state, key, *(weights or _layer_weights(layer)), dtype)
     return _fused_linear(x, w, b, act, residual)
 
 
@@ -323,7 +259,7 @@ def _qlinear(qx: Tensor, scale: float, zero: int, int8: tuple, dtype: torch.dtyp
     )
 
 
-def _conv_weights(module: nn.Module, key: str, conv: nn.Conv2d, dtype: torch.dtype) -> WeightPair:
+def _conv_weights(state: OpsState, key: str, conv: nn.Conv2d, dtype: torch.dtype) -> WeightPair:
     """``conv``'s weight in channels-last order and ``dtype``, and its bias in ``dtype`` (cached: spares
     oneDNN a reorder of the weight on every call)."""
     w, b = conv.weight, conv.bias
@@ -332,22 +268,7 @@ def _conv_weights(module: nn.Module, key: str, conv: nn.Conv2d, dtype: torch.dty
         weight = w.detach().to(dtype).contiguous(memory_format=torch.channels_last)
         return weight, None if b is None else b.detach().to(dtype)
 
-    return module.weight_cache.get((key, dtype), (w, b), make)
-
-
-def _conv(module: nn.Module, key: str, conv: nn.Conv2d, x: Tensor, p: Plan) -> Tensor:
-    """``conv(x)`` in ``p.dtype`` with cached channels-last weights: channels-last output."""
-    weight, bias = _conv_weights(module, key, conv, p.dtype)
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def _conv_gelu(module: nn.Module, key: str, conv: nn.Conv2d, x: Tensor, p: Plan) -> Tensor:
-    """Fused ``gelu(conv(x))``; channels-last in, channels-last out."""
-    if p.dtype == torch.float32:
-        weight, bias = conv.weight, conv.bias
-    else:
-        weight, bias = _conv_weights(module, key, conv, p.dtype)
-    return _fused_conv_gelu(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+    return state.weight_cache.get((key, dtype), (w, b), make)
 
 
 def _fused_conv_gelu(x: Tensor, weight: Tensor, bias: Tensor | None, padding, stride, dilation, groups: int) -> Tensor:
@@ -366,56 +287,73 @@ def _stacked_qkv(attn: SpatialReductionAttention) -> tuple[tuple[Tensor | None, 
     return (attn.q.weight, attn.kv.weight, attn.q.bias, attn.kv.bias), make
 
 
-# ----------------------------------------------------------------------------------- layers
-def patch_embed(embed: PatchEmbed, x: Tensor, p: Plan = F32) -> tuple[Tensor, int, int]:
-    """:class:`~pvt.layers.PatchEmbed` on the CPU path: ``(B, C_in, H, W) -> (B, h*w, C), h, w``
-    (tokens in ``p.dtype``)."""
-    x = _conv(embed, "proj", embed.proj, x.to(p.dtype), p)
-    h, w = x.shape[-2:]
-    return embed.norm(as_tokens(x)), h, w
+def _fusable(act: nn.Module | None) -> str | None:
+    """oneDNN's name of the activation ``act`` when a fused kernel can compute it (ReLU, exact GELU)."""
+    if type(act) is nn.ReLU:
+        return "relu"
+    if type(act) is nn.GELU and act.approximate == "none":
+        return "gelu"
+    return None
 
 
-def _reduce(blk: Block, x: Tensor, h: int, w: int, p: Plan) -> Tensor:
-    """The attention's key/value source ``(B, N, C) -> (B, M, C)`` (as ``SpatialReductionAttention.reduce``)."""
-    attn = blk.attn
-    m = map_part(x, h, w)
-    if attn.pool is not None:
-        m = attn.pool(m)
-    m = attn.norm(as_tokens(_conv(blk, "attn.sr", attn.sr, m, p)))
-    return attn.act(m) if attn.act is not None else m
+# -------------------------------------------------------------------------------- operations
+class CpuOps(Ops):
+    """The operations of :class:`~pvt.layers.Ops` on the CPU path, for one accelerated module, computing
+    in ``dtype`` (float32 or bfloat16; int8 products where the record says so). The dataflow that calls
+    them is the plain modules' own (:mod:`pvt.layers`); these read the layers' parameters and skip
+    their ``__call__`` (no hooks, no dropout: :mod:`pvt.accel.modules` only picks them for inference
+    without hooks). ``autocast``: they run inside CPU autocast, which they turn off around their kernels."""
 
+    def __init__(self, state: OpsState, dtype: torch.dtype, autocast: bool = False, adding: Tensor | None = None):
+        self.state, self.dtype, self.autocast = state, dtype, autocast
+        self.adding = adding
+        """Inside a residual branch: the residual its output projection adds in the same pass."""
 
-def _attention_add(blk: Block, x: Tensor, h: int, w: int, residual: Tensor, p: Plan) -> Tensor:
-    """``residual + attn(x, h, w)`` for ``x (B, N, C)``."""
-    attn = blk.attn
-    if attn.sr is None:  # keys from the full map: one GEMM for q, k and v
-        qkv = _linear(blk, "attn.qkv", p, x, weights=_stacked_qkv(attn))
+    def _off(self):
+        """CPU autocast off around a kernel that picks its own dtypes (a no-op context outside autocast)."""
+        return torch.autocast("cpu", enabled=False) if self.autocast else nullcontext()
+
+    def norm(self, norm: nn.LayerNorm, x: Tensor) -> Tensor:
+        with self._off():
+            return norm(x if x.dtype == self.dtype else x.to(self.dtype))
+
+    def linear(self, layer: nn.Linear, x: Tensor, *acts: nn.Module | None) -> Tensor:
+        acts = tuple(a for a in acts if a is not None)
+        fused = _fusable(acts[0]) if acts else None
+        x = _linear(self.state, self.state.names[layer], self.dtype, x.contiguous(), layer, fused or "none")
+        for act in acts[1:] if fused else acts:
+            x = act(x)
+        return x
+
+    def conv(self, conv: nn.Conv2d, x: Tensor, act: nn.Module | None = None) -> Tensor:
+        """``act(conv(x))`` on channels-last maps with channels-last weights; GELU fused into the convolution."""
+        key, x = self.state.names[conv], x.to(self.dtype)
+        with self._off():
+            if _fusable(act) == "gelu":
+                if self.dtype == torch.float32:
+                    weight, bias = conv.weight, conv.bias
+                else:
+                    weight, bias = _conv_weights(self.state, key, conv, self.dtype)
+                return _fused_conv_gelu(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+            weight, bias = _conv_weights(self.state, key, conv, self.dtype)
+            x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return x if act is None else act(x)
+
+    def q_kv(self, attn: SpatialReductionAttention, x: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:
+        if source is not x:
+            return self.linear(attn.q, x), self.linear(attn.kv, source)
+        # keys from the tokens themselves: one product for q, k and v
+        key = self.state.names[attn] + ".qkv"
+        qkv = _linear(self.state, key, self.dtype, x.contiguous(), weights=_stacked_qkv(attn))
         c = x.shape[-1]
-        q, kv = qkv[..., :c], qkv[..., c:]
-    else:
-        q = _linear(blk, "attn.q", p, x, attn.q)
-        kv = _linear(blk, "attn.kv", p, _reduce(blk, x, h, w, p), attn.kv)
-    return _linear(blk, "attn.proj", p, attn.attend(q, kv), attn.proj, residual=residual)
+        return qkv[..., :c], qkv[..., c:]
 
+    def output(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        if self.adding is None:
+            return self.linear(layer, x)
+        return _linear(self.state, self.state.names[layer], self.dtype, x.contiguous(), layer, residual=self.adding)
 
-def _mlp_add(blk: Block, x: Tensor, h: int, w: int, residual: Tensor, p: Plan) -> Tensor:
-    """``residual + mlp(x, h, w)`` for ``x (B, N, C)``."""
-    mlp: Mlp = blk.mlp
-    if mlp.dwconv is None:
-        if mlp.relu is None:
-            x = _linear(blk, "mlp.fc1", p, x, mlp.fc1, "gelu")
-        else:
-            x = F.gelu(_linear(blk, "mlp.fc1", p, x, mlp.fc1, "relu"))
-    else:
-        dwconv = mlp.dwconv
-        x = _linear(blk, "mlp.fc1", p, x, mlp.fc1, "relu" if mlp.relu is not None else "none")
-        # the class token gets its GELU alone
-        x = on_map(x, h, w, lambda m: _conv_gelu(blk, "mlp.dwconv", dwconv, m, p), F.gelu)
-    return _linear(blk, "mlp.fc2", p, x.contiguous(), mlp.fc2, residual=residual)
-
-
-def block(blk: Block, x: Tensor, h: int, w: int, p: Plan = F32) -> Tensor:
-    """:class:`~pvt.layers.Block` on the CPU path: ``(B, N, C), h, w -> (B, N, C)`` in ``p.dtype``."""
-    x = x.to(p.dtype)
-    x = _attention_add(blk, blk.norm1(x), h, w, x, p)
-    return _mlp_add(blk, blk.norm2(x), h, w, x, p)
+    def residual(self, x: Tensor, branch: nn.Module, y: Tensor, h: int, w: int, drop_path: nn.Module) -> Tensor:
+        # inference: drop path is the identity, and the add runs in the branch's output projection
+        x = x if x.dtype == self.dtype else x.to(self.dtype)
+        return branch(y, h, w, ops=CpuOps(self.state, self.dtype, self.autocast, adding=x))

@@ -1,5 +1,5 @@
 """One inference precision for every PVT inside a model (:func:`set_precision`): the CPU's precisions
-live in the accelerated model, int8 through :func:`pvt.accel.quant.quantize`."""
+live in the accelerated model's record, int8 through :func:`pvt.accel.quant.quantize`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from ..models.model import PyramidVisionTransformer
-from .apply import accelerate
+from .apply import accelerate, accelerate_all
 from .capability import resolve_precision
-from .modules import AcceleratedPyramidVisionTransformer, Acceleration
 from .quant import quantize
 
 __all__ = ["set_precision"]
@@ -24,25 +23,25 @@ def set_precision(
     ``precision`` (``float32``, ``bfloat16``, ``int8``, ``auto``: :func:`pvt.accel.capability.resolve_precision`)
     for ``device``; returns ``(precision, reason)``: what was picked and why.
 
-    On the CPU the precision is the accelerated model's (plain PVTs are accelerated for bfloat16 and
-    int8, left plain for float32; acceleration settings kept); int8 is :func:`pvt.accel.quant.quantize`
-    with ``calibration`` (None: dynamic). On a GPU the model is left as it is: run it under
-    :func:`inference_autocast`.
+    Every PVT is accelerated on the way (:func:`~pvt.accel.apply.accelerate_all`; settings of an
+    accelerated one kept). On the CPU the precision is the accelerated model's; int8 is
+    :func:`pvt.accel.quant.quantize` with ``calibration`` (None: dynamic). On a GPU the record stays
+    float32: run the model under :func:`inference_autocast`.
     """
     device = torch.device(device)
     picked, reason = resolve_precision(precision, device.type)
     if calibration is not None and picked != "int8":
         raise ValueError(f"calibration images are for int8; the precision is {picked}")
-    if device.type != "cpu":
-        return picked, reason
     bodies = [m for m in model.modules() if isinstance(m, PyramidVisionTransformer)]
     if not bodies and picked != "float32":
         raise ValueError(f"precision {picked}: {type(model).__name__} holds no Pyramid Vision Transformer")
+    accelerate_all(model)
+    if device.type != "cpu":
+        return picked, reason
     for body in bodies:
-        accelerated = isinstance(body, AcceleratedPyramidVisionTransformer)
-        record = body.acceleration if accelerated else Acceleration()
+        record = body.acceleration
         if picked == "int8":
             quantize(body, calibration)
-        elif (accelerated and record.precision != picked) or (not accelerated and picked != "float32"):
+        elif record.precision != picked:
             accelerate(body, cpu=record.cpu, gpu=record.gpu, chunk_bytes=record.chunk_bytes, precision=picked)
     return picked, reason

@@ -30,22 +30,16 @@ from torch import Tensor
 
 from ..models.model import PyramidVisionTransformer
 from . import cpu
-from .apply import _apply, accelerate
+from .apply import _apply, accelerate, is_accelerated, set_record
 from .capability import bf16_kernels, has_bf16, has_vnni
-from .modules import Accelerated, AcceleratedBlock, Acceleration
+from .modules import AcceleratedOps
+from .record import Acceleration
 
 __all__ = ["quantize", "dequantize", "calibrate", "is_quantized"]
 
 
 def _record(model: PyramidVisionTransformer) -> Acceleration:
-    return model.acceleration if isinstance(model, Accelerated) else Acceleration()
-
-
-def _set_record(model: PyramidVisionTransformer, record: Acceleration) -> None:
-    """Give every accelerated module ``record`` (caches and ranges kept)."""
-    for module in model.modules():
-        if isinstance(module, Accelerated):
-            module.acceleration = record
+    return model.acceleration if is_accelerated(model) else Acceleration()
 
 
 def _batches(calibration: Any, batch_size: int) -> Iterable[Tensor]:
@@ -123,11 +117,11 @@ def calibrate(model: PyramidVisionTransformer, calibration: Any, *, batch_size: 
     record = _record(model)
     if record.precision != "int8":
         raise ValueError("calibrate() needs an int8 model: pvt.accel.quant.quantize(model, calibration)")
-    blocks = [m for m in model.modules() if isinstance(m, AcceleratedBlock)]
-    for blk in blocks:
-        blk.activation_ranges.clear()
-        blk.activation_qparams.clear()
-    _set_record(model, dataclasses.replace(record, int8="observe"))
+    states = [m.ops for m in model.modules() if isinstance(m.__dict__.get("ops"), AcceleratedOps)]
+    for state in states:
+        state.activation_ranges.clear()
+        state.activation_qparams.clear()
+    set_record(model, dataclasses.replace(record, int8="observe"))
     was_training = model.training
     images = 0
     try:
@@ -137,18 +131,18 @@ def calibrate(model: PyramidVisionTransformer, calibration: Any, *, batch_size: 
                 model(batch.float())
                 images += batch.shape[0]
     except BaseException:
-        _set_record(model, dataclasses.replace(record, int8="dynamic"))
+        set_record(model, dataclasses.replace(record, int8="dynamic"))
         raise
     finally:
         model.train(was_training)
     if images == 0:
-        _set_record(model, dataclasses.replace(record, int8="dynamic"))
+        set_record(model, dataclasses.replace(record, int8="dynamic"))
         raise ValueError("calibration gave no images")
-    for blk in blocks:
-        blk.activation_qparams.update(
-            {key: cpu.qparams(lo, hi, record.reduce_range) for key, (lo, hi) in blk.activation_ranges.items()}
+    for state in states:
+        state.activation_qparams.update(
+            {key: cpu.qparams(lo, hi, record.reduce_range) for key, (lo, hi) in state.activation_ranges.items()}
         )
-    _set_record(model, dataclasses.replace(record, int8="static"))
+    set_record(model, dataclasses.replace(record, int8="static"))
     return model
 
 
@@ -161,4 +155,4 @@ def dequantize(model: PyramidVisionTransformer) -> PyramidVisionTransformer:
 
 def is_quantized(model: PyramidVisionTransformer) -> bool:
     """Whether ``model``'s CPU path runs int8."""
-    return isinstance(model, Accelerated) and model.acceleration.precision == "int8"
+    return is_accelerated(model) and model.acceleration.precision == "int8"

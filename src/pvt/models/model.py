@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..base.constants import EVAL_CROP_PCT, EVAL_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
 from ..base.tracing import is_tracing
-from ..layers import Block, PatchEmbed, as_map
+from ..layers import PLAIN, Block, Ops, PatchEmbed, as_map
 from .config import PVTConfig
 
 __all__ = ["PyramidVisionTransformer", "PVTStage", "FeatureInfo", "stage_indices"]
@@ -81,6 +81,9 @@ class PVTStage(nn.Module):
 
     ``(B, C_in, H, W) -> (B, h*w [+1], C)`` tokens and ``(h, w)``.
     """
+
+    ops: Ops = PLAIN
+    """The operations of its closing LayerNorm (:class:`~pvt.layers.Ops`)."""
 
     def __init__(self, cfg: PVTConfig, index: int, in_chans: int, drop_path: list[float]):
         super().__init__()
@@ -154,7 +157,7 @@ class PVTStage(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
         x, h, w = self.forward_blocks(x)
-        return (x if self.norm is None else self.norm(x)), h, w
+        return (x if self.norm is None else self.ops.pick(self, x).norm(self.norm, x)), h, w
 
 
 class PyramidVisionTransformer(nn.Module):

@@ -25,7 +25,7 @@ def create_model(
     pretrained: str | Path | None = None,
     in_chans: int = 3,
     drop_path_rate: float | None = None,
-    accelerate: bool = True,
+    accelerate: bool = False,
     features_only: bool = False,
     out_indices: int | Sequence[int] | None = None,
     grad_checkpointing: bool = False,
@@ -47,7 +47,7 @@ def create_model(
         drop_path_rate: stochastic depth; default 0 (the official training rate is in
             ``pvt.models.variants.VARIANTS[name].drop_path_rate``).
         accelerate: give the model the faster inference paths of :func:`pvt.accel.accelerate` (same
-            parameters and results); ``False``: the plain model.
+            parameters and results; for inference). Default: the plain model, the one to train.
         features_only: a :class:`~pvt.models.features.PVTFeatures`: no head, ``model(x)`` gives the maps of
             the stages ``out_indices`` selects (default all four; an int ``n``: the last ``n``; negative
             indices count from the end), ``feature_info`` describes them.

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..accel import accelerate
 from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data import (
     ImageFolderDataset,
@@ -329,12 +328,12 @@ class ClassificationTask(Task):
     # -- trained models -----------------------------------------------------------------------
     def load_model(self, state: dict[str, Tensor], meta: dict[str, Any], source: str | Path) -> nn.Module:
         """The network the checkpoint's own config describes (exact even when it was fine-tuned from weights
-        whose numerics differ from the variant's, e.g. HF's LayerNorm eps), with a head for its class names, accelerated for inference."""
+        whose numerics differ from the variant's, e.g. HF's LayerNorm eps), with a head for its class names (plain: :func:`~pvt.tasks.load_trained` accelerates it)."""
         head = state.get("head.weight")
         if head is None or head.ndim != 2 or head.shape[0] != len(self.class_names):
             raise ValueError(f"checkpoint {str(source)!r} names {len(self.class_names)} classes but its head has "
                              f"{'no' if head is None else int(head.shape[0])} outputs")
-        return accelerate(build_pvt(meta, state, source))
+        return build_pvt(meta, state, source)
 
     def input_transform(self):
         """The image -> tensor transform of this model's evaluation input (the checkpoint's size, crop,
