@@ -139,11 +139,18 @@ class DenseTask(Task):
             raise ValueError(f"{self.name} task: split {split!r}: expected 'val'")
         return self.build_datasets()[1]
 
-    @staticmethod
-    def step_result(loss: Tensor, batch: Any, logs: dict[str, float] | None = None) -> StepResult:
-        """A dense training step's result: every image of ``batch`` (images, targets, skipped) trained on;
-        the collate functions have left out, and counted, the unreadable ones."""
-        return StepResult(loss, len(batch[0]), int(batch[2]), logs or {})
+    def train_step(self, model: Any, batch: Any, device: Any) -> StepResult:
+        """:meth:`batch_loss` of ``batch`` (images, targets, skipped): the collate functions have left out, and
+        counted, the unreadable images; a batch that kept none trains nothing."""
+        images, _, skipped = batch
+        if len(images) == 0:
+            return StepResult(None, 0, int(skipped))
+        loss, logs = self.batch_loss(model, batch, device)
+        return StepResult(loss, len(images), int(skipped), logs)
+
+    def batch_loss(self, model: Any, batch: Any, device: Any) -> tuple[Tensor, dict[str, float]]:
+        """The scalar loss of a batch of at least one image, and floats for the progress bar (*required*)."""
+        raise NotImplementedError
 
     @property
     def spec(self) -> DenseModelSpec:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import read_image
-from ..engine.task import SKIPPED, StepResult
+from ..engine.task import SKIPPED
 from .common import DENSE_RECIPE, SHAPES_NUM_TRAIN, SHAPES_NUM_VAL, DenseTask, dense_drop_path
 from .schedules import poly_schedule
 from .visualize import drawing_names, save_drawing
@@ -119,12 +119,12 @@ class DepthTask(DenseTask):
     def build_scheduler(self, optimizer, steps_per_epoch: int):
         return poly_schedule(self.cfg, optimizer, steps_per_epoch)
 
-    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult:
+    def batch_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, depths, _ = batch
         if isinstance(images, list):
             raise ValueError("depth training needs equal-size crops (got a list of sizes)")
         images, depths = images.to(device, non_blocking=True), depths.to(device, non_blocking=True)
-        return self.step_result(silog_loss(model(images).float(), depths), batch)
+        return silog_loss(model(images).float(), depths), {}
 
     @torch.no_grad()
     def predict_depth(self, model: nn.Module, image: Tensor, device) -> Tensor:

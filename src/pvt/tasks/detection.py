@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.coco import CocoDataset, detection_collate
 from ..data.detection_transforms import RandomCropPolicy
 from .backbone import apply_backbone_options
-from ..engine.task import SKIPPED, StepResult
+from ..engine.task import SKIPPED
 from .common import DENSE_RECIPE, DenseTask, dense_drop_path, predict_inputs, resolve_dense_model, shapes_root
 from .metrics import coco_map, detections_to_coco
 from .schedules import MultiStepLR
@@ -266,13 +266,13 @@ class DetectionTask(DenseTask):
         return MultiStepLR(optimizer, [int(s * steps_per_epoch) for s in steps], 0.1, warmup, min(ratio, 1.0))
 
     # -- steps
-    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult:
+    def batch_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, targets, _ = batch
         images = [i.to(device, non_blocking=True) for i in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         losses = model(images, targets)
         loss = sum(losses.values())
-        return self.step_result(loss, batch, {k.removeprefix("loss_"): float(v.detach()) for k, v in losses.items()})
+        return loss, {k.removeprefix("loss_"): float(v.detach()) for k, v in losses.items()}
 
     @torch.no_grad()
     def predict_batch(self, model: nn.Module, images: list[Tensor], device: torch.device) -> list[dict[str, Tensor]]:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.ade import IGNORE_INDEX, ADE20KDataset, segmentation_collate
 from .backbone import apply_backbone_options
-from ..engine.task import SKIPPED, StepResult
+from ..engine.task import SKIPPED
 from .common import DENSE_RECIPE, DenseTask, dense_drop_path, predict_inputs, shapes_root
 from .metrics import ConfusionMatrix
 from .schedules import poly_schedule
@@ -85,13 +85,13 @@ class SegmentationTask(DenseTask):
         power = float(self.tcfg.task_options.get("poly_power", dict(self.spec.head.recipe).get("poly_power", 0.9)))
         return poly_schedule(self.cfg, optimizer, steps_per_epoch, power)
 
-    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult:
+    def batch_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, labels, _ = batch
         if isinstance(images, list):
             raise ValueError("segmentation training needs equal-size crops (got a list of sizes)")
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images)
-        return self.step_result(F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX), batch)
+        return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX), {}
 
     @torch.no_grad()
     def predict_logits(self, model: nn.Module, image: Tensor, out_size: tuple[int, int], device) -> Tensor:
