@@ -717,7 +717,7 @@ class Trainer:
     def _train_epoch(self, run: "_Run", epoch: int) -> tuple[float, int, int]:
         """One pass over the training data: ``(mean loss, images trained on, images skipped)``; advances
         ``run.updates``."""
-        cfg, device, task = self.cfg, self.device, self.task
+        cfg = self.cfg
         run.ddp_model.train()
         show = self.dist.is_main and not self.quiet and sys.stderr.isatty()
         from tqdm import tqdm
