@@ -42,6 +42,7 @@ def _trained_checkpoint(path, data, *, config=None, names=("diagonal", "horizont
     config), of a narrow PVT v2 at 32 px with untrained weights: what eval / predict / convert / export read."""
     from pvt.engine.config import TrainConfig
     from pvt.models.config import PVTConfig
+    from pvt.tasks.configs import ClassificationConfig
     from pvt.models.model import PyramidVisionTransformer
     from pvt.weights.checkpoint import save_model
 
@@ -49,7 +50,8 @@ def _trained_checkpoint(path, data, *, config=None, names=("diagonal", "horizont
                                  mlp_ratios=(2, 2, 2, 2), num_classes=len(names), img_size=32)
     extra = {"task": "classification", "class_names": list(names), "img_size": 32, "crop_pct": 0.875,
              "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-             "train_config": TrainConfig(model="pvt_v2_b0", img_size=32, data=str(data)).to_dict(), "epoch": 1}
+             "train_config": TrainConfig(model="pvt_v2_b0", data=str(data),
+                                         task_config=ClassificationConfig(img_size=32)).to_dict(), "epoch": 1}
     return save_model(PyramidVisionTransformer(config), path, variant="pvt_v2_b0", extra=extra)
 
 

@@ -26,20 +26,21 @@ def train(config: Any = None, *, resume: str | Path | None = None, quiet: bool =
     """Train a model; returns a :class:`pvt.engine.trainer.TrainResult` (run folder, metrics, best epoch).
 
     Args:
-        config: a :class:`~pvt.engine.config.TrainConfig`, a mapping of its keys, or a YAML file path.
+        config: a :class:`~pvt.engine.config.TrainConfig`, a flat mapping of its keys and its task's, or a YAML
+            file path (the task's preset fills what it leaves out: :func:`pvt.tasks.resolve_config`).
         resume: a run folder to continue (its ``config.yaml`` is used; ``overrides`` may extend ``epochs`` and
             change the values in :data:`pvt.engine.resume.RESUME_MAY_CHANGE`; any other change is refused).
         quiet: no progress bar or per-epoch lines on stdout (``train.log`` still gets them).
         fresh_optimizer: with ``resume``, when the run's ``state.pt`` is unreadable: continue from the weights
             of its ``last.safetensors`` with a fresh optimiser state.
-        **overrides: TrainConfig keys, e.g. ``epochs=5, data="my_images/"``.
+        **overrides: config keys (the engine's or the task's), e.g. ``epochs=5, data="my_images/", mixup=0``.
     """
     from .engine.config import TrainConfig
     from .engine.trainer import Trainer
-    from .tasks import create_task, resolve_config
+    from .tasks import create_task, read_config, resolve_config
 
     if resume is not None:
-        cfg = Trainer.resume_config(resume, overrides)
+        cfg = Trainer.resume_config(resume, overrides, read=lambda data: read_config(data, recorded=True))
     elif isinstance(config, TrainConfig):
         cfg = resolve_config(**{**config.to_dict(), **overrides})
     elif isinstance(config, dict):
@@ -68,6 +69,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
     """
     from torch.utils.data import DataLoader
 
+    from .engine.task import SKIPPED
     from .tasks import load_trained
 
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -80,7 +82,8 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
                         collate_fn=task.collate_fn)
     with trained.autocast():
         metrics: dict[str, Any] = dict(task.evaluate(trained.model, loader, trained.device))
-    skipped = task.end_epoch().get("skipped_images", 0.0)
+    # unreadable: files found when the data set was listed, and those evaluation left out
+    skipped = len(getattr(ds, "unreadable", ())) + metrics.pop(SKIPPED, 0.0)
     metrics.update(task.evaluation_details())
     draw = getattr(task, "evaluation_pictures", None)
     if pictures and draw is not None:
@@ -99,7 +102,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None, *, split: s
         "model": trained.name,
         "checkpoint": str(checkpoint),
         "data": str(getattr(ds, "root", None) or task.cfg.data or "built-in"),
-        "img_size": task.cfg.img_size,
+        "img_size": task.tcfg.img_size,
         "precision": trained.precision,
         "precision_reason": trained.precision_reason,
     }

@@ -154,11 +154,12 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_file(env, tmp_path, command)
 def test_a_malicious_state_on_resume_is_refused_as_unsafe(env, tmp_path, capsys):
     root, data, good = env
     from pvt.engine.config import TrainConfig
+    from pvt.tasks.configs import ClassificationConfig
 
     run = tmp_path / "r"
     run.mkdir()
-    (run / "config.yaml").write_text(TrainConfig(model="pvt_v2_b0", img_size=32, data=str(data), name="r",
-                                                 output=str(tmp_path)).to_yaml())
+    (run / "config.yaml").write_text(TrainConfig(model="pvt_v2_b0", data=str(data), name="r", output=str(tmp_path),
+                                                 task_config=ClassificationConfig(img_size=32)).to_yaml())
     with open(run / "state.pt", "wb") as f:
         pickle.dump({"model": _Evil()}, f, protocol=2)
     _one_line_error(capsys, ["train", "--resume", str(run)], "state.pt was refused as unsafe: it holds Python "

@@ -89,7 +89,7 @@ def test_transforms_shapes_and_eval_is_deterministic():
     ev = eval_transform(32)
     a, b = ev(img), ev(img)
     assert a.shape == (3, 32, 32) and torch.equal(a, b)
-    cfg = resolve_config(img_size=32, reprob=0.25)
+    cfg = resolve_config(img_size=32, reprob=0.25).task_config
     tf = train_transform(cfg)
     assert tf(img).shape == (3, 32, 32)
 
@@ -98,7 +98,7 @@ def test_randaugment_at_full_magnitude_does_not_crash():
     # timm's increasing posterize at magnitude 10 keeps 0 bits, which Pillow >= 11 rejects
     assert _safe_policy("rand-m9-mstd0.5-inc1") == "rand-m9-mstd0.5-inc1-mmax9"
     assert _safe_policy("rand-m9-mmax8") == "rand-m9-mmax8"
-    cfg = resolve_config(img_size=32, aa="rand-n8-m10-mstd0-inc1")  # every op at magnitude 10 (capped)
+    cfg = resolve_config(img_size=32, aa="rand-n8-m10-mstd0-inc1").task_config  # every op at magnitude 10 (capped)
     tf = train_transform(cfg)
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     for _ in range(30):

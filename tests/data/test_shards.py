@@ -129,7 +129,7 @@ def test_unknown_classes_and_missing_shards_are_named(ordered, tmp_path):
 
 
 ARGS = dict(epochs=2, batch_size=4, workers=0, threads=1, img_size=32, model="pvt_v2_b0", warmup_epochs=0.5,
-            lr=1e-3, quiet=True)
+            lr=1e-3, repeated_aug=True, quiet=True)  # (forced on: one process leaves it off by default)
 
 
 def test_training_from_shards_equals_the_folder_in_the_same_order(data, ordered, tmp_path):

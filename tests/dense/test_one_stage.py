@@ -347,7 +347,7 @@ def _held_out(tmp_path, model: str) -> tuple[dict[str, float], float, float]:
 
     cfg = resolve_config(model=model, output=str(tmp_path / "runs"), data_dir=str(tmp_path / "cache"), seed=0,
                          task_options={"num_train": 1024, "num_val": 50, "shapes_size": 64})
-    assert (cfg.task, cfg.img_size, cfg.epochs, cfg.lr, cfg.clip_grad) == ("detection", 64, 8, 5e-4, 10.0)
+    assert (cfg.task, cfg.task_config.img_size, cfg.epochs, cfg.lr, cfg.clip_grad) == ("detection", 64, 8, 5e-4, 10.0)
     torch.manual_seed(cfg.seed)
     task = get_task(cfg.task)(cfg)
     _, val = task.build_datasets()

@@ -65,8 +65,8 @@ def test_recipe_is_segformers():
 
     cfg = resolve_config(model="segformer_mit_b0", data="/nonexistent/ade")
     assert cfg.task == "segmentation"
-    assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.img_size, cfg.batch_size) == (6e-5, 0.01, 127, 512, 2)
-    assert "poly_power" not in cfg.task_options
+    assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.task_config.img_size, cfg.batch_size) == (6e-5, 0.01, 127, 512, 2)
+    assert "poly_power" not in cfg.task_config.task_options
     task = create_task(cfg)
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=6e-5)
     sched = task.build_scheduler(opt, 100)
@@ -235,6 +235,6 @@ def test_segformer_learns_held_out(tmp_path):
 
     cfg = resolve_config(model="segformer_mit_b0", output=str(tmp_path / "runs"), data_dir=str(tmp_path / "cache"),
                          seed=0, task_options={"num_train": 1024, "num_val": 50, "shapes_size": 64})
-    assert cfg.task == "segmentation" and (cfg.img_size, cfg.epochs) == (64, 8)
+    assert cfg.task == "segmentation" and (cfg.task_config.img_size, cfg.epochs) == (64, 8)
     res = Trainer(cfg, create_task(cfg), quiet=True).fit()
     assert max(r["val_mIoU"] for r in res.metrics) > 40

@@ -184,7 +184,7 @@ def test_recipe_of_the_official_config():
     from pvt.tasks.detection import SHAPES_HEADS
 
     preset, options = SHAPES_HEADS["sparse_rcnn"]
-    assert all(getattr(shapes, k) == v for k, v in preset.items()) and shapes.img_size == 64
+    assert all(getattr(shapes, k) == v for k, v in preset.items()) and shapes.task_config.img_size == 64
     assert create_task(shapes)._head_options() == options and create_task(shapes)._crop() is None
     with pytest.raises(ValueError, match="option rois_per_image: Sparse R-CNN .* does not take it"):
         create_task(resolve_config(model="sparse_rcnn_pvt_v2_b0", task_options={"rois_per_image": 8}))

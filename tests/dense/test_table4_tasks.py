@@ -20,7 +20,7 @@ from pvt.tasks import create_task, load_trained, resolve_config
 def test_train_eval_predict_through_the_task(tmp_path, one_thread, name, task, metric, options):
     cfg = resolve_config(model=name, output=str(tmp_path / "runs"), data_dir=str(tmp_path / "cache"), workers=0,
                          seed=0, epochs=1, batch_size=4, task_options={"num_train": 8, "num_val": 4})
-    assert cfg.task == task and cfg.img_size == 64  # the name implies the task; no --data: the shapes preset
+    assert cfg.task == task and cfg.task_config.img_size == 64  # the name implies the task; no --data: the shapes preset
     run = Trainer(cfg, create_task(cfg), quiet=True).fit().run_dir
     rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert f"val_{metric}" in rec and rec["train_loss"] == rec["train_loss"]  # finite

@@ -19,7 +19,8 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 DETERMINISTIC = ["--aa", "none", "--color-jitter", "0", "--reprob", "0", "--hflip", "0", "--scale", "1,1",
                  "--ratio", "1,1", "--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--smoothing", "0.1",
                  "--epochs", "2", "--warmup-epochs", "0.5", "--opt-eps", "1e-6", "--lr", "1e-3", "--workers", "0", "--threads", "1",
-                 "--img-size", "32", "--model", "pvt_v2_b0", "--quiet"]
+                 "--img-size", "32", "--model", "pvt_v2_b0", "--quiet",
+                 "--repeated-aug"]  # forced in both runs: by default only the two processes would use it
 
 
 def _env() -> dict[str, str]:

@@ -15,28 +15,29 @@ import pvt
 from pvt.engine import TrainConfig
 from pvt.engine.state import load_state, rng_state, save_state, set_rng_state
 from pvt.engine.trainer import amp_dtype, param_groups
-from pvt.tasks import get_task, list_tasks, resolve_config
-from pvt.tasks.classification import DIGITS_DEFAULTS, topk_correct
+from pvt.tasks import get_task, list_tasks, read_config, resolve_config
+from pvt.tasks.classification import PRESETS, topk_correct
 
 
 def test_defaults_are_the_paper_recipe_and_lr_scales_with_batch():
-    cfg = resolve_config(data="/somewhere")  # a user folder: no digits preset
-    assert (cfg.weight_decay, cfg.smoothing, cfg.mixup, cfg.cutmix, cfg.reprob) == (0.05, 0.1, 0.8, 1.0, 0.25)
-    assert (cfg.epochs, cfg.img_size, cfg.warmup_epochs, cfg.aa) == (300, 224, 5.0, "rand-m9-mstd0.5-inc1")
+    cfg = resolve_config(data="/somewhere")  # a user folder: the imagenet preset
+    tc = cfg.task_config
+    assert (cfg.weight_decay, tc.smoothing, tc.mixup, tc.cutmix, tc.reprob) == (0.05, 0.1, 0.8, 1.0, 0.25)
+    assert (cfg.epochs, tc.img_size, cfg.warmup_epochs, tc.aa) == (300, 224, 5.0, "rand-m9-mstd0.5-inc1")
     # the official rule: lr = 5e-4 * global batch / 512 -> 1e-3 for 128 x 8 GPUs
     assert cfg.peak_lr(world_size=8) == pytest.approx(1e-3)
     assert resolve_config(lr=3e-4).peak_lr(8) == 3e-4
 
 
 def test_layers_digits_preset_yaml_then_flags(tmp_path):
-    cfg = resolve_config()
-    for k, v in DIGITS_DEFAULTS.items():
-        assert getattr(cfg, k) == v
+    resolved = resolve_config().to_dict()
+    assert all(resolved[k] == v for k, v in PRESETS["digits"].items())
     y = tmp_path / "c.yaml"
     y.write_text("epochs: 7\nbatch-size: 16\nlr: 1e-3\n")
     cfg = resolve_config(y, epochs="9")
-    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.img_size) == (9, 16, 1e-3, 32)
-    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.task_config.img_size) == (9, 16, 1e-3, 32)
+    assert read_config(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert isinstance(cfg, TrainConfig)
 
 
 @pytest.mark.parametrize(
@@ -216,8 +217,8 @@ def test_micro_batches_sum_to_the_batch_gradient():
     def grads(pieces):
         model.zero_grad(set_to_none=True)
         for part, share in pieces:
-            loss, _ = task.train_step(model, part, torch.device("cpu"))
-            (loss * share).backward()
+            step = task.train_step(model, part, torch.device("cpu"))
+            (step.loss * share).backward()
         return [p.grad.clone() for p in model.parameters()]
 
     whole, split = grads([(batch, 1.0)]), grads(parts)

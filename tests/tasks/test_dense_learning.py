@@ -53,7 +53,7 @@ def test_retinanet_learns_held_out(tmp_path):
     """RetinaNet-B0 with the built-in preset (64 px, 1024 images, 8 epochs, anchors from 16 px):
     held-out box mAP far above the untrained model's 0 (docs/dense.md: ~20; ~13 CPU minutes)."""
     cfg = _config(tmp_path, "detection", seed=0)
-    assert (cfg.img_size, cfg.epochs, cfg.lr, cfg.clip_grad) == (64, 8, 5e-4, 10.0)
+    assert (cfg.task_config.img_size, cfg.epochs, cfg.lr, cfg.clip_grad) == (64, 8, 5e-4, 10.0)
     before = _untrained(cfg)
     res = Trainer(cfg, create_task(cfg), quiet=True).fit()
     assert before["bbox_mAP"] < 1

@@ -83,9 +83,10 @@ def test_dense_task_bad_options_and_data(tmp_path):
 
 def test_default_recipes():
     det = resolve_config(task="detection", data="/some/coco")
-    assert (det.lr, det.weight_decay, det.epochs, det.img_size, det.mixup, det.smoothing) == (1e-4, 1e-4, 12, 800, 0, 0)
+    assert (det.lr, det.weight_decay, det.epochs, det.task_config.img_size) == (1e-4, 1e-4, 12, 800)
+    assert not hasattr(det.task_config, "mixup")  # no classification augmentation in a dense config
     seg = resolve_config(task="segmentation", data="/some/ade")
-    assert (seg.lr, seg.weight_decay, seg.img_size) == (1e-4, 1e-4, 512)
+    assert (seg.lr, seg.weight_decay, seg.task_config.img_size) == (1e-4, 1e-4, 512)
     from pvt.tasks.detection import DetectionTask
     from pvt.tasks.segmentation import SegmentationTask
 
@@ -99,7 +100,8 @@ def test_default_recipes():
     assert lrs[800] == pytest.approx(1e-5) and lrs[1099] == pytest.approx(1e-5) and lrs[1100] == pytest.approx(1e-6)
     assert DetectionTask(det)._anchor_size() == 32  # the paper's anchors on real data
     shapes = resolve_config(task="detection")  # built-in data: 64 px, anchors from 16 px, x0.1 at 3/4
-    assert (shapes.img_size, shapes.epochs, shapes.lr, shapes.clip_grad, shapes.drop_path) == (64, 8, 5e-4, 10, 0)
+    assert (shapes.task_config.img_size, shapes.epochs, shapes.lr, shapes.clip_grad, shapes.task_config.drop_path) \
+        == (64, 8, 5e-4, 10, 0)
     assert DetectionTask(shapes)._anchor_size() == 16
     assert DetectionTask(resolve_config(task="detection", task_options={"anchor_size": 8}))._anchor_size() == 8
     opt.param_groups[0]["lr"] = 5e-4

@@ -73,7 +73,7 @@ def test_glpn_trains_and_predicts_on_the_builtin_depth_set(tmp_path):
 
     cfg = resolve_config(task="depth", model="pvt_v2_b0", output=str(tmp_path / "runs"), epochs=1,
                          task_options={"num_train": 16, "num_val": 4, "shapes_size": 32}, seed=0)
-    assert cfg.model == "pvt_v2_b0" and (cfg.img_size, cfg.batch_size) == (64, 8)
+    assert cfg.model == "pvt_v2_b0" and (cfg.task_config.img_size, cfg.batch_size) == (64, 8)
     task = create_task(cfg)
     assert task.spec.name == "glpn_pvt_v2_b0"
     res = Trainer(cfg, task, quiet=True).fit()

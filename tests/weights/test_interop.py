@@ -14,6 +14,7 @@ from PIL import Image
 
 from pvt.cli import main
 from pvt.engine.config import TrainConfig
+from pvt.tasks.configs import ClassificationConfig
 from pvt.models.registry import create_model
 from pvt.weights.checkpoint import save_model
 
@@ -29,8 +30,8 @@ def _classifier(path, perturb, *, interpolation="bicubic", crop_pct=0.875):
         model.head.weight.mul_(40)
     extra = {"task": "classification", "class_names": NAMES, "img_size": 32, "crop_pct": crop_pct,
              "interpolation": interpolation, "mean": [0.5, 0.45, 0.4], "std": [0.25, 0.2, 0.3],
-             "train_config": TrainConfig(model="pvt_v2_b0", img_size=32, crop_pct=crop_pct,
-                                         interpolation=interpolation, data=str(path.parent)).to_dict()}
+             "train_config": TrainConfig(model="pvt_v2_b0", data=str(path.parent), task_config=ClassificationConfig(
+                 img_size=32, crop_pct=crop_pct, interpolation=interpolation)).to_dict()}
     return save_model(model, path, variant="pvt_v2_b0", extra=extra)
 
 

@@ -93,9 +93,9 @@ def pipeline_stages(img_size: int = 224) -> dict[str, Callable[[Path], Any]]:
     """The stages a loader worker runs per image: read the file (all a worker does with
     ``device_augment``), decode (PIL, RGB), decode + DeiT's training transform, decode + evaluation."""
     from ..data import eval_transform, load_rgb, train_transform
-    from ..engine.config import TrainConfig
+    from ..tasks.configs import ClassificationConfig
 
-    cfg = TrainConfig(img_size=img_size)
+    cfg = ClassificationConfig(img_size=img_size)
     train_tf, eval_tf = train_transform(cfg), eval_transform(img_size, cfg.crop_pct, cfg.interpolation)
     return {
         "read file": lambda p: p.read_bytes(),
@@ -110,10 +110,10 @@ def time_device_augment(files: list[Path], device: str, batch: int = 64, img_siz
     """Images/s of the device path (:class:`pvt.data.device.DeviceAugment`): batches of ``batch`` encoded
     files decoded and augmented on ``device`` (file reading excluded: the workers do it)."""
     from ..data.device import DeviceAugment
-    from ..engine.config import TrainConfig
+    from ..tasks.configs import ClassificationConfig
     from .timing import sync
 
-    aug = DeviceAugment.from_config(TrainConfig(img_size=img_size))
+    aug = DeviceAugment.from_config(ClassificationConfig(img_size=img_size))
     dev = torch.device(device)
     encoded = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in files]
     batches = [encoded[i:i + batch] for i in range(0, len(encoded), batch)]

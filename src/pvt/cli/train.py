@@ -18,19 +18,39 @@ from .options import bounded, describe_range
 __all__ = ["register"]
 
 
-def _config_flags(p: argparse.ArgumentParser) -> None:
-    """One ``--kebab-case`` flag per TrainConfig field (values checked by TrainConfig)."""
-    from ..engine.config import TrainConfig
+def _config_fields() -> list[tuple[dataclasses.Field, Any, str]]:
+    """Every config field once, ``(field, type hint, group title)``: the engine's, then each task config's
+    (a field several tasks share, e.g. ``img_size``, under the first that declares it)."""
+    from ..engine.config import TrainConfig, config_fields
+    from ..tasks.configs import TASK_CONFIGS
 
-    hints = typing.get_type_hints(TrainConfig)
-    group = p.add_argument_group("training config (defaults: the paper's recipe; see docs/classification.md)")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "task_options":
-            continue
+    out, seen = [], {"task_options"}  # (task options: --opt KEY=VALUE)
+    for cls in (TrainConfig, *TASK_CONFIGS):
+        hints = typing.get_type_hints(cls)
+        for f in config_fields(cls):
+            if f.name not in seen:
+                seen.add(f.name)
+                owner = next(c for c in reversed(cls.__mro__) if f.name in vars(c).get("__annotations__", {}))
+                out.append((f, hints[f.name], owner.__name__))
+    return out
+
+
+_GROUPS = {"TrainConfig": "training config: the engine's (schedule, optimiser, devices, run folder)",
+           "BackboneConfig": "every task's input and backbone",
+           "ClassificationConfig": "classification (augmentation, mixup / cutmix, smoothing, repeated augmentation)"}
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--kebab-case`` flag per config field, the engine's and every task's (values checked by the
+    configs: a task's flags are refused by the other tasks)."""
+    groups: dict[str, Any] = {}
+    for f, hint, owner in _config_fields():
+        title = _GROUPS.get(owner, owner)
+        group = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        kind = typing.get_args(hints[f.name])[0] if typing.get_args(hints[f.name]) else hints[f.name]
+        kind = typing.get_args(hint)[0] if typing.get_args(hint) else hint
         rng = describe_range(kind, lo, hi) if kind in (int, float) and (lo, hi) != (None, None) else ""
         help_ = f.metadata.get("help", "")
         if default is not None and "default" not in help_:  # once: some helps say their default in words
@@ -38,12 +58,12 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
             help_ += f" (default: {shown}{'; ' + rng if rng else ''})"
         elif rng:
             help_ += f" ({rng})"
-        if hints[f.name] is bool:
+        if hint is bool or kind is bool:  # (bool | None: unset means "derived", e.g. repeated_aug)
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=help_)
         else:
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=help_,
-                               metavar=_metavar(f.name, hints[f.name], f.metadata.get("choices")))
+                               metavar=_metavar(f.name, hint, f.metadata.get("choices")))
 
 
 def _metavar(name: str, hint: Any, choices: tuple[str, ...] | None) -> str:
@@ -62,9 +82,10 @@ def _metavar(name: str, hint: Any, choices: tuple[str, ...] | None) -> str:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from ..engine.config import TrainConfig, parse_value
+    from ..engine.config import parse_value
 
-    out = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names() and k != "task_options"}
+    names = {f.name for f, _, _ in _config_fields()}
+    out = {k: v for k, v in vars(args).items() if k in names}
     if args.opt:
         opts: dict[str, Any] = {}
         for item in args.opt:
@@ -190,7 +211,13 @@ def register(sub) -> None:
     p = command(sub, "train", _cmd_train,
             "train a classifier (or --task NAME) on a folder or the built-in digits",
             "Train with the paper's recipe; every config value is a flag. Under "
-            "`torchrun --nproc_per_node N` the same command trains with DDP.")
+            "`torchrun --nproc_per_node N` the same command trains with DDP. Each task starts from a named, "
+            "complete preset, then --config YAML, then flags: classification `imagenet` (a --data folder: "
+            "DeiT's recipe, the defaults shown below) or `digits` (the built-in digits: 32 px, 12 epochs, lr "
+            "2e-3, no flips, mixup, cutmix or erasing); detection / instance `coco` or `shapes`; segmentation "
+            "`ade20k` or `shapes`; depth `nyu` or `shapes` (docs/classification.md, docs/dense.md). Repeated "
+            "augmentation is on under torchrun with more than one process and off in one process, as the "
+            "official code; --repeated-aug / --no-repeated-aug force it.")
     p.add_argument("--config", metavar="YAML", help="a YAML file of config values (flags override it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last finished epoch "
                                                        "(only epochs, workers, threads, device, data-dir may change)")

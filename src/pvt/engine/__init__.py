@@ -1,16 +1,17 @@
 """The task-generic training engine: the Task protocol, the run config and the trainer.
 
-``TrainConfig`` (:mod:`.config`) and ``Task`` (:mod:`.task`) are the contract between the engine and
-the tasks of :mod:`pvt.tasks`; the :class:`~.trainer.Trainer` drives any Task. Nothing here imports a
+``TrainConfig`` with a task's ``TaskConfig`` (:mod:`.config`) and ``TrainingTask`` / ``InferenceTask``
+(:mod:`.task`) are the contract between the engine and the tasks of :mod:`pvt.tasks`; the :class:`~.trainer.Trainer` drives any Task. Nothing here imports a
 task: the caller builds the task and hands it over.
 """
 
 import importlib
 
-__all__ = ["TrainConfig", "resolve_layers", "Task", "Trainer", "TrainResult"]
+__all__ = ["TrainConfig", "TaskConfig", "Task", "TrainingTask", "InferenceTask", "StepResult", "Trainer",
+           "TrainResult"]
 
-_HOMES = {"TrainConfig": "config", "resolve_layers": "config", "Task": "task", "Trainer": "trainer",
-          "TrainResult": "trainer"}
+_HOMES = {"TrainConfig": "config", "TaskConfig": "config", "Task": "task", "TrainingTask": "task",
+          "InferenceTask": "task", "StepResult": "task", "Trainer": "trainer", "TrainResult": "trainer"}
 """Where each name lives: loaded on first use, so ``pvt.engine.config`` (the ``pvt train`` flags) comes
 without the trainer's torch import."""
 

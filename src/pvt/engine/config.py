@@ -1,17 +1,17 @@
-"""``TrainConfig``: every knob of a training run, with the paper's recipe as defaults.
+"""``TrainConfig``: the engine's knobs of a training run, with the task's own typed config inside it.
 
-Values are resolved in layers, later ones winning (:func:`resolve_layers`; :func:`pvt.tasks.resolve_config`
-supplies the task's layer)::
+The engine's fields are what every task shares: what to train and where (task, model, data, output, name),
+the schedule and optimiser (epochs, batch, learning rates, AdamW, clipping, EMA), and how (device, AMP,
+loader workers, threads, seed, trackers). What one task alone reads (classification's augmentation, mixup,
+label smoothing, crops; the dense tasks' options) is a :class:`TaskConfig` subclass that the task declares
+(:attr:`pvt.engine.task.TrainingTask.config_class`), held in :attr:`TrainConfig.task_config`.
 
-    dataclass defaults (DeiT's recipe, as the official PVT code)
-    < the task's defaults for the model and data (``Task.config_defaults``: e.g. detection lr 1e-4,
-      12 epochs; the built-in digits 32x32, no flips)
-    < a YAML file (``--config run.yaml``)
-    < command-line flags / keyword arguments (``--lr 1e-3`` / ``pvt.train(lr=1e-3)``)
-
-The resolved config is written beside the run as ``config.yaml`` and can be fed back with ``--config``.
-Every value is type- and range-checked; a bad one raises one ValueError naming the key, the value and
-what is accepted.
+Written out (``config.yaml``, checkpoint metadata) the two are one flat mapping, each key routed back to
+the config that declares it (:meth:`TrainConfig.to_dict` / :meth:`TrainConfig.from_dict`). Values are
+resolved by :func:`pvt.tasks.resolve_config`: the task's named preset < a YAML file (``--config run.yaml``)
+< command-line flags / keyword arguments. Every value is type- and range-checked by its field's metadata
+(:func:`_f`, the same for the engine's and every task's fields); a bad one raises one ValueError naming the
+key, the value and what is accepted.
 """
 
 from __future__ import annotations
@@ -20,29 +20,63 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from ..base.constants import INTERPOLATIONS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS, MAX_WORKERS
+from ..base.constants import MAX_BATCH, MAX_THREADS, MAX_WORKERS
 from ..base.io import read_yaml, safe_yaml
 
-__all__ = ["TrainConfig", "resolve_layers", "load_yaml", "parse_value"]
+__all__ = ["TrainConfig", "TaskConfig", "RECIPE_KEYS", "config_fields", "load_yaml", "parse_value"]
 
 
 def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-       choices: tuple[str, ...] | None = None, factory: Any = None) -> Any:
-    meta = {"help": help, "min": min, "max": max, "choices": choices}
+       choices: tuple[str, ...] | None = None, factory: Any = None, pair: str | None = None) -> Any:
+    """A config field: its default, its ``--help`` text and the bounds :func:`_check` holds a value to
+    (``pair``: a list of two numbers, ``"unit"`` 0 < lo <= hi <= 1 or ``"positive"`` 0 < lo <= hi)."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "pair": pair}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    """The flat fields of a config dataclass: the keys it contributes to ``config.yaml``."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("nested")]
+
+
+def _checked(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``data`` that ``cls`` declares, each converted and checked against its field."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _check(f, hints[f.name], data[f.name]) for f in config_fields(cls) if f.name in data}
+
+
+@dataclass
+class TaskConfig:
+    """The values only a task reads; each task declares a subclass (see :mod:`pvt.tasks.configs`)."""
+
+    task_options: dict[str, Any] = _f(None, "task-specific options (--opt KEY=VALUE)", factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in config_fields(cls)]
+
+
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "base_lr", "min_lr", "warmup_lr", "warmup_epochs", "weight_decay",
+               "opt_eps", "clip_grad", "model_ema", "model_ema_decay")
+"""The engine's values that make a recipe: every task preset names each of them."""
+
+
 @dataclass
 class TrainConfig:
-    """One training run. ``None`` means "derived" where a field's help says so."""
+    """One training run: the engine's knobs and the task's config. ``None`` means "derived" where a field's
+    help says so."""
 
     # what
     task: str = _f("classification", "task to train (see pvt.tasks.list_tasks())")
@@ -53,7 +87,7 @@ class TrainConfig:
     pretrained: str | None = _f(None, "weights to start from (any format create_model loads); new head")
     output: str = _f("runs", "parent folder of run folders")
     name: str | None = _f(None, "run folder name, inside output (default: <model>-<task>-<timestamp>)")
-    # schedule
+    # schedule and optimiser
     epochs: int = _f(300, "training epochs", min=1, max=100_000)
     batch_size: int = _f(128, "images per process per step", min=1, max=MAX_BATCH)
     micro_batch: int = _f(0, "images per forward/backward pass, gradients summed over the batch (tasks that "
@@ -68,41 +102,8 @@ class TrainConfig:
     opt_eps: float = _f(1e-8, "AdamW epsilon", min=0.0)
     clip_grad: float | None = _f(None, "gradient-norm clip (None: the task's default, for classification the "
                                  "variant's official value; 0: off)", min=0.0)
-    # regularisation and augmentation
-    drop_path: float | None = _f(None, "stochastic depth (None: the variant's official rate)", min=0.0, max=1.0)
-    drop: float = _f(0.0, "dropout before the head", min=0.0, max=1.0)
-    smoothing: float = _f(0.1, "label smoothing", min=0.0, max=1.0)
-    mixup: float = _f(0.8, "mixup alpha (0: off)", min=0.0, max=100.0)
-    cutmix: float = _f(1.0, "cutmix alpha (0: off)", min=0.0, max=100.0)
-    mixup_prob: float = _f(1.0, "probability of mixup or cutmix per batch", min=0.0, max=1.0)
-    mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup", min=0.0, max=1.0)
-    aa: str = _f("rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none': off)")
-    color_jitter: float = _f(0.4, "colour jitter (used when aa is 'none')", min=0.0)
-    reprob: float = _f(0.25, "random-erasing probability", min=0.0, max=1.0)
-    remode: str = _f("pixel", "random-erasing fill", choices=("pixel", "rand", "const"))
-    recount: int = _f(1, "random-erasing count", min=1)
-    hflip: float = _f(0.5, "horizontal-flip probability", min=0.0, max=1.0)
-    scale: list[float] = _f(None, "random-resized-crop area range", factory=lambda: [0.08, 1.0])
-    ratio: list[float] = _f(None, "random-resized-crop aspect-ratio range", factory=lambda: [0.75, 4 / 3])
-    interpolation: str = _f("bicubic", "resize interpolation", choices=INTERPOLATIONS)
-    img_size: int = _f(224, "training and evaluation crop size", min=16, max=MAX_IMG_SIZE)
-    crop_pct: float = _f(0.875, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
-    repeated_aug: bool = _f(True, "repeated augmentation (the official sampler): each image 3 times per epoch in "
-                            "different augmentations, spread over the processes, the epoch cut to the data's "
-                            "length")
-    device_augment: bool = _f(False, "decode JPEGs and run the training augmentation in batches on the training "
-                              "device (nvJPEG and tensor ops on a GPU); loader workers only read files")
     model_ema: bool = _f(False, "keep an exponential moving average of the weights")
     model_ema_decay: float = _f(0.99996, "EMA decay per step", min=0.0, max=1.0)
-    # the backbone (any task)
-    grad_checkpointing: bool = _f(False, "recompute each backbone block in the backward pass: far less activation "
-                                  "memory, the same gradients, for a second forward pass of the blocks")
-    frozen_stages: int = _f(-1, "freeze the backbone's first patch embedding (0) or first N stages (no gradients, "
-                            "eval mode), as mmdetection; -1: none", min=-1, max=4)
-    norm_eval: bool = _f(False, "keep the backbone's BatchNorm layers in eval mode while training, as mmdetection "
-                         "(PVT's own norms are LayerNorms, which this leaves alone)")
-    freeze_backbone: bool = _f(False, "train only what is not the backbone (classification: linear probing of the "
-                               "head); the backbone frozen, in eval mode")
     # how
     device: str = _f("auto", "device: auto, cpu, cuda, cuda:N, mps")
     amp: str = _f("auto", "mixed precision (auto: bf16 on CUDA, off on CPU)", choices=("auto", "none", "bf16", "fp16"))
@@ -117,7 +118,8 @@ class TrainConfig:
     seed: int = _f(0, "random seed", min=0, max=2**32 - 1)
     log: str = _f("tensorboard", "experiment trackers, comma-separated: tensorboard (event files in the run folder, "
                   "when installed), mlflow, wandb (offline, a store in the run folder); none: off")
-    task_options: dict[str, Any] = _f(None, "task-specific options (--opt KEY=VALUE)", factory=dict)
+    # what only the task reads (its own dataclass, written out flat beside the engine's keys)
+    task_config: TaskConfig = field(default_factory=TaskConfig, metadata={"nested": True})
 
     # -- derived -----------------------------------------------------------------------------
     def peak_lr(self, world_size: int = 1) -> float:
@@ -127,34 +129,51 @@ class TrainConfig:
         return self.base_lr * self.batch_size * world_size / 512.0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The engine's values, then the task's: one flat mapping, as ``config.yaml`` holds it."""
+        engine = {f.name: getattr(self, f.name) for f in config_fields(type(self))}
+        return {**engine, **self.task_config.to_dict()}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """The engine's keys (the task's: ``task_config.field_names()``)."""
+        return [f.name for f in config_fields(cls)]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Build from a (possibly partial) mapping, checking every key, type and range."""
-        unknown = sorted(set(data) - set(cls.field_names()))
+    def from_dict(cls, data: dict[str, Any], task_config: type[TaskConfig] = TaskConfig, *,
+                  former: Collection[str] = ()) -> "TrainConfig":
+        """Build from a (possibly partial) flat mapping, each key going to the engine's field or to
+        ``task_config``'s, every key, type and range checked. Keys in ``former`` that neither declares are
+        left out (config files of older versions held every task's keys)."""
+        known = cls.field_names() + task_config.field_names()
+        unknown = sorted(set(data) - set(known) - set(former))
         if unknown:
             from ..base.naming import close_matches
 
             hints = []
             for k in unknown:
-                close = close_matches(k, cls.field_names(), n=1)
+                close = close_matches(k, known, n=1)
                 hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"unknown config key {', '.join(hints)}; accepted: {', '.join(cls.field_names())}")
-        values = {}
-        hints_ = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in data:
-                values[f.name] = _check(f, hints_[f.name], data[f.name])
-        cfg = cls(**values)
-        return cfg
+            raise ValueError(f"unknown config key {', '.join(hints)}; accepted (task "
+                             f"{data.get('task', 'classification')}): {', '.join(known)}")
+        return cls(**_checked(cls, data), task_config=task_config(**_checked(task_config, data)))
+
+    def validate(self) -> None:
+        """The checks between values: a folder name, ``min_lr <= lr``, a device string."""
+        name = self.name
+        if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name or name != name.strip()):
+            raise ValueError(f"config value name={name!r}: expected a folder name (no / or \\, not . or ..): the run "
+                             "folder is made inside output")
+        if name is not None and any(not c.isprintable() for c in name):
+            raise ValueError(f"config value name={name!r}: expected printable characters (no newline, tab or other "
+                             "control character: the name is printed in every message and log line)")
+        if self.min_lr > self.peak_lr() and self.lr is not None:
+            raise ValueError(f"config value min_lr={self.min_lr!r}: expected <= lr ({self.lr!r})")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ValueError(f"config value device={dev!r}: expected one of auto, cpu, cuda, cuda:N, mps")
 
 
 def _type_name(tp: Any) -> str:
@@ -218,9 +237,10 @@ def _check(f: dataclasses.Field, tp: Any, value: Any) -> Any:
         ):
             raise bad("a list of finite numbers, e.g. 0.08,1.0")
         out = [float(v) for v in value]
-        if f.name == "scale" and (len(out) != 2 or not 0 < out[0] <= out[1] <= 1):
+        pair = meta.get("pair")  # a range of two numbers: "unit" (0 < lo <= hi <= 1) or "positive" (0 < lo <= hi)
+        if pair == "unit" and (len(out) != 2 or not 0 < out[0] <= out[1] <= 1):
             raise bad("two numbers 0 < lo <= hi <= 1, e.g. 0.08,1.0")
-        if f.name == "ratio" and (len(out) != 2 or not 0 < out[0] <= out[1]):
+        if pair == "positive" and (len(out) != 2 or not 0 < out[0] <= out[1]):
             raise bad("two numbers 0 < lo <= hi, e.g. 0.75,1.333")
     elif base_origin is dict:
         if not isinstance(value, dict):
@@ -262,40 +282,3 @@ def parse_value(text: str) -> Any:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping of TrainConfig keys (dashes accepted for underscores), read by :func:`pvt.base.io.read_yaml`."""
     return {str(k).replace("-", "_"): v for k, v in read_yaml(path).items()}
-
-
-def resolve_layers(yaml_path: str | Path | None = None, *,
-                   task_defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                   **overrides: Any) -> TrainConfig:
-    """Apply the layers described in the module docstring and validate the result.
-
-    ``overrides`` are TrainConfig keys (values may be strings from the command line);
-    ``task_defaults(user_values)`` gives the task's layer.
-    """
-    user: dict[str, Any] = {}
-    if yaml_path is not None:
-        user.update(load_yaml(yaml_path))
-    user.update({k: v for k, v in overrides.items()})
-    # type-check the user's values first so errors name what they typed
-    checked = TrainConfig.from_dict(user).to_dict()
-    user = {k: checked[k] for k in user}
-    layered: dict[str, Any] = dict(task_defaults(user)) if task_defaults is not None else {}
-    layered.update(user)
-    cfg = TrainConfig.from_dict(layered)
-    _check_cross(cfg)
-    return cfg
-
-
-def _check_cross(cfg: TrainConfig) -> None:
-    name = cfg.name
-    if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name or name != name.strip()):
-        raise ValueError(f"config value name={name!r}: expected a folder name (no / or \\, not . or ..): the run "
-                         "folder is made inside output")
-    if name is not None and any(not c.isprintable() for c in name):
-        raise ValueError(f"config value name={name!r}: expected printable characters (no newline, tab or other "
-                         "control character: the name is printed in every message and log line)")
-    if cfg.min_lr > cfg.peak_lr() and cfg.lr is not None:
-        raise ValueError(f"config value min_lr={cfg.min_lr!r}: expected <= lr ({cfg.lr!r})")
-    dev = cfg.device
-    if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-        raise ValueError(f"config value device={dev!r}: expected one of auto, cpu, cuda, cuda:N, mps")

@@ -7,7 +7,7 @@ config.yaml edited by hand is compared with the recipe the weights record, and r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..weights.run_folder import RunFolder
 from .config import TrainConfig
@@ -19,10 +19,13 @@ RESUME_MAY_CHANGE = ("epochs", "workers", "threads", "device", "data_dir")
 Everything else is the run's recipe: a resume continues it or refuses."""
 
 
-def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None, *,
+                  read: Callable[[dict[str, Any]], TrainConfig] = TrainConfig.from_dict) -> TrainConfig:
     """The config of the run in ``run_dir``: its ``config.yaml``, with ``overrides`` of the values in
     :data:`RESUME_MAY_CHANGE` applied. Any other value that differs from the run's own is refused: a
-    resumed run continues its recipe, and config.yaml never records a value the run did not use."""
+    resumed run continues its recipe, and config.yaml never records a value the run did not use.
+    ``read`` turns the file's flat mapping into a config (:func:`pvt.tasks.read_config`, which knows the
+    task's own config)."""
     run_dir, overrides = Path(run_dir), dict(overrides or {})
     folder = RunFolder(run_dir)
     if run_dir.is_file():
@@ -36,17 +39,18 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     saved = folder.read_config()
     saved["output"], saved["name"] = str(run_dir.parent), run_dir.name
     try:
-        old = TrainConfig.from_dict(saved)
+        old = read(saved)
     except ValueError as e:
         raise ValueError(f"{str(folder.config)!r} is not a valid run config: {e}") from None
-    _check_hand_edits(folder, old)
-    new = TrainConfig.from_dict({**saved, **overrides})
+    _check_hand_edits(folder, old, read)
+    new = read({**saved, **overrides})
     if "output" in overrides and Path(str(overrides["output"])).expanduser().resolve() == run_dir.parent.resolve():
         new.output = old.output  # the same folder, spelt another way
-    changed = [k for k in TrainConfig.field_names() if getattr(new, k) != getattr(old, k)]
+    olds, news = old.to_dict(), new.to_dict()
+    changed = [k for k in news if news[k] != olds.get(k)]
     refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
     if refused:
-        what = ", ".join(f"{k}={getattr(new, k)!r} (the run uses {getattr(old, k)!r})" for k in refused)
+        what = ", ".join(f"{k}={news[k]!r} (the run uses {olds.get(k)!r})" for k in refused)
         raise ValueError(
             f"cannot resume {str(run_dir)!r} with {what}: a resumed run continues its own recipe; only "
             f"{', '.join(RESUME_MAY_CHANGE)} may change (epochs only upwards). To change the rest, start a new "
@@ -60,7 +64,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     return new
 
 
-def _check_hand_edits(folder: RunFolder, cfg: TrainConfig) -> None:
+def _check_hand_edits(folder: RunFolder, cfg: TrainConfig, read: Callable[[dict[str, Any]], TrainConfig]) -> None:
     """Refuse a config.yaml whose recipe (anything but :data:`RESUME_MAY_CHANGE`) differs from the one the
     run's weights were trained with: it was edited by hand, and a resume would train on with the new value
     while the saved epochs used the old. The error quotes the line that differs."""
@@ -68,20 +72,20 @@ def _check_hand_edits(folder: RunFolder, cfg: TrainConfig) -> None:
     if recorded is None:
         return
     try:
-        used = TrainConfig.from_dict({**recorded, "output": cfg.output, "name": cfg.name})
+        used = read({**recorded, "output": cfg.output, "name": cfg.name}).to_dict()
     except ValueError:
         return  # metadata of another version: nothing reliable to compare with
-    keys = [k for k in TrainConfig.field_names()
-            if k not in RESUME_MAY_CHANGE and getattr(cfg, k) != getattr(used, k)]
+    have = cfg.to_dict()
+    keys = [k for k in have if k not in RESUME_MAY_CHANGE and have[k] != used.get(k)]
     if not keys:
         return
     path = folder.config
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.split(":")[0] == keys[0]]
-    line = lines[0].strip() if lines else f"{keys[0]}: {getattr(cfg, keys[0])!r}"
+    line = lines[0].strip() if lines else f"{keys[0]}: {have[keys[0]]!r}"
     more = f" (and {', '.join(keys[1:])})" if len(keys) > 1 else ""
     raise ValueError(
         f"cannot resume {str(folder.path)!r}: its {path.name} says {line!r}{more}, but the run was trained with "
-        f"{keys[0]}: {getattr(used, keys[0])!r} ({folder.LAST} records it): {path.name} was changed by hand; a resumed "
+        f"{keys[0]}: {used.get(keys[0])!r} ({folder.LAST} records it): {path.name} was changed by hand; a resumed "
         f"run continues its own recipe (only {', '.join(RESUME_MAY_CHANGE)} may change, as flags): restore the "
         f"line, or start a new run from the edited file: pvt train --config {path} --name NEW_NAME"
     )

@@ -37,7 +37,7 @@ from .resume import RESUME_MAY_CHANGE, resume_config
 from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
 from .signals import Interrupted, StopSignals, stop_signals
 from .state import load_state, missing_keys, rng_state, save_state, set_rng_state
-from .task import Task
+from .task import SKIPPED, StepResult, TrainingTask
 from .tracking import Trackers, check_trackers
 
 __all__ = ["Trainer", "TrainResult", "TrainingDiverged", "RESUME_MAY_CHANGE", "param_groups", "amp_dtype"]
@@ -162,7 +162,7 @@ class Trainer:
     created; a run that fails before its first checkpoint removes its folder again.
     """
 
-    def __init__(self, cfg: TrainConfig, task: Task, *, resume: str | Path | None = None, quiet: bool = False,
+    def __init__(self, cfg: TrainConfig, task: TrainingTask, *, resume: str | Path | None = None, quiet: bool = False,
                  fresh_optimizer: bool = False):
         self.quiet = quiet
         self.resume_dir = Path(resume) if resume is not None else None
@@ -246,6 +246,8 @@ class Trainer:
         # everything that can fail on bad input happens before the run folder exists
         trackers = check_trackers(cfg.log) if d.is_main else []
         train_ds, val_ds = self.task.build_datasets()
+        # files a data set found unreadable when it was listed: counted once, in the first epoch's line
+        self._listed_unreadable = sum(len(getattr(ds, "unreadable", ())) for ds in (train_ds, val_ds)) if d.is_main else 0
         model = self.task.build_model()
         with contextlib.ExitStack() as lock:  # rank 0 holds the run folder's lock until the run ends
             if self.resume_dir is not None:
@@ -399,8 +401,8 @@ class Trainer:
 
     def _make_loaders(self, run: "_Run") -> None:
         """Training: every process reads its share of each epoch, in an order that is a function of the
-        seed and the epoch, the last partial batch dropped: the repeated-augmentation sampler (default,
-        as the official code) or the plain distributed one. A streaming data set (shards: an
+        seed and the epoch, the last partial batch dropped: the repeated-augmentation sampler where the task
+        asks for it (:meth:`TrainingTask.repeated_aug`) or the plain distributed one. A streaming data set (shards: an
         IterableDataset with ``distribute``) splits itself over the processes and loader workers, reading
         as many samples per process as the samplers would, so folder and shard runs take the same steps.
 
@@ -412,7 +414,8 @@ class Trainer:
         saves, then alone decides every augmentation, so a resumed run augments as an uninterrupted one.
         """
         cfg, d, task = self.cfg, self.dist, self.task
-        per = samples_per_rank(len(run.train_ds), d.world_size, cfg.repeated_aug)
+        repeated = task.repeated_aug(d.world_size)  # the task's rule (classification: on under >1 process)
+        per = samples_per_rank(len(run.train_ds), d.world_size, repeated)
         run.steps = per // cfg.batch_size
         if run.steps == 0:
             raise ValueError(f"config value batch_size={cfg.batch_size}: larger than the {per} training images per "
@@ -424,12 +427,12 @@ class Trainer:
                 raise TypeError("a streaming data set needs distribute(rank, world_size, ...) and set_epoch(epoch) "
                                 "(see pvt.data.shards.ShardDataset)")
             run.train_ds.distribute(d.rank, d.world_size, samples=run.steps * cfg.batch_size, batch_size=cfg.batch_size,
-                                    repeats=REPEATS if cfg.repeated_aug else 1, shuffle=cfg.shuffle, seed=cfg.seed,
+                                    repeats=REPEATS if repeated else 1, shuffle=cfg.shuffle, seed=cfg.seed,
                                     buffer=cfg.shuffle_buffer)
             run.sampler = run.train_ds  # set_epoch
             run.train_loader = DataLoader(run.train_ds, batch_size=cfg.batch_size, drop_last=True, **kw)
         else:
-            if cfg.repeated_aug:
+            if repeated:
                 run.sampler = RepeatedAugSampler(len(run.train_ds), d.world_size, d.rank, seed=cfg.seed,
                                                  shuffle=cfg.shuffle)
             else:
@@ -562,7 +565,7 @@ class Trainer:
         if self.resume_dir is not None and folder.is_run():
             header = [line for line in folder.config.read_text().splitlines() if line.startswith("#")]
             try:
-                old = TrainConfig.from_dict(folder.read_config()).to_dict()
+                old = folder.read_config()  # as written (resume_config has checked it)
             except ValueError:
                 old = {}
             new = self.cfg.to_dict()
@@ -615,7 +618,7 @@ class Trainer:
         self._in_flight = True
         run.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        train_loss, images = self._train_epoch(run, epoch)
+        train_loss, images, skipped = self._train_epoch(run, epoch)
         train_time = time.perf_counter() - t0
         bad = non_finite(run.model) + (non_finite(run.ema.module, "ema.") if run.ema is not None else [])
         if bad:
@@ -623,11 +626,11 @@ class Trainer:
                     f"finite ({train_loss:.4g})")
             raise self._diverged(run, epoch, what, self._lr_advice(run))
         train_loss = all_reduce_mean(train_loss, d, self.device)
-        extra = task.end_epoch()
         metrics = self._evaluate(run)  # the scores on rank 0, {} elsewhere
-        for k, v in task.end_epoch().items():  # evaluation's own counts add to training's
-            extra[k] = extra.get(k, 0.0) + v
-        extra = self._sum_over_processes(extra)
+        skipped += int(metrics.pop(SKIPPED, 0)) + self._listed_unreadable
+        self._listed_unreadable = 0  # (counted once, in the first epoch this process trains)
+        skipped = sum(gather_objects(skipped, d))
+        extra = {SKIPPED: float(skipped)} if skipped else {}
         # RNG states after evaluation (which draws loader seeds): a resumed run continues exactly
         rngs = gather_objects(rng_state(), d)
         if d.is_main:
@@ -656,10 +659,14 @@ class Trainer:
         barrier(d)
 
     def _evaluate(self, run: "_Run") -> dict[str, float]:
-        """The task's scores of the model (and of its EMA, prefixed ``ema_``) on rank 0; {} on the others."""
+        """The task's scores of the model (and of its EMA, prefixed ``ema_``) on rank 0; {} on the others.
+        The unreadable images the model's evaluation left out stay under :data:`SKIPPED` (those of the EMA's
+        are the same images)."""
         metrics = self._score(run.model, run.val_loader)
         if run.ema is not None:
-            metrics.update({f"ema_{k}": v for k, v in self._score(run.ema.module, run.val_loader).items()})
+            ema = self._score(run.ema.module, run.val_loader)
+            ema.pop(SKIPPED, None)
+            metrics.update({f"ema_{k}": v for k, v in ema.items()})
         run.model.train()
         return metrics
 
@@ -672,14 +679,6 @@ class Trainer:
             parts = gather_objects(task.evaluate_part(model, loader, self.device), d)
             return task.merge_parts(parts) if d.is_main else {}
         return task.evaluate(model, loader, self.device) if d.is_main else {}
-
-    def _sum_over_processes(self, counts: dict[str, float]) -> dict[str, float]:
-        """``counts`` (e.g. skipped images) added up over the processes, on rank 0."""
-        total: dict[str, float] = {}
-        for part in gather_objects(counts, self.dist):
-            for k, v in part.items():
-                total[k] = total.get(k, 0.0) + v
-        return total
 
     def _lr_advice(self, run: "_Run") -> str:
         fp16 = ", or train without --amp fp16" if self.amp == torch.float16 else ""
@@ -706,50 +705,62 @@ class Trainer:
         return self._diverged(run, epoch, f"the loss is {loss} although the weights and the batch are finite",
                               self._lr_advice(run))
 
-    def _train_epoch(self, run: "_Run", epoch: int) -> tuple[float, int]:
-        """One pass over the training data: ``(mean loss, images trained on)``; advances ``run.updates``."""
-        cfg, device, task = self.cfg, self.device, self.task
+    def _train_epoch(self, run: "_Run", epoch: int) -> tuple[float, int, int]:
+        """One pass over the training data: ``(mean loss, images trained on, images skipped)``; advances
+        ``run.updates``."""
+        cfg = self.cfg
         run.ddp_model.train()
         show = self.dist.is_main and not self.quiet and sys.stderr.isatty()
         from tqdm import tqdm
 
         bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
                    dynamic_ncols=True, unit="batch", total=run.steps)
-        loss_sum, n_steps, images = 0.0, 0, 0
+        loss_sum, n_steps, images, skipped = 0.0, 0, 0, 0
         t0 = time.perf_counter()
         for batch in bar:
-            n = task.batch_size_of(batch)
-            if n == 0 and not self.dist.enabled:  # (under DDP every process must step together)
+            loss, n, left_out, logs = self._step(run, batch, epoch)
+            images, skipped = images + n, skipped + left_out
+            if loss is None:  # no image of the batch could be trained on: no step
                 continue
-            loss, logs = self._step(run, batch, epoch)
             loss_sum += loss
             n_steps += 1
-            images += n
             if show:
                 rate = images / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss_sum / n_steps:.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}",
                                 img_s=f"{rate * self.dist.world_size:.0f}", **{k: f"{v:.3g}" for k, v in logs.items()})
         bar.close()
-        return loss_sum / max(n_steps, 1), images
+        return loss_sum / max(n_steps, 1), images, skipped
 
-    def _step(self, run: "_Run", batch: Any, epoch: int) -> tuple[float, dict[str, float]]:
+    def _step(self, run: "_Run", batch: Any, epoch: int) -> tuple[float | None, int, int, dict[str, float]]:
         """One optimiser step on ``batch`` (in micro-batches whose gradients sum to the batch's): forward
-        under autocast, backward, clip, step, schedule, EMA. Returns the batch's loss and the task's logs."""
+        under autocast, backward, clip, step, schedule, EMA. Returns the batch's loss (None, and no step,
+        when no image of it could be trained on), the images trained on and skipped, and the task's logs."""
         task, device = self.task, self.device
         autocast = torch.autocast(device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
         parts = (task.split_batch(batch, self.micro_batch) if self.micro_batch else None) or [(batch, 1.0)]
         run.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=device)
+        images = skipped = 0
         logs: dict[str, float] = {}
         for i, (part, share) in enumerate(parts):
             last = i == len(parts) - 1  # DDP: gradients are all-reduced once, after the last piece
             with (contextlib.nullcontext() if last or not self.dist.enabled else run.ddp_model.no_sync()):
                 with autocast:
-                    loss, logs = task.train_step(run.ddp_model, part, device)
+                    step: StepResult = task.train_step(run.ddp_model, part, device)
+                images, skipped, logs = images + step.images, skipped + step.skipped, step.logs or logs
+                if step.loss is None:
+                    if self.dist.enabled:  # every process must take part in every gradient all-reduce
+                        raise ValueError("a training batch of this process held no image that could be read; under "
+                                         "torchrun every process must train on every step: remove the unreadable "
+                                         "files (train.log names them)")
+                    continue
+                loss = step.loss
                 if not torch.isfinite(loss):
                     raise self._loss_diverged(run, part, epoch, float(loss.detach()))
                 run.scaler.scale(loss * share if share != 1.0 else loss).backward()
             step_loss += loss.detach().float() * share
+        if images == 0:
+            return None, 0, skipped, logs
         if run.clip is not None:
             run.scaler.unscale_(run.optimizer)
             nn.utils.clip_grad_norm_(run.model.parameters(), run.clip)
@@ -759,7 +770,7 @@ class Trainer:
         run.scheduler.step_update(run.updates)
         if run.ema is not None:
             run.ema.update(run.model, step=run.updates)
-        return float(step_loss), logs
+        return float(step_loss), images, skipped, logs
 
     # ------------------------------------------------------------------ files
     def _save_weights(self, model: nn.Module, path: Path, epoch: int) -> None:

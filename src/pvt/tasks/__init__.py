@@ -2,7 +2,8 @@
 semantic segmentation (data, model, loss, score, prediction), as plug-ins of :mod:`pvt.engine`.
 
 The registry is this one explicit table; a task module is imported only when its task is asked for,
-so a classification run never loads COCO, ADE20K or the dense metrics.
+so a classification run never loads COCO, ADE20K or the dense metrics (and importing this package, or
+:mod:`.configs` for ``pvt train --help``, loads no torch).
 """
 
 from __future__ import annotations
@@ -12,22 +13,21 @@ import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..base.naming import unknown_name
-from ..dense import get_dense_spec
-from ..engine.config import TrainConfig, resolve_layers
-from ..engine.distributed import resolve_device
-from ..engine.task import Task
+from ..engine.config import TrainConfig, load_yaml
 from ..models.variants import VARIANTS
-from ..weights.checkpoint import read_own_format
-from ..weights.run_folder import resolve_checkpoint
+from .configs import TASK_CONFIGS
 
-__all__ = ["TASKS", "list_tasks", "get_task", "create_task", "resolve_config", "Trained", "load_trained",
-           "calibration_batch"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..engine.task import InferenceTask, Task
+
+__all__ = ["TASKS", "list_tasks", "get_task", "create_task", "resolve_config", "read_config", "Trained",
+           "load_trained", "calibration_batch"]
 
 TASKS: dict[str, str] = {
     "classification": "pvt.tasks.classification:ClassificationTask",
@@ -37,6 +37,10 @@ TASKS: dict[str, str] = {
     "depth": "pvt.tasks.depth:DepthTask",
 }
 """Task name -> ``module:class`` of its :class:`~pvt.engine.task.Task`."""
+
+FORMER_KEYS = frozenset(k for c in TASK_CONFIGS for k in c.field_names())
+"""Every task's keys: a config file written before the configs were split per task holds all of them, so a
+recorded config (a run's config.yaml, a checkpoint's) may name another task's keys, which are left out."""
 
 
 def list_tasks() -> list[str]:
@@ -59,19 +63,39 @@ def create_task(cfg: TrainConfig) -> Task:
     return task
 
 
-def resolve_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """A checked :class:`TrainConfig`: the engine's defaults < the task's defaults for the model and data
-    < a YAML file < ``overrides`` (see :func:`pvt.engine.config.resolve_layers`), validated by its task
-    (model name, task options). Without a ``task``, a dense model's name (``atss_pvt_v2_b2``) selects the
-    task that trains it; anything else is classification."""
-    def task_defaults(user: dict[str, Any]) -> dict[str, Any]:
-        if "task" not in user and user.get("model") is not None and user["model"] not in VARIANTS:
-            with contextlib.suppress(ValueError):  # a dense model's name implies its task
-                user["task"] = get_dense_spec(user["model"]).task
-        return {"task": user.get("task", "classification"),
-                **get_task(user.get("task", "classification")).config_defaults(user)}
+def read_config(data: dict[str, Any], *, recorded: bool = False) -> TrainConfig:
+    """A flat mapping (``config.yaml``, keyword arguments) as a checked :class:`TrainConfig` whose
+    ``task_config`` is its task's; ``recorded``: the mapping was written by pvt (another task's keys, which
+    older versions wrote, are left out)."""
+    cls = get_task(str(data.get("task", "classification")))
+    if not recorded:
+        other = sorted((set(data) & FORMER_KEYS) - set(cls.config_class.field_names()))
+        if other:
+            raise ValueError(f"config key {other[0]!r} is another task's: the {cls.name} task does not take it; "
+                             f"accepted: {', '.join(TrainConfig.field_names() + cls.config_class.field_names())}")
+    return TrainConfig.from_dict(data, cls.config_class, former=FORMER_KEYS if recorded else ())
 
-    cfg = resolve_layers(yaml_path, task_defaults=task_defaults, **overrides)
+
+def resolve_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """A checked :class:`TrainConfig`: the task's preset for the model and data < a YAML file (which may be
+    an older run's config.yaml) < ``overrides`` (flags / keyword arguments), validated by its task (model
+    name, task options). Without a ``task``, a dense model's name (``atss_pvt_v2_b2``) selects the task
+    that trains it; anything else is classification."""
+    from_yaml = load_yaml(yaml_path) if yaml_path is not None else {}
+    user = {**from_yaml, **overrides}
+    if "task" not in user and user.get("model") is not None and user["model"] not in VARIANTS:
+        from ..dense import get_dense_spec
+
+        with contextlib.suppress(ValueError):  # a dense model's name implies its task
+            user["task"] = get_dense_spec(user["model"]).task
+    user.setdefault("task", "classification")
+    task = get_task(user["task"])
+    # an older run's config.yaml names every task's keys: another task's are left out (a flag's are refused)
+    foreign = {k for k in from_yaml if k in FORMER_KEYS and k not in overrides} - set(task.config_class.field_names())
+    user = {k: v for k, v in user.items() if k not in foreign}
+    checked = read_config(user).to_dict()  # the user's values checked first, so errors name what they typed
+    cfg = read_config({**task.recipe({k: checked[k] for k in user}), **{k: checked[k] for k in user}})
+    cfg.validate()
     create_task(cfg)
     return cfg
 
@@ -80,7 +104,7 @@ def resolve_config(yaml_path: str | Path | None = None, **overrides: Any) -> Tra
 class Trained:
     """A model trained by ``pvt train``, loaded from its checkpoint, with the task that knows how to use it."""
 
-    task: Task
+    task: InferenceTask
     model: nn.Module
     """In eval mode, on :attr:`device`."""
     meta: dict[str, Any]
@@ -114,6 +138,9 @@ def load_trained(checkpoint: str | Path, *, device: str = "auto", data: str | No
     (:func:`pvt.accel.set_precision`); ``calibration``: a folder of images (searched recursively, up
     to ``calibration_images`` of them, prepared as the task's evaluation input) for static int8 ranges."""
     from ..accel import set_precision
+    from ..engine.distributed import resolve_device
+    from ..weights.checkpoint import read_own_format
+    from ..weights.run_folder import resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     own = read_own_format(path)
@@ -156,6 +183,8 @@ def calibration_batch(folder: str | Path, transform: Any, limit: int = 64) -> to
     that every class folder is represented), each through ``transform`` (image -> tensor): ``(N, C, H, W)``.
     Files that cannot be decoded (truncated, a decompression bomb) are skipped with a warning that counts
     them; a ValueError when none can."""
+    import torch
+
     from ..data import IMG_EXTENSIONS, load_rgb
 
     root = Path(folder).expanduser()

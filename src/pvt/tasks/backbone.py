@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..engine.config import TrainConfig
 from ..models.model import PyramidVisionTransformer
+from .configs import BackboneConfig
 
 __all__ = ["apply_backbone_options"]
 
 
-def apply_backbone_options(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+def apply_backbone_options(model: nn.Module, cfg: BackboneConfig) -> nn.Module:
     """Set ``cfg``'s backbone options on every :class:`PyramidVisionTransformer` in ``model`` (the model
     itself for classification, ``backbone.body.body`` in a detector or segmenter); returns ``model``.
 

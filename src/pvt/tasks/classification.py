@@ -25,33 +25,39 @@ from ..data import (
     train_transform,
 )
 from ..data.shards import ShardDataset, is_shard_folder
-from ..engine.task import Task
+from ..engine.task import SKIPPED, StepResult, Task
 from ..models.variants import get_variant
 from ..weights.checkpoint import build_pvt, read_metadata
 from .backbone import apply_backbone_options
+from .configs import ClassificationConfig, use_repeated_aug
 from .visualize import as_viewable, draw_confusion, draw_image_grid, draw_topk, drawing_names, save_drawing
 
-__all__ = ["ClassificationTask", "DIGITS_DEFAULTS", "build_classifier", "topk_correct"]
+__all__ = ["ClassificationTask", "PRESETS", "build_classifier", "topk_correct"]
 
 log = logging.getLogger("pvt.train")
 
-DIGITS_DEFAULTS: dict[str, Any] = {
-    # The built-in digits are 1,437 small grayscale training images: train at their own size, without
-    # flips (a flipped digit is another symbol) and with milder crops; short schedule, higher lr. No
-    # repeated augmentation: in one process the 3 copies of an image land in the same batch, so every step
-    # sees a third as many different images; it lowered the held-out accuracy (docs/classification.md).
-    "img_size": 32,
-    "epochs": 12,
-    "batch_size": 64,
-    "lr": 2e-3,
-    "warmup_epochs": 2.0,
-    "hflip": 0.0,
-    "scale": [0.5, 1.0],
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "reprob": 0.0,
-    "repeated_aug": False,
+_IMAGENET: dict[str, Any] = {
+    # DeiT's recipe, as the official PVT code trains ImageNet: AdamW at 5e-4 per 512 images (the linear rule),
+    # 300 epochs after 5 of warm-up, cosine to 1e-5; RandAugment, random erasing, mixup / cutmix, label
+    # smoothing; 224 crops, evaluated at 224/256; the variant's own stochastic depth and clipping.
+    "epochs": 300, "batch_size": 128, "lr": None, "base_lr": 5e-4, "min_lr": 1e-5, "warmup_lr": 1e-6,
+    "warmup_epochs": 5.0, "weight_decay": 0.05, "opt_eps": 1e-8, "clip_grad": None, "model_ema": False,
+    "model_ema_decay": 0.99996,
+    "img_size": 224, "crop_pct": 0.875, "interpolation": "bicubic", "drop_path": None, "drop": 0.0,
+    "smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5,
+    "aa": "rand-m9-mstd0.5-inc1", "color_jitter": 0.4, "reprob": 0.25, "remode": "pixel", "recount": 1,
+    "hflip": 0.5, "scale": [0.08, 1.0], "ratio": [0.75, 4 / 3], "repeated_aug": None,
 }
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "imagenet": _IMAGENET,
+    # The built-in digits are 1,437 small grayscale training images: train at their own size, without
+    # flips (a flipped digit is another symbol), mixup / cutmix or erasing and with milder crops; a short
+    # schedule at a higher lr.
+    "digits": {**_IMAGENET, "img_size": 32, "epochs": 12, "batch_size": 64, "lr": 2e-3, "warmup_epochs": 2.0,
+               "hflip": 0.0, "scale": [0.5, 1.0], "mixup": 0.0, "cutmix": 0.0, "reprob": 0.0},
+}
+"""The classification recipes: ``imagenet`` for a data folder, ``digits`` for the built-in digits."""
 
 
 def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...]) -> list[int]:
@@ -114,6 +120,8 @@ class ClassificationTask(Task):
 
     name = "classification"
     best_metric = "top1"
+    config_class = ClassificationConfig
+    presets = PRESETS
     eval_batch_size: ClassVar[int] = 64
     distributed_eval: ClassVar[bool] = True
     draws_by_default: ClassVar[bool] = False
@@ -124,7 +132,6 @@ class ClassificationTask(Task):
         super().__init__(cfg)
         self.class_names: list[str] = []
         self.data_root: Path | None = None
-        self._skipped = 0
         self._mixup = None
         self._criterion: nn.Module | None = None
         self._eval_input: dict[str, Any] = {}  # a checkpoint's recorded evaluation input (restore_extra)
@@ -132,18 +139,22 @@ class ClassificationTask(Task):
         self._looks: EvalLooks | None = None  # the last evaluation's confusion counts and worst images
 
     @classmethod
-    def data_defaults(cls, data: str | None) -> dict[str, Any]:
-        return dict(DIGITS_DEFAULTS) if data is None else {}
+    def preset_name(cls, user: dict[str, Any]) -> str:
+        return "digits" if user.get("data") is None else "imagenet"
 
     def validate(self) -> None:
         get_variant(self.cfg.model)  # ValueError naming close names
-        if self.cfg.task_options:
+        if self.tcfg.task_options:
             raise ValueError(
-                f"classification takes no task options, got {', '.join(map(repr, self.cfg.task_options))}"
+                f"classification takes no task options, got {', '.join(map(repr, self.tcfg.task_options))}"
             )
 
     def default_clip_grad(self) -> float | None:
         return get_variant(self.cfg.model).clip_grad  # the official ImageNet config's
+
+    def repeated_aug(self, world_size: int) -> bool:
+        """The ``repeated_aug`` setting, else on exactly under more than one process (:func:`use_repeated_aug`)."""
+        return use_repeated_aug(self.tcfg.repeated_aug, world_size)
 
     def auto_micro_batch(self, model: nn.Module, device: torch.device) -> int:
         """On CPU, as few even pieces as keep a piece's stage-1 hidden activation under the allocator's
@@ -154,8 +165,8 @@ class ClassificationTask(Task):
 
         if device.type != "cpu" or not isinstance(model, PyramidVisionTransformer):
             return 0
-        cfg = self.cfg
-        return piece_size(model, cfg.batch_size, cfg.img_size, cfg.img_size, MMAP_THRESHOLD) or 0
+        size = self.tcfg.img_size
+        return piece_size(model, self.cfg.batch_size, size, size, MMAP_THRESHOLD) or 0
 
     # -- data ---------------------------------------------------------------------------------
     def resolve_root(self) -> Path:
@@ -180,7 +191,7 @@ class ClassificationTask(Task):
         """The training and validation splits of an ImageFolder tree or of a shard folder (detected by its
         ``index.json``). With ``device_augment`` the training split yields encoded images, which
         :meth:`train_step` decodes and augments on the device."""
-        cfg = self.cfg
+        cfg = self.tcfg
         self.data_root = root = self.resolve_root()
         raw = cfg.device_augment
         if raw:
@@ -199,24 +210,23 @@ class ClassificationTask(Task):
         self.class_names = train.class_names
         if len(self.class_names) < 2:
             raise ValueError(f"data folder {str(root / 'train')!r} has {len(self.class_names)} class; need >= 2")
-        self._skipped += len(train.unreadable) + len(val.unreadable)
         log.info("data %s: %d classes, %d train / %d val images", root, len(self.class_names), len(train), len(val))
         return train, val
 
     # -- model --------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        cfg = self.cfg
-        drop_path = cfg.drop_path if cfg.drop_path is not None else get_variant(cfg.model).drop_path_rate
-        model = build_classifier(cfg.model, len(self.class_names), img_size=cfg.img_size, drop_path=drop_path,
-                                 drop=cfg.drop, pretrained=cfg.pretrained)
+        cfg, tcfg = self.cfg, self.tcfg
+        drop_path = tcfg.drop_path if tcfg.drop_path is not None else get_variant(cfg.model).drop_path_rate
+        model = build_classifier(cfg.model, len(self.class_names), img_size=tcfg.img_size, drop_path=drop_path,
+                                 drop=tcfg.drop, pretrained=cfg.pretrained)
         self._build_losses()
-        return apply_backbone_options(model, cfg)
+        return apply_backbone_options(model, tcfg)
 
     def _build_losses(self) -> None:
         from timm.data import Mixup
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-        cfg = self.cfg
+        cfg = self.tcfg
         if cfg.mixup > 0 or cfg.cutmix > 0:
             self._mixup = Mixup(
                 mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
@@ -236,26 +246,23 @@ class ClassificationTask(Task):
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def batch_size_of(self, batch: Any) -> int:
-        """Images this step trains on (0: the engine skips the batch); mixup needs an even count.
-        Also counts the batch's unreadable images (the engine calls this once per batch)."""
-        self._skipped += batch[2]
-        n = len(batch[1])
-        return n - n % 2 if self._mixup is not None else n
-
-    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
-        images, targets, _ = batch
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult:
+        """The batch's loss; the images it holds that the loader could not read, and those the device
+        could not decode, are counted as skipped. Mixup pairs images: an odd batch loses its last."""
+        images, targets, skipped = batch
         if isinstance(images, list):  # encoded images (device_augment): decode and augment on the device
             images, keep = self._device_aug(images, device)
-            self._skipped += len(targets) - len(keep)
+            skipped += len(targets) - len(keep)
             targets = targets[keep]
-        if self._mixup is not None and len(targets) % 2:  # mixup pairs images: keep an even batch
+        if self._mixup is not None and len(targets) % 2:
             images, targets = images[:-1], targets[:-1]
+        if len(targets) == 0:
+            return StepResult(None, 0, skipped)
         images, targets = self._to(images, device), targets.to(device, non_blocking=True)
         if self._mixup is not None:
             images, targets = self._mixup(images, targets)
         logits = model(images)
-        return self._criterion(logits.float(), targets), {}
+        return StepResult(self._criterion(logits.float(), targets), len(targets), skipped)
 
     def split_batch(self, batch: Any, size: int) -> list[tuple[Any, float]] | None:
         images, targets, skipped = batch
@@ -272,13 +279,14 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate_part(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-        """Counts and sums over the images of ``loader``: ``images``, ``top1`` / ``top5`` (correct, integers)
-        and ``loss_sum`` (float64), which add up exactly over any split of the data."""
-        n = top1 = top5 = 0
+        """Counts and sums over the images of ``loader``: ``images``, ``top1`` / ``top5`` (correct, integers),
+        ``loss_sum`` (float64) and the unreadable images left out, which add up exactly over any split of the
+        data."""
+        n = top1 = top5 = left_out = 0
         loss_sum = 0.0
         self._looks = looks = EvalLooks(len(self.class_names))
         for images, targets, skipped in loader:
-            self._skipped += skipped
+            left_out += skipped
             if len(targets) == 0:
                 continue
             images, targets = self._to(images, device), targets.to(device)
@@ -288,30 +296,27 @@ class ClassificationTask(Task):
             looks.add(logits, targets, losses, images)
             c1, c5 = topk_correct(logits, targets, (1, 5))
             top1, top5, n = top1 + c1, top5 + c5, n + len(targets)
-        return {"images": n, "top1": top1, "top5": top5, "loss_sum": loss_sum}
+        return {"images": n, "top1": top1, "top5": top5, "loss_sum": loss_sum, SKIPPED: left_out}
 
     def merge_parts(self, parts: list[dict[str, float]]) -> dict[str, float]:
-        """Top-1 / top-5 (percent) and mean loss over every part's images."""
+        """Top-1 / top-5 (percent) and mean loss over every part's images; the images left out, when any."""
         n = sum(int(p["images"]) for p in parts)
+        left_out = sum(int(p.get(SKIPPED, 0)) for p in parts)
         if n == 0:
             raise ValueError("no readable validation images")
         top1, top5 = sum(int(p["top1"]) for p in parts), sum(int(p["top5"]) for p in parts)
         loss_sum = math.fsum(float(p["loss_sum"]) for p in parts)
-        return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": float(n)}
-
-    def end_epoch(self) -> dict[str, float]:
-        out = {"skipped_images": float(self._skipped)} if self._skipped else {}
-        self._skipped = 0
-        return out
+        return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": float(n),
+                **({SKIPPED: float(left_out)} if left_out else {})}
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_extra(self) -> dict[str, Any]:
         return {
             "task": self.name,
             "class_names": self.class_names,
-            "img_size": self.cfg.img_size,
-            "crop_pct": self.cfg.crop_pct,
-            "interpolation": self.cfg.interpolation,
+            "img_size": self.tcfg.img_size,
+            "crop_pct": self.tcfg.crop_pct,
+            "interpolation": self.tcfg.interpolation,
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
         }
@@ -341,7 +346,7 @@ class ClassificationTask(Task):
         return self._eval_tf()
 
     def _eval_tf(self):
-        e = {"img_size": self.cfg.img_size, "crop_pct": self.cfg.crop_pct, "interpolation": self.cfg.interpolation,
+        e = {"img_size": self.tcfg.img_size, "crop_pct": self.tcfg.crop_pct, "interpolation": self.tcfg.interpolation,
              **self._eval_input}
         return eval_transform(int(e["img_size"]), float(e["crop_pct"]), str(e["interpolation"]),
                               tuple(e.get("mean", IMAGENET_MEAN)), tuple(e.get("std", IMAGENET_STD)))
@@ -357,9 +362,7 @@ class ClassificationTask(Task):
         if not root.is_dir():
             raise ValueError(f"data {str(root)!r} is not a folder; expected a folder with {split}/ or class folders")
         if is_shard_folder(root):
-            ds = ShardDataset(root, split, self._eval_tf(), class_names=self.class_names)
-            self._skipped += len(ds.unreadable)
-            return ds
+            return ShardDataset(root, split, self._eval_tf(), class_names=self.class_names)
         splits = sorted(s for s in ("train", "val", "test") if (root / s).is_dir())
         if (root / split).is_dir():
             folder = root / split
@@ -369,9 +372,7 @@ class ClassificationTask(Task):
             raise ValueError(f"split {split!r}: {str(root / split)!r} does not exist; "
                              + (f"splits found: {', '.join(splits)}" if splits else
                                 "the folder holds class folders only: leave --split out"))
-        ds = ImageFolderDataset(folder, self._eval_tf(), class_names=self.class_names, require_all=False)
-        self._skipped += len(ds.unreadable)
-        return ds
+        return ImageFolderDataset(folder, self._eval_tf(), class_names=self.class_names, require_all=False)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,

@@ -12,29 +12,31 @@ from torch import Tensor
 from ..base.constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE
 from ..base.naming import unknown_name
 from ..dense import DENSE_MODELS, HEADS, DenseModelSpec, get_dense_spec
-from ..engine.task import Task
+from ..engine.task import StepResult, Task
+from .configs import DenseConfig
 from ..models.variants import VARIANTS
 
-__all__ = ["DENSE_COMMON", "SHAPES_NUM_TRAIN", "SHAPES_NUM_VAL", "DenseTask", "resolve_dense_model", "shapes_root",
+__all__ = ["DENSE_RECIPE", "SHAPES_NUM_TRAIN", "SHAPES_NUM_VAL", "DenseTask", "resolve_dense_model", "shapes_root",
            "check_options", "check_size_options", "SIZE_OPTIONS", "dense_drop_path"]
 
-#: every dense recipe: AdamW 1e-4, weight decay 1e-4, no classification augmentation (repeated augmentation
-#: included: the official dense code samples each image once per epoch), no clipping, no EMA.
-DENSE_COMMON: dict[str, Any] = {"mixup": 0.0, "cutmix": 0.0, "smoothing": 0.0, "reprob": 0.0, "aa": "none", "color_jitter": 0.0,
-           "clip_grad": 0.0, "lr": 1e-4, "weight_decay": 1e-4, "model_ema": False, "repeated_aug": False}
+#: what every dense preset shares (each task's PRESETS add the schedule, batch and size): AdamW 1e-4, weight
+#: decay 1e-4, no clipping, no EMA, flips, the dense backbones' stochastic depth (:func:`dense_drop_path`).
+DENSE_RECIPE: dict[str, Any] = {"lr": 1e-4, "base_lr": 5e-4, "min_lr": 1e-5, "warmup_lr": 1e-6, "weight_decay": 1e-4,
+                                "opt_eps": 1e-8, "clip_grad": 0.0, "model_ema": False, "model_ema_decay": 0.99996,
+                                "hflip": 0.5, "drop_path": None}
 
 #: built-in data set size when ``num_train`` / ``num_val`` are not given (``shapes_size`` defaults to img_size)
 SHAPES_NUM_TRAIN, SHAPES_NUM_VAL = 1024, 50
 
 
-def shapes_root(cfg) -> Path:
-    """The built-in shapes data set for ``cfg`` (size and counts from its task options), made on first use."""
+def shapes_root(task: Task) -> Path:
+    """The built-in shapes data set for ``task`` (size and counts from its task options), made on first use."""
     from ..data.synthetic import default_shapes_root, make_shapes_dataset
 
-    opts = cfg.task_options
+    opts, data_dir = task.tcfg.task_options, task.cfg.data_dir
     kw = {"num_train": int(opts.get("num_train", SHAPES_NUM_TRAIN)), "num_val": int(opts.get("num_val", SHAPES_NUM_VAL)),
-          "size": int(opts.get("shapes_size", cfg.img_size))}
-    base = Path(cfg.data_dir).expanduser() / "shapes" if cfg.data_dir else default_shapes_root()
+          "size": int(opts.get("shapes_size", task.tcfg.img_size))}
+    base = Path(data_dir).expanduser() / "shapes" if data_dir else default_shapes_root()
     return make_shapes_dataset(base.with_name(f"shapes-{kw['num_train']}-{kw['num_val']}-{kw['size']}"), **kw)
 
 
@@ -45,10 +47,10 @@ SIZE_OPTIONS: dict[str, tuple[int, int]] = {
 
 
 def check_size_options(task: Task) -> None:
-    """A ValueError naming the first size option of ``task.cfg.task_options`` (:data:`SIZE_OPTIONS`) that is
+    """A ValueError naming the first size option of ``task.tcfg.task_options`` (:data:`SIZE_OPTIONS`) that is
     not an integer within its bounds (``1e12`` built-in images would run for days)."""
     for key, (lo, hi) in SIZE_OPTIONS.items():
-        v = task.cfg.task_options.get(key)
+        v = task.tcfg.task_options.get(key)
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not lo <= v <= hi or v != int(v):
@@ -56,8 +58,8 @@ def check_size_options(task: Task) -> None:
 
 
 def check_options(task: Task, accepted: set[str]) -> None:
-    """A ValueError naming every option of ``task.cfg.task_options`` not in ``accepted``."""
-    unknown = sorted(set(task.cfg.task_options) - accepted)
+    """A ValueError naming every option of ``task.tcfg.task_options`` not in ``accepted``."""
+    unknown = sorted(set(task.tcfg.task_options) - accepted)
     if unknown:
         raise ValueError(f"{task.name} task: unknown option(s) {', '.join(map(repr, unknown))}; "
                          f"accepted: {', '.join(sorted(accepted))}")
@@ -79,7 +81,7 @@ def resolve_dense_model(model: str, task: str | None = None, head: str | None = 
     return spec
 
 
-def dense_drop_path(cfg) -> float:
+def dense_drop_path(cfg: DenseConfig) -> float:
     """Stochastic depth of a dense backbone: the config's, else 0.1 (the official dense configs')."""
     return cfg.drop_path if cfg.drop_path is not None else 0.1  # the official dense backbones' rate
 
@@ -102,44 +104,53 @@ def predict_inputs(images: Sequence[str | Path], records: list[dict[str, Any]],
 
 class DenseTask(Task):
     """What every dense task shares: ``--model`` naming a dense model (``<head>_<backbone>``) or just a
-    backbone (then the task's default head), named options, the built-in shapes preset when no data is
-    given, and class names found in the data."""
+    backbone (then the task's default head), named options, the ``shapes`` preset when no data is given,
+    and class names found in the data."""
 
+    config_class = DenseConfig
     head: str = ""
     """The head trained when ``--model`` names only a backbone."""
     options: frozenset[str] = frozenset()
     """The task options (``--opt KEY=VALUE``) it accepts."""
-    shapes_preset: dict[str, Any] = {}
-    """TrainConfig values for the built-in shapes (used when ``data`` is None)."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.class_names: list[str] = []
-        self._skipped = 0  # unreadable images left out of batches since the last end_epoch
-
-    def batch_size_of(self, batch: Any) -> int:
-        """Images this step trains on (0: the engine skips the batch); also counts the batch's unreadable
-        images (the collate functions' third item; the engine calls this once per batch)."""
-        self._skipped += batch[2]
-        return len(batch[0])
-
-    def end_epoch(self) -> dict[str, float]:
-        out = {"skipped_images": float(self._skipped)} if self._skipped else {}
-        self._skipped = 0
-        return out
 
     @classmethod
-    def data_defaults(cls, data: str | None) -> dict[str, Any]:
-        return dict(cls.shapes_preset) if data is None else {}
+    def preset_name(cls, user: dict[str, Any]) -> str:
+        """``shapes`` on the built-in data, else the task's first preset (its paper recipe)."""
+        return "shapes" if user.get("data") is None else next(iter(cls.presets))
 
     @classmethod
-    def config_defaults(cls, user: dict[str, Any]) -> dict[str, Any]:
-        """The task's defaults, then (on real data) the recipe of the head ``--model`` names."""
-        out = super().config_defaults(user)
+    def recipe(cls, user: dict[str, Any]) -> dict[str, Any]:
+        """The preset; on real data with the paper's recipe of the head ``--model`` names over it (the
+        head's task options, e.g. ``crop``, are read by the task from the head itself)."""
+        out = super().recipe(user)
         if user.get("data") is not None and user.get("model") is not None:
             with contextlib.suppress(ValueError):  # an unknown model is named by validate()
-                out.update(dict(resolve_dense_model(user["model"], cls.name, cls.head).head.recipe))
+                head = resolve_dense_model(user["model"], cls.name, cls.head).head
+                out.update((k, v) for k, v in head.recipe if k not in cls.options)
         return out
+
+    def eval_dataset(self, split: str = "val") -> Any:
+        """The validation split of the training data (the built-in shapes when ``data`` is None)."""
+        if split != "val":
+            raise ValueError(f"{self.name} task: split {split!r}: expected 'val'")
+        return self.build_datasets()[1]
+
+    def train_step(self, model: Any, batch: Any, device: Any) -> StepResult:
+        """:meth:`batch_loss` of ``batch`` (images, targets, skipped): the collate functions have left out, and
+        counted, the unreadable images; a batch that kept none trains nothing."""
+        images, _, skipped = batch
+        if len(images) == 0:
+            return StepResult(None, 0, int(skipped))
+        loss, logs = self.batch_loss(model, batch, device)
+        return StepResult(loss, len(images), int(skipped), logs)
+
+    def batch_loss(self, model: Any, batch: Any, device: Any) -> tuple[Tensor, dict[str, float]]:
+        """The scalar loss of a batch of at least one image, and floats for the progress bar (*required*)."""
+        raise NotImplementedError
 
     @property
     def spec(self) -> DenseModelSpec:

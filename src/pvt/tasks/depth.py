@@ -16,18 +16,22 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import read_image
-from .common import DENSE_COMMON, SHAPES_NUM_TRAIN, SHAPES_NUM_VAL, DenseTask, dense_drop_path
+from ..engine.task import SKIPPED
+from .common import DENSE_RECIPE, SHAPES_NUM_TRAIN, SHAPES_NUM_VAL, DenseTask, dense_drop_path
 from .schedules import poly_schedule
 from .visualize import drawing_names, save_drawing
 
-__all__ = ["DepthTask", "silog_loss", "depth_metrics", "colourise_depth", "DEPTH_METRICS"]
+__all__ = ["DepthTask", "PRESETS", "silog_loss", "depth_metrics", "colourise_depth", "DEPTH_METRICS"]
 
 #: GLPN's NYU recipe: Adam(W) 1e-4, 25 epochs, batch 12 (here 2 per device), 448 crops, poly decay.
-DEPTH_DEFAULTS: dict[str, Any] = dict(DENSE_COMMON, epochs=25, batch_size=2, img_size=448, warmup_epochs=0.0,
-                                      hflip=0.5)
-#: the built-in depth set: 64 px renders, a short run.
-SHAPES_DEPTH: dict[str, Any] = {"img_size": 64, "epochs": 6, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0.5,
-                                "clip_grad": 1.0, "drop_path": 0.0, "workers": 0}
+_NYU: dict[str, Any] = {**DENSE_RECIPE, "epochs": 25, "batch_size": 2, "img_size": 448, "warmup_epochs": 0.0}
+PRESETS: dict[str, dict[str, Any]] = {
+    "nyu": _NYU,
+    #: the built-in depth set: 64 px renders, a short run
+    "shapes": {**_NYU, "img_size": 64, "epochs": 6, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0.5,
+               "clip_grad": 1.0, "drop_path": 0.0, "workers": 0},
+}
+"""The depth recipes: ``nyu`` for a data folder, ``shapes`` for the built-in renders."""
 DEPTH_OPTIONS = frozenset({"num_train", "num_val", "shapes_size"})
 DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
 _MIN_DEPTH = 1e-3
@@ -85,21 +89,20 @@ class DepthTask(DenseTask):
     name = "depth"
     best_metric = "delta1"
     head = "glpn"
-    defaults = DEPTH_DEFAULTS
+    presets = PRESETS
     options = DEPTH_OPTIONS
-    shapes_preset = SHAPES_DEPTH
     collate_fn = staticmethod(_collate)
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         from ..data.depth import NYUDepthFolder, SyntheticDepth
 
-        cfg, opts = self.cfg, self.cfg.task_options
+        cfg, opts = self.tcfg, self.tcfg.task_options
         self.class_names = ["depth"]
-        if cfg.data is None:
+        if self.cfg.data is None:
             size = int(opts.get("shapes_size", cfg.img_size))
             return (SyntheticDepth(int(opts.get("num_train", SHAPES_NUM_TRAIN)), size, "train", cfg.hflip),
                     SyntheticDepth(int(opts.get("num_val", SHAPES_NUM_VAL)), size, "val"))
-        root = Path(cfg.data).expanduser()
+        root = Path(self.cfg.data).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
         return (NYUDepthFolder(root, "train", cfg.img_size, True, cfg.hflip),
@@ -110,13 +113,13 @@ class DepthTask(DenseTask):
         from .backbone import apply_backbone_options
 
         model = create_dense_model(self.spec.name, pretrained=self.cfg.pretrained,
-                                   drop_path_rate=dense_drop_path(self.cfg))
-        return apply_backbone_options(model, self.cfg)
+                                   drop_path_rate=dense_drop_path(self.tcfg))
+        return apply_backbone_options(model, self.tcfg)
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
         return poly_schedule(self.cfg, optimizer, steps_per_epoch)
 
-    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+    def batch_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, depths, _ = batch
         if isinstance(images, list):
             raise ValueError("depth training needs equal-size crops (got a list of sizes)")
@@ -131,15 +134,17 @@ class DepthTask(DenseTask):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         sums = dict.fromkeys(DEPTH_METRICS, 0.0)
-        n = 0
-        for images, depths, _ in loader:
+        n = left_out = 0
+        for images, depths, skipped in loader:
+            left_out += skipped
             for img, dep in zip(images, depths):
                 m = depth_metrics(self.predict_depth(model, img, device).cpu(), dep)
                 if m is not None:
                     n += 1
                     for k in sums:
                         sums[k] += m[k]
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        out = {k: v / max(n, 1) for k, v in sums.items()}
+        return {**out, SKIPPED: float(left_out)} if left_out else out
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Sequence[str | Path], device: torch.device, *, topk: int = 5,
@@ -168,7 +173,7 @@ class DepthTask(DenseTask):
         return "  ".join(f"{k} {metrics[k]:.3f}" for k in ("abs_rel", "rmse", "delta1") if k in metrics)
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"task": self.name, "task_model": self.spec.name, "class_names": ["depth"], "img_size": self.cfg.img_size}
+        return {"task": self.name, "task_model": self.spec.name, "class_names": ["depth"], "img_size": self.tcfg.img_size}
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
         self.class_names = ["depth"]

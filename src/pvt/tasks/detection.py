@@ -39,25 +39,30 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.coco import CocoDataset, detection_collate
 from ..data.detection_transforms import RandomCropPolicy
 from .backbone import apply_backbone_options
-from .common import DENSE_COMMON, DenseTask, dense_drop_path, predict_inputs, resolve_dense_model, shapes_root
+from ..engine.task import SKIPPED
+from .common import DENSE_RECIPE, DenseTask, dense_drop_path, predict_inputs, resolve_dense_model, shapes_root
 from .metrics import coco_map, detections_to_coco
 from .schedules import MultiStepLR
 from .visualize import draw_detections, save_drawing
 
-__all__ = ["DetectionTask", "InstanceTask", "DETECTION_DEFAULTS", "SHAPES_DETECTION", "SHAPES_ANCHOR_SIZE",
-           "SHAPES_HEADS", "HEAD_OPTIONS"]
+__all__ = ["DetectionTask", "InstanceTask", "PRESETS", "SHAPES_ANCHOR_SIZE", "SHAPES_HEADS", "HEAD_OPTIONS"]
 
 log = logging.getLogger("pvt.train")
 
 #: the paper's detection recipe (mmdet 1x): AdamW 1e-4, wd 1e-4, 12 epochs, 2 images per GPU
 #: (x8 GPUs = the paper's 16), warm-up 500 iterations from 0.001 x lr, shorter side 800.
-DETECTION_DEFAULTS: dict[str, Any] = dict(DENSE_COMMON, epochs=12, batch_size=2, img_size=800, warmup_epochs=0.07,
-                                          warmup_lr=1e-7, hflip=0.5)
-#: built-in shapes: a CPU run of minutes, from scratch (no ImageNet weights), so higher learning rates,
-#: gradient clipping and no stochastic depth; 64 px images, 1024 training images (see docs/dense.md for
-#: the held-out scores these reach).
-SHAPES_DETECTION: dict[str, Any] = {"img_size": 64, "epochs": 8, "batch_size": 8, "lr": 5e-4, "warmup_epochs": 1.0,
-                                    "clip_grad": 10.0, "drop_path": 0.0, "workers": 0}
+_COCO: dict[str, Any] = {**DENSE_RECIPE, "epochs": 12, "batch_size": 2, "img_size": 800, "warmup_epochs": 0.07,
+                         "warmup_lr": 1e-7}
+PRESETS: dict[str, dict[str, Any]] = {
+    "coco": _COCO,
+    #: built-in shapes: a CPU run of minutes, from scratch (no ImageNet weights), so higher learning rates,
+    #: gradient clipping and no stochastic depth; 64 px images, 1024 training images (see docs/dense.md for
+    #: the held-out scores these reach).
+    "shapes": {**_COCO, "img_size": 64, "epochs": 8, "batch_size": 8, "lr": 5e-4, "warmup_epochs": 1.0,
+               "clip_grad": 10.0, "drop_path": 0.0, "workers": 0},
+}
+"""The detection and instance recipes: ``coco`` for a data folder (with the head's own paper recipe over
+it), ``shapes`` for the built-in shapes (with the head's :data:`SHAPES_HEADS` values over it)."""
 #: the smallest anchor on the built-in shapes (10-56 px objects; the paper's 32 misses most at 64 px).
 SHAPES_ANCHOR_SIZE = 16
 
@@ -65,7 +70,7 @@ SHAPES_ANCHOR_SIZE = 16
 HEAD_OPTIONS = ("num_proposals", "rois_per_image", "test_proposals", "zero_reg_init")
 BOOL_HEAD_OPTIONS = frozenset({"zero_reg_init"})
 
-#: built-in shapes, per head: (TrainConfig values, head options) over SHAPES_DETECTION. The paper's values
+#: built-in shapes, per head: (config values, head options) over the ``shapes`` preset. The paper's values
 #: are tuned for 800 px COCO images with pre-trained backbones; 64 px images with a few objects and a
 #: from-scratch CPU run need fewer proposals / RoIs (see docs/detectors_cascade_sparse.md).
 SHAPES_HEADS: dict[str, tuple[dict[str, Any], dict[str, int | bool]]] = {
@@ -81,9 +86,8 @@ class DetectionTask(DenseTask):
 
     name = "detection"
     best_metric = "bbox_mAP"
-    defaults = DETECTION_DEFAULTS
+    presets = PRESETS
     options = DETECTION_OPTIONS
-    shapes_preset = SHAPES_DETECTION
     head = "retinanet"
     masks = False
     collate_fn = staticmethod(detection_collate)
@@ -96,12 +100,9 @@ class DetectionTask(DenseTask):
         self.head_options: dict[str, int | bool] | None = None  # likewise
 
     @classmethod
-    def config_defaults(cls, user: dict[str, Any]) -> dict[str, Any]:
-        """:meth:`DenseTask.config_defaults`, less the task options a head's recipe names (``crop``: read from
-        the recipe by the task), plus the head's :data:`SHAPES_HEADS` values on the built-in data."""
-        out = super().config_defaults(user)
-        for key in set(out) & cls.options:
-            del out[key]
+    def recipe(cls, user: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`DenseTask.recipe`, with the head's :data:`SHAPES_HEADS` values on the built-in data."""
+        out = super().recipe(user)
         if user.get("data") is None and user.get("model") is not None:
             with contextlib.suppress(ValueError):  # an unknown model is named by validate()
                 head = resolve_dense_model(user["model"], cls.name, cls.head).head.name
@@ -114,7 +115,7 @@ class DetectionTask(DenseTask):
         self._multiscale()
         self._crop()
         self._head_options()
-        steps = self.cfg.task_options.get("lr_steps")
+        steps = self.tcfg.task_options.get("lr_steps")
         if steps is not None:
             steps = steps if isinstance(steps, list) else [steps]
             if not all(isinstance(s, (int, float)) and 0 < s <= self.cfg.epochs for s in steps):
@@ -122,8 +123,8 @@ class DetectionTask(DenseTask):
 
     # -- data
     def _paths(self) -> dict[str, Path]:
-        opts = self.cfg.task_options
-        root = Path(self.cfg.data).expanduser() if self.cfg.data else shapes_root(self.cfg) / "coco"
+        opts = self.tcfg.task_options
+        root = Path(self.cfg.data).expanduser() if self.cfg.data else shapes_root(self) / "coco"
         if not root.is_dir():
             raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
         out = {}
@@ -145,7 +146,7 @@ class DetectionTask(DenseTask):
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         p = self._paths()
-        train = CocoDataset(p["train_images"], p["train_ann"], masks=self.masks, train=True, hflip=self.cfg.hflip,
+        train = CocoDataset(p["train_images"], p["train_ann"], masks=self.masks, train=True, hflip=self.tcfg.hflip,
                             transform=self._crop())
         val = CocoDataset(p["val_images"], p["val_ann"], masks=self.masks, train=False)
         if val.cat_ids != train.cat_ids:
@@ -161,7 +162,7 @@ class DetectionTask(DenseTask):
     def _multiscale(self) -> tuple[int, int] | None:
         """The training range of the shorter side at the 800 px scale: the ``multiscale`` option (true: mmdet's
         3x range 640-800; two numbers: that range; false: one scale), else the head's recipe on real data."""
-        value = self.cfg.task_options.get("multiscale")
+        value = self.tcfg.task_options.get("multiscale")
         if value is None:
             return self.spec.head.multiscale if self.cfg.data is not None else None
         if value is True:
@@ -177,12 +178,12 @@ class DetectionTask(DenseTask):
     def _crop(self) -> RandomCropPolicy | None:
         """The training crop policy (at the run's scale): the ``crop`` option, else the head's recipe on
         real data (Sparse R-CNN's and Cascade Mask R-CNN's official configs crop); None: no crop."""
-        value = self.cfg.task_options.get("crop")
+        value = self.tcfg.task_options.get("crop")
         if value is None:
             value = dict(self.spec.head.recipe).get("crop", False) if self.cfg.data is not None else False
         if not isinstance(value, bool):
             raise ValueError(f"{self.name} task: option crop={value!r}: expected true or false")
-        return RandomCropPolicy.scaled(self.cfg.img_size) if value else None
+        return RandomCropPolicy.scaled(self.tcfg.img_size) if value else None
 
     def _head_options(self) -> dict[str, int | bool]:
         """Keywords for the head's builder (:data:`HEAD_OPTIONS`): a checkpoint's, else the options, else the
@@ -196,7 +197,7 @@ class DetectionTask(DenseTask):
         preset = SHAPES_HEADS.get(head.name, ({}, {}))[1] if self.cfg.data is None else {}
         out = {}
         for key in HEAD_OPTIONS:
-            value = self.cfg.task_options.get(key, preset.get(key))
+            value = self.tcfg.task_options.get(key, preset.get(key))
             if value is None:
                 continue
             if key not in takes:
@@ -213,8 +214,8 @@ class DetectionTask(DenseTask):
     def _sizes(self) -> dict[str, Any]:
         """The detector's resize: shorter side ``img_size`` (a range of them in training with multi-scale),
         longer side at most ``max_size`` (default 1333 at 800, scaled with img_size)."""
-        cfg, opts = self.cfg, self.cfg.task_options
-        short = cfg.img_size
+        opts = self.tcfg.task_options
+        short = self.tcfg.img_size
         max_size = int(opts.get("max_size", round(short * 1333 / 800)))
         min_size: Any = short
         scales = self._multiscale()
@@ -230,12 +231,12 @@ class DetectionTask(DenseTask):
 
         paper = self.spec.head.anchor_size
         if paper is None:
-            if "anchor_size" in self.cfg.task_options:
+            if "anchor_size" in self.tcfg.task_options:
                 raise ValueError(f"{self.name} task: option anchor_size: {self.spec.head.description} has no anchors")
             return None
         if self.anchor_size is not None:
             return self.anchor_size
-        value = self.cfg.task_options.get("anchor_size", SHAPES_ANCHOR_SIZE if self.cfg.data is None else paper)
+        value = self.tcfg.task_options.get("anchor_size", SHAPES_ANCHOR_SIZE if self.cfg.data is None else paper)
         try:
             return check_anchor_size(value)
         except ValueError as e:
@@ -248,13 +249,13 @@ class DetectionTask(DenseTask):
             raise ValueError(f"{self.name} task: class names unknown; build_datasets first")
         anchors = self._anchor_size()
         model = create_dense_model(self.spec.name, num_classes=len(self.class_names), pretrained=self.cfg.pretrained,
-                                   drop_path_rate=dense_drop_path(self.cfg), **self._sizes(), **self._head_options(),
+                                   drop_path_rate=dense_drop_path(self.tcfg), **self._sizes(), **self._head_options(),
                                    **({"anchor_size": anchors} if anchors is not None else {}))
-        return apply_backbone_options(model, self.cfg)
+        return apply_backbone_options(model, self.tcfg)
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
         cfg = self.cfg
-        steps = cfg.task_options.get("lr_steps")
+        steps = self.tcfg.task_options.get("lr_steps")
         if steps is None and cfg.data is None:  # built-in shapes: one x0.1 step at 3/4 of the run
             steps = [max(1, round(cfg.epochs * 3 / 4))]
         elif steps is None:
@@ -265,7 +266,7 @@ class DetectionTask(DenseTask):
         return MultiStepLR(optimizer, [int(s * steps_per_epoch) for s in steps], 0.1, warmup, min(ratio, 1.0))
 
     # -- steps
-    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+    def batch_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, targets, _ = batch
         images = [i.to(device, non_blocking=True) for i in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
@@ -318,8 +319,9 @@ class DetectionTask(DenseTask):
             raise ValueError("detection evaluation needs a CocoDataset loader")
         results: list[dict[str, Any]] = []
         ids: list[int] = []
+        left_out = 0
         for images, targets, skipped in loader:
-            self._skipped += skipped
+            left_out += skipped
             if not images:  # every image of the batch was unreadable
                 continue
             for t, det in zip(targets, self.predict_batch(model, images, device)):
@@ -329,6 +331,8 @@ class DetectionTask(DenseTask):
         if self.masks:
             out.update({f"segm_{k}": v for k, v in coco_map(ds.coco(), results, "segm", ids).items()})
         out["detections_per_image"] = len(results) / max(len(ids), 1)
+        if left_out:
+            out[SKIPPED] = float(left_out)
         return out
 
     # -- checkpoints

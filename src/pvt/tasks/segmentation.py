@@ -17,20 +17,25 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.ade import IGNORE_INDEX, ADE20KDataset, segmentation_collate
 from .backbone import apply_backbone_options
-from .common import DENSE_COMMON, DenseTask, dense_drop_path, predict_inputs, shapes_root
+from ..engine.task import SKIPPED
+from .common import DENSE_RECIPE, DenseTask, dense_drop_path, predict_inputs, shapes_root
 from .metrics import ConfusionMatrix
 from .schedules import poly_schedule
 from .visualize import draw_segmentation, drawing_names, save_drawing
 
-__all__ = ["SegmentationTask", "SEGMENTATION_DEFAULTS", "SHAPES_SEGMENTATION"]
+__all__ = ["SegmentationTask", "PRESETS"]
 
 #: the paper's segmentation recipe: AdamW 1e-4, wd 1e-4 (the official mmseg config), poly 0.9,
 #: 512 crops, 2 per GPU; 40k iterations at batch 16 are ~32 ADE20K epochs.
-SEGMENTATION_DEFAULTS: dict[str, Any] = dict(DENSE_COMMON, epochs=32, batch_size=2, img_size=512, warmup_epochs=0.0,
-                                             hflip=0.5)
-#: built-in shapes (see the detection task).
-SHAPES_SEGMENTATION: dict[str, Any] = {"img_size": 64, "epochs": 8, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1.0,
-                                       "clip_grad": 1.0, "drop_path": 0.0, "workers": 0}
+_ADE20K: dict[str, Any] = {**DENSE_RECIPE, "epochs": 32, "batch_size": 2, "img_size": 512, "warmup_epochs": 0.0}
+PRESETS: dict[str, dict[str, Any]] = {
+    "ade20k": _ADE20K,
+    #: built-in shapes (see the detection task)
+    "shapes": {**_ADE20K, "img_size": 64, "epochs": 8, "batch_size": 8, "lr": 2e-3, "warmup_epochs": 1.0,
+               "clip_grad": 1.0, "drop_path": 0.0, "workers": 0},
+}
+"""The segmentation recipes: ``ade20k`` for a data folder (with the head's own paper recipe over it, e.g.
+SegFormer's), ``shapes`` for the built-in shapes."""
 SEGMENTATION_OPTIONS = frozenset({"test_size", "reduce_zero_label", "num_train", "num_val", "shapes_size", "poly_power"})
 
 
@@ -40,27 +45,20 @@ class SegmentationTask(DenseTask):
     name = "segmentation"
     best_metric = "mIoU"
     head = "semfpn"
-    defaults = SEGMENTATION_DEFAULTS
+    presets = PRESETS
     options = SEGMENTATION_OPTIONS
-    shapes_preset = SHAPES_SEGMENTATION
     collate_fn = staticmethod(segmentation_collate)
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.per_class_iou: list[float] = []
 
-    @classmethod
-    def config_defaults(cls, user: dict[str, Any]) -> dict[str, Any]:
-        """:meth:`DenseTask.config_defaults`, less the task options a head's recipe names (``poly_power``: read
-        from the recipe by :meth:`build_scheduler`)."""
-        return {k: v for k, v in super().config_defaults(user).items() if k not in cls.options}
-
     def _scale(self, size: int) -> tuple[int, int]:
         return (size * 4, size)  # mmseg's (2048, 512) at 512
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
-        cfg, opts = self.cfg, self.cfg.task_options
-        root = Path(cfg.data).expanduser() if cfg.data else shapes_root(cfg) / "ade"
+        cfg, opts = self.tcfg, self.tcfg.task_options
+        root = Path(self.cfg.data).expanduser() if self.cfg.data else shapes_root(self) / "ade"
         if not root.is_dir():
             raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
         rz = bool(opts.get("reduce_zero_label", True))
@@ -79,15 +77,15 @@ class SegmentationTask(DenseTask):
         if not self.class_names:
             raise ValueError("segmentation task: class names unknown; build_datasets first")
         model = create_dense_model(self.spec.name, num_classes=len(self.class_names),
-                                   pretrained=self.cfg.pretrained, drop_path_rate=dense_drop_path(self.cfg))
-        return apply_backbone_options(model, self.cfg)
+                                   pretrained=self.cfg.pretrained, drop_path_rate=dense_drop_path(self.tcfg))
+        return apply_backbone_options(model, self.tcfg)
 
     def build_scheduler(self, optimizer, steps_per_epoch: int):
         # mmseg's poly power: 0.9 (Semantic FPN), 1.0 (SegFormer's recipe); --opt poly_power=P overrides
-        power = float(self.cfg.task_options.get("poly_power", dict(self.spec.head.recipe).get("poly_power", 0.9)))
+        power = float(self.tcfg.task_options.get("poly_power", dict(self.spec.head.recipe).get("poly_power", 0.9)))
         return poly_schedule(self.cfg, optimizer, steps_per_epoch, power)
 
-    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
+    def batch_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[Tensor, dict[str, float]]:
         images, labels, _ = batch
         if isinstance(images, list):
             raise ValueError("segmentation training needs equal-size crops (got a list of sizes)")
@@ -104,14 +102,15 @@ class SegmentationTask(DenseTask):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         cm = ConfusionMatrix(len(self.class_names), IGNORE_INDEX)
+        left_out = 0
         for images, labels, skipped in loader:
-            self._skipped += skipped
+            left_out += skipped
             for img, lab in zip(images, labels):
                 pred = self.predict_logits(model, img, tuple(lab.shape[-2:]), device).argmax(0)
                 cm.update(pred, lab)
         res = cm.compute()
         self.per_class_iou = res.pop("per_class_iou")
-        return res
+        return {**res, SKIPPED: float(left_out)} if left_out else res
 
     def evaluation_details(self) -> dict[str, Any]:
         return {"per_class_iou": dict(zip(self.class_names, self.per_class_iou))}
@@ -139,7 +138,7 @@ class SegmentationTask(DenseTask):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"task": self.name, "task_model": self.spec.name, "class_names": self.class_names,
-                "img_size": self.cfg.img_size}
+                "img_size": self.tcfg.img_size}
 
     def restore_extra(self, extra: dict[str, Any]) -> None:
         self.class_names = list(extra["class_names"])
