@@ -184,26 +184,26 @@ def make_step(model: nn.Module, case: Case, seed: int = 0) -> Callable[[], Any]:
 
 
 def _train_step(model: nn.Module, case: Case, x: Tensor, g: torch.Generator) -> Callable[[], Tensor]:
-    """One training step of the classification recipe's pieces (``pvt train``'s defaults,
-    :class:`pvt.engine.config.TrainConfig`): mixup / cutmix with label smoothing (plain label smoothing on
+    """One training step of the classification recipe's pieces (``pvt train``'s ``imagenet`` preset,
+    :data:`pvt.tasks.classification.PRESETS`): mixup / cutmix with label smoothing (plain label smoothing on
     an odd batch, which mixup cannot pair), forward, backward, AdamW over the trainer's parameter groups."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-    from ..engine.config import TrainConfig
     from ..engine.trainer import param_groups
+    from ..tasks.classification import PRESETS
 
-    recipe = TrainConfig()
+    recipe = PRESETS["imagenet"]
     model.train()
     classes = num_classes(model)
     y = torch.randint(0, classes, (case.batch_size,), generator=g).to(case.device)
-    opt = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=1e-4, eps=recipe.opt_eps)
+    opt = torch.optim.AdamW(param_groups(model, recipe["weight_decay"]), lr=1e-4, eps=recipe["opt_eps"])
     mix = None
-    if case.batch_size % 2 == 0 and (recipe.mixup > 0 or recipe.cutmix > 0):
-        mix = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
-                    switch_prob=recipe.mixup_switch_prob, mode="batch", label_smoothing=recipe.smoothing,
+    if case.batch_size % 2 == 0 and (recipe["mixup"] > 0 or recipe["cutmix"] > 0):
+        mix = Mixup(mixup_alpha=recipe["mixup"], cutmix_alpha=recipe["cutmix"], prob=recipe["mixup_prob"],
+                    switch_prob=recipe["mixup_switch_prob"], mode="batch", label_smoothing=recipe["smoothing"],
                     num_classes=classes)
-    loss_fn = SoftTargetCrossEntropy() if mix is not None else LabelSmoothingCrossEntropy(recipe.smoothing)
+    loss_fn = SoftTargetCrossEntropy() if mix is not None else LabelSmoothingCrossEntropy(recipe["smoothing"])
 
     def train() -> Tensor:
         images, targets = mix(x.clone(), y) if mix is not None else (x, y)  # mixup mixes in place
