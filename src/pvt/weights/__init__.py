@@ -14,15 +14,32 @@ model in any of them.
 * :mod:`pvt.weights.hf_config`: HF ``config.json`` fields and :class:`~pvt.models.config.PVTConfig`, both ways.
 * :mod:`pvt.weights.files`: reading files, containers and folders safely (nothing is executed).
 * :mod:`pvt.weights.shapes`: which registered variant a state dict's shapes describe.
+* :mod:`pvt.weights.formats`: the names of the layouts read and written (no torch).
 """
 
-from .files import Checkpoint, read_checkpoint
-from .hf_config import hf_config_to_pvt, pvt_to_hf_config
-from .hf_models import LoadedInto, load_into
-from .keys import FORMATS, detect_key_format, from_pvt, to_pvt
-from .loading import LoadReport, create_pretrained, load_checkpoint
-from .shapes import infer_architecture, matching_variants
-from .writing import EXPORT_FORMATS, export_weights
+from ..base.lazy import lazy_attributes
+
+_HOMES = {
+    "Checkpoint": "files",
+    "read_checkpoint": "files",
+    "hf_config_to_pvt": "hf_config",
+    "pvt_to_hf_config": "hf_config",
+    "LoadedInto": "hf_models",
+    "load_into": "hf_models",
+    "EXPORT_FORMATS": "formats",
+    "FORMATS": "formats",
+    "detect_key_format": "keys",
+    "from_pvt": "keys",
+    "to_pvt": "keys",
+    "LoadReport": "loading",
+    "create_pretrained": "loading",
+    "load_checkpoint": "loading",
+    "infer_architecture": "shapes",
+    "matching_variants": "shapes",
+    "export_weights": "writing",
+}
+"""Where each public name lives: loaded on first use, so the torch-free :mod:`pvt.weights.formats` (the
+format names ``pvt convert --help`` lists) imports without torch."""
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -43,3 +60,5 @@ __all__ = [
     "read_checkpoint",
     "to_pvt",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _HOMES)

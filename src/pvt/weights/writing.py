@@ -42,22 +42,12 @@ from ..models.config import PVTConfig
 from ..models.model import PyramidVisionTransformer
 from ..models.variants import VARIANTS
 from .checkpoint import save_model
+from .formats import EXPORT_FORMATS
 from .hf_config import hf_model_type, pvt_to_hf_config
 from .keys import StateDict, from_pvt
 
 __all__ = ["EXPORT_FORMATS", "FOLDER_FILES", "Export", "Preprocessing", "check_replaceable", "export_weights",
-           "eps_drift", "hf_preprocessor", "source_labels", "timm_architecture"]
-
-EXPORT_FORMATS: dict[str, str] = {
-    "pvt": "this library's own format: one .safetensors file with the config in its metadata",
-    "hf": "HF transformers folder: config.json, model.safetensors, preprocessor_config.json",
-    "timm": "model.safetensors in timm's pvt_v2_* names and timm's config.json beside it",
-    "official": "whai362/PVT checkpoint: {'model': state_dict} (.pth)",
-    "mmdet": "OpenMMLab PVT backbone: {'state_dict': backbone.* and bare names, 'meta'} (.pth), for load_from "
-             "and for the backbone's init_cfg",
-    "mmseg": "OpenMMLab PVT backbone, as mmdet (mmsegmentation configs use mmdet's PVT backbones)",
-}
-"""The formats :func:`export_weights` writes, with what each is."""
+           "eps_drift", "hf_preprocessor", "source_labels", "timm_architecture", "timm_data_config"]
 
 # (block and stage norms, patch-embedding and spatial-reduction norms) of each format's own models
 _OFFICIAL_EPS = (1e-6, 1e-5)
@@ -321,25 +311,34 @@ def _write_hf(model: PyramidVisionTransformer, folder: Path, labels: list[str] |
     files = [folder / "config.json", folder / "model.safetensors", folder / "preprocessor_config.json"]
     _write_json(files[0], fields)
     _save_safetensors(sd, files[1], {"format": "pt"})
-    _write_json(files[2], hf_preprocessor(pre))
+    _write_json(files[2], hf_preprocessor(pre, cfg.in_chans))
     return files
 
 
-def hf_preprocessor(pre: Preprocessing) -> dict[str, Any]:
-    """The ``preprocessor_config.json`` that makes transformers prepare an image as ``pvt predict`` (timm's
-    evaluation transform) does: the shorter side resized to :attr:`Preprocessing.resize_size` with the
-    checkpoint's interpolation, a centre crop of ``img_size``, ``/255``, mean and std.
+def timm_data_config(pre: Preprocessing, in_chans: int = 3) -> dict[str, Any]:
+    """The fields of timm's ``pretrained_cfg`` that ``timm.data.resolve_data_config`` reads for ``pre``
+    (input size, interpolation, centre crop, mean and std): what timm's evaluation transform, and so
+    ``pvt predict``, is built from."""
+    return {"input_size": [in_chans, pre.img_size, pre.img_size], "interpolation": pre.interpolation,
+            "crop_pct": pre.crop_pct, "crop_mode": "center", "mean": list(pre.mean), "std": list(pre.std)}
 
-    ``PvtImageProcessor`` is what ``AutoImageProcessor`` (and so ``pipeline("image-classification")``)
-    builds for ``pvt`` / ``pvt_v2`` configs; its base class does a ``shortest_edge`` resize and a centre
-    crop for any model, so no other processor type is needed. Two differences remain that no field
-    controls (docs/weights.md has the figures): transformers' default torchvision backend resizes a
-    uint8 tensor, which differs from Pillow's resize by up to 2 of 255 in a pixel (``backend="pil"``
-    uses Pillow, as timm does); and where the resized image is wider (or taller) than the crop by
-    4k+3 pixels, transformers starts the crop one pixel before torchvision's ``CenterCrop`` (it rounds
-    the half pixel down, torchvision to even)."""
+
+def hf_preprocessor(pre: Preprocessing, in_chans: int = 3) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` that makes transformers prepare an image exactly as ``pvt predict``
+    does, ``pipeline("image-classification", model=DIR)`` with its defaults included.
+
+    Its type is transformers' ``TimmWrapperImageProcessor`` (transformers >= 4.48, with timm installed, as
+    pvt needs it): it builds timm's evaluation transform from ``pretrained_cfg``, the one ``pvt predict``
+    runs (Pillow's resize of the shorter side to :attr:`Preprocessing.resize_size`, torchvision's centre
+    crop). ``PvtImageProcessor``, the type transformers picks for PVT configs, cannot: by default it resizes
+    a uint8 tensor with torchvision, up to 2 grey levels per pixel away from Pillow (2.9e-3 in a probability
+    on the interop test's images), and its Pillow backend starts the crop a pixel earlier where the margin is
+    4k+3 pixels. The same recipe is kept in ``PvtImageProcessor``'s own fields (``size``, ``crop_size``,
+    ``resample``, ...), which ``TimmWrapperImageProcessor`` ignores, so ``PvtImageProcessor[Pil]
+    .from_pretrained(DIR)`` still reads it where timm is not installed."""
     return {
-        "image_processor_type": "PvtImageProcessor",
+        "image_processor_type": "TimmWrapperImageProcessor",
+        "pretrained_cfg": timm_data_config(pre, in_chans),
         "do_resize": True,
         "size": {"shortest_edge": pre.resize_size},
         "resample": _PIL_RESAMPLE.get(pre.interpolation, 3),
@@ -363,13 +362,8 @@ def _timm_config(model: PyramidVisionTransformer, arch: str, labels: list[str] |
     out["model_args"] = {"num_classes": cfg.num_classes, "in_chans": cfg.in_chans}
     out["pretrained_cfg"] = {
         "custom_load": False,
-        "input_size": [cfg.in_chans, pre.img_size, pre.img_size],
         "fixed_input_size": False,
-        "interpolation": pre.interpolation,
-        "crop_pct": pre.crop_pct,
-        "crop_mode": "center",
-        "mean": list(pre.mean),
-        "std": list(pre.std),
+        **timm_data_config(pre, cfg.in_chans),
         "num_classes": cfg.num_classes,
         "pool_size": [max(1, pre.img_size // 32)] * 2,
         "first_conv": "patch_embed.proj",
