@@ -51,6 +51,7 @@ from .config import TrainConfig, load_yaml
 from .curves import plot_curves
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
 from .divergence import TrainingDiverged, finite_batch, non_finite
+from .progress import ProgressLines
 from .run_folder import LOCK_FILE, RESUME_MAY_CHANGE, LogFile, read_records, resume_config, run_lock, saved_epoch
 from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
 from .signals import Interrupted, StopSignals, stop_signals
@@ -726,6 +727,7 @@ class Trainer:
                    dynamic_ncols=True, unit="batch", total=run.steps)
         loss_sum, n_steps, images = 0.0, 0, 0
         t0 = time.perf_counter()
+        lines = ProgressLines(self._say, f"epoch {epoch + 1}/{cfg.epochs}", run.steps, enabled=not show)
         for batch in bar:
             n = task.batch_size_of(batch)
             if n == 0 and not self.dist.enabled:  # (under DDP every process must step together)
@@ -734,6 +736,7 @@ class Trainer:
             loss_sum += loss
             n_steps += 1
             images += n
+            lines.update(n_steps, images * self.dist.world_size, loss_sum / n_steps)
             if show:
                 rate = images / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss_sum / n_steps:.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}",
