@@ -222,3 +222,41 @@ def test_load_into_refuses_what_does_not_fit(tmp_path, perturb):
     ours_v1 = perturb(create_model("pvt_v1_tiny", num_classes=0, accelerate=False))
     assert load_into(v1, ours_v1).module_class == "PvtModel"
     assert torch.equal(v1.pvt.encoder.patch_embeddings[0].projection.weight, ours_v1.stages[0].patch_embed.proj.weight)
+
+
+def test_a_model_built_from_a_run_carries_its_evaluation_transform(tmp_path, perturb):
+    """``pvt.create_model(name, pretrained=run)`` and ``load_pvt(run)`` set ``pretrained_cfg`` from what the
+    checkpoint records, so timm's ``resolve_data_config(model=...)`` gives the transform ``pvt predict`` uses."""
+    from timm.data import create_transform, resolve_data_config
+
+    import pvt
+    from pvt.data.transforms import eval_transform
+    from pvt.weights.checkpoint import load_pvt
+
+    ckpt = _classifier(tmp_path / "c.safetensors", perturb, interpolation="bilinear", crop_pct=0.9)
+    image = Image.open(_images(tmp_path)[3]).convert("RGB")
+    ours = eval_transform(32, 0.9, "bilinear", (0.5, 0.45, 0.4), (0.25, 0.2, 0.3))(image)
+    for model in (pvt.create_model("pvt_v2_b0", pretrained=ckpt), load_pvt(ckpt)[0],
+                  pvt.create_model("pvt_v2_b0", pretrained=ckpt, img_size=64)):
+        cfg = resolve_data_config(model=model)
+        size = model.config.img_size
+        assert cfg == {"input_size": (3, size, size), "interpolation": "bilinear", "mean": (0.5, 0.45, 0.4),
+                       "std": (0.25, 0.2, 0.3), "crop_pct": 0.9, "crop_mode": "center"}
+        if size == 32:
+            assert torch.equal(create_transform(**cfg)(image), ours)
+    # a file that records no evaluation input: the defaults (ImageNet's, 0.875, bicubic)
+    plain = save_model(create_model("pvt_v2_b0", num_classes=3, img_size=32), tmp_path / "p.safetensors",
+                       variant="pvt_v2_b0")
+    assert resolve_data_config(model=load_pvt(plain)[0])["crop_pct"] == 0.875
+
+
+def test_the_evaluation_crop_has_one_home():
+    """0.875 (the evaluation crop) is written once, as pvt.base.constants.EVAL_CROP_PCT; everything else
+    (TrainConfig's default, the exports' Preprocessing, eval_transform) refers to it."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src" / "pvt"
+    homes = [str(p.relative_to(src)) for p in sorted(src.rglob("*.py"))
+             for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Constant) and node.value == 0.875]
+    assert homes == ["base/constants.py"]

@@ -26,7 +26,8 @@ from typing import Any, Callable
 
 import yaml
 
-from ..base.constants import INTERPOLATIONS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS, MAX_WORKERS
+from ..base.constants import (EVAL_CROP_PCT, EVAL_INTERPOLATION, INTERPOLATIONS, MAX_BATCH, MAX_IMG_SIZE, MAX_THREADS,
+                              MAX_WORKERS)
 from ..base.io import YAML_LIMITS, safe_yaml
 
 __all__ = ["TrainConfig", "resolve_layers", "load_yaml", "parse_value"]
@@ -84,9 +85,9 @@ class TrainConfig:
     hflip: float = _f(0.5, "horizontal-flip probability", min=0.0, max=1.0)
     scale: list[float] = _f(None, "random-resized-crop area range", factory=lambda: [0.08, 1.0])
     ratio: list[float] = _f(None, "random-resized-crop aspect-ratio range", factory=lambda: [0.75, 4 / 3])
-    interpolation: str = _f("bicubic", "resize interpolation", choices=INTERPOLATIONS)
+    interpolation: str = _f(EVAL_INTERPOLATION, "resize interpolation", choices=INTERPOLATIONS)
     img_size: int = _f(224, "training and evaluation crop size", min=16, max=MAX_IMG_SIZE)
-    crop_pct: float = _f(0.875, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
+    crop_pct: float = _f(EVAL_CROP_PCT, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
     repeated_aug: bool = _f(True, "repeated augmentation (the official sampler): each image 3 times per epoch in "
                             "different augmentations, spread over the processes, the epoch cut to the data's "
                             "length")

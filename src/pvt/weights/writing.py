@@ -28,7 +28,6 @@ the export goes ahead and a note gives the output difference this causes, measur
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..base.io import TMP_SUFFIX, atomic_folder, atomic_save_torch, atomic_via, atomic_write, check_apart, read_json
 from ..models.config import PVTConfig
 from ..models.model import PyramidVisionTransformer
@@ -45,9 +43,10 @@ from .checkpoint import save_model
 from .formats import EXPORT_FORMATS
 from .hf_config import hf_model_type, pvt_to_hf_config
 from .keys import StateDict, from_pvt
+from .preprocessing import Preprocessing
 
 __all__ = ["EXPORT_FORMATS", "FOLDER_FILES", "Export", "Preprocessing", "check_replaceable", "export_weights",
-           "eps_drift", "hf_preprocessor", "source_labels", "timm_architecture", "timm_data_config"]
+           "eps_drift", "hf_preprocessor", "source_labels", "timm_architecture"]
 
 # (block and stage norms, patch-embedding and spatial-reduction norms) of each format's own models
 _OFFICIAL_EPS = (1e-6, 1e-5)
@@ -60,37 +59,6 @@ _FORMAT_EPS: dict[str, tuple[float, float] | None] = {
     "mmseg": (1e-6, 1e-6),
 }
 _PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The input a model expects, for the configs that record it (HF's preprocessor, timm's
-    ``pretrained_cfg``): side, normalisation, evaluation crop and resize interpolation."""
-
-    img_size: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-
-    @classmethod
-    def of(cls, config: PVTConfig, extra: dict[str, Any] | None = None) -> "Preprocessing":
-        """What a checkpoint's metadata records (``pvt train`` writes ``img_size``, ``crop_pct``,
-        ``interpolation``, ``mean``, ``std``), else ImageNet's at the config's ``img_size``."""
-        extra = extra or {}
-        return cls(
-            img_size=int(extra.get("img_size", config.img_size)),
-            mean=tuple(float(v) for v in extra.get("mean", IMAGENET_MEAN)),
-            std=tuple(float(v) for v in extra.get("std", IMAGENET_STD)),
-            crop_pct=float(extra.get("crop_pct", 0.875)),
-            interpolation=str(extra.get("interpolation", "bicubic")),
-        )
-
-    @property
-    def resize_size(self) -> int:
-        """The side the shorter image side is resized to before the centre crop: ``img_size / crop_pct``
-        rounded down, as timm's evaluation transform (and so ``pvt predict``) computes it (256 for 224)."""
-        return math.floor(self.img_size / self.crop_pct)
 
 
 @dataclass
@@ -315,14 +283,6 @@ def _write_hf(model: PyramidVisionTransformer, folder: Path, labels: list[str] |
     return files
 
 
-def timm_data_config(pre: Preprocessing, in_chans: int = 3) -> dict[str, Any]:
-    """The fields of timm's ``pretrained_cfg`` that ``timm.data.resolve_data_config`` reads for ``pre``
-    (input size, interpolation, centre crop, mean and std): what timm's evaluation transform, and so
-    ``pvt predict``, is built from."""
-    return {"input_size": [in_chans, pre.img_size, pre.img_size], "interpolation": pre.interpolation,
-            "crop_pct": pre.crop_pct, "crop_mode": "center", "mean": list(pre.mean), "std": list(pre.std)}
-
-
 def hf_preprocessor(pre: Preprocessing, in_chans: int = 3) -> dict[str, Any]:
     """The ``preprocessor_config.json`` that makes transformers prepare an image exactly as ``pvt predict``
     does, ``pipeline("image-classification", model=DIR)`` with its defaults included.
@@ -338,7 +298,7 @@ def hf_preprocessor(pre: Preprocessing, in_chans: int = 3) -> dict[str, Any]:
     .from_pretrained(DIR)`` still reads it where timm is not installed."""
     return {
         "image_processor_type": "TimmWrapperImageProcessor",
-        "pretrained_cfg": timm_data_config(pre, in_chans),
+        "pretrained_cfg": pre.timm_fields(in_chans),
         "do_resize": True,
         "size": {"shortest_edge": pre.resize_size},
         "resample": _PIL_RESAMPLE.get(pre.interpolation, 3),
@@ -363,7 +323,7 @@ def _timm_config(model: PyramidVisionTransformer, arch: str, labels: list[str] |
     out["pretrained_cfg"] = {
         "custom_load": False,
         "fixed_input_size": False,
-        **timm_data_config(pre, cfg.in_chans),
+        **pre.timm_fields(cfg.in_chans),
         "num_classes": cfg.num_classes,
         "pool_size": [max(1, pre.img_size // 32)] * 2,
         "first_conv": "patch_embed.proj",
