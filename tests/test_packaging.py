@@ -3,10 +3,14 @@ torch), exact pins only in ``constraints.txt``, which the README's set-up and CI
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
+import pytest
 import tomllib
+import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -52,3 +56,27 @@ def test_set_up_commands_install_with_the_constraints():
     assert len(readme) == 2 and len(ci) == 1
     for command in readme + ci:
         assert "pip install -q -c constraints.txt -e " in command, command
+
+
+def test_pycocotools_is_an_extra_whose_absence_is_one_line(monkeypatch, tmp_path):
+    """COCO data and its evaluation are the ``coco`` extra (in ``test`` too); without pycocotools, each place
+    that needs it says so in one line naming the extra, and ``import pvt`` never needs it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = {k: {Requirement(r).name for r in v} for k, v in project["optional-dependencies"].items()}
+    assert "pycocotools" not in _requirements() and "pycocotools" in extras["coco"] & extras["test"]
+    for name in [m for m in sys.modules if m.split(".")[0] == "pycocotools"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # as if not installed: its import fails
+    from pvt.data.coco import CocoDataset, decode_mask, pycocotools
+    from pvt.data.synthetic import _rle
+    from pvt.tasks.metrics import coco_map, detections_to_coco
+
+    det = {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.zeros(1, dtype=torch.long),
+           "masks": torch.ones(1, 1, 2, 2)}
+    message = r"^COCO annotations and their evaluation need pycocotools, which is not installed: " \
+              r"pip install 'pyramid-vision-transformer\[coco\]'$"
+    for call in (lambda: CocoDataset(tmp_path, tmp_path / "none.json"), lambda: pycocotools("cocoeval"),
+                 lambda: decode_mask([[0, 0, 1, 0, 1, 1]], 2, 2, "x"), lambda: _rle(np.ones((2, 2), bool)),
+                 lambda: coco_map(object(), [{"image_id": 1}]), lambda: detections_to_coco(1, det, [1], masks=True)):
+        with pytest.raises(ValueError, match=message):
+            call()

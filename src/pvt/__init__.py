@@ -1,6 +1,6 @@
 """pvt: the Pyramid Vision Transformer (PVT v1 and v2) family, its weights, FLOPs and tasks."""
 
-import importlib
+from .base.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -42,19 +42,4 @@ _HOMES = {
 """Where each public name lives. Everything loads on first use, so ``import pvt`` (and the ``pvt``
 command's ``--help``) costs no torch import until a model is asked for."""
 
-
-def __getattr__(name: str):
-    if name in _HOMES:
-        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    try:  # a submodule not imported yet (``pvt.weights``), as a package that imports it eagerly would have
-        return importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.{name}":
-            raise
-    raise AttributeError(f"module 'pvt' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_attributes(__name__, _HOMES)

@@ -19,7 +19,7 @@ _IMPORTS_AFTER_HELP = """
 import argparse, contextlib, io, sys
 from pvt.cli import build_parser, main
 commands = [None] + [c for c in next(a for a in build_parser()._actions
-                                     if isinstance(a, argparse._SubParsersAction)).choices if c not in {skip}]
+                                     if isinstance(a, argparse._SubParsersAction)).choices if c]
 for c in commands:
     with contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -31,14 +31,13 @@ print(len(commands), sorted(m for m in {heavy} if m in sys.modules))
 
 
 def test_help_imports_no_torch():
-    """``pvt --help`` and every sub-command's ``--help`` build their parsers without importing torch,
-    torchvision or timm (each costs seconds). ``convert`` is left out: its help lists the weight layouts,
-    whose names live beside the torch code that converts them."""
-    code = _IMPORTS_AFTER_HELP.format(skip={"convert"}, heavy=HEAVY)
+    """``pvt --help`` and every sub-command's ``--help`` (``convert``'s, which lists the weight layouts,
+    included) build their parsers without importing torch, torchvision or timm (each costs seconds)."""
+    code = _IMPORTS_AFTER_HELP.format(heavy=HEAVY)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     count, imported = out.stdout.split(maxsplit=1)
-    assert int(count) >= 12 and imported.strip() == "[]", out.stdout
+    assert int(count) >= 13 and imported.strip() == "[]", out.stdout
     # and the same for the one sub-command a newcomer meets first, measured the way `python -X importtime` does
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pvt", "train", "--help"],
                          capture_output=True, text=True, timeout=300)
@@ -108,3 +107,61 @@ def test_short_run_schedule_logs_no_cosine_warning(caplog):
     sched.step_update(0)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
     assert logging.getLogger("timm.scheduler.cosine_lr").level == logging.NOTSET  # left as it was
+
+
+def test_progress_lines_every_interval_with_a_fake_clock(monkeypatch):
+    """Without a progress bar (a log), a line every EVERY_S seconds: steps done of all, images/s since the
+    epoch began, the running loss; nothing when a bar is shown."""
+    from pvt.engine import progress
+
+    times = iter([0.0, 10.0, 31.0, 40.0, 62.0])
+    said: list[str] = []
+    lines = progress.ProgressLines(said.append, "epoch 2/5", 200, clock=lambda: next(times))
+    for steps, loss in ((1, 2.5), (2, 2.25), (3, 2.0), (4, 1.75)):
+        lines.update(steps, 8 * steps, loss)
+    assert said == ["epoch 2/5  step 2/200  1 img/s  loss 2.2500", "epoch 2/5  step 4/200  1 img/s  loss 1.7500"]
+    quiet = progress.ProgressLines(said.append, "x", None, enabled=False, clock=iter([0.0]).__next__)
+    quiet.update(1, 8, 1.0)
+    assert len(said) == 2
+
+
+def test_train_in_a_log_prints_progress_between_epoch_lines(tmp_path, capsys, monkeypatch, make_stripes):
+    """``pvt train`` with its output going to a log (not a terminal: no tqdm bar) says where the epoch is."""
+    from pvt.engine import progress
+
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)  # a line after every step
+    data = make_stripes(tmp_path / "d", n_train=2, n_val=1)
+    argv = ["train", "--data", str(data), "--output", str(tmp_path / "runs"), "--name", "r", "--epochs", "1",
+            "--batch-size", "2", "--workers", "0", "--threads", "1", "--aa", "none", "--model", "pvt_v2_b0",
+            "--img-size", "32", "--no-repeated-aug"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    steps = [(int(s), int(t)) for s, t in re.findall(r"^epoch 1/1  step (\d+)/(\d+)  \d+ img/s  loss \d+\.\d{4}$",
+                                                      out, re.M)]
+    total = steps[-1][1]
+    assert total >= 2 and steps == [(i, total) for i in range(1, total + 1)], out
+    assert out.index(f"step {total}/{total}") < out.index("epoch 1/1  lr")  # before the epoch's own line
+    assert f"step {total}/{total}" in (tmp_path / "runs" / "r" / "train.log").read_text()
+
+
+def test_demo_says_where_it_cached_the_digits(tmp_path, capsys, monkeypatch):
+    """The demo names the folder it wrote the built-in digits to (the training itself is stubbed here)."""
+    import types
+
+    import pvt.api
+
+    seen = {}
+
+    def train(**kw):
+        seen.update(kw)
+        ckpt = tmp_path / "run" / "best.safetensors"
+        return types.SimpleNamespace(metrics=[{"images_per_s": 1.0}], best_checkpoint=ckpt, run_dir=ckpt.parent)
+
+    monkeypatch.setattr(pvt.api, "train", train)
+    monkeypatch.setattr(pvt.api, "evaluate", lambda *a, **k: {"images": 360, "top1": 1.0, "top5": 2.0, "loss": 3.0})
+    monkeypatch.setattr(pvt.api, "predict", lambda paths, *a, **k: [{"top": [{"class": "0", "prob": 1.0}]}] * 5)
+    assert main(["demo", "--data-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"digits: cached in {tmp_path / 'cache' / 'digits-32'} " in out
+    assert out.count("cached in") == 1 and seen["data_dir"] == str(tmp_path / "cache")
+    assert (tmp_path / "cache" / "digits-32" / "val" / "9").is_dir()

@@ -109,9 +109,12 @@ def test_transformers_load_our_export_without_missing_or_unexpected_keys(name, t
     hf, info = transformers.AutoModelForImageClassification.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     assert hf.config.id2label == {0: "w", 1: "x", 2: "y", 3: "z"}
-    proc = transformers.AutoImageProcessor.from_pretrained(tmp_path / "hf")
-    assert (list(proc.image_mean), list(proc.image_std), proc.size["shortest_edge"], proc.crop_size["height"],
-            proc.do_center_crop) == ([0.5] * 3, [0.25] * 3, 256, 224, True)  # 224 / 0.875, then the crop
+    proc = transformers.AutoImageProcessor.from_pretrained(tmp_path / "hf")  # timm's evaluation transform
+    assert proc.data_config == {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5,) * 3,
+                                "std": (0.25,) * 3, "crop_pct": 0.875, "crop_mode": "center"}
+    own = transformers.PvtImageProcessorPil.from_pretrained(tmp_path / "hf")  # the same recipe in its fields
+    assert (list(own.image_mean), list(own.image_std), own.size["shortest_edge"], own.crop_size["height"],
+            own.do_center_crop) == ([0.5] * 3, [0.25] * 3, 256, 224, True)  # 224 / 0.875, then the crop
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         theirs = hf.eval()(x).logits

@@ -36,17 +36,17 @@ def _classifier(path, perturb, *, interpolation="bicubic", crop_pct=0.875):
 
 
 def _images(folder):
-    """PNG files of several shapes: smooth random colour fields (so that resizing matters)."""
+    """PNG files of several shapes: smooth random colour fields (so that resizing matters). After the resize
+    to 36 on the shorter side, the centre-crop margins are even, 4k+1 and 4k+3 (48x40: 43 - 32 = 11), where
+    transformers' own crop would start a pixel early (see test_centre_crop_offsets below)."""
     rng = np.random.default_rng(0)
     paths = []
-    # (width, height): after the resize to 36 on the shorter side, every centre-crop margin is even or 4k+1
-    # (see test_centre_crop_offsets below)
-    for i, (w, h) in enumerate([(48, 42), (40, 61), (37, 37), (90, 52), (33, 70)]):
-        assert (int(max(w, h) * 36 / min(w, h)) - 32) % 4 != 3
+    for i, (w, h) in enumerate([(48, 42), (40, 61), (37, 37), (90, 52), (33, 70), (48, 40)]):
         small = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8)
         path = folder / f"img{i}.png"
         Image.fromarray(small).resize((w, h), Image.BILINEAR).save(path)
         paths.append(path)
+    assert {(int(max(w, h) * 36 / min(w, h)) - 32) % 4 for w, h in (Image.open(p).size for p in paths)} >= {1, 3}
     return paths
 
 
@@ -73,19 +73,12 @@ def test_hf_pipeline_and_timm_predict_what_pvt_predict_does(tmp_path, perturb, i
         assert [g[0] for g in got] == [t["class"] for t in p["top"]]
         assert np.allclose([g[1] for g in got], [t["prob"] for t in p["top"]], atol=1e-4, rtol=0)
 
-    # transformers: the pipeline with Pillow's resize (timm's): the same top-5 and probabilities
-    exact = AutoImageProcessor.from_pretrained(tmp_path / "hf", backend="pil")
-    clf = pipeline("image-classification", model=str(tmp_path / "hf"), image_processor=exact)
-    for path, p in zip(images, ours):
-        same([(r["label"], r["score"]) for r in clf(str(path), top_k=5)], p)
-    # the pipeline as a user calls it first: transformers' default torchvision backend resizes a uint8 tensor,
-    # up to 1/255 away from Pillow in a pixel here; the crop is right (a 256 resize without it moved p by 0.02
-    # in the issue), the top class the same, the probabilities within 1e-2 (2.9e-3 measured on these images)
+    # transformers: the pipeline as a user calls it, default arguments: the exported preprocessor_config.json
+    # names TimmWrapperImageProcessor, which runs timm's evaluation transform (pvt predict's)
+    assert type(AutoImageProcessor.from_pretrained(tmp_path / "hf")).__name__ == "TimmWrapperImageProcessor"
     clf = pipeline("image-classification", model=str(tmp_path / "hf"))
     for path, p in zip(images, ours):
-        got = clf(str(path), top_k=5)
-        assert got[0]["label"] == p["top"][0]["class"]
-        assert abs(got[0]["score"] - p["top"][0]["prob"]) < 1e-2
+        same([(r["label"], r["score"]) for r in clf(str(path), top_k=5)], p)
 
     # timm: its own data config from the exported pretrained_cfg, its own transform
     model = create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
@@ -108,11 +101,21 @@ def test_hf_preprocessor_crops_as_the_checkpoint_says(tmp_path, perturb):
     assert pre["size"] == {"shortest_edge": 35} and pre["crop_size"] == {"height": 32, "width": 32}
     assert pre["do_center_crop"] is True and pre["resample"] == 2
     assert pre["image_mean"] == [0.5, 0.45, 0.4] and pre["image_std"] == [0.25, 0.2, 0.3]
+    # what transformers runs: timm's evaluation transform from these fields
+    assert pre["image_processor_type"] == "TimmWrapperImageProcessor"
+    assert pre["pretrained_cfg"] == {"input_size": [3, 32, 32], "interpolation": "bilinear", "crop_pct": 0.9,
+                                     "crop_mode": "center", "mean": [0.5, 0.45, 0.4], "std": [0.25, 0.2, 0.3]}
+    # where timm is not installed, transformers' own PVT processor reads the same recipe from the other fields
+    from transformers import PvtImageProcessorPil
+
+    own = PvtImageProcessorPil.from_pretrained(tmp_path / "hf")
+    assert (own.size.shortest_edge, own.crop_size.height, own.resample, own.do_center_crop) == (35, 32, 2, True)
 
 
 def test_centre_crop_offsets():
-    """Why the test images avoid margins of 4k+3: transformers rounds the crop's half pixel down, torchvision's
-    CenterCrop (timm, pvt predict) to even; a fact of the two libraries, checked here so that a change shows."""
+    """Why the exported folder's processor is timm's and not transformers' PVT one: where the crop margin is
+    4k+3, transformers rounds the crop's half pixel down, torchvision's CenterCrop (timm, pvt predict) to even;
+    a fact of the two libraries, checked here so that a change shows."""
     from torchvision.transforms import functional as F
     from transformers.image_transforms import center_crop
 
@@ -220,3 +223,41 @@ def test_load_into_refuses_what_does_not_fit(tmp_path, perturb):
     ours_v1 = perturb(create_model("pvt_v1_tiny", num_classes=0, accelerate=False))
     assert load_into(v1, ours_v1).module_class == "PvtModel"
     assert torch.equal(v1.pvt.encoder.patch_embeddings[0].projection.weight, ours_v1.stages[0].patch_embed.proj.weight)
+
+
+def test_a_model_built_from_a_run_carries_its_evaluation_transform(tmp_path, perturb):
+    """``pvt.create_model(name, pretrained=run)`` and ``load_pvt(run)`` set ``pretrained_cfg`` from what the
+    checkpoint records, so timm's ``resolve_data_config(model=...)`` gives the transform ``pvt predict`` uses."""
+    from timm.data import create_transform, resolve_data_config
+
+    import pvt
+    from pvt.data.transforms import eval_transform
+    from pvt.weights.checkpoint import load_pvt
+
+    ckpt = _classifier(tmp_path / "c.safetensors", perturb, interpolation="bilinear", crop_pct=0.9)
+    image = Image.open(_images(tmp_path)[3]).convert("RGB")
+    ours = eval_transform(32, 0.9, "bilinear", (0.5, 0.45, 0.4), (0.25, 0.2, 0.3))(image)
+    for model in (pvt.create_model("pvt_v2_b0", pretrained=ckpt), load_pvt(ckpt)[0],
+                  pvt.create_model("pvt_v2_b0", pretrained=ckpt, img_size=64)):
+        cfg = resolve_data_config(model=model)
+        size = model.config.img_size
+        assert cfg == {"input_size": (3, size, size), "interpolation": "bilinear", "mean": (0.5, 0.45, 0.4),
+                       "std": (0.25, 0.2, 0.3), "crop_pct": 0.9, "crop_mode": "center"}
+        if size == 32:
+            assert torch.equal(create_transform(**cfg)(image), ours)
+    # a file that records no evaluation input: the defaults (ImageNet's, 0.875, bicubic)
+    plain = save_model(create_model("pvt_v2_b0", num_classes=3, img_size=32), tmp_path / "p.safetensors",
+                       variant="pvt_v2_b0")
+    assert resolve_data_config(model=load_pvt(plain)[0])["crop_pct"] == 0.875
+
+
+def test_the_evaluation_crop_has_one_home():
+    """0.875 (the evaluation crop) is written once, as pvt.base.constants.EVAL_CROP_PCT; everything else
+    (TrainConfig's default, the exports' Preprocessing, eval_transform) refers to it."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src" / "pvt"
+    homes = [str(p.relative_to(src)) for p in sorted(src.rglob("*.py"))
+             for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Constant) and node.value == 0.875]
+    assert homes == ["base/constants.py"]

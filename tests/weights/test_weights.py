@@ -138,6 +138,9 @@ def test_detect_and_strip_wrappers():
     with pytest.raises(ValueError, match="unknown weight format 'keras'; accepted: pvt, official, timm, hf_v2, hf_v1, "
                                          "mm_v1, mm_v2"):
         K.to_pvt({}, "keras")
+    # one layout per read format, tried in the order pvt.weights.formats (torch-free: `pvt convert --help`) lists
+    assert list(K.LAYOUTS) == list(K.FORMATS) and [lay.description for lay in K.LAYOUTS.values()] == list(
+        K.FORMATS.values())
 
 
 def numbered(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

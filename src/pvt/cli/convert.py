@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..base.constants import FILE_LIMITS
-from .command import command, lazy_names
+from ..weights.formats import EXPORT_FORMATS, FORMATS
+from .command import command
 from .options import bounded
 
 _HOW_TO_LOAD = {
@@ -21,17 +22,8 @@ _HOW_TO_LOAD = {
 }
 
 
-def _export_formats() -> dict[str, str]:
-    from ..weights.writing import EXPORT_FORMATS
-
-    return EXPORT_FORMATS
-
-
 def _details() -> str:
-    """``pvt convert --help``'s paragraph: the layouts read and written (their names live beside the
-    torch code that converts them, so they load only when the help is shown)."""
-    from ..weights.keys import FORMATS
-
+    """``pvt convert --help``'s paragraph: the layouts read and written."""
     return ("Read a checkpoint in any supported layout and write it in the layout --to names (default: this "
             "library's own format, one .safetensors file whose metadata holds the model config). Accepted SRC: "
             + "; ".join(FORMATS.values())
@@ -40,7 +32,7 @@ def _details() -> str:
             "model saved with save_pretrained whose config.json has a PVT backbone_config, e.g. Deformable DETR). "
             "Nothing from SRC is "
             "executed (torch.load weights_only=True). Formats written: "
-            + "; ".join(f"{k}: {v}" for k, v in _export_formats().items())
+            + "; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items())
             + ".")
 
 
@@ -52,7 +44,7 @@ def register(sub) -> None:
     p.add_argument("src", metavar="SRC", help="checkpoint file, folder or hf-hub:<repo id>")
     p.add_argument("dst", metavar="DST", help="output: a .safetensors file (pvt, timm), a folder (hf, timm) or a "
                                               ".pth file (official, mmdet, mmseg)")
-    p.add_argument("--to", choices=lazy_names(_export_formats), default="pvt", metavar="FORMAT",
+    p.add_argument("--to", choices=list(EXPORT_FORMATS), default="pvt", metavar="FORMAT",
                    help="layout to write: %(choices)s (default: pvt)")
     p.add_argument(
         "--model", metavar="NAME", default=None,

@@ -185,6 +185,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     print("pvt demo: PVTv2-B0 on scikit-learn's handwritten digits (1,437 train / 360 held-out images, 32x32)")
+    data = digits_folder(args.data_dir)  # written on first use; the run below reads the same folder
+    print(f"digits: cached in {data} (--data-dir or $PVT_CACHE to move it)")
     t0 = time.perf_counter()
     run = train_(quiet=args.quiet, **overrides)
     took = time.perf_counter() - t0
@@ -193,7 +195,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     ev = evaluate(run.best_checkpoint, device=args.device or "auto")
     print(f"2. evaluated {run.best_checkpoint} on the {ev['images']} held-out images: "
           f"top-1 {ev['top1']:.2f}%  top-5 {ev['top5']:.2f}%  loss {ev['loss']:.4f}")
-    val = digits_folder(args.data_dir) / "val"
+    val = data / "val"
     samples = [sorted((val / c).glob("*.png"))[0] for c in ("0", "3", "5", "7", "9")]
     print("3. top-3 predictions for a few held-out images:")
     for path, p in zip(samples, predict(run.best_checkpoint, samples, topk=3, device=args.device or "auto")):

@@ -21,6 +21,7 @@ boxes partly outside are clipped; training skips images with no boxes left.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from collections import Counter
@@ -35,10 +36,23 @@ from torch.utils.data import Dataset
 
 from ..base.io import read_json
 
-__all__ = ["CocoDataset", "load_coco_json", "check_segmentation", "decode_mask", "detection_collate",
-           "hflip_detection"]
+__all__ = ["CocoDataset", "COCO_EXTRA", "load_coco_json", "check_segmentation", "decode_mask", "detection_collate",
+           "hflip_detection", "pycocotools"]
 
 log = logging.getLogger("pvt.data")
+
+COCO_EXTRA = "pip install 'pyramid-vision-transformer[coco]'"
+
+
+def pycocotools(module: str = "mask"):
+    """``pycocotools.<module>`` (``mask``, ``coco``, ``cocoeval``): COCO annotations and their evaluation are
+    the ``coco`` extra, so where pycocotools is not installed this is a one-line ValueError naming it."""
+    try:
+        return importlib.import_module(f"pycocotools.{module}")
+    except ModuleNotFoundError as e:
+        if e.name not in ("pycocotools", f"pycocotools.{module}"):
+            raise
+    raise ValueError(f"COCO annotations and their evaluation need pycocotools, which is not installed: {COCO_EXTRA}")
 
 
 def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
@@ -159,8 +173,7 @@ def check_segmentation(segm: Any, height: int, width: int, where: str) -> None:
 def decode_mask(segm: Any, height: int, width: int, where: str) -> np.ndarray:
     """A COCO ``segmentation`` (polygons, RLE or uncompressed RLE) -> ``(height, width)`` uint8 mask,
     checked first by :func:`check_segmentation`."""
-    from pycocotools import mask as mask_utils
-
+    mask_utils = pycocotools("mask")
     check_segmentation(segm, height, width, where)
     if isinstance(segm, list):
         rles = mask_utils.frPyObjects(segm, height, width)
@@ -200,6 +213,7 @@ class CocoDataset(Dataset):
 
     def __init__(self, image_dir: str | Path, ann_file: str | Path, *, masks: bool = False, train: bool = False,
                  hflip: float = 0.5, transform: Callable | None = None):
+        pycocotools()  # needed for masks and COCOeval: said now, not after the first epoch
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         if not self.image_dir.is_dir():
@@ -293,7 +307,7 @@ class CocoDataset(Dataset):
     def coco(self):
         """The ground truth as a pycocotools ``COCO`` object (for COCOeval)."""
         if self._coco is None:
-            from pycocotools.coco import COCO
+            COCO = pycocotools("coco").COCO  # noqa: N806 - the class
 
             data = load_coco_json(self.ann_file)
             free = max((a["id"] for a in data["annotations"] if "id" in a), default=0) + 1

@@ -104,9 +104,9 @@ def render_sample(seed: int, size: int = 128, max_objects: int = 4) -> tuple[np.
 
 
 def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
+    from .coco import pycocotools
 
-    enc = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    enc = pycocotools("mask").encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(s) for s in enc["size"]], "counts": enc["counts"].decode("ascii")}
 
 

@@ -7,7 +7,7 @@ from typing import Any, Callable
 from PIL import Image
 from torch import Tensor
 
-from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..base.constants import EVAL_CROP_PCT, EVAL_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["train_transform", "eval_transform"]
 
@@ -45,7 +45,7 @@ def _safe_policy(aa: str) -> str:
 
 
 def eval_transform(
-    img_size: int, crop_pct: float = 0.875, interpolation: str = "bicubic",
+    img_size: int, crop_pct: float = EVAL_CROP_PCT, interpolation: str = EVAL_INTERPOLATION,
     mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
 ) -> Callable[[Image.Image], Tensor]:
     """The paper's evaluation: resize the short side to ``img_size / crop_pct`` (256 for 224),

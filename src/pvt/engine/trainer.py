@@ -34,6 +34,7 @@ from .curves import plot_curves
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
 from .divergence import TrainingDiverged, finite_batch, non_finite
 from .resume import RESUME_MAY_CHANGE, resume_config
+from .progress import ProgressLines
 from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
 from .signals import Interrupted, StopSignals, stop_signals
 from .state import load_state, missing_keys, rng_state, save_state, set_rng_state
@@ -717,6 +718,7 @@ class Trainer:
                    dynamic_ncols=True, unit="batch", total=run.steps)
         loss_sum, n_steps, images, skipped = 0.0, 0, 0, 0
         t0 = time.perf_counter()
+        lines = ProgressLines(self._say, f"epoch {epoch + 1}/{cfg.epochs}", run.steps, enabled=not show)
         for batch in bar:
             loss, n, left_out, logs = self._step(run, batch, epoch)
             images, skipped = images + n, skipped + left_out
@@ -724,6 +726,7 @@ class Trainer:
                 continue
             loss_sum += loss
             n_steps += 1
+            lines.update(n_steps, images * self.dist.world_size, loss_sum / n_steps)
             if show:
                 rate = images / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss_sum / n_steps:.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}",

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..base.constants import EVAL_CROP_PCT, EVAL_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
 from ..data import (
     ImageFolderDataset,
     collate_skipping,
@@ -43,7 +43,7 @@ _IMAGENET: dict[str, Any] = {
     "epochs": 300, "batch_size": 128, "lr": None, "base_lr": 5e-4, "min_lr": 1e-5, "warmup_lr": 1e-6,
     "warmup_epochs": 5.0, "weight_decay": 0.05, "opt_eps": 1e-8, "clip_grad": None, "model_ema": False,
     "model_ema_decay": 0.99996,
-    "img_size": 224, "crop_pct": 0.875, "interpolation": "bicubic", "drop_path": None, "drop": 0.0,
+    "img_size": 224, "crop_pct": EVAL_CROP_PCT, "interpolation": EVAL_INTERPOLATION, "drop_path": None, "drop": 0.0,
     "smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5,
     "aa": "rand-m9-mstd0.5-inc1", "color_jitter": 0.4, "reprob": 0.25, "remode": "pixel", "recount": 1,
     "hflip": 0.5, "scale": [0.08, 1.0], "ratio": [0.75, 4 / 3], "repeated_aug": None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..base.constants import INTERPOLATIONS, MAX_IMG_SIZE
+from ..base.constants import EVAL_CROP_PCT, EVAL_INTERPOLATION, INTERPOLATIONS, MAX_IMG_SIZE
 from ..engine.config import TaskConfig, _f
 
 __all__ = ["BackboneConfig", "ClassificationConfig", "DenseConfig", "TASK_CONFIGS", "use_repeated_aug"]
@@ -50,8 +50,8 @@ class ClassificationConfig(BackboneConfig):
     scale: list[float] = _f(None, "random-resized-crop area range", factory=lambda: [0.08, 1.0], pair="unit")
     ratio: list[float] = _f(None, "random-resized-crop aspect-ratio range", factory=lambda: [0.75, 4 / 3],
                             pair="positive")
-    interpolation: str = _f("bicubic", "resize interpolation", choices=INTERPOLATIONS)
-    crop_pct: float = _f(0.875, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
+    interpolation: str = _f(EVAL_INTERPOLATION, "resize interpolation", choices=INTERPOLATIONS)
+    crop_pct: float = _f(EVAL_CROP_PCT, "evaluation: centre crop / resize ratio (224/256)", min=0.1, max=1.0)
     repeated_aug: bool | None = _f(None, "repeated augmentation (the official sampler): each image 3 times per epoch "
                                    "in different augmentations, spread over the processes, the epoch cut to the "
                                    "data's length. Default: on under torchrun with more than one process, off in "

@@ -39,8 +39,9 @@ def detections_to_coco(
         for b, s, lab in zip(xywh, scores, labels)
     ]
     if masks and "masks" in det:
-        from pycocotools import mask as mask_utils
+        from ..data.coco import pycocotools
 
+        mask_utils = pycocotools("mask")
         m = det["masks"].detach().cpu()
         if m.ndim == 4:
             m = m[:, 0]
@@ -58,8 +59,9 @@ def coco_map(coco_gt, results: list[dict[str, Any]], iou_type: str = "bbox",
 
     ``image_ids`` restricts the evaluation (default: every image of ``coco_gt``). No results: all 0.
     """
-    from pycocotools.cocoeval import COCOeval
+    from ..data.coco import pycocotools
 
+    COCOeval = pycocotools("cocoeval").COCOeval  # noqa: N806 - the class
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     if not results:

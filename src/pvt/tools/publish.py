@@ -166,10 +166,10 @@ def model_card(model: PyramidVisionTransformer, repo_id: str, fmt: str, run: Run
                   f'model = timm.create_model("{hub}", pretrained=True).eval()', "```", ""]
     else:
         auto = "AutoModelForImageClassification" if cfg.num_classes else "AutoModel"
-        lines += ["With transformers (`backend=\"pil\"` resizes with Pillow as the model was evaluated; the default "
-                  "torchvision backend's resize differs by up to a grey level per pixel):", "", "```python",
+        lines += ["With transformers (the processor is timm's evaluation transform, as the model was evaluated; "
+                  "it needs timm installed):", "", "```python",
                   f"from transformers import AutoImageProcessor, {auto}", "",
-                  f'processor = AutoImageProcessor.from_pretrained("{repo_id}", backend="pil")',
+                  f'processor = AutoImageProcessor.from_pretrained("{repo_id}")',
                   f'model = {auto}.from_pretrained("{repo_id}").eval()', "```", ""]
     lines += [f"For {'timm' if other == 'timm' else 'transformers'}, convert the weights to its layout first "
               f"(`pvt convert {hub} DIR --to {other}`), then load `DIR` "

@@ -16,15 +16,32 @@ model in any of them.
 * :mod:`pvt.weights.shapes`: which registered variant a state dict's shapes describe.
 * :mod:`pvt.weights.run_folder`: the run folder of ``pvt train`` (:class:`~pvt.weights.run_folder.RunFolder`:
   file names, commit order, reading a run back).
+* :mod:`pvt.weights.formats`: the names of the layouts read and written (no torch).
 """
 
-from .files import Checkpoint, read_checkpoint
-from .hf_config import hf_config_to_pvt, pvt_to_hf_config
-from .hf_models import LoadedInto, load_into
-from .keys import FORMATS, detect_key_format, from_pvt, to_pvt
-from .loading import LoadReport, create_pretrained, load_checkpoint
-from .shapes import infer_architecture, matching_variants
-from .writing import EXPORT_FORMATS, export_weights
+from ..base.lazy import lazy_attributes
+
+_HOMES = {
+    "Checkpoint": "files",
+    "read_checkpoint": "files",
+    "hf_config_to_pvt": "hf_config",
+    "pvt_to_hf_config": "hf_config",
+    "LoadedInto": "hf_models",
+    "load_into": "hf_models",
+    "EXPORT_FORMATS": "formats",
+    "FORMATS": "formats",
+    "detect_key_format": "keys",
+    "from_pvt": "keys",
+    "to_pvt": "keys",
+    "LoadReport": "loading",
+    "create_pretrained": "loading",
+    "load_checkpoint": "loading",
+    "infer_architecture": "shapes",
+    "matching_variants": "shapes",
+    "export_weights": "writing",
+}
+"""Where each public name lives: loaded on first use, so the torch-free :mod:`pvt.weights.formats` (the
+format names ``pvt convert --help`` lists) imports without torch."""
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -45,3 +62,5 @@ __all__ = [
     "read_checkpoint",
     "to_pvt",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _HOMES)

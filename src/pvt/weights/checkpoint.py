@@ -24,6 +24,7 @@ from ..base.constants import FILE_LIMITS, INTERPOLATIONS, MAX_IMG_SIZE
 from ..base.io import atomic_via
 from ..models.config import PVTConfig
 from ..models.model import PyramidVisionTransformer
+from .preprocessing import Preprocessing
 
 __all__ = ["OWN_FORMAT", "FILE_LIMITS", "save_model", "is_safetensors", "read_metadata", "read_header",
            "read_own_format", "check_metadata", "check_file_limits", "check_file_config", "build_pvt", "load_pvt"]
@@ -229,7 +230,8 @@ def read_own_format(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 def build_pvt(meta: dict[str, Any], state: dict[str, torch.Tensor], source: str | Path) -> PyramidVisionTransformer:
     """The :class:`PyramidVisionTransformer` an own-format file describes: built from the config it
     records, with its tensors loaded (a ValueError when the file records no config or the tensors do not
-    fit it). The training-time rates (dropout, stochastic depth) are switched off."""
+    fit it) and the evaluation input it records in ``pretrained_cfg``. The training-time rates (dropout,
+    stochastic depth) are switched off."""
     if not isinstance(meta.get("config"), dict):
         raise ValueError(f"checkpoint {str(source)!r} records no PVT config (it was not written by pvt)")
     cfg = _file_config(meta, source)
@@ -241,7 +243,7 @@ def build_pvt(meta: dict[str, Any], state: dict[str, torch.Tensor], source: str 
         raise ValueError(f"checkpoint {str(source)!r} does not match its own config: {str(e).splitlines()[0]}") from None
     if isinstance(meta.get("variant"), str):
         model.variant_name = meta["variant"]
-    return model
+    return Preprocessing.of(cfg, meta).apply_to(model)  # its evaluation transform, in model.pretrained_cfg
 
 
 def load_pvt(path: str | Path) -> tuple[PyramidVisionTransformer, dict[str, Any]]:

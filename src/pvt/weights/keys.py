@@ -66,6 +66,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .formats import FORMATS
+
 __all__ = [
     "FORMATS",
     "LAYOUTS",
@@ -441,9 +443,9 @@ _MM_STEPS = (
 _MM_ATTN = r"layers\.\d+\.1\.\d+\.attn\.attn\.in_proj_weight"
 
 LAYOUTS: dict[str, Layout] = {
-    "pvt": Layout("this library's own names", signature=(r"stages\.0\.patch_embed\.",)),
+    "pvt": Layout(FORMATS["pvt"], signature=(r"stages\.0\.patch_embed\.",)),
     "official": Layout(
-        "whai362/PVT classification checkpoint (v1 or v2 names)",
+        FORMATS["official"],
         signature=(r"(patch_embed|block|pos_embed)\d+[.]?",),
         rules=(
             Rule("stages.{s}.patch_embed.", "patch_embed{s+1}."),
@@ -455,7 +457,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "timm": Layout(
-        "timm pvt_v2_* state dict",
+        FORMATS["timm"],
         signature=(r"patch_embed\.", r"stages\."),
         rules=(
             Rule("stages.0.patch_embed.", "patch_embed."),
@@ -463,7 +465,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "hf_v2": Layout(
-        "HF transformers PvtV2Model / PvtV2ForImageClassification",
+        FORMATS["hf_v2"],
         signature=(r"(pvt_v2\.)?encoder\.layers\.\d+\.",),
         prefix="pvt_v2.",
         rules=(
@@ -488,7 +490,7 @@ LAYOUTS: dict[str, Layout] = {
         norm_eps=1e-6,
     ),
     "hf_v1": Layout(
-        "HF transformers PvtModel / PvtForImageClassification",
+        FORMATS["hf_v1"],
         signature=(r"(pvt\.)?encoder\.(patch_embeddings|block)\.\d+\.",),
         prefix="pvt.",
         rules=(
@@ -513,9 +515,9 @@ LAYOUTS: dict[str, Layout] = {
         tensor_steps=(Fuse(".attn.kv.", (".attention.self.key.", ".attention.self.value.")),),
         norm_eps=1e-6,
     ),
-    # v1 before v2: a v1 state dict shows v2's signature too
+    # v1 before v2 (formats.FORMATS' order): a v1 state dict shows v2's signature too
     "mm_v1": Layout(
-        "OpenMMLab PVT v1 backbone (mmdet PyramidVisionTransformer)",
+        FORMATS["mm_v1"],
         signature=(r"layers\.\d+\.1\.0\.pos_embed$", _MM_ATTN),
         rules=(
             Rule("stages.{s}.patch_embed.proj.", "layers.{s}.0.projection."),
@@ -527,7 +529,7 @@ LAYOUTS: dict[str, Layout] = {
         norm_eps=1e-6,
     ),
     "mm_v2": Layout(
-        "OpenMMLab PVT v2 backbone (mmdet PyramidVisionTransformerV2)",
+        FORMATS["mm_v2"],
         signature=(r"layers\.\d+\.0\.projection\.", _MM_ATTN),
         rules=(
             Rule("stages.{s}.patch_embed.proj.", "layers.{s}.0.projection."),
@@ -540,8 +542,6 @@ LAYOUTS: dict[str, Layout] = {
     ),
 }
 """Every format's layout, in the order formats are listed (``pvt``: no rule, the identity)."""
-
-FORMATS: dict[str, str] = {name: layout.description for name, layout in LAYOUTS.items()}
 
 
 def detect_key_format(sd: StateDict) -> str | None:

@@ -39,6 +39,7 @@ from ..models.variants import Variant, get_variant
 from .files import Checkpoint, read_checkpoint
 from .hub import resolve_source
 from .keys import LAYOUTS, StateDict
+from .preprocessing import Preprocessing
 from .shapes import describe_architecture, infer_architecture, matching_variants
 
 __all__ = [
@@ -329,6 +330,10 @@ def create_pretrained(
     if fresh_head:
         model.reset_classifier(want)
     model.variant_name = variant.name
+    # the evaluation transform a pvt train file records (timm's resolve_data_config(model=...) reads it); a size
+    # asked for in overrides wins over the file's
+    Preprocessing.of(model.config, {k: v for k, v in ckpt.extra.items() if k != "img_size" or k not in overrides}
+                     ).apply_to(model)
     for msg in notes:
         _note(msg, stacklevel=3)
     if fresh_head and want > 0:

@@ -28,7 +28,6 @@ the export goes ahead and a note gives the output difference this causes, measur
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,28 +35,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..base.constants import IMAGENET_MEAN, IMAGENET_STD
 from ..base.io import TMP_SUFFIX, atomic_folder, atomic_save_torch, atomic_via, atomic_write, check_apart, read_json
 from ..models.config import PVTConfig
 from ..models.model import PyramidVisionTransformer
 from ..models.variants import VARIANTS
 from .checkpoint import save_model
+from .formats import EXPORT_FORMATS
 from .hf_config import hf_model_type, pvt_to_hf_config
 from .keys import StateDict, from_pvt
+from .preprocessing import Preprocessing
 
 __all__ = ["EXPORT_FORMATS", "FOLDER_FILES", "Export", "Preprocessing", "check_replaceable", "export_weights",
            "eps_drift", "hf_preprocessor", "source_labels", "timm_architecture"]
-
-EXPORT_FORMATS: dict[str, str] = {
-    "pvt": "this library's own format: one .safetensors file with the config in its metadata",
-    "hf": "HF transformers folder: config.json, model.safetensors, preprocessor_config.json",
-    "timm": "model.safetensors in timm's pvt_v2_* names and timm's config.json beside it",
-    "official": "whai362/PVT checkpoint: {'model': state_dict} (.pth)",
-    "mmdet": "OpenMMLab PVT backbone: {'state_dict': backbone.* and bare names, 'meta'} (.pth), for load_from "
-             "and for the backbone's init_cfg",
-    "mmseg": "OpenMMLab PVT backbone, as mmdet (mmsegmentation configs use mmdet's PVT backbones)",
-}
-"""The formats :func:`export_weights` writes, with what each is."""
 
 # (block and stage norms, patch-embedding and spatial-reduction norms) of each format's own models
 _OFFICIAL_EPS = (1e-6, 1e-5)
@@ -70,37 +59,6 @@ _FORMAT_EPS: dict[str, tuple[float, float] | None] = {
     "mmseg": (1e-6, 1e-6),
 }
 _PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The input a model expects, for the configs that record it (HF's preprocessor, timm's
-    ``pretrained_cfg``): side, normalisation, evaluation crop and resize interpolation."""
-
-    img_size: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-
-    @classmethod
-    def of(cls, config: PVTConfig, extra: dict[str, Any] | None = None) -> "Preprocessing":
-        """What a checkpoint's metadata records (``pvt train`` writes ``img_size``, ``crop_pct``,
-        ``interpolation``, ``mean``, ``std``), else ImageNet's at the config's ``img_size``."""
-        extra = extra or {}
-        return cls(
-            img_size=int(extra.get("img_size", config.img_size)),
-            mean=tuple(float(v) for v in extra.get("mean", IMAGENET_MEAN)),
-            std=tuple(float(v) for v in extra.get("std", IMAGENET_STD)),
-            crop_pct=float(extra.get("crop_pct", 0.875)),
-            interpolation=str(extra.get("interpolation", "bicubic")),
-        )
-
-    @property
-    def resize_size(self) -> int:
-        """The side the shorter image side is resized to before the centre crop: ``img_size / crop_pct``
-        rounded down, as timm's evaluation transform (and so ``pvt predict``) computes it (256 for 224)."""
-        return math.floor(self.img_size / self.crop_pct)
 
 
 @dataclass
@@ -321,25 +279,26 @@ def _write_hf(model: PyramidVisionTransformer, folder: Path, labels: list[str] |
     files = [folder / "config.json", folder / "model.safetensors", folder / "preprocessor_config.json"]
     _write_json(files[0], fields)
     _save_safetensors(sd, files[1], {"format": "pt"})
-    _write_json(files[2], hf_preprocessor(pre))
+    _write_json(files[2], hf_preprocessor(pre, cfg.in_chans))
     return files
 
 
-def hf_preprocessor(pre: Preprocessing) -> dict[str, Any]:
-    """The ``preprocessor_config.json`` that makes transformers prepare an image as ``pvt predict`` (timm's
-    evaluation transform) does: the shorter side resized to :attr:`Preprocessing.resize_size` with the
-    checkpoint's interpolation, a centre crop of ``img_size``, ``/255``, mean and std.
+def hf_preprocessor(pre: Preprocessing, in_chans: int = 3) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` that makes transformers prepare an image exactly as ``pvt predict``
+    does, ``pipeline("image-classification", model=DIR)`` with its defaults included.
 
-    ``PvtImageProcessor`` is what ``AutoImageProcessor`` (and so ``pipeline("image-classification")``)
-    builds for ``pvt`` / ``pvt_v2`` configs; its base class does a ``shortest_edge`` resize and a centre
-    crop for any model, so no other processor type is needed. Two differences remain that no field
-    controls (docs/weights.md has the figures): transformers' default torchvision backend resizes a
-    uint8 tensor, which differs from Pillow's resize by up to 2 of 255 in a pixel (``backend="pil"``
-    uses Pillow, as timm does); and where the resized image is wider (or taller) than the crop by
-    4k+3 pixels, transformers starts the crop one pixel before torchvision's ``CenterCrop`` (it rounds
-    the half pixel down, torchvision to even)."""
+    Its type is transformers' ``TimmWrapperImageProcessor`` (transformers >= 4.48, with timm installed, as
+    pvt needs it): it builds timm's evaluation transform from ``pretrained_cfg``, the one ``pvt predict``
+    runs (Pillow's resize of the shorter side to :attr:`Preprocessing.resize_size`, torchvision's centre
+    crop). ``PvtImageProcessor``, the type transformers picks for PVT configs, cannot: by default it resizes
+    a uint8 tensor with torchvision, up to 2 grey levels per pixel away from Pillow (2.9e-3 in a probability
+    on the interop test's images), and its Pillow backend starts the crop a pixel earlier where the margin is
+    4k+3 pixels. The same recipe is kept in ``PvtImageProcessor``'s own fields (``size``, ``crop_size``,
+    ``resample``, ...), which ``TimmWrapperImageProcessor`` ignores, so ``PvtImageProcessor[Pil]
+    .from_pretrained(DIR)`` still reads it where timm is not installed."""
     return {
-        "image_processor_type": "PvtImageProcessor",
+        "image_processor_type": "TimmWrapperImageProcessor",
+        "pretrained_cfg": pre.timm_fields(in_chans),
         "do_resize": True,
         "size": {"shortest_edge": pre.resize_size},
         "resample": _PIL_RESAMPLE.get(pre.interpolation, 3),
@@ -363,13 +322,8 @@ def _timm_config(model: PyramidVisionTransformer, arch: str, labels: list[str] |
     out["model_args"] = {"num_classes": cfg.num_classes, "in_chans": cfg.in_chans}
     out["pretrained_cfg"] = {
         "custom_load": False,
-        "input_size": [cfg.in_chans, pre.img_size, pre.img_size],
         "fixed_input_size": False,
-        "interpolation": pre.interpolation,
-        "crop_pct": pre.crop_pct,
-        "crop_mode": "center",
-        "mean": list(pre.mean),
-        "std": list(pre.std),
+        **pre.timm_fields(cfg.in_chans),
         "num_classes": cfg.num_classes,
         "pool_size": [max(1, pre.img_size // 32)] * 2,
         "first_conv": "patch_embed.proj",
