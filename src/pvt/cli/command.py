@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable, NoReturn
 
-__all__ = ["Parser", "command", "lazy_names", "precision_flags"]
+__all__ = ["Parser", "command", "precision_flags"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,26 +38,6 @@ class Parser(argparse.ArgumentParser):
         close = close_matches(flag, known) if flag else []
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         self.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-
-
-class lazy_names:  # noqa: N801 - used where argparse wants a list of choices
-    """The keys of what ``load()`` returns, loaded on first use: ``choices`` for an option whose accepted
-    names live in a module that imports torch (checked only when the option is given)."""
-
-    def __init__(self, load: Callable[[], object]):
-        self._load = load
-
-    def _names(self) -> list[str]:
-        return list(self._load())  # type: ignore[call-overload]
-
-    def __iter__(self):
-        return iter(self._names())
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._names()
-
-    def __len__(self) -> int:
-        return len(self._names())
 
 
 def command(sub, name: str, func: Callable[[argparse.Namespace], int], summary: str,

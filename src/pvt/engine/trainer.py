@@ -31,10 +31,10 @@ from ..weights.checkpoint import read_own_format, save_model
 from ..weights.run_folder import RunFolder
 from .config import TrainConfig
 from .curves import plot_curves
-from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
+from .distributed import all_reduce_mean, barrier, broadcast_object, gather_objects, init_distributed
 from .divergence import TrainingDiverged, finite_batch, non_finite
-from .resume import RESUME_MAY_CHANGE, resume_config
 from .progress import ProgressLines
+from .resume import RESUME_MAY_CHANGE, resume_config
 from .samplers import REPEATS, RankSlice, RepeatedAugSampler, samples_per_rank
 from .signals import Interrupted, StopSignals, stop_signals
 from .state import load_state, missing_keys, rng_state, save_state, set_rng_state

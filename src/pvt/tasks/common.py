@@ -13,8 +13,8 @@ from ..base.constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE
 from ..base.naming import unknown_name
 from ..dense import DENSE_MODELS, HEADS, DenseModelSpec, get_dense_spec
 from ..engine.task import StepResult, Task
-from .configs import DenseConfig
 from ..models.variants import VARIANTS
+from .configs import DenseConfig
 
 __all__ = ["DENSE_RECIPE", "SHAPES_NUM_TRAIN", "SHAPES_NUM_VAL", "DenseTask", "resolve_dense_model", "shapes_root",
            "check_options", "check_size_options", "SIZE_OPTIONS", "dense_drop_path"]

@@ -38,8 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.coco import CocoDataset, detection_collate
 from ..data.detection_transforms import RandomCropPolicy
-from .backbone import apply_backbone_options
 from ..engine.task import SKIPPED
+from .backbone import apply_backbone_options
 from .common import DENSE_RECIPE, DenseTask, dense_drop_path, predict_inputs, resolve_dense_model, shapes_root
 from .metrics import coco_map, detections_to_coco
 from .schedules import MultiStepLR

@@ -16,12 +16,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.ade import IGNORE_INDEX, ADE20KDataset, segmentation_collate
-from .backbone import apply_backbone_options
 from ..engine.task import SKIPPED
+from .backbone import apply_backbone_options
 from .common import DENSE_RECIPE, DenseTask, dense_drop_path, predict_inputs, shapes_root
 from .metrics import ConfusionMatrix
 from .schedules import poly_schedule
-from .visualize import draw_segmentation, drawing_names, save_drawing
+from .visualize import draw_segmentation, save_drawing
 
 __all__ = ["SegmentationTask", "PRESETS"]
 
