@@ -45,3 +45,19 @@ def test_own_format_round_trip_describes_itself(tmp_path):
     assert all(torch.equal(sd[k], v) for k, v in m.state_dict().items())
     (tmp_path / "other.safetensors").write_bytes(b"not a safetensors file")
     assert read_own_format(tmp_path / "other.safetensors") is None
+
+
+def test_one_cache_root_for_the_data_and_the_compiled_code(tmp_path, monkeypatch):
+    from pvt.accel.compile import inductor_cache_dir
+    from pvt.base.io import cache_root
+    from pvt.data.builtin import default_cache_dir
+    from pvt.data.synthetic import default_shapes_root
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("PVT_CACHE", str(tmp_path))
+    assert (default_cache_dir(), default_shapes_root(), inductor_cache_dir()) == (
+        tmp_path, tmp_path / "shapes", tmp_path / "inductor")
+    monkeypatch.setenv("PVT_CACHE", "")  # set but empty: the default, not the working directory
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == cache_root() == tmp_path / "home" / ".cache" / "pvt"
+    assert default_shapes_root() == tmp_path / "home" / ".cache" / "pvt" / "shapes"

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..base.io import cache_root
+
 __all__ = ["inductor_cache_dir", "compiler_missing", "compile_model", "is_compiled"]
 
 
@@ -30,7 +32,7 @@ def inductor_cache_dir() -> Path:
     else ``$PVT_CACHE/inductor`` or ``~/.cache/pvt/inductor``."""
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-    return Path(os.environ.get("PVT_CACHE") or Path.home() / ".cache" / "pvt") / "inductor"
+    return cache_root("inductor")
 
 
 def compiler_missing() -> str | None:

@@ -25,8 +25,14 @@ from typing import Any, Callable, Iterator
 import yaml
 
 __all__ = ["TMP_SUFFIX", "DiskFullError", "atomic_write", "atomic_via", "atomic_save_torch", "atomic_folder",
-           "check_apart", "load_torch", "open_log", "read_json", "read_yaml", "refuse_link", "remove_temporaries",
+           "cache_root", "check_apart", "load_torch", "open_log", "read_json", "read_yaml", "refuse_link", "remove_temporaries",
            "safe_yaml", "YAML_LIMITS"]
+
+
+def cache_root(*parts: str) -> Path:
+    """pvt's cache folder (built-in data, compiled code): ``$PVT_CACHE`` when set and not empty, else
+    ``~/.cache/pvt``; ``parts`` name a folder inside it. Nothing is created here."""
+    return Path(os.environ.get("PVT_CACHE") or Path.home() / ".cache" / "pvt", *parts)
 
 
 TMP_SUFFIX = ".tmp"

@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..base.io import cache_root
+
 __all__ = ["digits_folder", "default_cache_dir", "DIGITS_CLASSES"]
 
 DIGITS_CLASSES = [str(i) for i in range(10)]
@@ -19,8 +21,8 @@ _VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    """``$PVT_CACHE`` or ``~/.cache/pvt``."""
-    return Path(os.environ.get("PVT_CACHE", Path.home() / ".cache" / "pvt"))
+    """``$PVT_CACHE`` or ``~/.cache/pvt`` (:func:`pvt.base.io.cache_root`)."""
+    return cache_root()
 
 
 def digits_folder(cache_dir: str | Path | None = None, size: int = 32) -> Path:

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..base.constants import MAX_BUILTIN_IMAGES, MAX_IMG_SIZE, MAX_OBJECTS
+from ..base.io import cache_root
 
 __all__ = ["SHAPE_CLASSES", "make_shapes_dataset", "default_shapes_root", "render_sample"]
 
@@ -38,8 +39,7 @@ FORMAT_VERSION = 1
 
 def default_shapes_root() -> Path:
     """Where the built-in data is cached: ``$PVT_CACHE/shapes`` or ``~/.cache/pvt/shapes``."""
-    base = os.environ.get("PVT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pvt")
-    return Path(base) / "shapes"
+    return cache_root("shapes")
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
