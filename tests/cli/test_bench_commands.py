@@ -40,6 +40,8 @@ def test_cli_benchmark_json_and_errors(tmp_path, capsys, monkeypatch):
         (["--precision", "int8", "--mode", "train"], "CPU inference"),
         (["--busy-cores", "1", "--compile"], "--in-process for those"),
         (["--threads", "1", "2"], "several --threads"),
+        # runner options are refused where they would be ignored (--precision int8 timing float32)
+        (["--in-process", "--precision", "int8", "--rounds", "3"], "--precision, --rounds: options of the runtime runners"),
         (["--img-size", "big"], "is not N or HxW"),
         (["--backend", "onnxruntime", "--onnx", str(tmp_path / "none.onnx")], "does not exist"),
     ]:

@@ -140,6 +140,14 @@ def _benchmark(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"ONNX file {args.onnx} does not exist")
     if _isolated(args) and not dense:
         return _benchmark_runtimes(args, sizes)
+    runner_only = [flag for flag, value in (("--precision", args.precision), ("--runtimes", args.runtimes),
+                                            ("--rounds", args.rounds), ("--busy-cores", args.busy_cores),
+                                            ("--wait-policy", args.wait_policy)) if value]
+    if runner_only:  # they would be ignored here, so a --precision int8 would time float32 silently
+        why = "--in-process" if args.in_process else "--onnx" if args.onnx is not None else "dense models"
+        raise ValueError(f"{', '.join(runner_only)}: options of the runtime runners (each runtime in its own "
+                         f"process), not of {why}; in one process the precision is --dtype (float32, or "
+                         "bfloat16 under autocast)")
     if len(threads) > 1:
         raise ValueError("several --threads values need the runtime runners (e.g. --precision float32)")
     if threads:
