@@ -89,7 +89,8 @@ CASES = [
 
 @pytest.mark.parametrize("name,switches", CASES, ids=[f"{n}-{'-'.join(s) or 'stock'}" for n, s in CASES])
 @pytest.mark.parametrize("size", [(67, 93), (128, 96)])
-def test_accelerated_equals_plain_and_runs_the_fused_kernels(name, switches, size):
+def test_accelerated_equals_plain_and_runs_the_fused_kernels(name, switches, size, monkeypatch):
+    monkeypatch.setattr(cpu, "mkl_rows", lambda: 0)  # every product on oneDNN (the MKL route: below)
     ref, fast = pair(tiny(name, **switches))
     x = torch.randn(2, 3, *size)
     with torch.inference_mode():
@@ -102,6 +103,46 @@ def test_accelerated_equals_plain_and_runs_the_fused_kernels(name, switches, siz
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
     for a, b in zip(maps, ref_maps):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,switches", [("pvt_v2_b2_li", {}), ("pvt_v1_tiny", {}), ("pvt_v2_b0", dict(cls_token=True))])
+def test_products_of_few_rows_on_mkl_equal_plain(name, switches, monkeypatch):
+    # AVX2 CPUs run the late stages' float32 products on MKL's addmm (cpu.MKL_ROWS); forced here on any CPU
+    ref, fast = pair(tiny(name, **switches))
+    x = torch.randn(2, 3, 64, 64)  # stage 1: 2 x 256 token rows, stage 4: 2 x 4
+    with torch.inference_mode():
+        expected = ref(x)
+        monkeypatch.setattr(cpu, "mkl_rows", lambda: 10**9)
+        everything = fast(x), ops_run(lambda: fast(x))
+        monkeypatch.setattr(cpu, "mkl_rows", lambda: 2 * 64)  # every stage but the first
+        late, late_ops = fast(x), ops_run(lambda: fast(x))
+    assert "mkldnn::_linear_pointwise" not in everything[1] and "aten::addmm" in everything[1]
+    assert {"mkldnn::_linear_pointwise", "aten::addmm"} <= late_ops
+    for out in (everything[0], late):
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b2_li", "pvt_v2_b0"])
+def test_float32_calls_convert_nothing_and_run_one_fused_op_per_linear_layer(name, monkeypatch):
+    # The bf16 / int8 plumbing must cost float32 nothing but Python: every linear layer one oneDNN
+    # op on its own parameters (no cast or copy in the weight cache), no dtype conversion of any tensor
+    # (docs/speed.md, "The deployment merge's float32 cost").
+    monkeypatch.setattr(cpu, "mkl_rows", lambda: 0)
+    fast = accelerate(tiny(name))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        fast(x)  # the cached weight layouts are made here
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            fast(x)
+    blocks = [blk for stage in fast.stages for blk in stage.blocks]
+    stacked = sum(blk.attn.sr is None for blk in blocks)  # q, k and v in one product
+    counts = {e.key: e.count for e in prof.key_averages()}
+    assert counts["mkldnn::_linear_pointwise"] == 5 * len(blocks) - stacked
+    conversions = [e.input_shapes[0] for e in prof.events() if e.name == "aten::_to_copy"]
+    assert all(shape == [] for shape in conversions), conversions  # scalars only
+    for blk in blocks:
+        for layer in ("attn.q", "attn.kv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            assert (layer, torch.float32) not in blk.ops.weight_cache and layer not in blk.ops.weight_cache
 
 
 def test_full_size_b0_matches_timm():

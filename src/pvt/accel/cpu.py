@@ -13,7 +13,8 @@ They read the plain modules' parameters and skip the layers' ``__call__`` (so no
 :mod:`pvt.accel` only picks them for inference without hooks).
 
 Precisions (which one a call computes in: :meth:`pvt.accel.record.Acceleration.cpu_dtype`):
-* ``float32``: same parameters, same results up to float32 rounding.
+* ``float32``: same parameters, same results up to float32 rounding; on AVX2 CPUs the products of
+  few rows (the late stages) on MKL's GEMM instead (:data:`MKL_ROWS`).
 * ``bfloat16`` (the model's precision, or under ``torch.autocast("cpu", dtype=torch.bfloat16)``):
   the same fused kernels on bf16 activations and bf16 copies of the weights (made once, cached);
   LayerNorm statistics, softmax and the GEMMs' sums in float32, as oneDNN and ATen compute them.
@@ -46,7 +47,8 @@ from ..layers import Ops, SpatialReductionAttention
 from ..models.model import PyramidVisionTransformer
 from .cache import OpsState
 
-__all__ = ["FUSED_OPS", "INT8_OPS", "INT8_MIN_WIDTH", "kernels_fail", "piece_size", "qparams", "CpuOps"]
+__all__ = ["FUSED_OPS", "INT8_OPS", "INT8_MIN_WIDTH", "MKL_ROWS", "kernels_fail", "mkl_rows", "piece_size", "qparams",
+           "CpuOps"]
 
 
 def _has_ops(namespace: str, names: tuple[str, ...]) -> bool:
@@ -236,7 +238,42 @@ def _linear(
         w, b = layer.weight, layer.bias
     else:
         w, b = _cast(state, key, *(weights or _layer_weights(layer)), dtype)
+    if dtype == torch.float32 and x.numel() <= mkl_rows() * x.shape[-1]:
+        return _mkl_linear(x, w, b, act, residual)
     return _fused_linear(x, w, b, act, residual)
+
+
+MKL_ROWS = 1568
+"""float32 products of at most this many rows (token rows of a piece: stages 3 and 4 at 224 px; stage 2
+too at batch 1) run on MKL's GEMM where :func:`mkl_rows` says so: on a Zen 3 (AVX2) oneDNN's
+``brg_matmul`` took 20-30 % longer than MKL's ``addmm`` on these shapes (K or N of 320-2048), more than
+the bias / activation / residual pass it fuses; on the stage-1 and stage-2 shapes the fused pass wins
+(docs/speed.md, "The deployment merge's float32 cost")."""
+
+
+@functools.lru_cache(maxsize=1)
+def mkl_rows() -> int:
+    """The row bound of the MKL route (:data:`MKL_ROWS`) where it was measured to pay: ATen dispatching
+    to AVX2 (no AVX-512) and MKL present; 0 (never) elsewhere."""
+    avx2 = torch.backends.cpu.get_cpu_capability() == "AVX2"
+    return MKL_ROWS if avx2 and torch.backends.mkl.is_available() else 0
+
+
+def _mkl_linear(x: Tensor, w: Tensor, b: Tensor | None, act: str = "none", residual: Tensor | None = None) -> Tensor:
+    """What :func:`_fused_linear` computes, as ATen's ``addmm`` (MKL's GEMM) with the bias, ReLU / GELU
+    or residual applied after it (in place where it can be)."""
+    rows = x.reshape(-1, x.shape[-1])
+    if residual is not None:
+        out = torch.addmm(residual.reshape(-1, w.shape[0]), rows, w.t())
+        if b is not None:
+            out.add_(b)
+    else:
+        out = rows @ w.t() if b is None else torch.addmm(b, rows, w.t())
+        if act == "relu":
+            out.relu_()
+        elif act == "gelu":
+            out = F.gelu(out)
+    return out.reshape(*x.shape[:-1], w.shape[0])
 
 
 def _fused_linear(x: Tensor, w: Tensor, b: Tensor | None, act: str = "none", residual: Tensor | None = None) -> Tensor:
