@@ -479,3 +479,24 @@ def test_hooks_registered_between_and_during_calls_are_honoured():
         fast(x)
         handle.remove()
         assert len(seen) == 1
+
+
+def test_float32_convolutions_run_weights_packed_once_per_input_shape(monkeypatch):
+    ref, fast = pair(tiny("pvt_v1_tiny"))  # no depth-wise convolution: every convolution is a packed one
+    embed = fast.stages[0].patch_embed
+    with torch.inference_mode():
+        for size in (64, 72, 64):
+            x = torch.randn(1, 3, size, size)
+            assert "aten::mkldnn_convolution" not in ops_run(lambda: fast(x))
+            assert "mkldnn::_convolution_pointwise" in ops_run(lambda: fast(x))
+            torch.testing.assert_close(fast(x), ref(x), rtol=0, atol=1e-5)
+        packs = embed.ops.weight_cache.get(("proj", "packed"), (embed.proj.weight,), dict)
+        assert sorted(s[-1] for s in packs) == [64, 72]  # one per input shape, reused
+        monkeypatch.setattr(cpu, "_PACKED_SHAPES", 2)
+        fast(torch.randn(1, 3, 80, 80))
+        assert [s[-1] for s in packs] == [80]  # a model fed many sizes starts over, no unbounded growth
+    with torch.no_grad():
+        embed.proj.weight.mul_(2)  # a changed weight is packed again
+        ref.stages[0].patch_embed.proj.weight.mul_(2)
+        x = torch.randn(1, 3, 64, 64)
+        torch.testing.assert_close(fast(x), ref(x), rtol=0, atol=1e-5)

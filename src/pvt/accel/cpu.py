@@ -8,7 +8,10 @@ one kernel per operation, these run
 * the 3x3 depth-wise convolution + exact GELU of the convolutional FFN in one pass,
 * the attention and MLP output projections + the residual add in one pass,
 * one GEMM for ``q``, ``k`` and ``v`` where keys come from the full map (no spatial reduction),
-* convolutions on channels-last token views with channels-last weights, made once and cached.
+* convolutions on channels-last token views with channels-last weights, made once and cached; the
+  patch-embedding and spatial-reduction convolutions in float32 with weights reordered once into
+  oneDNN's layout for the input's shape (:func:`_packed_conv_weight`; ATen's convolution reorders
+  them on every call).
 They read the plain modules' parameters and skip the layers' ``__call__`` (so no hooks, no dropout:
 :mod:`pvt.accel` only picks them for inference without hooks).
 
@@ -271,6 +274,45 @@ def _conv_weights(state: OpsState, key: str, conv: nn.Conv2d, dtype: torch.dtype
     return state.weight_cache.get((key, dtype), (w, b), make)
 
 
+_PACKED_SHAPES = 8
+"""Input shapes per convolution whose packed weights are kept (a model fed many sizes repacks, no more)."""
+
+
+def _packed_conv_weight(state: OpsState, key: str, conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv``'s float32 weight reordered into the oneDNN layout its convolution picks for inputs of
+    ``x``'s shape (an opaque oneDNN tensor for :func:`_fused_conv`), made once per input shape and kept
+    until the weight changes. A weight packed for another shape still computes the same values, but may
+    run a slower kernel, hence one per shape."""
+    packs: dict[torch.Size, Tensor] = state.weight_cache.get((key, "packed"), (conv.weight,), dict)
+    packed = packs.get(x.shape)
+    if packed is None:
+        if len(packs) >= _PACKED_SHAPES:
+            packs.clear()
+        packed = packs[x.shape] = torch.ops.aten.mkldnn_reorder_conv2d_weight(
+            conv.weight.detach().float().to_mkldnn(), conv.padding, conv.stride, conv.dilation, conv.groups, x.shape
+        )
+    return packed
+
+
+@functools.lru_cache(maxsize=None)
+def _packing_runs() -> bool:
+    """Whether this PyTorch's oneDNN convolution takes a packed weight (:func:`_packed_conv_weight`)."""
+    try:
+        with torch.inference_mode():
+            x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(8, 4, 2, 2)
+            packed = torch.ops.aten.mkldnn_reorder_conv2d_weight(w.to_mkldnn(), [0, 0], [2, 2], [1, 1], 1, x.shape)
+            out = _fused_conv(x, packed, None, [0, 0], [2, 2], [1, 1], 1)
+            return bool(torch.allclose(out, F.conv2d(x, w, None, 2), atol=1e-4))
+    except (RuntimeError, TypeError, ValueError, NotImplementedError, AttributeError):
+        return False
+
+
+def _fused_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding, stride, dilation, groups: int) -> Tensor:
+    """oneDNN's ``conv2d(x)`` (``weight`` dense or packed by :func:`_packed_conv_weight`)."""
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups, "none", [], "")
+
+
 def _fused_conv_gelu(x: Tensor, weight: Tensor, bias: Tensor | None, padding, stride, dilation, groups: int) -> Tensor:
     """oneDNN's ``gelu(conv2d(x))`` (exact GELU)."""
     return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups, "gelu", [], "none")
@@ -335,8 +377,13 @@ class CpuOps(Ops):
                 else:
                     weight, bias = _conv_weights(self.state, key, conv, self.dtype)
                 return _fused_conv_gelu(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
-            weight, bias = _conv_weights(self.state, key, conv, self.dtype)
-            x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            if self.dtype == torch.float32 and conv.padding_mode == "zeros" and type(conv.padding) is not str \
+                    and _packing_runs():
+                weight = _packed_conv_weight(self.state, key, conv, x)
+                x = _fused_conv(x, weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+            else:
+                weight, bias = _conv_weights(self.state, key, conv, self.dtype)
+                x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         return x if act is None else act(x)
 
     def q_kv(self, attn: SpatialReductionAttention, x: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:
