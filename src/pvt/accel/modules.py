@@ -24,11 +24,11 @@ Which operations a call takes (:meth:`AcceleratedOps.pick`), from what can chang
 
 The accelerated model's call runs the tests that cannot change during it (tracing, the input's type,
 dtype and device, autograd, the model's mode, autocast) once, and hands its decision to the modules it
-calls for the length of the call (:class:`_Decided`, per thread); each module still tests what is its
-own (its training mode, its input's type, device and dtype, hooks on its layers, global hooks, grad
-mode) before it takes the decided operations, and a module that finds a hook ends the decision for the
-rest of the call (the hook may change what the tests read). A module called on its own, outside such a
-call, runs every test.
+calls for the length of the call (:class:`_Decided`, per thread); each module still tests what may
+differ for it (its training mode, its input's type, device and dtype, hooks on its layers and global
+ones, grad mode) before it takes the decided operations, and a module that finds a hook ends the
+decision for the rest of the call (the hook may change what the model tested). A module called on its
+own, outside such a call, runs every test.
 """
 
 from __future__ import annotations
