@@ -89,7 +89,8 @@ CASES = [
 
 @pytest.mark.parametrize("name,switches", CASES, ids=[f"{n}-{'-'.join(s) or 'stock'}" for n, s in CASES])
 @pytest.mark.parametrize("size", [(67, 93), (128, 96)])
-def test_accelerated_equals_plain_and_runs_the_fused_kernels(name, switches, size):
+def test_accelerated_equals_plain_and_runs_the_fused_kernels(name, switches, size, monkeypatch):
+    monkeypatch.setattr(cpu, "ATEN_GEMM_ROWS", 0)  # every product through oneDNN (the ATen one: below)
     ref, fast = pair(tiny(name, **switches))
     x = torch.randn(2, 3, *size)
     with torch.inference_mode():
@@ -500,3 +501,19 @@ def test_float32_convolutions_run_weights_packed_once_per_input_shape(monkeypatc
         ref.stages[0].patch_embed.proj.weight.mul_(2)
         x = torch.randn(1, 3, 64, 64)
         torch.testing.assert_close(fast(x), ref(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,switches", [("pvt_v2_b2_li", {}), ("pvt_v1_tiny", {})])
+def test_small_float32_products_through_aten_equal_plain(name, switches, monkeypatch):
+    ref, fast = pair(tiny(name, **switches))  # b2_li: ReLU after fc1; v1: GELU after fc1 (stays oneDNN)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = ref(x)
+        monkeypatch.setattr(cpu, "ATEN_GEMM_ROWS", 10**6)
+        ran = ops_run(lambda: fast(x))
+        torch.testing.assert_close(fast(x), expected, rtol=0, atol=1e-5)
+        gelu_fc1 = name == "pvt_v1_tiny"
+        assert ("mkldnn::_linear_pointwise" in ran) == gelu_fc1 and "aten::addmm" in ran
+        monkeypatch.setattr(cpu, "ATEN_GEMM_ROWS", 0)
+        assert "aten::addmm" not in ops_run(lambda: fast.forward_features(x))
+        torch.testing.assert_close(fast(x), expected, rtol=0, atol=1e-5)

@@ -8,6 +8,8 @@ one kernel per operation, these run
 * the 3x3 depth-wise convolution + exact GELU of the convolutional FFN in one pass,
 * the attention and MLP output projections + the residual add in one pass,
 * one GEMM for ``q``, ``k`` and ``v`` where keys come from the full map (no spatial reduction),
+* on AVX2-only CPUs, small float32 products through ATen's GEMM with the ReLU / residual add after it
+  (:data:`ATEN_GEMM_ROWS`: oneDNN's float32 GEMM is the slower one there),
 * convolutions on channels-last token views with channels-last weights, made once and cached; the
   patch-embedding and spatial-reduction convolutions in float32 with weights reordered once into
   oneDNN's layout for the input's shape (:func:`_packed_conv_weight`; ATen's convolution reorders
@@ -49,7 +51,7 @@ from ..layers import Ops, SpatialReductionAttention
 from ..models.model import PyramidVisionTransformer
 from .cache import OpsState
 
-__all__ = ["FUSED_OPS", "INT8_OPS", "INT8_MIN_WIDTH", "kernels_fail", "piece_size", "qparams", "CpuOps"]
+__all__ = ["ATEN_GEMM_ROWS", "FUSED_OPS", "INT8_OPS", "INT8_MIN_WIDTH", "kernels_fail", "piece_size", "qparams", "CpuOps"]
 
 
 def _has_ops(namespace: str, names: tuple[str, ...]) -> bool:
@@ -242,8 +244,21 @@ def _linear(
     return _fused_linear(x, w, b, act, residual)
 
 
+ATEN_GEMM_ROWS = 4096 if torch.backends.cpu.get_cpu_capability() == "AVX2" else 0
+"""float32 products of at most this many rows (tokens x images) run ATen's GEMM (MKL) with the bias,
+then the ReLU or residual add in place, instead of oneDNN's fused product; 0: always oneDNN. On
+AVX2-only CPUs oneDNN's float32 GEMM is the slower one on these shapes: B0 batch 1 1.07x with it, batch
+8 unchanged (docs/speed.md, "Batch 1"). AVX-512 CPUs keep oneDNN (measured there before)."""
+
+
 def _fused_linear(x: Tensor, w: Tensor, b: Tensor | None, act: str = "none", residual: Tensor | None = None) -> Tensor:
-    """oneDNN's ``act(x @ w.T + b)`` or ``residual + x @ w.T + b`` (one home for the operators' calling convention)."""
+    """oneDNN's ``act(x @ w.T + b)`` or ``residual + x @ w.T + b`` (one home for the operators' calling
+    convention); small float32 products through ATen's GEMM (:data:`ATEN_GEMM_ROWS`)."""
+    if x.dtype == torch.float32 and act != "gelu" and x.numel() <= ATEN_GEMM_ROWS * x.shape[-1]:
+        y = F.linear(x, w, b)
+        if residual is not None:
+            y += residual
+        return y.relu_() if act == "relu" else y
     if residual is None:
         return torch.ops.mkldnn._linear_pointwise(x, w, b, act, [], "none")
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, b, "add")
