@@ -254,7 +254,8 @@ AVX2-only CPUs oneDNN's float32 GEMM is the slower one on these shapes: B0 batch
 def _fused_linear(x: Tensor, w: Tensor, b: Tensor | None, act: str = "none", residual: Tensor | None = None) -> Tensor:
     """oneDNN's ``act(x @ w.T + b)`` or ``residual + x @ w.T + b`` (one home for the operators' calling
     convention); small float32 products through ATen's GEMM (:data:`ATEN_GEMM_ROWS`)."""
-    if x.dtype == torch.float32 and act != "gelu" and x.numel() <= ATEN_GEMM_ROWS * x.shape[-1]:
+    if (x.dtype == torch.float32 and act != "gelu" and x.numel() <= ATEN_GEMM_ROWS * x.shape[-1]
+            and not torch.is_autocast_enabled("cpu")):  # (CPU autocast would run ATen's GEMM in bf16)
         y = F.linear(x, w, b)
         if residual is not None:
             y += residual
