@@ -116,7 +116,8 @@ def test_products_of_few_rows_on_mkl_equal_plain(name, switches, monkeypatch):
         everything = fast(x), ops_run(lambda: fast(x))
         monkeypatch.setattr(cpu, "mkl_rows", lambda: 2 * 64)  # every stage but the first
         late, late_ops = fast(x), ops_run(lambda: fast(x))
-    assert "mkldnn::_linear_pointwise" not in everything[1] and "aten::addmm" in everything[1]
+    gelu_fc1 = name == "pvt_v1_tiny"  # v1's fc1 + GELU stays one oneDNN pass; b2_li's ReLU goes after addmm
+    assert ("mkldnn::_linear_pointwise" in everything[1]) == gelu_fc1 and "aten::addmm" in everything[1]
     assert {"mkldnn::_linear_pointwise", "aten::addmm"} <= late_ops
     for out in (everything[0], late):
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
@@ -455,3 +456,89 @@ def test_a_model_copied_under_inference_mode_runs():
         copied = copy.deepcopy(fast)
         assert next(copied.parameters()).is_inference()
         torch.testing.assert_close(copied(x), ref(x), rtol=0, atol=1e-5)
+
+
+def picks(monkeypatch) -> list[tuple[str, str, bool]]:
+    """Record of every ``AcceleratedOps.pick`` from now on: (module class, operations class, whether the
+    model's call had decided the path)."""
+    from pvt.accel import modules
+
+    log: list[tuple[str, str, bool]] = []
+    original = modules.AcceleratedOps.pick
+
+    def pick(self, module, x):
+        decided = modules._DECIDED.call is not None
+        ops = original(self, module, x)
+        log.append((type(module).__name__, type(ops).__name__, decided))
+        return ops
+
+    monkeypatch.setattr(modules.AcceleratedOps, "pick", pick)
+    return log
+
+
+def test_the_model_call_decides_once_and_modules_still_test_their_own_state(monkeypatch):
+    ref, fast = pair(tiny("pvt_v2_b0"))
+    x = torch.randn(1, 3, 64, 64)
+    log = picks(monkeypatch)
+    with torch.inference_mode():
+        fast(x)
+    # every block and patch embedding of the call took the fused operations the call decided
+    assert {(m, o) for m, o, _ in log if m != "PVTStage"} == {("Block", "CpuOps"), ("PatchEmbed", "CpuOps")}
+    assert all(decided for *_, decided in log) and len(log) == 12
+    from pvt.accel.modules import _DECIDED
+
+    assert _DECIDED.call is None  # only for the length of the call
+    # a module called on its own tests everything itself
+    log.clear()
+    blk = fast.stages[0].blocks[0]
+    with torch.inference_mode():
+        assert path(blk, torch.randn(1, 4, 16)) == "cpu"
+    blk.train()  # a module in training mode inside an evaluating model: plain, though the call decided
+    log.clear()
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), ref(x), rtol=0, atol=1e-5)
+    assert ("Block", "Ops", True) in log and ("Block", "CpuOps", True) in log
+    blk.eval()
+
+
+def test_hooks_registered_between_and_during_calls_are_honoured():
+    ref, fast = pair(tiny("pvt_v2_b0"))
+    x = torch.randn(1, 3, 64, 64)
+    seen = []
+    with torch.inference_mode():
+        fast(x)
+        late = fast.stages[3].blocks[0].attn.q
+        handle = late.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+        torch.testing.assert_close(fast(x), ref(x), rtol=0, atol=1e-5)
+        assert len(seen) == 1  # registered between two calls: the layer ran as itself
+        handle.remove()
+        seen.clear()
+
+        def register(mod, args):  # during a call: a hook on stage 1 registers one on stage 3's q
+            late.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+
+        handle = fast.stages[1].register_forward_pre_hook(register)
+        fast(x)
+        handle.remove()
+        assert len(seen) == 1
+
+
+def test_float32_convolutions_run_weights_packed_once_per_input_shape(monkeypatch):
+    ref, fast = pair(tiny("pvt_v1_tiny"))  # no depth-wise convolution: every convolution is a packed one
+    embed = fast.stages[0].patch_embed
+    with torch.inference_mode():
+        for size in (64, 72, 64):
+            x = torch.randn(1, 3, size, size)
+            assert "aten::mkldnn_convolution" not in ops_run(lambda: fast(x))
+            assert "mkldnn::_convolution_pointwise" in ops_run(lambda: fast(x))
+            torch.testing.assert_close(fast(x), ref(x), rtol=0, atol=1e-5)
+        packs = embed.ops.weight_cache.get(("proj", "packed"), (embed.proj.weight,), dict)
+        assert sorted(s[-1] for s in packs) == [64, 72]  # one per input shape, reused
+        monkeypatch.setattr(cpu, "_PACKED_SHAPES", 2)
+        fast(torch.randn(1, 3, 80, 80))
+        assert [s[-1] for s in packs] == [80]  # a model fed many sizes starts over, no unbounded growth
+    with torch.no_grad():
+        embed.proj.weight.mul_(2)  # a changed weight is packed again
+        ref.stages[0].patch_embed.proj.weight.mul_(2)
+        x = torch.randn(1, 3, 64, 64)
+        torch.testing.assert_close(fast(x), ref(x), rtol=0, atol=1e-5)

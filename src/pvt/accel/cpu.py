@@ -8,13 +8,17 @@ one kernel per operation, these run
 * the 3x3 depth-wise convolution + exact GELU of the convolutional FFN in one pass,
 * the attention and MLP output projections + the residual add in one pass,
 * one GEMM for ``q``, ``k`` and ``v`` where keys come from the full map (no spatial reduction),
-* convolutions on channels-last token views with channels-last weights, made once and cached.
+* on AVX2-only CPUs, float32 products of few rows through MKL's GEMM (``addmm``) with the ReLU /
+  residual add after it (:data:`MKL_ROWS`: oneDNN's float32 GEMM is the slower one there),
+* convolutions on channels-last token views with channels-last weights, made once and cached; the
+  patch-embedding and spatial-reduction convolutions in float32 with weights reordered once into
+  oneDNN's layout for the input's shape (:func:`_packed_conv_weight`; ATen's convolution reorders
+  them on every call).
 They read the plain modules' parameters and skip the layers' ``__call__`` (so no hooks, no dropout:
 :mod:`pvt.accel` only picks them for inference without hooks).
 
 Precisions (which one a call computes in: :meth:`pvt.accel.record.Acceleration.cpu_dtype`):
-* ``float32``: same parameters, same results up to float32 rounding; on AVX2 CPUs the products of
-  few rows (the late stages) on MKL's GEMM instead (:data:`MKL_ROWS`).
+* ``float32``: same parameters, same results up to float32 rounding.
 * ``bfloat16`` (the model's precision, or under ``torch.autocast("cpu", dtype=torch.bfloat16)``):
   the same fused kernels on bf16 activations and bf16 copies of the weights (made once, cached);
   LayerNorm statistics, softmax and the GEMMs' sums in float32, as oneDNN and ATen compute them.
@@ -238,17 +242,19 @@ def _linear(
         w, b = layer.weight, layer.bias
     else:
         w, b = _cast(state, key, *(weights or _layer_weights(layer)), dtype)
-    if dtype == torch.float32 and x.numel() <= mkl_rows() * x.shape[-1]:
+    if (dtype == torch.float32 and act != "gelu" and x.numel() <= mkl_rows() * x.shape[-1]
+            and not torch.is_autocast_enabled("cpu")):  # (CPU autocast would run addmm in bfloat16)
         return _mkl_linear(x, w, b, act, residual)
     return _fused_linear(x, w, b, act, residual)
 
 
-MKL_ROWS = 1568
-"""float32 products of at most this many rows (token rows of a piece: stages 3 and 4 at 224 px; stage 2
-too at batch 1) run on MKL's GEMM where :func:`mkl_rows` says so: on a Zen 3 (AVX2) oneDNN's
-``brg_matmul`` took 20-30 % longer than MKL's ``addmm`` on these shapes (K or N of 320-2048), more than
-the bias / activation / residual pass it fuses; on the stage-1 and stage-2 shapes the fused pass wins
-(docs/speed.md, "The deployment merge's float32 cost")."""
+MKL_ROWS = 4096
+"""float32 products of at most this many rows (token rows of a piece: stages 3 and 4 at 224 px and batch
+8, every stage at batch 1) run on MKL's GEMM where :func:`mkl_rows` says so: on a Zen 3 (AVX2) oneDNN's
+``brg_matmul`` took 20-30 % longer than MKL's ``addmm`` on the late stages' shapes (K or N of 320-2048),
+more than the bias / ReLU / residual pass it fuses; on stage 1 and 2 at batch 8 the fused pass wins, and
+at batch 1 every stage through MKL gave 1-2 % more than only stages 2-4 (docs/speed.md, "The deployment
+merge's float32 cost" and "Batch 1")."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -260,8 +266,8 @@ def mkl_rows() -> int:
 
 
 def _mkl_linear(x: Tensor, w: Tensor, b: Tensor | None, act: str = "none", residual: Tensor | None = None) -> Tensor:
-    """What :func:`_fused_linear` computes, as ATen's ``addmm`` (MKL's GEMM) with the bias, ReLU / GELU
-    or residual applied after it (in place where it can be)."""
+    """What :func:`_fused_linear` computes, as ATen's ``addmm`` (MKL's GEMM) with the bias, ReLU or
+    residual applied after it, in place (GELU products stay on oneDNN: one pass over the wide output)."""
     rows = x.reshape(-1, x.shape[-1])
     if residual is not None:
         out = torch.addmm(residual.reshape(-1, w.shape[0]), rows, w.t())
@@ -271,8 +277,6 @@ def _mkl_linear(x: Tensor, w: Tensor, b: Tensor | None, act: str = "none", resid
         out = rows @ w.t() if b is None else torch.addmm(b, rows, w.t())
         if act == "relu":
             out.relu_()
-        elif act == "gelu":
-            out = F.gelu(out)
     return out.reshape(*x.shape[:-1], w.shape[0])
 
 
@@ -306,6 +310,45 @@ def _conv_weights(state: OpsState, key: str, conv: nn.Conv2d, dtype: torch.dtype
         return weight, None if b is None else b.detach().to(dtype)
 
     return state.weight_cache.get((key, dtype), (w, b), make)
+
+
+_PACKED_SHAPES = 8
+"""Input shapes per convolution whose packed weights are kept (a model fed many sizes repacks, no more)."""
+
+
+def _packed_conv_weight(state: OpsState, key: str, conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv``'s float32 weight reordered into the oneDNN layout its convolution picks for inputs of
+    ``x``'s shape (an opaque oneDNN tensor for :func:`_fused_conv`), made once per input shape and kept
+    until the weight changes. A weight packed for another shape still computes the same values, but may
+    run a slower kernel, hence one per shape."""
+    packs: dict[torch.Size, Tensor] = state.weight_cache.get((key, "packed"), (conv.weight,), dict)
+    packed = packs.get(x.shape)
+    if packed is None:
+        if len(packs) >= _PACKED_SHAPES:
+            packs.clear()
+        packed = packs[x.shape] = torch.ops.aten.mkldnn_reorder_conv2d_weight(
+            conv.weight.detach().float().to_mkldnn(), conv.padding, conv.stride, conv.dilation, conv.groups, x.shape
+        )
+    return packed
+
+
+@functools.lru_cache(maxsize=None)
+def _packing_runs() -> bool:
+    """Whether this PyTorch's oneDNN convolution takes a packed weight (:func:`_packed_conv_weight`)."""
+    try:
+        with torch.inference_mode():
+            x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(8, 4, 2, 2)
+            packed = torch.ops.aten.mkldnn_reorder_conv2d_weight(w.to_mkldnn(), [0, 0], [2, 2], [1, 1], 1, x.shape)
+            out = _fused_conv(x, packed, None, [0, 0], [2, 2], [1, 1], 1)
+            return bool(torch.allclose(out, F.conv2d(x, w, None, 2), atol=1e-4))
+    except (RuntimeError, TypeError, ValueError, NotImplementedError, AttributeError):
+        return False
+
+
+def _fused_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding, stride, dilation, groups: int) -> Tensor:
+    """oneDNN's ``conv2d(x)`` (``weight`` dense or packed by :func:`_packed_conv_weight`)."""
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups, "none", [], "")
 
 
 def _fused_conv_gelu(x: Tensor, weight: Tensor, bias: Tensor | None, padding, stride, dilation, groups: int) -> Tensor:
@@ -372,8 +415,13 @@ class CpuOps(Ops):
                 else:
                     weight, bias = _conv_weights(self.state, key, conv, self.dtype)
                 return _fused_conv_gelu(x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups)
-            weight, bias = _conv_weights(self.state, key, conv, self.dtype)
-            x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            if self.dtype == torch.float32 and conv.padding_mode == "zeros" and type(conv.padding) is not str \
+                    and _packing_runs():
+                weight = _packed_conv_weight(self.state, key, conv, x)
+                x = _fused_conv(x, weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups)
+            else:
+                weight, bias = _conv_weights(self.state, key, conv, self.dtype)
+                x = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         return x if act is None else act(x)
 
     def q_kv(self, attn: SpatialReductionAttention, x: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:

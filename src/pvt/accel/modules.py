@@ -21,11 +21,20 @@ Which operations a call takes (:meth:`AcceleratedOps.pick`), from what can chang
   without calling it, so that hook-based tools (FLOP counters, feature extractors, attention maps) see
   every layer. The model splits a CPU batch into pieces only when no module at all has a hook, since a
   hook would then see pieces instead of the batch.
+
+The accelerated model's call runs the tests that cannot change during it (tracing, the input's type,
+dtype and device, autograd, the model's mode, autocast) once, and hands its decision to the modules it
+calls for the length of the call (:class:`_Decided`, per thread); each module still tests what may
+differ for it (its training mode, its input's type, device and dtype, hooks on its layers and global
+ones, grad mode) before it takes the decided operations, and a module that finds a hook ends the
+decision for the rest of the call (the hook may change what the model tested). A module called on its
+own, outside such a call, runs every test.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import threading
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +84,17 @@ def _plain(x: Tensor) -> Ops:
     return PLAIN
 
 
+class _Decided(threading.local):
+    """What the accelerated model's call now running in this thread decided for its modules (None: no
+    such call): its record, the input dtypes the decision holds for, and ``(compute dtype, autocast)``,
+    the key of the CPU operations every module of the model takes for them."""
+
+    call: tuple[Acceleration, tuple[torch.dtype, ...], tuple[torch.dtype, bool]] | None = None
+
+
+_DECIDED = _Decided()
+
+
 class AcceleratedOps(OpsState, Ops):
     """The ``ops`` :func:`pvt.accel.accelerate` gives one patch embedding, block or stage: its
     :class:`~pvt.accel.record.OpsState` (the model's record, weight cache, int8 ranges) and, per call,
@@ -93,6 +113,23 @@ class AcceleratedOps(OpsState, Ops):
         self._gpu: dict[torch.dtype, GpuOps] = {}
 
     def pick(self, module: nn.Module, x: Tensor) -> Ops:
+        call = _DECIDED.call
+        if (
+            call is not None  # inside the accelerated model's call, which decided the rest (module text)
+            and call[0] is self.record
+            and type(x) is Tensor
+            and x.is_cpu
+            and x.dtype in call[1]
+            and not module.training
+            and not torch.is_grad_enabled()
+            and not hooked(self.watched)
+        ):
+            if not self.cpu_path:
+                return _plain(x)
+            found = self._cpu.get(call[2])
+            if found is None:
+                found = self._cpu[call[2]] = cpu.CpuOps(self, *call[2])
+            return found
         # Everything else was decided in accelerate(); each test here reads state that can change
         # between two calls of the same module:
         if (
@@ -104,6 +141,8 @@ class AcceleratedOps(OpsState, Ops):
             # truth test per layer of this module (~20, about a microsecond), no walk of the tree
             or hooked(self.watched)
         ):
+            if call is not None and hooked(self.watched):
+                _DECIDED.call = None  # a hook may change what the model's call decided from: test every module
             return PLAIN if type(x) is not Tensor else _plain(x)
         if x.device.type == "cpu":  # the input's device, dtype and the autocast state decide the path
             return self._cpu_ops(x)
@@ -174,13 +213,31 @@ class AcceleratedPyramidVisionTransformer(PyramidVisionTransformer):
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
+    @contextmanager
+    def _decide(self, x: Tensor, on_cpu_path: bool):
+        """Hand this call's decision to the modules for its length (see the module text): the CPU path's
+        operations for ``x``'s dtype in the autocast state now, or none (the modules test for themselves)."""
+        record = self.acceleration
+        dtype = cpu_call_dtype(record, x) if on_cpu_path and cpu.FUSED_OPS else None
+        if dtype is None or _module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks:
+            yield
+            return
+        autocast = torch.is_autocast_enabled("cpu")
+        # the input dtypes for which cpu_call_dtype gives the same dtype: one module hands the next bf16
+        inputs = (torch.float32, torch.bfloat16) if autocast or record.precision != "float32" else (torch.float32,)
+        outer, _DECIDED.call = _DECIDED.call, (record, inputs, (dtype, autocast))
+        try:
+            yield
+        finally:
+            _DECIDED.call = outer
+
     def _features(self, x: Tensor, on_cpu_path: bool) -> Tensor:
-        with self._autocast(on_cpu_path):
+        with self._autocast(on_cpu_path), self._decide(x, on_cpu_path):
             out = PyramidVisionTransformer.forward_features(self, x)
         return out.float() if on_cpu_path else out  # the head gets float32 (or autocast's)
 
     def _maps(self, x: Tensor, on_cpu_path: bool) -> list[Tensor]:
-        with self._autocast(on_cpu_path):
+        with self._autocast(on_cpu_path), self._decide(x, on_cpu_path):
             maps = PyramidVisionTransformer.forward_pyramid(self, x)
         return [m.float() for m in maps] if on_cpu_path else maps
 
