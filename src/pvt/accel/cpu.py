@@ -39,7 +39,6 @@ activation ranges are per piece).
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -171,15 +170,14 @@ def _int8_weights(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, 
 
 
 # -------------------------------------------------------------------------- int8 activations
-_QUANT_WARNING = "torch.quantize_per_tensor"
-
-
 def _quantize(x: Tensor, scale: float, zero_point: int) -> Tensor:
     """``x`` as uint8 codes ``round(x / scale) + zero_point`` clamped to [0, 255], in one vectorised
     pass (ATen's quantizer; its storage read as plain uint8, no copy)."""
-    with warnings.catch_warnings():  # deprecated in favour of torch.ao's decomposed ops, which take 3 passes
-        warnings.filterwarnings("ignore", message=_QUANT_WARNING)
-        q = torch.quantize_per_tensor(x if x.dtype == torch.float32 else x.float(), scale, zero_point, torch.quint8)
+    # the ATen operator itself: torch.quantize_per_tensor's Python binding warns that it is deprecated (in
+    # favour of torch.ao's decomposed ops, which take 3 passes), and silencing that per call would take
+    # warnings.catch_warnings(), which swaps the process's filter list (not thread-safe) on every call
+    q = torch.ops.aten.quantize_per_tensor.default(x if x.dtype == torch.float32 else x.float(), scale, zero_point,
+                                                   torch.quint8)
     # a plain uint8 tensor on the quantized tensor's storage (``q.view(torch.uint8)`` keeps the quantized
     # dispatch key, which oneDNN's operators must not get)
     return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
