@@ -113,8 +113,14 @@ class AcceleratedOps(OpsState, Ops):
         self._gpu: dict[torch.dtype, GpuOps] = {}
 
     def pick(self, module: nn.Module, x: Tensor) -> Ops:
+        # Everything else was decided in accelerate(); each test here reads state that can change
+        # between two calls of the same module. Hooks may be registered at any time; their layers were
+        # listed once, so this is one truth test per layer of this module (~20, about a microsecond).
+        hooks = hooked(self.watched)
         call = _DECIDED.call
-        if (
+        if hooks and call is not None:
+            _DECIDED.call = None  # a hook may change what the model's call decided from: test every module
+        elif (
             call is not None  # inside the accelerated model's call, which decided the rest (module text)
             and call[0] is self.record
             and type(x) is Tensor
@@ -122,27 +128,15 @@ class AcceleratedOps(OpsState, Ops):
             and x.dtype in call[1]
             and not module.training
             and not torch.is_grad_enabled()
-            and not hooked(self.watched)
         ):
-            if not self.cpu_path:
-                return _plain(x)
-            found = self._cpu.get(call[2])
-            if found is None:
-                found = self._cpu[call[2]] = cpu.CpuOps(self, *call[2])
-            return found
-        # Everything else was decided in accelerate(); each test here reads state that can change
-        # between two calls of the same module:
+            return self._cpu_ops_of(*call[2]) if self.cpu_path else _plain(x)
         if (
-            type(x) is not Tensor  # parameters and tensor subclasses: their own dispatch, plain ops
+            hooks
+            or type(x) is not Tensor  # parameters and tensor subclasses: their own dispatch, plain ops
             or torch.is_grad_enabled()  # autograd needs the plain layers
             or module.training  # dropout / drop path may draw masks: the fused path is for inference
             or is_tracing()  # traced / compiled / exported graphs record the plain ops
-            # hooks may be registered at any time; their layers were listed once, so this is one
-            # truth test per layer of this module (~20, about a microsecond), no walk of the tree
-            or hooked(self.watched)
         ):
-            if call is not None and hooked(self.watched):
-                _DECIDED.call = None  # a hook may change what the model's call decided from: test every module
             return PLAIN if type(x) is not Tensor else _plain(x)
         if x.device.type == "cpu":  # the input's device, dtype and the autocast state decide the path
             return self._cpu_ops(x)
@@ -159,7 +153,10 @@ class AcceleratedOps(OpsState, Ops):
         dtype = cpu_call_dtype(self.record, x) if self.cpu_path else None
         if dtype is None:
             return _plain(x)
-        autocast = torch.is_autocast_enabled("cpu")
+        return self._cpu_ops_of(dtype, torch.is_autocast_enabled("cpu"))
+
+    def _cpu_ops_of(self, dtype: torch.dtype, autocast: bool) -> cpu.CpuOps:
+        """This module's CPU operations computing in ``dtype`` (``autocast``: under CPU bf16 autocast), made once."""
         found = self._cpu.get((dtype, autocast))
         if found is None:
             found = self._cpu[dtype, autocast] = cpu.CpuOps(self, dtype, autocast)
