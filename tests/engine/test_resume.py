@@ -105,3 +105,21 @@ def test_resume_errors(data, tmp_path, capsys):
     (tmp_path / "plain").mkdir()
     assert main(["train", "--resume", str(tmp_path / "plain")]) == 2
     assert "is not a resumable run folder (it has no config.yaml" in capsys.readouterr().err
+
+
+def test_a_flag_of_another_task_is_refused_not_dropped_on_resume(tmp_path):
+    # a recorded config may hold former keys of other tasks, which reading it leaves out; a flag the user
+    # gives on resume must not vanish the same way (pvt train --resume <segmentation run> --mixup 0)
+    import yaml
+
+    from pvt.engine.resume import resume_config
+    from pvt.tasks import read_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = read_config({"task": "segmentation", "model": "semantic_fpn_pvt_v2_b0", "epochs": 2})
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    read = lambda data: read_config(data, recorded=True)  # noqa: E731 (what pvt.api passes)
+    assert resume_config(run, {"epochs": 3}, read=read).epochs == 3
+    with pytest.raises(ValueError, match=r"with mixup: not a setting of this run \(task 'segmentation'\)"):
+        resume_config(run, {"epochs": 3, "mixup": 0.0}, read=read)

@@ -20,7 +20,7 @@ Everything else is the run's recipe: a resume continues it or refuses."""
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None, *,
-                  read: Callable[[dict[str, Any]], TrainConfig] = TrainConfig.from_dict) -> TrainConfig:
+                  read: Callable[[dict[str, Any]], TrainConfig]) -> TrainConfig:
     """The config of the run in ``run_dir``: its ``config.yaml``, with ``overrides`` of the values in
     :data:`RESUME_MAY_CHANGE` applied. Any other value that differs from the run's own is refused: a
     resumed run continues its recipe, and config.yaml never records a value the run did not use.
@@ -47,6 +47,12 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None, 
     if "output" in overrides and Path(str(overrides["output"])).expanduser().resolve() == run_dir.parent.resolve():
         new.output = old.output  # the same folder, spelt another way
     olds, news = old.to_dict(), new.to_dict()
+    # ``read`` tolerates the keys of former versions in a recorded file, so a flag of another task would
+    # vanish here: refuse it instead of resuming without it
+    foreign = sorted(set(overrides) - set(news))
+    if foreign:
+        raise ValueError(f"cannot resume {str(run_dir)!r} with {', '.join(foreign)}: not a setting of this run "
+                         f"(task {old.task!r}); only {', '.join(RESUME_MAY_CHANGE)} may change on a resume")
     changed = [k for k in news if news[k] != olds.get(k)]
     refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
     if refused:
