@@ -21,7 +21,6 @@ import argparse
 import os
 import statistics
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -164,7 +163,6 @@ def main() -> None:
         if v not in GELUS and not (v.startswith("split ") and v[6:].isdigit() and int(v[6:]) > 0):
             p.error(f"--gelu {v!r}: choose from {', '.join(GELUS)}, 'split N'")
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message="torch.quantize_per_tensor")
     if args.map:
         one_map(*args.map, args.rounds)
     for name in args.models or ([] if args.map else ["pvt_v2_b0"]):

@@ -105,3 +105,14 @@ def test_a_linked_file_is_refused(tmp_path, name):
     read = {"config.yaml": f.read_config, "metrics.jsonl": f.read_records, "best.safetensors": f.weights}[name]
     with pytest.raises(ValueError, match=f"{name} is a symbolic link"):
         read()
+
+
+def test_an_oversized_metrics_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    folder = RunFolder(tmp_path)
+    folder.metrics.write_text('{"epoch": 1, "val_top1": 50.0}\n')
+    assert [r["epoch"] for r in folder.read_records()] == [1]
+    with folder.metrics.open("r+b") as f:
+        f.truncate(RunFolder.METRICS_BYTES + 1)  # sparse: nothing allocated here, nor by the check
+    monkeypatch.setattr(type(folder.metrics), "read_text", lambda *a, **k: pytest.fail("read before the size check"))
+    with pytest.raises(ValueError, match=f"metrics.jsonl is {RunFolder.METRICS_BYTES + 1} bytes, more than"):
+        folder.read_records()

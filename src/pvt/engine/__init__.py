@@ -5,7 +5,7 @@
 task: the caller builds the task and hands it over.
 """
 
-import importlib
+from ..base.lazy import lazy_attributes
 
 __all__ = ["TrainConfig", "TaskConfig", "Task", "TrainingTask", "InferenceTask", "StepResult", "Trainer",
            "TrainResult"]
@@ -15,8 +15,4 @@ _HOMES = {"TrainConfig": "config", "TaskConfig": "config", "Task": "task", "Trai
 """Where each name lives: loaded on first use, so ``pvt.engine.config`` (the ``pvt train`` flags) comes
 without the trainer's torch import."""
 
-
-def __getattr__(name: str):
-    if name in _HOMES:
-        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _HOMES)

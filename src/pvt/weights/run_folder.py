@@ -63,6 +63,8 @@ class RunFolder:
     LOG = "train.log"
     LOCK = ".pvt-train.lock"
     """Held (``flock``) by the process training in the folder; removed when it ends."""
+    METRICS_BYTES = 64 << 20
+    """The largest ``metrics.jsonl`` read back (a line of about 300 bytes an epoch: 200 000 epochs)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -230,6 +232,10 @@ class RunFolder:
         if not self.metrics.exists():
             return []
         refuse_link(self.metrics)
+        size = self.metrics.stat().st_size
+        if size > self.METRICS_BYTES:  # checked before the file is read into memory
+            raise ValueError(f"{self.metrics} is {size} bytes, more than the {self.METRICS_BYTES} a run writes "
+                             "(about 300 bytes an epoch): not a metrics file of pvt train")
         out = []
         for n, line in enumerate(self.metrics.read_text(errors="replace").splitlines(), 1):
             try:
